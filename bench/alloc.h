@@ -1,0 +1,293 @@
+/* The allocator under test, chosen at compile time. Included by
+ * bench/workloads.c only, which is built once per allocator with
+ * -DBENCH_ALLOC_ID=BENCH_ID_<name>.
+ *
+ * Hot path (inline, called from the timed loops):
+ *   ba_malloc(c, n), ba_free(c, p)         the allocator's own entry points
+ *   ba_to_handle(c, p), ba_from_handle(c, v) what W4 puts on the ring
+ * Cold path:
+ *   ba_shared_create/_destroy   before forking (shmheap: heap_local_create)
+ *   ba_attach/ba_detach         in each process that allocates
+ *   ba_info                     version and "does this allocator serve us"
+ *   BA_W4_PROCESSES             1: W4 runs producer and consumer as two
+ *                               processes; 0: as two threads of one process
+ *
+ * `ba_ctx_t c` is the attachment for shmheap and unused (NULL) for the
+ * per-process allocators, whose state is global. */
+#ifndef BENCH_ALLOC_H
+#define BENCH_ALLOC_H
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define BENCH_ID_glibc    1
+#define BENCH_ID_mimalloc 2
+#define BENCH_ID_jemalloc 3
+#define BENCH_ID_tcmalloc 4
+#define BENCH_ID_shmheap  5
+
+#ifndef BENCH_ALLOC_ID
+#    error "build with -DBENCH_ALLOC_ID=BENCH_ID_<allocator>"
+#endif
+
+#if BENCH_ALLOC_ID == BENCH_ID_shmheap
+
+#    include "shm/heap.h"
+#    include "shm/local.h"
+
+#    define BA_NAME         "shmheap"
+#    define BA_W4_PROCESSES 1
+
+typedef struct heap *ba_ctx_t;
+typedef struct heap_local ba_shared_t;
+
+static inline void *ba_malloc(ba_ctx_t c, size_t n)
+{
+    return heap_malloc(c, n);
+}
+
+static inline void ba_free(ba_ctx_t c, void *p)
+{
+    heap_free(c, p);
+}
+
+static inline uint64_t ba_to_handle(ba_ctx_t c, void *p)
+{
+    return heap_to_off(c, p);
+}
+
+static inline void *ba_from_handle(ba_ctx_t c, uint64_t v)
+{
+    return heap_from_off(c, v);
+}
+
+/* Default config, SHM_PAGES_AUTO (1G, then 2M, then 4K pages). */
+static int ba_shared_create(ba_shared_t **ret)
+{
+    return heap_local_create(NULL, SHM_PAGES_AUTO, ret);
+}
+
+static void ba_shared_destroy(ba_shared_t *s)
+{
+    heap_local_destroy(s);
+}
+
+static int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
+{
+    return heap_local_attach(s, client_id, ret);
+}
+
+static void ba_detach(ba_ctx_t c)
+{
+    heap_detach(c);
+}
+
+/* Checks the heap really hands out its own memory and converts offsets. */
+static int ba_info(char *buf, size_t len)
+{
+    ba_shared_t *s;
+    ba_ctx_t c;
+    void *p;
+    int r;
+
+    r = ba_shared_create(&s);
+    if (r < 0) {
+        (void) snprintf(buf, len, "heap_local_create:%d", r);
+        return r;
+    }
+    r = ba_attach(s, 1, &c);
+    if (r < 0) {
+        (void) snprintf(buf, len, "heap_local_attach:%d", r);
+        ba_shared_destroy(s);
+        return r;
+    }
+    p = heap_malloc(c, 64);
+    if (!p || !heap_contains(c, p) || heap_from_off(c, heap_to_off(c, p)) != p) {
+        (void) snprintf(buf, len, "heap_malloc-not-in-heap");
+        r = -ENOTSUP;
+    } else {
+        (void) snprintf(buf, len, "layout-v%u", (unsigned) SHM_LAYOUT_VERSION);
+    }
+    if (p)
+        heap_free(c, p);
+    ba_detach(c);
+    ba_shared_destroy(s);
+    return r;
+}
+
+#else /* the per-process allocators: plain malloc/free, interposed at link time */
+
+#    define BA_W4_PROCESSES 0
+
+typedef void *ba_ctx_t;
+typedef void ba_shared_t;
+
+static inline void *ba_malloc(ba_ctx_t c, size_t n)
+{
+    (void) c;
+    return malloc(n);
+}
+
+static inline void ba_free(ba_ctx_t c, void *p)
+{
+    (void) c;
+    free(p);
+}
+
+static inline uint64_t ba_to_handle(ba_ctx_t c, void *p)
+{
+    (void) c;
+    return (uint64_t) (uintptr_t) p;
+}
+
+static inline void *ba_from_handle(ba_ctx_t c, uint64_t v)
+{
+    (void) c;
+    return (void *) (uintptr_t) v;
+}
+
+static int ba_shared_create(ba_shared_t **ret)
+{
+    *ret = NULL;
+    return 0;
+}
+
+static void ba_shared_destroy(ba_shared_t *s)
+{
+    (void) s;
+}
+
+static int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
+{
+    (void) s;
+    (void) client_id;
+    *ret = NULL;
+    return 0;
+}
+
+static void ba_detach(ba_ctx_t c)
+{
+    (void) c;
+}
+
+#    if BENCH_ALLOC_ID == BENCH_ID_glibc
+
+#        include <gnu/libc-version.h>
+#        include <malloc.h>
+
+#        define BA_NAME "glibc"
+
+/* glibc's own statistics must see our allocation. */
+static int ba_info(char *buf, size_t len)
+{
+    struct mallinfo2 before = mallinfo2(), after;
+    void *p = malloc(1000);
+    int r = 0;
+
+    after = mallinfo2();
+    if (!p || after.uordblks < before.uordblks + 1000) {
+        (void) snprintf(buf, len, "malloc-not-glibc");
+        r = -ENOTSUP;
+    } else {
+        (void) snprintf(buf, len, "%s", gnu_get_libc_version());
+    }
+    free(p);
+    return r;
+}
+
+#    elif BENCH_ALLOC_ID == BENCH_ID_mimalloc
+
+#        include <mimalloc.h>
+
+#        define BA_NAME "mimalloc"
+
+/* libmimalloc.so interposes malloc: a malloc'd block must be in its heap. */
+static int ba_info(char *buf, size_t len)
+{
+    void *p = malloc(64);
+    int v = mi_version();
+    int r = 0;
+
+    if (!p || !mi_is_in_heap_region(p)) {
+        (void) snprintf(buf, len, "malloc-not-mimalloc");
+        r = -ENOTSUP;
+    } else {
+        (void) snprintf(buf, len, "%d.%d.%d", v / 100, v / 10 % 10, v % 10);
+    }
+    free(p);
+    return r;
+}
+
+#    elif BENCH_ALLOC_ID == BENCH_ID_jemalloc
+
+#        include <string.h>
+
+#        define BA_NAME "jemalloc"
+
+/* Debian's jemalloc has no prefix; jemalloc.h would redeclare malloc and
+ * trip -Wredundant-decls, so declare the one control call we need. */
+int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
+
+/* jemalloc's per-thread byte counter must see our allocation. */
+static int ba_info(char *buf, size_t len)
+{
+    uint64_t before = 0, after = 0;
+    const char *ver = NULL;
+    size_t sz = sizeof(ver);
+    size_t n = sizeof(before);
+    void *p;
+    int r = 0;
+
+    if (mallctl("version", (void *) &ver, &sz, NULL, 0) != 0 || !ver) {
+        (void) snprintf(buf, len, "mallctl-version-failed");
+        return -ENOTSUP;
+    }
+    (void) mallctl("thread.allocated", &before, &n, NULL, 0);
+    p = malloc(4096);
+    n = sizeof(after);
+    (void) mallctl("thread.allocated", &after, &n, NULL, 0);
+    if (!p || after < before + 4096) {
+        (void) snprintf(buf, len, "malloc-not-jemalloc");
+        r = -ENOTSUP;
+    } else {
+        (void) snprintf(buf, len, "%.*s", (int) strcspn(ver, "-"), ver);
+    }
+    free(p);
+    return r;
+}
+
+#    elif BENCH_ALLOC_ID == BENCH_ID_tcmalloc
+
+#        include <gperftools/malloc_extension_c.h>
+#        include <gperftools/tcmalloc.h>
+
+#        define BA_NAME "tcmalloc"
+
+/* tcmalloc must own what malloc returns. */
+static int ba_info(char *buf, size_t len)
+{
+    int major = 0, minor = 0;
+    const char *patch = NULL;
+    void *p = malloc(64);
+    int r = 0;
+
+    (void) tc_version(&major, &minor, &patch);
+    if (!p || MallocExtension_GetOwnership(p) != MallocExtension_kOwned) {
+        (void) snprintf(buf, len, "malloc-not-tcmalloc");
+        r = -ENOTSUP;
+    } else {
+        (void) snprintf(buf, len, "gperftools-%d.%d%s", major, minor, patch ? patch : "");
+    }
+    free(p);
+    return r;
+}
+
+#    else
+#        error "unknown BENCH_ALLOC_ID"
+#    endif
+
+#endif
+
+#endif

@@ -1,0 +1,194 @@
+# Turns bench/run_bench.sh's runs file into the table (stdout) and the JSON
+# file. Plain POSIX awk (Debian's default is mawk): no asort, no gensub.
+#
+# Variables: allocs, workloads (space-separated lists), json (output path).
+#
+# Input lines:
+#   # ... cpus=N ... quick=Q reps=R       run header
+#   INFO alloc=A version=V | error=E      one per allocator
+#   BENCH alloc=A workload=W key=value... one per successful run
+#   FAIL alloc=A workload=W reason=...    a run that crashed, failed or hung
+#
+# Each figure is the median of its runs; a (workload, allocator) with any
+# FAIL line is "fail" in the table and null in the JSON.
+
+function kv(key,    i) {
+    for (i = 2; i <= NF; i++)
+        if (index($i, key "=") == 1)
+            return substr($i, length(key) + 2)
+    return ""
+}
+
+function push(k, v) {
+    cnt[k]++
+    val[k, cnt[k]] = v + 0
+}
+
+function median(k,    n, i, j, t, s) {
+    n = cnt[k] + 0
+    if (n == 0)
+        return ""
+    for (i = 1; i <= n; i++)
+        s[i] = val[k, i]
+    for (i = 2; i <= n; i++) {
+        t = s[i]
+        for (j = i - 1; j >= 1 && s[j] > t; j--)
+            s[j + 1] = s[j]
+        s[j + 1] = t
+    }
+    if (n % 2)
+        return s[(n + 1) / 2]
+    return (s[n / 2] + s[n / 2 + 1]) / 2
+}
+
+# The figure for workload w, allocator a, metric m: a number, "fail" or "".
+function fig(w, a, m) {
+    if ((w, a) in failed)
+        return "fail"
+    return median(w SUBSEP a SUBSEP m)
+}
+
+function cell(v, ref, fmt, scale,    s) {
+    if (v == "")
+        return "-"
+    if (v == "fail")
+        return "fail"
+    s = sprintf(fmt, v * scale)
+    if (ref != "" && ref != "fail" && ref > 0)
+        s = s sprintf(" (x%.2f)", v / ref)
+    return s
+}
+
+function row(label, w, m, fmt, scale,    i, a, ref, mi, line) {
+    ref = fig(w, "shmheap", m)
+    line = sprintf("%-16s", label)
+    for (i = 1; i <= na; i++) {
+        a = A[i]
+        line = line sprintf("%-15s", cell(fig(w, a, m), a == "shmheap" ? "" : ref, fmt, scale))
+    }
+    mi = fig(w, "mimalloc", m)
+    if (ref != "" && ref != "fail" && mi != "" && mi != "fail" && mi > 0)
+        line = line sprintf("x%.2f", ref / mi)
+    else
+        line = line "-"
+    print line
+}
+
+function jnum(v, fmt) {
+    return (v == "" || v == "fail") ? "null" : sprintf(fmt, v)
+}
+
+function jobj(w, m, fmt,    i, s) {
+    s = "{"
+    for (i = 1; i <= nj; i++)
+        s = s sprintf("%s\"%s\": %s", i > 1 ? ", " : "", J[i], jnum(fig(w, J[i], m), fmt))
+    return s "}"
+}
+
+BEGIN {
+    na = split(allocs, A, " ")
+    nw = split(workloads, W, " ")
+    # The JSON always names the five allocators, then any others run.
+    nj = split("shmheap glibc mimalloc jemalloc tcmalloc", J, " ")
+    for (i = 1; i <= na; i++) {
+        known = 0
+        for (j = 1; j <= nj; j++)
+            if (J[j] == A[i])
+                known = 1
+        if (!known)
+            J[++nj] = A[i]
+    }
+}
+
+/^# / {
+    for (i = 2; i <= NF; i++) {
+        if (index($i, "cpus=") == 1) cpus = substr($i, 6)
+        if (index($i, "quick=") == 1) quick = substr($i, 7)
+        if (index($i, "reps=") == 1) reps = substr($i, 6)
+    }
+    next
+}
+
+/^INFO / {
+    a = kv("alloc")
+    ver[a] = kv("version")
+    if (ver[a] == "")
+        ver[a] = "(" kv("error") ")"
+    next
+}
+
+/^BENCH / {
+    a = kv("alloc")
+    w = kv("workload")
+    if (w == "W3") {
+        push(w SUBSEP a SUBSEP "tput1", kv("tput1"))
+        push(w SUBSEP a SUBSEP "tput2", kv("tput2"))
+        push(w SUBSEP a SUBSEP "scaling", kv("scaling"))
+    } else {
+        push(w SUBSEP a SUBSEP "ns", kv("ns_per_op"))
+        push(w SUBSEP a SUBSEP "per_s", kv("per_s"))
+    }
+    next
+}
+
+/^FAIL / {
+    a = kv("alloc")
+    w = kv("workload")
+    r = $0
+    sub(/^.*reason=/, "", r)
+    if (!((w, a) in failed)) {
+        failed[w, a] = 1
+        nwhy++
+        why[nwhy] = sprintf("  %s %s: %s", a, w, r)
+    }
+    next
+}
+
+END {
+    printf "\nshmheap benchmark: median of %s runs per figure, each run a fresh process" \
+        " (%s CPUs%s)\n", reps, cpus, quick == "1" ? ", BENCH_QUICK" : ""
+    s = ""
+    for (i = 1; i <= na; i++)
+        s = s sprintf("%s%s %s", i > 1 ? " | " : "", A[i], A[i] in ver ? ver[A[i]] : "?")
+    print "versions: " s
+    print ""
+    line = sprintf("%-16s", "")
+    for (i = 1; i <= na; i++)
+        line = line sprintf("%-15s", A[i])
+    print line "shm/mi"
+    for (k = 1; k <= nw; k++) {
+        w = W[k]
+        if (w == "W1" || w == "W1c" || w == "W2") {
+            row(w " ns/op", w, "ns", "%.1f", 1)
+        } else if (w == "W4") {
+            row("W4 ns/obj", w, "ns", "%.1f", 1)
+            row("W4 Mobj/s", w, "per_s", "%.2f", 1e-6)
+        } else if (w == "W3") {
+            row("W3 1p Mops/s", w, "tput1", "%.1f", 1e-6)
+            row("W3 2p Mops/s", w, "tput2", "%.1f", 1e-6)
+            row("W3 2p/1p", w, "scaling", "%.2f", 1)
+        }
+    }
+    print ""
+    print "(xR) = that allocator's figure / shmheap's; shm/mi = shmheap's / mimalloc's."
+    print "ns rows: lower is faster, so x>1 means slower than shmheap. Mops, Mobj and"
+    print "2p/1p rows: higher is better. W3 2p/1p is W3_scaling (throughput 2 proc / 1 proc)."
+    if (nwhy) {
+        print ""
+        print "failed:"
+        for (i = 1; i <= nwhy; i++)
+            print why[i]
+    }
+
+    printf "{\n" > json
+    printf "  \"W1\": %s,\n", jobj("W1", "ns", "%.3f") > json
+    printf "  \"W1c\": %s,\n", jobj("W1c", "ns", "%.3f") > json
+    printf "  \"W2\": %s,\n", jobj("W2", "ns", "%.3f") > json
+    printf "  \"W4\": %s,\n", jobj("W4", "per_s", "%.0f") > json
+    printf "  \"W3_scaling\": %s,\n", jobj("W3", "scaling", "%.4f") > json
+    printf "  \"W3_scaling_shmheap\": %s\n", jnum(fig("W3", "shmheap", "scaling"), "%.4f") > json
+    printf "}\n" > json
+    close(json)
+    print ""
+    print "wrote " json
+}

@@ -1,0 +1,375 @@
+/* The malloc family. The fast paths pop from and push to the calling
+ * thread's cache (tcache.c); everything else is a slow path here.
+ *
+ * Fast path of malloc: the tcache lookup (one TLS load, two compares), the
+ * class (a shift for <= 128 bytes, a clz otherwise), then in the owner's
+ * slot: busy = 1, a look at steal, pop the bin's head (its first word
+ * links to the next), bump the alloc counter, busy = 0. Free reads the
+ * block's metadata word for the class and pushes. */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shm/internal.h"
+
+static inline struct tcache *tcache_fast(struct heap *h)
+{
+    struct tcache *tc = tl_last;
+
+    if (likely(tc && tc->h == h && tc->serial == h->serial))
+        return tc;
+    return NULL;
+}
+
+/* Pops one object of cls from the calling thread's cache, refilling it. */
+static void *malloc_class_slow(struct heap *h, struct tcache *tc, unsigned cls)
+{
+    struct cache_bin *bin = &tc->slot->bins[cls];
+    uint64_t off, *p;
+    int r;
+
+    tcache_enter(tc);
+    off = load_relaxed(&bin->head);
+    if (!off) {
+        r = tcache_refill(h, tc, cls);
+        off = load_relaxed(&bin->head);
+        if (r < 0 || !off) {
+            tcache_leave(tc);
+            errno = r < 0 ? -r : ENOMEM;
+            return NULL;
+        }
+    }
+    p = obj_words(h, off);
+    store_relaxed(&bin->head, p[0]);
+    store_relaxed(&bin->count, bin->count - 1);
+    bump_relaxed(&bin->allocs, 1);
+    tcache_leave(tc);
+    if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen)
+        tcache_tick(h, tc);
+    return p;
+}
+
+static void *malloc_slow(struct heap *h, size_t size)
+{
+    struct tcache *tc;
+
+    if (!h) {
+        errno = EINVAL;
+        return NULL;
+    }
+    tc = tcache_get(h);
+    if (!tc)
+        return NULL;
+    if (size == 0)
+        size = 1;
+    if (size > SHM_SMALL_MAX)
+        return large_alloc(h, size, SHM_BLOCK_SIZE);
+    return malloc_class_slow(h, tc, sizeclass_of_inline(size));
+}
+
+void *heap_malloc(struct heap *h, size_t size)
+{
+    struct tcache *tc = tcache_fast(h);
+
+    if (likely(tc && size - 1 < SHM_SMALL_MAX)) {
+        unsigned cls = sizeclass_of_inline(size);
+        struct cache_slot *s = tc->slot;
+        struct cache_bin *bin = &s->bins[cls];
+        uint64_t off;
+
+        store_relaxed(&s->busy, 1);
+        compiler_barrier();
+        /* acquire: see tcache_enter(). */
+        if (likely(!load_acquire(&s->steal)) && likely((off = load_relaxed(&bin->head)) != 0)) {
+            uint64_t *p = obj_words(h, off);
+
+            store_relaxed(&bin->head, p[0]);
+            store_relaxed(&bin->count, bin->count - 1);
+            bump_relaxed(&bin->allocs, 1);
+            tcache_leave(tc);
+            if (unlikely(--tc->tick == 0))
+                tcache_tick(h, tc);
+            return p;
+        }
+        tcache_leave(tc);
+        return malloc_class_slow(h, tc, cls);
+    }
+    return malloc_slow(h, size);
+}
+
+/* Looks up the block of a pointer into a mapped segment. Returns the
+ * block's metadata word (0 if p is not in a heap segment's data). */
+static uint64_t block_of(struct heap *h, const void *p, struct seg_map **ret_m, uint32_t *ret_b)
+{
+    uint64_t off = ptr_off(h, p), *meta;
+    struct seg_map *m;
+    uint32_t b;
+
+    if (off >= SHM_VA_SPAN)
+        return 0;
+    m = &h->segs[off >> SHM_SEG_SHIFT];
+    meta = load_acquire(&m->meta);
+    if (!meta)
+        return 0;
+    b = (uint32_t) ((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT);
+    if (b >= m->nblocks)
+        return 0; /* header blocks are BLK_RESERVED: never a slab or run */
+    *ret_m = m;
+    *ret_b = b;
+    return load_relaxed(&meta[b]);
+}
+
+static void free_slow(struct heap *h, void *p)
+{
+    struct tcache *tc;
+    struct seg_map *m = NULL;
+    struct cache_bin *bin;
+    struct slab_geometry g;
+    uint32_t b = 0, head;
+    uint64_t w, off;
+    unsigned cls;
+
+    if (!p || !h)
+        return;
+    tc = tcache_get(h);
+    if (!tc)
+        return; /* errno says why: a forked copy of the handle, or no slot */
+    w = block_of(h, p, &m, &b);
+    switch (meta_state(w)) {
+    case BLK_SLAB:
+    case BLK_SLAB_TAIL:
+        break;
+    case BLK_RUN:
+        if (meta_kind(w) == RUN_LARGE && ((uintptr_t) p & (SHM_BLOCK_SIZE - 1)) == 0) {
+            large_free(h, m, b, w);
+            return;
+        }
+        heap_count_bad_free(h);
+        return;
+    default:
+        heap_count_bad_free(h);
+        return;
+    }
+    /* Slow-path checks the fast path skips: p must be an object's start. */
+    cls = meta_class(w);
+    head = meta_state(w) == BLK_SLAB_TAIL ? b - meta_len(w) : b;
+    sizeclass_geometry(cls, &g);
+    off = ptr_off(h, p);
+    if (((off & SHM_OFF_MASK) - ((uint64_t) head << SHM_BLOCK_SHIFT)) % g.size ||
+        ((off & SHM_OFF_MASK) - ((uint64_t) head << SHM_BLOCK_SHIFT)) / g.size >= g.capacity) {
+        heap_count_bad_free(h);
+        return;
+    }
+    bin = &tc->slot->bins[cls];
+    tcache_enter(tc);
+    if (load_relaxed(&bin->head) == off) {
+        tcache_leave(tc);
+        (void) fetch_add_relaxed(&h->ctl->double_frees, 1);
+        return;
+    }
+    if (load_relaxed(&bin->count) >= load_relaxed(&h->bin_cap[cls]))
+        tcache_overflow(h, tc, cls);
+    obj_words(h, off)[0] = load_relaxed(&bin->head);
+    store_relaxed(&bin->head, off);
+    store_relaxed(&bin->count, bin->count + 1);
+    bump_relaxed(&bin->frees, 1);
+    tcache_leave(tc);
+    if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen)
+        tcache_tick(h, tc);
+}
+
+void heap_free(struct heap *h, void *p)
+{
+    struct tcache *tc = tcache_fast(h);
+    struct seg_map *m;
+    uint32_t b;
+    uint64_t w;
+
+    if (likely(tc && p) && likely((w = block_of(h, p, &m, &b)) != 0) &&
+        likely(meta_state(w) == BLK_SLAB || meta_state(w) == BLK_SLAB_TAIL)) {
+        unsigned cls = meta_class(w);
+        struct cache_slot *s = tc->slot;
+        struct cache_bin *bin = &s->bins[cls];
+        uint64_t off = ptr_off(h, p), head;
+
+        store_relaxed(&s->busy, 1);
+        compiler_barrier();
+        head = load_relaxed(&bin->head);
+        if (likely(!load_acquire(&s->steal)) && likely(head != off) &&
+            likely(load_relaxed(&bin->count) < load_relaxed(&h->bin_cap[cls])) &&
+            likely((off & 15) == 0)) {
+            ((uint64_t *) p)[0] = head;
+            store_relaxed(&bin->head, off);
+            store_relaxed(&bin->count, bin->count + 1);
+            bump_relaxed(&bin->frees, 1);
+            tcache_leave(tc);
+            if (unlikely(--tc->tick == 0))
+                tcache_tick(h, tc);
+            return;
+        }
+        tcache_leave(tc);
+    }
+    free_slow(h, p);
+}
+
+void *heap_calloc(struct heap *h, size_t n, size_t size)
+{
+    size_t total;
+    void *p;
+
+    if (__builtin_mul_overflow(n, size, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    p = heap_malloc(h, total);
+    if (p)
+        memset(p, 0, total);
+    return p;
+}
+
+size_t heap_usable_size(struct heap *h, const void *p)
+{
+    struct seg_map *m;
+    uint32_t b;
+    uint64_t w;
+
+    if (!h || !p)
+        return 0;
+    w = block_of(h, p, &m, &b);
+    switch (meta_state(w)) {
+    case BLK_SLAB:
+    case BLK_SLAB_TAIL:
+        return sizeclass_size(meta_class(w));
+    case BLK_RUN:
+        if (meta_kind(w) == RUN_LARGE)
+            return (size_t) meta_len(w) << SHM_BLOCK_SHIFT;
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+void *heap_realloc(struct heap *h, void *p, size_t size)
+{
+    size_t old;
+    void *q;
+
+    if (!p)
+        return heap_malloc(h, size);
+    if (size == 0) {
+        heap_free(h, p);
+        return NULL;
+    }
+    old = heap_usable_size(h, p);
+    if (old == 0) {
+        heap_count_bad_free(h);
+        errno = EINVAL;
+        return NULL;
+    }
+    /* In place while the current class or run holds the new size and is
+     * not more than twice too big for it. */
+    if (size <= old && (old <= SHM_SMALL_MAX ? sizeclass_size(sizeclass_of_inline(size)) == old
+                                             : size > old / 2))
+        return p;
+    q = heap_malloc(h, size);
+    if (!q)
+        return NULL;
+    memcpy(q, p, size < old ? size : old);
+    heap_free(h, p);
+    return q;
+}
+
+void *heap_aligned_alloc(struct heap *h, size_t align, size_t size)
+{
+    struct tcache *tc;
+    unsigned cls;
+
+    if (!h || align == 0 || (align & (align - 1))) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (align <= 16)
+        return heap_malloc(h, size);
+    if (size == 0)
+        size = 1;
+    if (size > SIZE_MAX - align) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    size = (size + align - 1) & ~(align - 1);
+    if (size <= SHM_SMALL_MAX && align < SHM_BLOCK_SIZE) {
+        /* Objects sit at multiples of their size from a block-aligned slab
+         * start, so a class whose size is a multiple of align is aligned. */
+        for (cls = sizeclass_of_inline(size); cls < SHM_NCLASSES; cls++)
+            if (sizeclass_size(cls) % align == 0)
+                break;
+        if (cls < SHM_NCLASSES) {
+            tc = tcache_get(h);
+            if (!tc)
+                return NULL;
+            return malloc_class_slow(h, tc, cls);
+        }
+    }
+    if (!tcache_get(h))
+        return NULL;
+    return large_alloc(h, size, align < SHM_BLOCK_SIZE ? SHM_BLOCK_SIZE : align);
+}
+
+/* ---- large objects: runs of whole blocks ---- */
+
+void *large_alloc(struct heap *h, size_t size, size_t align)
+{
+    struct tcache *tc = tcache_get(h);
+    uint64_t nblocks = (size + SHM_BLOCK_SIZE - 1) >> SHM_BLOCK_SHIFT;
+    uint32_t align_blocks = (uint32_t) (align >> SHM_BLOCK_SHIFT), block;
+    int r = -ENOMEM;
+
+    if (!tc)
+        return NULL;
+    if (nblocks > (SHM_SEG_SPAN >> SHM_BLOCK_SHIFT) || align > (UINT64_C(1) << 30)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    for (int attempt = 0; attempt < 4; attempt++) {
+        uint32_t nmapped = load_acquire(&h->nmapped);
+
+        for (uint32_t i = 1; i < nmapped; i++) {
+            struct seg_map *m = &h->segs[i];
+
+            if (!load_acquire(&m->meta) || m->nblocks < nblocks)
+                continue;
+            r = seg_alloc_run(h, m, (uint32_t) nblocks, align_blocks, RUN_LARGE, &block);
+            if (r == 0) {
+                bump_relaxed(&tc->slot->large_allocs, 1);
+                bump_relaxed(&tc->slot->large_bytes_alloc, nblocks << SHM_BLOCK_SHIFT);
+                return m->base + ((uint64_t) block << SHM_BLOCK_SHIFT);
+            }
+        }
+        if (load_acquire(&h->ctl->nsegments) > nmapped) {
+            (void) heap_sync_segments(h);
+            continue;
+        }
+        if (!h->hooks.grow)
+            break;
+        r = h->hooks.grow(h->hooks.ctx, (nblocks + align_blocks) << SHM_BLOCK_SHIFT);
+        if (r < 0)
+            break;
+        (void) heap_sync_segments(h);
+    }
+    errno = (r == -ENOSPC || r == 0) ? ENOMEM : -r;
+    return NULL;
+}
+
+void large_free(struct heap *h, struct seg_map *m, uint32_t block, uint64_t w)
+{
+    struct tcache *tc = tcache_get(h);
+
+    if (seg_free_run(h, m, block, RUN_LARGE) < 0) {
+        heap_count_bad_free(h); /* freed twice: no longer a run */
+        return;
+    }
+    if (tc) {
+        bump_relaxed(&tc->slot->large_frees, 1);
+        bump_relaxed(&tc->slot->large_bytes_freed, (uint64_t) meta_len(w) << SHM_BLOCK_SHIFT);
+    }
+}

@@ -1,0 +1,201 @@
+/* Declarations shared between the heap core's files, grouped by file.
+ * Process-local state (struct heap, struct seg_map, struct tcache) lives
+ * here and never in shared memory; shared bytes are in layout.h. */
+#ifndef SHM_INTERNAL_H
+#define SHM_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "shm/bittree.h"
+#include "shm/heap.h"
+#include "shm/layout.h"
+#include "shm/meta.h"
+#include "shm/sizeclass.h"
+
+#define likely(x)   __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+/* One process's view of one heap segment. `meta` is published last with
+ * release (heap.c) and read with acquire, so a thread that sees it sees the
+ * whole mapping. */
+struct seg_map {
+    struct seg_header *hdr; /* == base */
+    char *base;
+    uint64_t *meta;
+    uint64_t size;
+    uint32_t nblocks;
+    uint32_t index;
+    uint32_t page_size;
+    uint32_t unit_shift;
+    int fd;
+    bool needs_commit; /* hugetlb: units must be fallocated before use */
+};
+
+struct tcache;
+
+struct heap {
+    char *base; /* the reservation; segment i at base + (i << SHM_SEG_SHIFT) */
+    struct ctl_header *ctl;
+    int ctl_fd;
+    pid_t pid;       /* the process that attached; a fork's copy is refused */
+    uint64_t serial; /* unique per attachment in this process (tcache.c) */
+    uint64_t client_id;
+    uint32_t nmapped; /* segments 0..nmapped-1 are mapped; release/acquire */
+    uint32_t seg_hint; /* the segment to try first for fresh blocks */
+    struct heap_hooks hooks;
+    pthread_mutex_t local_lock; /* mapping new segments, the tcache list */
+    pthread_key_t key;          /* flushes a thread's cache when it exits */
+    struct tcache *caches;      /* every live tcache of this attachment */
+    /* Config as this process uses it, re-read when config_gen moves. */
+    uint64_t cfg_gen;
+    uint32_t bundle_objects;
+    uint32_t recycler_cap;
+    uint32_t retain_empty_blocks;
+    uint32_t bin_cap[SHM_NCLASSES];  /* objects a bin holds before it gives a bundle away */
+    uint32_t bundle_n[SHM_NCLASSES]; /* objects per bundle */
+    struct seg_map segs[SHM_MAX_SEGMENTS];
+};
+
+/* A thread's cache for one attachment. Lives in thread-local storage; its
+ * objects live in the shared slot so others can take them back. */
+struct tcache {
+    struct heap *h;
+    uint64_t serial; /* == h->serial while valid */
+    struct cache_slot *slot;
+    uint32_t slot_index;
+    uint32_t tick; /* operations until the next look at trim/config gens */
+    uint64_t trim_gen_seen;
+    uint64_t cfg_gen_seen;
+    struct tcache *next; /* in h->caches, under h->local_lock */
+};
+
+#define TCACHE_TLS_MAX 16u /* attachments one thread can use at once */
+extern __thread struct tcache *tl_last;
+
+/* Operations between looks at the trim and config generations. */
+#define TCACHE_TICK 4096u
+
+static inline struct seg_map *heap_seg(struct heap *h, uint64_t off)
+{
+    uint32_t i = (uint32_t) (off >> SHM_SEG_SHIFT);
+
+    if (i == 0 || i >= load_acquire(&h->nmapped))
+        return NULL;
+    return &h->segs[i];
+}
+
+static inline void *off_ptr(struct heap *h, uint64_t off)
+{
+    return h->base + off;
+}
+
+static inline uint64_t ptr_off(struct heap *h, const void *p)
+{
+    return (uint64_t) ((const char *) p - h->base);
+}
+
+/* Link words inside free objects: word 0 links objects of one list or
+ * bundle; word 1 of a bundle's first object links bundles in a recycler
+ * and carries the bundle's object count and highest segment index. */
+static inline uint64_t *obj_words(struct heap *h, uint64_t off)
+{
+    return (uint64_t *) off_ptr(h, off);
+}
+
+#define BUNDLE_COUNT_SHIFT 48
+#define BUNDLE_SEG_SHIFT   40
+static inline uint64_t bundle_link(uint64_t next, uint32_t count, uint32_t maxseg)
+{
+    return next | (uint64_t) count << BUNDLE_COUNT_SHIFT | (uint64_t) maxseg << BUNDLE_SEG_SHIFT;
+}
+
+/* ---- segment.c ---- */
+int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_size);
+int seg_check_header(const struct seg_header *hdr, uint32_t index, uint64_t size);
+void seg_map_init(struct seg_map *m, void *base, int fd, uint32_t index);
+int seg_lock(struct seg_map *m, struct heap *h);
+void seg_unlock(struct seg_map *m);
+struct bittree_chain *seg_free_tree(struct seg_map *m);
+struct bittree_chain *seg_class_tree(struct seg_map *m, unsigned cls);
+uint64_t *seg_commit_map(struct seg_map *m);
+/* Takes up to n objects of class cls from this segment's slabs and links
+ * them (word 0) into a chain, carving a fresh slab if needed. Delivers the
+ * chain into *bin (a cache bin) if bin is not NULL, else into *ret_chain.
+ * Returns the number taken (0: the segment is full), or -ENOMEM when the
+ * backing pages could not be committed. */
+int seg_take(struct heap *h, struct seg_map *m, unsigned cls, uint32_t n, struct cache_bin *bin,
+             uint64_t *ret_chain);
+/* Returns the objects of `chain` (word 0 links, 0 ends) that lie in m to
+ * their slabs; writes the rest (other segments) to *ret_rest. Counts
+ * double and bad frees into the control segment. */
+void seg_return(struct heap *h, struct seg_map *m, uint64_t chain, uint64_t *ret_rest);
+/* Runs of blocks. */
+int seg_alloc_run(struct heap *h, struct seg_map *m, uint32_t nblocks, uint32_t align_blocks,
+                  enum run_kind kind, uint32_t *ret_block);
+int seg_free_run(struct heap *h, struct seg_map *m, uint32_t block, enum run_kind kind);
+/* Decommits free units beyond `retain` free blocks; returns bytes released. */
+uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
+/* Rebuilds nfree and trees from the metadata and slab bitmaps. Lock held. */
+void seg_repair(struct seg_map *m);
+uint64_t seg_committed_bytes(struct seg_map *m);
+
+/* ---- heap.c ---- */
+int heap_map_segment(struct heap *h, uint32_t index);
+struct seg_map *heap_seg_for(struct heap *h, uint64_t off); /* maps on demand */
+void heap_count_bad_free(struct heap *h);
+
+/* ---- recycler.c ---- */
+bool recycler_push(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint64_t first,
+                   uint32_t count, uint32_t maxseg, bool force);
+/* Pops a bundle; returns its first object's offset (0: empty). */
+uint64_t recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls,
+                      uint32_t *ret_count);
+
+/* ---- tcache.c ---- */
+int tcache_attach(struct heap *h);
+void tcache_detach(struct heap *h);
+void tcache_reload_config(struct heap *h);
+void tcache_flush_all(struct heap *h);
+/* Returns a chain of objects to their blocks, whatever segments they are in. */
+void heap_return_chain(struct heap *h, uint64_t chain);
+/* Drains a slot's bins back into the heap (to blocks). The caller owns the
+ * slot: its owner is gone, or steal is held. Returns objects drained. */
+uint64_t tcache_drain_slot(struct heap *h, struct cache_slot *s);
+int tcache_steal_begin(struct cache_slot *s, bool owner_dead);
+void tcache_steal_end(struct cache_slot *s);
+struct tcache *tcache_get(struct heap *h); /* NULL and errno on failure */
+void tcache_enter(struct tcache *tc);
+void tcache_leave(struct tcache *tc);
+int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls);
+void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls);
+void tcache_tick(struct heap *h, struct tcache *tc);
+/* Bytes this slot allocated minus bytes it freed (may be negative). */
+int64_t slot_bytes_in_use(const struct cache_slot *s);
+
+/* ---- large.c ---- */
+void *large_alloc(struct heap *h, size_t size, size_t align);
+void large_free(struct heap *h, struct seg_map *m, uint32_t block, uint64_t w);
+
+/* ---- ctl.c ---- */
+int ctl_check_header(const struct ctl_header *c, uint64_t size);
+int ctl_lock(struct ctl_header *c);
+void ctl_unlock(struct ctl_header *c);
+int ctl_slot_claim(struct heap *h, uint32_t *ret_index);
+void ctl_slot_release(struct heap *h, uint32_t index);
+
+/* Fault injection for the death tests: when shm_fault_at equals a point's
+ * number, that point raises SIGKILL. Only on cold paths. */
+extern int shm_fault_at;
+enum shm_fault_point {
+    FAULT_NONE = 0,
+    FAULT_TAKE_MID,    /* inside seg_take, objects half moved */
+    FAULT_RETURN_MID,  /* inside seg_return, objects half returned */
+    FAULT_CARVE_MID,   /* inside a carve, block half formatted */
+    FAULT_DECOMMIT_MID,
+};
+void shm_fault(enum shm_fault_point p);
+
+#endif

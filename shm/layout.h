@@ -1,0 +1,232 @@
+/* The bytes shared between processes: a versioned ABI.
+ *
+ * Glossary
+ *   heap       one control segment (index 0) plus heap segments 1..N, each a
+ *              memfd. Every attached process maps them all.
+ *   offset     shmheap_off_t = segment index << SHM_SEG_SHIFT | byte offset.
+ *              The same value names the same byte in every process; 0 is
+ *              null (it is the control segment's magic, never an object).
+ *   block      SHM_BLOCK_SIZE bytes of a heap segment; block i starts at
+ *              byte i << SHM_BLOCK_SHIFT. One u64 of metadata per block,
+ *              in a dense array apart from the data (meta.h).
+ *   unit       the commit unit: max(backing page size, block size). Memory
+ *              is committed and decommitted in whole units.
+ *   slab       1..4 blocks dedicated to one size class; objects from its
+ *              start, a bitmap of free objects at its end.
+ *   run        consecutive blocks for one large object, arena or pool chunk.
+ *   cache slot a thread cache's shared state: per class a list of free
+ *              objects and the owner's counters (tcache.c).
+ *   recycler   per class, a Treiber stack of bundles of free objects.
+ *
+ * Nothing here holds a pointer. Every field another process may write is
+ * accessed with the helpers in atomic.h; which order each access needs is
+ * said where it is done. Changing anything here means bumping
+ * SHM_LAYOUT_VERSION. */
+#ifndef SHM_LAYOUT_H
+#define SHM_LAYOUT_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shm/atomic.h"
+
+#define SHM_CTL_MAGIC      UINT64_C(0x4c54434850414548) /* "HEAPHCTL" */
+#define SHM_SEG_MAGIC      UINT64_C(0x4745534850414548) /* "HEAPHSEG" */
+#define SHM_LAYOUT_VERSION 1u
+
+/* Offsets: 5 bits of segment index over 34 bits of byte offset. A process
+ * reserves SHM_MAX_SEGMENTS << SHM_SEG_SHIFT bytes of address space per
+ * attachment (512 GiB, PROT_NONE) and maps segment i at i << SHM_SEG_SHIFT,
+ * so pointer <-> offset is one add or subtract. */
+#define SHM_SEG_SHIFT    34u
+#define SHM_SEG_SPAN     (UINT64_C(1) << SHM_SEG_SHIFT)
+#define SHM_OFF_MASK     (SHM_SEG_SPAN - 1)
+#define SHM_MAX_SEGMENTS 32u
+#define SHM_VA_SPAN      ((uint64_t) SHM_MAX_SEGMENTS << SHM_SEG_SHIFT)
+
+#define SHM_BLOCK_SHIFT 16u
+#define SHM_BLOCK_SIZE  (UINT64_C(1) << SHM_BLOCK_SHIFT)
+
+/* Size classes: 16..128 in steps of 16, then 8 classes per doubling up to
+ * 32 KiB, so a class is at most 12.5% larger than any request above 128
+ * bytes it serves. Every class is a multiple of 16, so every small object
+ * is 16-byte aligned (max_align_t), and each free object has room for the
+ * two links a bundle needs. */
+#define SHM_NCLASSES    72u
+#define SHM_SMALL_MAX   32768u
+#define SHM_MIN_OBJECT  16u
+#define SHM_SLAB_MAX_BLOCKS 4u
+
+#define SHM_MAX_SLOTS   1024u /* thread caches across all processes */
+#define SHM_MAX_ROOTS   256u
+#define SHM_ROOT_NAME   56u   /* bytes, including the terminating NUL */
+
+enum shm_page_policy {
+    SHM_PAGES_AUTO = 0, /* 1 GiB, then 2 MiB, then 4 KiB with MADV_HUGEPAGE */
+    SHM_PAGES_1G,
+    SHM_PAGES_2M,
+    SHM_PAGES_OFF,
+    _SHM_PAGES_MAX,
+};
+
+/* The tunables clients read. The daemon (or a test) writes them and then
+ * bumps ctl_header.config_gen with release; clients load config_gen with
+ * acquire at a coarse cadence and only then re-read these. */
+struct shm_config {
+    uint64_t segment_size;
+    uint32_t huge_pages; /* enum shm_page_policy */
+    uint32_t thread_cache_bytes;
+    uint32_t bundle_objects;
+    uint32_t recycler_cap_bundles;
+    uint32_t retain_empty_blocks;
+    uint32_t trim_interval_ms;
+    uint32_t max_clients;
+    uint32_t max_segments;
+};
+
+struct seg_entry {
+    uint64_t size;      /* bytes; 0 while not yet published */
+    uint32_t page_size; /* bytes of the backing page: 4096, 2 MiB or 1 GiB */
+    uint32_t state;     /* enum seg_state */
+};
+
+enum seg_state {
+    SEG_ABSENT = 0,
+    SEG_LIVE,
+    SEG_RETIRED, /* released by the daemon; its index is not reused */
+};
+
+/* A thread cache's per-class state. Only the owning thread writes it while
+ * it owns the slot; a trimmer that has taken the slot (see the busy/steal
+ * protocol in tcache.c) or the reclaimer of a dead process writes it
+ * otherwise. 64 bytes, so classes never share a cache line. */
+struct __attribute__((aligned(64))) cache_bin {
+    uint64_t head;  /* offset of the first free object; its first word links on */
+    uint32_t count; /* objects on the list (the list, not this, is the truth) */
+    uint32_t pad;
+    uint64_t allocs; /* objects handed out from this class by this slot */
+    uint64_t frees;  /* objects freed into this class by this slot */
+    uint64_t rec_pushes;
+    uint64_t rec_pops;
+    uint64_t rec_retries; /* failed recycler CAS attempts */
+    uint64_t pad2;
+};
+
+enum slot_state {
+    SLOT_FREE = 0,
+    SLOT_OWNED,   /* a live thread uses it */
+    SLOT_ORPHAN,  /* its thread exited without a flush, or its process died */
+};
+
+struct __attribute__((aligned(64))) cache_slot {
+    uint32_t state;     /* enum slot_state; claimed by CAS */
+    uint32_t pid;       /* owning process */
+    uint64_t client_id; /* the attachment that owns it (the daemon's client id) */
+    uint32_t busy;      /* owner is inside a cache operation (tcache.c) */
+    uint32_t steal;     /* a trimmer holds the cache; the owner must wait */
+    uint64_t large_allocs;
+    uint64_t large_frees;
+    uint64_t large_bytes_alloc;
+    uint64_t large_bytes_freed;
+    uint64_t peak_bytes;    /* this slot's peak of bytes in use, sampled on slow paths */
+    uint64_t trim_gen_seen; /* last trim generation this slot flushed for */
+    int64_t reported_bytes; /* this slot's in-use bytes last added to ctl.bytes_sampled */
+    uint64_t pad[4];
+    struct cache_bin bins[SHM_NCLASSES];
+};
+
+struct __attribute__((aligned(64))) recycler {
+    tagged_head_t head; /* {offset of the first bundle, tag} */
+    uint64_t nbundles;  /* approximate: bumped after a push, dropped after a pop */
+    uint64_t objects;   /* objects in those bundles, likewise approximate */
+    uint64_t pad[4];
+};
+
+struct root_entry {
+    char name[SHM_ROOT_NAME]; /* written under ctl lock; "" is an empty entry */
+    uint64_t off;
+};
+
+struct ctl_header {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t header_size;
+    uint64_t ctl_size;
+    uint64_t trim_gen;   /* bumped by each trim (trim.c) */
+    uint64_t config_gen; /* bumped after each config change */
+    uint64_t created_ns;
+    struct shm_config config;
+    uint32_t nsegments; /* published count of segment entries, release */
+    uint32_t pad0;
+    struct seg_entry segs[SHM_MAX_SEGMENTS];
+    pthread_mutex_t lock; /* robust, process-shared: roots and segment table */
+    uint64_t pad1[3];
+    /* Heap-wide event counters (atomic adds: they are rare). */
+    uint64_t bad_frees;       /* pointer outside the heap or not an object */
+    uint64_t double_frees;    /* object returned to its block twice */
+    uint64_t trim_bytes_released;
+    uint64_t trims;
+    uint64_t caches_reclaimed;
+    uint64_t peak_bytes;      /* heap-wide peak bytes in use, sampled */
+    uint64_t lost_objects;    /* objects a dead process held in flight */
+    uint64_t bytes_sampled;   /* sum of the slots' reported_bytes (atomic adds) */
+    struct recycler rec[SHM_NCLASSES];
+    struct root_entry roots[SHM_MAX_ROOTS];
+    struct cache_slot slots[SHM_MAX_SLOTS];
+};
+
+/* A segment lock holder writes down what it is doing here before it does
+ * it, so that the next holder, on EOWNERDEAD, can finish or undo it. */
+enum journal_op {
+    JOP_NONE = 0,
+    JOP_TAKE,       /* objects leave slabs onto `chain` */
+    JOP_RETURN,     /* objects on `chain` go back to their slabs */
+    JOP_CARVE,      /* block `block` becomes a slab or run */
+    JOP_DECOMMIT,   /* blocks [block, block+n) are being punched out */
+};
+
+struct seg_journal {
+    uint32_t op; /* enum journal_op */
+    uint32_t cls;
+    uint64_t chain; /* objects in flight (see segment.c) */
+    uint32_t block;
+    uint32_t n;
+    uint64_t slot_bin; /* offset of the cache bin the chain is delivered to */
+};
+
+struct seg_header {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t index;
+    uint64_t size;
+    uint32_t page_size;
+    uint32_t unit_shift; /* log2 of the commit unit */
+    uint32_t nblocks;
+    uint32_t first_block; /* blocks before it hold this header and metadata */
+    uint64_t meta_off;    /* u64 per block */
+    uint64_t free_tree_off;  /* bittree chain: block is FREE */
+    uint64_t class_tree_off; /* SHM_NCLASSES chains: slab head with free objects */
+    uint64_t class_tree_stride;
+    uint64_t commit_map_off; /* one bit per unit: committed */
+    uint64_t meta_end;       /* first byte after all metadata */
+    pthread_mutex_t lock;    /* robust, process-shared */
+    struct seg_journal journal;
+    uint64_t committed_units; /* under lock; lock-free readers snapshot */
+    uint64_t free_blocks;
+    uint64_t decommits;
+    uint64_t pad[5];
+};
+
+_Static_assert(sizeof(struct cache_bin) == 64, "cache_bin is one cache line");
+_Static_assert(sizeof(struct recycler) == 64, "recycler is one cache line");
+_Static_assert(offsetof(struct recycler, head) % 16 == 0, "recycler head is 16-aligned");
+_Static_assert(offsetof(struct cache_slot, bins) % 64 == 0, "bins start on a cache line");
+_Static_assert(sizeof(struct cache_slot) % 64 == 0, "slots do not share cache lines");
+_Static_assert(offsetof(struct ctl_header, rec) % 64 == 0, "recyclers are line-aligned");
+_Static_assert(offsetof(struct ctl_header, slots) % 64 == 0, "slots are line-aligned");
+_Static_assert(sizeof(struct root_entry) == 64, "root entry is one line");
+_Static_assert(sizeof(pthread_mutex_t) == 40, "glibc x86-64 pthread_mutex_t");
+_Static_assert(sizeof(struct seg_header) <= 4096, "segment header fits its first page");
+
+#endif

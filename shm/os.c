@@ -1,0 +1,175 @@
+/* System calls of the heap core; see os.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/membarrier.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shm/os.h"
+
+#ifndef MFD_HUGE_2MB
+#    define MFD_HUGE_2MB (21 << 26)
+#endif
+#ifndef MFD_HUGE_1GB
+#    define MFD_HUGE_1GB (30 << 26)
+#endif
+
+int os_memfd(const char *name, uint64_t page_size)
+{
+    unsigned flags = MFD_CLOEXEC;
+    int fd;
+
+    if (page_size == (UINT64_C(1) << 21))
+        flags |= MFD_HUGETLB | MFD_HUGE_2MB;
+    else if (page_size == (UINT64_C(1) << 30))
+        flags |= MFD_HUGETLB | MFD_HUGE_1GB;
+    else
+        flags |= MFD_ALLOW_SEALING;
+    fd = memfd_create(name, flags);
+    if (fd < 0)
+        return -errno;
+    return fd;
+}
+
+int os_truncate(int fd, uint64_t size)
+{
+    if (ftruncate(fd, (off_t) size) < 0)
+        return -errno;
+    return 0;
+}
+
+int os_seal_shrink(int fd)
+{
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
+        return -errno;
+    return 0;
+}
+
+int os_fstat_size(int fd, uint64_t *ret_size, uint64_t *ret_allocated)
+{
+    struct stat st;
+
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (ret_size)
+        *ret_size = (uint64_t) st.st_size;
+    if (ret_allocated)
+        *ret_allocated = (uint64_t) st.st_blocks * 512;
+    return 0;
+}
+
+int os_commit(int fd, uint64_t off, uint64_t len)
+{
+    int r;
+
+    do
+        r = fallocate(fd, 0, (off_t) off, (off_t) len);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return errno == ENOSPC ? -ENOMEM : -errno;
+    return 0;
+}
+
+int os_decommit(int fd, uint64_t off, uint64_t len)
+{
+    int r;
+
+    do
+        r = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t) off, (off_t) len);
+    while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : 0;
+}
+
+int os_reserve(uint64_t len, uint64_t align, void **ret_addr)
+{
+    uintptr_t p, a;
+    void *m;
+
+    m = mmap(NULL, len + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED)
+        return -errno;
+    p = (uintptr_t) m;
+    a = (p + align - 1) & ~(uintptr_t) (align - 1);
+    /* Trim the slack on both sides so the reservation is exactly len. */
+    if (a > p)
+        (void) munmap(m, a - p);
+    if (p + align > a)
+        (void) munmap((void *) (a + len), p + align - a);
+    *ret_addr = (void *) a;
+    return 0;
+}
+
+void os_unreserve(void *addr, uint64_t len)
+{
+    (void) munmap(addr, len);
+}
+
+int os_map_at(void *addr, uint64_t len, int fd)
+{
+    /* MAP_NORESERVE: hugetlb pages are reserved block by block with
+     * os_commit, not for the whole virtual size at once. */
+    void *m = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd,
+                   0);
+
+    if (m == MAP_FAILED)
+        return -errno;
+    return 0;
+}
+
+int os_unmap_at(void *addr, uint64_t len)
+{
+    void *m = mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
+                   -1, 0);
+
+    return m == MAP_FAILED ? -errno : 0;
+}
+
+void os_advise_hugepage(void *addr, uint64_t len)
+{
+    /* Best effort: tmpfs honours it only when shmem_enabled allows. */
+    (void) madvise(addr, len, MADV_HUGEPAGE);
+}
+
+int os_membarrier_register(void)
+{
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) < 0)
+        return -errno;
+    return 0;
+}
+
+int os_membarrier(void)
+{
+    /* Expedited reaches every CPU running a thread of a registered process
+     * (every attached client registers); the plain global command is the
+     * slower fallback that reaches everyone. */
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0)
+        return 0;
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0)
+        return 0;
+    return -errno;
+}
+
+bool os_pid_alive(pid_t pid)
+{
+    if (pid <= 0)
+        return false;
+    return kill(pid, 0) == 0 || errno == EPERM;
+}
+
+uint64_t os_now_ns(void)
+{
+    struct timespec ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
+}
+
+int os_tid(void)
+{
+    return (int) syscall(SYS_gettid);
+}

@@ -1,0 +1,43 @@
+/* Every system call the heap core makes, behind small functions that
+ * return 0 (or a value) or a negative errno (mimalloc's prim.h contract). */
+#ifndef SHM_OS_H
+#define SHM_OS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* page_size 0 or 4096: a normal memfd; 2 MiB or 1 GiB: hugetlb. Sealable. */
+int os_memfd(const char *name, uint64_t page_size);
+int os_truncate(int fd, uint64_t size);
+/* Forbids shrinking and further seal changes, so no attached process can
+ * pull pages out from under the others. */
+int os_seal_shrink(int fd);
+int os_fstat_size(int fd, uint64_t *ret_size, uint64_t *ret_allocated);
+/* Allocates backing pages for [off, off+len): huge pages are taken from the
+ * pool now, so running out is -ENOSPC here and never SIGBUS later. */
+int os_commit(int fd, uint64_t off, uint64_t len);
+/* Gives backing pages back (FALLOC_FL_PUNCH_HOLE): MADV_DONTNEED would free
+ * nothing for shared memory. */
+int os_decommit(int fd, uint64_t off, uint64_t len);
+
+/* Reserves len bytes of address space aligned to `align` (PROT_NONE). */
+int os_reserve(uint64_t len, uint64_t align, void **ret_addr);
+void os_unreserve(void *addr, uint64_t len);
+/* Maps fd's [0, len) shared at addr (inside a reservation). */
+int os_map_at(void *addr, uint64_t len, int fd);
+/* Returns addr's range to the reservation (PROT_NONE). */
+int os_unmap_at(void *addr, uint64_t len);
+void os_advise_hugepage(void *addr, uint64_t len);
+
+/* Asymmetric barrier across processes (see tcache.c). register once per
+ * process; barrier returns 0, or -ENOSYS when the kernel has none. */
+int os_membarrier_register(void);
+int os_membarrier(void);
+
+bool os_pid_alive(pid_t pid);
+uint64_t os_now_ns(void);
+int os_tid(void);
+
+#endif

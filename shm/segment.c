@@ -1,0 +1,741 @@
+/* A heap segment's blocks: slabs, runs, commit and decommit, all under the
+ * segment's robust lock.
+ *
+ * Layout of a segment (offsets from its start, all in the header):
+ *   [seg_header][meta: u64 per block][free tree][class trees x NCLASSES]
+ *   [commit map: 1 bit per unit] ... padding to first_block ... [blocks]
+ *
+ * Who writes what: every metadata word, tree, slab bitmap and the commit
+ * map change only under hdr->lock. Lock-free readers (the free fast path
+ * reading a meta word, stats) take relaxed snapshots.
+ *
+ * Dead holders: the lock is a robust mutex. Before a holder changes state
+ * it writes what it is doing into hdr->journal; the next holder, told
+ * EOWNERDEAD, replays the journal (seg_recover) and rebuilds the derived
+ * state (nfree, trees) from the ground truth (meta states and slab
+ * bitmaps) with seg_repair. The journal's rules:
+ *   JOP_TAKE    each object is linked into journal.chain BEFORE its free bit
+ *               is cleared, so replay (set the bits of the chain again) is
+ *               idempotent. If journal.slot_bin is set and that bin's head
+ *               equals the chain, the chain was delivered: nothing to undo.
+ *   JOP_RETURN  an object's free bit is set BEFORE journal.chain moves past
+ *               it; replay returns what is left on the chain.
+ *   carve/free  journal.block/n name blocks whose state was changing; they
+ *               become FREE again (a carve had handed nothing out yet).
+ * Blocks being decommitted are BLK_BUSY outside the lock (the punch is a
+ * system call, never made under it) and carry the decommitter's pid; a
+ * repair frees BUSY blocks whose process is gone.
+ *
+ * No system call is made while the lock is held: commit (fallocate on
+ * hugetlb) happens between an unlock and a relock, and is only trusted if
+ * no decommit ran meanwhile (hdr->decommits unchanged).
+ *
+ * Lock order: a segment lock is never held while taking another segment's
+ * lock or the control segment's lock. */
+#include <assert.h>
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shm/internal.h"
+#include "shm/os.h"
+
+int shm_fault_at;
+
+void shm_fault(enum shm_fault_point p)
+{
+    if (unlikely(shm_fault_at == (int) p))
+        (void) raise(SIGKILL);
+}
+
+static uint64_t align_up(uint64_t v, uint64_t a)
+{
+    return (v + a - 1) & ~(a - 1);
+}
+
+static unsigned log2_u64(uint64_t v)
+{
+    return 63u - (unsigned) __builtin_clzll(v);
+}
+
+struct bittree_chain *seg_free_tree(struct seg_map *m)
+{
+    return (struct bittree_chain *) (m->base + m->hdr->free_tree_off);
+}
+
+struct bittree_chain *seg_class_tree(struct seg_map *m, unsigned cls)
+{
+    return (struct bittree_chain *) (m->base + m->hdr->class_tree_off +
+                                     cls * m->hdr->class_tree_stride);
+}
+
+uint64_t *seg_commit_map(struct seg_map *m)
+{
+    return (uint64_t *) (m->base + m->hdr->commit_map_off);
+}
+
+uint64_t seg_committed_bytes(struct seg_map *m)
+{
+    return load_relaxed(&m->hdr->committed_units) << m->unit_shift;
+}
+
+int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_size)
+{
+    struct seg_header *hdr = base;
+    pthread_mutexattr_t attr;
+    uint64_t nblocks = size >> SHM_BLOCK_SHIFT, off, chain, nunits;
+    unsigned unit_shift = page_size > SHM_BLOCK_SIZE ? log2_u64(page_size) : SHM_BLOCK_SHIFT;
+    struct seg_map m;
+    int r;
+
+    if (size % SHM_BLOCK_SIZE || size > SHM_SEG_SPAN || nblocks > BITTREE_MAX_BITS)
+        return -EINVAL;
+    memset(hdr, 0, sizeof(*hdr));
+    hdr->index = index;
+    hdr->size = size;
+    hdr->page_size = page_size;
+    hdr->unit_shift = unit_shift;
+    hdr->nblocks = (uint32_t) nblocks;
+    off = 4096;
+    hdr->meta_off = off;
+    off = align_up(off + nblocks * 8, 64);
+    chain = align_up(bittree_chain_size((uint32_t) nblocks), 64);
+    hdr->free_tree_off = off;
+    off += chain;
+    hdr->class_tree_off = off;
+    hdr->class_tree_stride = chain;
+    off += chain * SHM_NCLASSES;
+    hdr->commit_map_off = off;
+    nunits = size >> unit_shift;
+    off = align_up(off + (nunits + 63) / 64 * 8, 64);
+    hdr->meta_end = off;
+    hdr->first_block = (uint32_t) (align_up(off, SHM_BLOCK_SIZE) >> SHM_BLOCK_SHIFT);
+    if (hdr->first_block >= nblocks)
+        return -EINVAL;
+
+    r = pthread_mutexattr_init(&attr);
+    if (r)
+        return -r;
+    r = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    if (!r)
+        r = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    if (!r)
+        r = pthread_mutex_init(&hdr->lock, &attr);
+    (void) pthread_mutexattr_destroy(&attr);
+    if (r)
+        return -r;
+
+    seg_map_init(&m, base, fd, index);
+    bittree_chain_init(seg_free_tree(&m), (uint32_t) nblocks, false);
+    for (unsigned c = 0; c < SHM_NCLASSES; c++)
+        bittree_chain_init(seg_class_tree(&m, c), (uint32_t) nblocks, false);
+    for (uint64_t b = 0; b < nblocks; b++) {
+        if (b < hdr->first_block) {
+            m.meta[b] = meta_make(BLK_RESERVED, 0, 0, 0, RUN_LARGE);
+        } else {
+            m.meta[b] = meta_make(BLK_FREE, 0, 0, 0, RUN_LARGE);
+            bittree_set(seg_free_tree(&m), (uint32_t) b);
+        }
+    }
+    hdr->free_blocks = nblocks - hdr->first_block;
+    /* The units holding the header and metadata are committed for good. */
+    for (uint64_t u = 0; u < (align_up(hdr->meta_end, UINT64_C(1) << unit_shift) >> unit_shift);
+         u++) {
+        seg_commit_map(&m)[u / 64] |= UINT64_C(1) << (u % 64);
+        hdr->committed_units++;
+    }
+    hdr->version = SHM_LAYOUT_VERSION;
+    /* release: the magic is the last word written; an attacher that sees it
+     * (after the fd reached it through a socket or fork) sees the rest. */
+    store_release(&hdr->magic, SHM_SEG_MAGIC);
+    return 0;
+}
+
+int seg_check_header(const struct seg_header *hdr, uint32_t index, uint64_t size)
+{
+    if (load_acquire(&hdr->magic) != SHM_SEG_MAGIC)
+        return -EBADF;
+    if (hdr->version != SHM_LAYOUT_VERSION)
+        return -EPROTO;
+    if (hdr->index != index || hdr->size != size || hdr->size > SHM_SEG_SPAN ||
+        hdr->nblocks != size >> SHM_BLOCK_SHIFT || hdr->meta_end > size ||
+        hdr->first_block >= hdr->nblocks)
+        return -EBADMSG;
+    return 0;
+}
+
+void seg_map_init(struct seg_map *m, void *base, int fd, uint32_t index)
+{
+    struct seg_header *hdr = base;
+
+    memset(m, 0, sizeof(*m));
+    m->hdr = hdr;
+    m->base = base;
+    m->size = hdr->size;
+    m->nblocks = hdr->nblocks;
+    m->index = index;
+    m->page_size = hdr->page_size;
+    m->unit_shift = hdr->unit_shift;
+    m->fd = fd;
+    m->needs_commit = hdr->page_size > 4096;
+    m->meta = (uint64_t *) (m->base + hdr->meta_off);
+}
+
+/* ---- helpers under the lock ---- */
+
+static uint64_t meta_get(struct seg_map *m, uint32_t b)
+{
+    return load_relaxed(&m->meta[b]);
+}
+
+/* relaxed: writers hold the lock; the lock-free reader (free's fast path)
+ * only reads blocks that hold its live object, whose class cannot change. */
+static void meta_put(struct seg_map *m, uint32_t b, uint64_t w)
+{
+    store_relaxed(&m->meta[b], w);
+}
+
+static bool unit_committed(struct seg_map *m, uint64_t u)
+{
+    return (seg_commit_map(m)[u / 64] >> (u % 64)) & 1;
+}
+
+static void unit_set_committed(struct seg_map *m, uint64_t u, bool on)
+{
+    uint64_t *w = &seg_commit_map(m)[u / 64];
+    uint64_t bit = UINT64_C(1) << (u % 64);
+
+    if (on == !!(*w & bit))
+        return;
+    if (on)
+        *w |= bit;
+    else
+        *w &= ~bit;
+    store_relaxed(&m->hdr->committed_units, m->hdr->committed_units + (on ? 1 : (uint64_t) -1));
+}
+
+static void units_of(struct seg_map *m, uint32_t b, uint32_t n, uint64_t *first, uint64_t *last)
+{
+    *first = ((uint64_t) b << SHM_BLOCK_SHIFT) >> m->unit_shift;
+    *last = ((((uint64_t) b + n) << SHM_BLOCK_SHIFT) - 1) >> m->unit_shift;
+}
+
+/* Returns true if blocks [b, b+n) are backed. On segments whose pages come
+ * on first touch (normal memfd) that is always so: the units are simply
+ * marked committed. */
+static bool blocks_committed(struct seg_map *m, uint32_t b, uint32_t n)
+{
+    uint64_t first, last;
+
+    units_of(m, b, n, &first, &last);
+    for (uint64_t u = first; u <= last; u++) {
+        if (unit_committed(m, u))
+            continue;
+        if (m->needs_commit)
+            return false;
+        unit_set_committed(m, u, true);
+    }
+    return true;
+}
+
+/* Called with the lock held and blocks [b, b+n) uncommitted: drops the
+ * lock, reserves the backing pages, retakes the lock. The pages count as
+ * committed only if no decommit ran in between (it could have punched
+ * them again). Returns 0 (the caller searches again) or -ENOMEM. */
+static int commit_unlocked(struct heap *h, struct seg_map *m, uint32_t b, uint32_t n)
+{
+    uint64_t first, last, decommits = m->hdr->decommits;
+    int r;
+
+    units_of(m, b, n, &first, &last);
+    seg_unlock(m);
+    r = os_commit(m->fd, first << m->unit_shift, (last - first + 1) << m->unit_shift);
+    (void) seg_lock(m, h);
+    if (r < 0)
+        return r;
+    if (m->hdr->decommits == decommits)
+        for (uint64_t u = first; u <= last; u++)
+            unit_set_committed(m, u, true);
+    return 0;
+}
+
+/* Finds n consecutive FREE blocks, the first a multiple of align. */
+static int64_t find_run(struct seg_map *m, uint32_t n, uint32_t align)
+{
+    struct bittree_chain *t = seg_free_tree(m);
+    int64_t b = bittree_find_first(t);
+
+    while (b >= 0) {
+        uint32_t start = (uint32_t) align_up((uint64_t) b, align), i;
+
+        if ((uint64_t) start + n > m->nblocks)
+            return -1;
+        for (i = 0; i < n; i++)
+            if (!bittree_test(t, start + i))
+                break;
+        if (i == n)
+            return start;
+        b = bittree_find_next(t, start + i + 1 < m->nblocks ? start + i + 1 : start + i);
+        if (b >= 0 && (uint32_t) b <= start + i)
+            return -1;
+    }
+    return -1;
+}
+
+/* Marks [b, b+n) as a slab of cls or a run of kind; the journal names the
+ * blocks until the caller clears journal.n. */
+static void blocks_claim(struct seg_map *m, uint32_t b, uint32_t n, bool slab, unsigned cls,
+                         unsigned nfree, enum run_kind kind)
+{
+    struct seg_header *hdr = m->hdr;
+
+    store_relaxed(&hdr->journal.block, b);
+    store_relaxed(&hdr->journal.n, n);
+    bittree_clear_range(seg_free_tree(m), b, n);
+    store_relaxed(&hdr->free_blocks, hdr->free_blocks - n);
+    for (uint32_t i = 1; i < n; i++)
+        meta_put(m, b + i,
+                 meta_make(slab ? BLK_SLAB_TAIL : BLK_RUN_TAIL, cls, 0, i, kind));
+    meta_put(m, b, meta_make(slab ? BLK_SLAB : BLK_RUN, cls, nfree, n, kind));
+}
+
+static void blocks_release(struct seg_map *m, uint32_t b, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        meta_put(m, b + i, meta_make(BLK_FREE, 0, 0, 0, RUN_LARGE));
+    bittree_set_range(seg_free_tree(m), b, n);
+    store_relaxed(&m->hdr->free_blocks, m->hdr->free_blocks + n);
+}
+
+static uint64_t *slab_bitmap(struct seg_map *m, uint32_t b, const struct slab_geometry *g)
+{
+    return (uint64_t *) (m->base + ((uint64_t) b << SHM_BLOCK_SHIFT) + g->bitmap_off);
+}
+
+static void slab_format(struct seg_map *m, uint32_t b, unsigned cls, const struct slab_geometry *g)
+{
+    uint64_t *bits = slab_bitmap(m, b, g);
+
+    for (uint32_t i = 0; i < g->bitmap_words; i++)
+        bits[i] = ~UINT64_C(0);
+    if (g->capacity % 64)
+        bits[g->bitmap_words - 1] = (UINT64_C(1) << (g->capacity % 64)) - 1;
+    blocks_claim(m, b, g->blocks, true, cls, g->capacity, RUN_LARGE);
+    shm_fault(FAULT_CARVE_MID);
+    bittree_set(seg_class_tree(m, cls), b);
+    store_relaxed(&m->hdr->journal.n, 0);
+}
+
+/* ---- taking objects ---- */
+
+int seg_take(struct heap *h, struct seg_map *m, unsigned cls, uint32_t n, struct cache_bin *bin,
+             uint64_t *ret_chain)
+{
+    struct seg_header *hdr = m->hdr;
+    struct slab_geometry g;
+    uint64_t chain = 0, base_off = (uint64_t) m->index << SHM_SEG_SHIFT;
+    uint32_t taken = 0, retries = 0;
+    int r;
+
+    sizeclass_geometry(cls, &g);
+    r = seg_lock(m, h);
+    if (r < 0)
+        return r;
+    store_relaxed(&hdr->journal.cls, cls);
+    store_relaxed(&hdr->journal.chain, 0);
+    store_relaxed(&hdr->journal.slot_bin, bin ? ptr_off(h, bin) : 0);
+    store_relaxed(&hdr->journal.op, JOP_TAKE);
+    while (taken < n) {
+        int64_t sb = bittree_find_first(seg_class_tree(m, cls));
+        uint64_t *bits, w;
+        unsigned nfree;
+
+        if (sb < 0) {
+            int64_t fb = find_run(m, g.blocks, 1);
+
+            if (fb < 0)
+                break;
+            if (!blocks_committed(m, (uint32_t) fb, g.blocks)) {
+                if (taken > 0 || ++retries > 8)
+                    break;
+                store_relaxed(&hdr->journal.op, JOP_NONE);
+                r = commit_unlocked(h, m, (uint32_t) fb, g.blocks);
+                store_relaxed(&hdr->journal.op, JOP_TAKE);
+                if (r < 0) {
+                    store_relaxed(&hdr->journal.op, JOP_NONE);
+                    seg_unlock(m);
+                    return r;
+                }
+                continue;
+            }
+            slab_format(m, (uint32_t) fb, cls, &g);
+            sb = fb;
+        }
+        w = meta_get(m, (uint32_t) sb);
+        nfree = meta_nfree(w);
+        bits = slab_bitmap(m, (uint32_t) sb, &g);
+        for (uint32_t i = 0; i < g.bitmap_words && taken < n && nfree > 0; i++) {
+            while (bits[i] && taken < n) {
+                unsigned bit = (unsigned) __builtin_ctzll(bits[i]);
+                uint64_t off = base_off + ((uint64_t) sb << SHM_BLOCK_SHIFT) +
+                               (uint64_t) (i * 64 + bit) * g.size;
+
+                obj_words(h, off)[0] = chain;
+                chain = off;
+                /* Linked into the journal first, freed bit cleared second:
+                 * a replay after death sets the bit again, harmlessly. */
+                store_relaxed(&hdr->journal.chain, chain);
+                bits[i] &= ~(UINT64_C(1) << bit);
+                taken++;
+                nfree--;
+                if (taken == n / 2)
+                    shm_fault(FAULT_TAKE_MID);
+            }
+        }
+        meta_put(m, (uint32_t) sb, meta_with_nfree(w, nfree));
+        if (nfree == 0)
+            bittree_clear(seg_class_tree(m, cls), (uint32_t) sb);
+    }
+    if (bin) {
+        /* The bin was empty (only empty bins are refilled from blocks).
+         * The head is stored first: recovery sees head == journal.chain and
+         * knows the chain was delivered. */
+        store_relaxed(&bin->head, chain);
+        store_relaxed(&bin->count, taken);
+    } else {
+        *ret_chain = chain;
+    }
+    store_relaxed(&hdr->journal.op, JOP_NONE);
+    seg_unlock(m);
+    return (int) taken;
+}
+
+/* ---- returning objects ---- */
+
+/* Returns one object to its slab. Returns false (and counts it) if off is
+ * not an object of this segment or is already free. */
+static bool slab_return_one(struct heap *h, struct seg_map *m, uint64_t off, bool recovering)
+{
+    uint64_t rel = off & SHM_OFF_MASK, w, *bits, idx;
+    uint32_t b, head;
+    struct slab_geometry g;
+    unsigned nfree, cls;
+
+    if ((off >> SHM_SEG_SHIFT) != m->index || rel >= m->size)
+        goto bad;
+    b = (uint32_t) (rel >> SHM_BLOCK_SHIFT);
+    w = meta_get(m, b);
+    if (meta_state(w) == BLK_SLAB_TAIL) {
+        if (meta_len(w) > b)
+            goto bad;
+        b -= meta_len(w);
+        w = meta_get(m, b);
+    }
+    if (meta_state(w) != BLK_SLAB)
+        goto bad;
+    head = b;
+    cls = meta_class(w);
+    if (cls >= SHM_NCLASSES)
+        goto bad;
+    sizeclass_geometry(cls, &g);
+    rel -= (uint64_t) head << SHM_BLOCK_SHIFT;
+    if (rel % g.size)
+        goto bad;
+    idx = rel / g.size;
+    if (idx >= g.capacity)
+        goto bad;
+    bits = slab_bitmap(m, head, &g);
+    if (bits[idx / 64] & (UINT64_C(1) << (idx % 64))) {
+        if (!recovering)
+            (void) fetch_add_relaxed(&h->ctl->double_frees, 1);
+        return false;
+    }
+    bits[idx / 64] |= UINT64_C(1) << (idx % 64);
+    nfree = meta_nfree(w) + 1;
+    if (nfree == g.capacity) {
+        /* The slab is empty: its blocks go back to the free tree (and are
+         * decommitted by a trim beyond retain_empty_blocks). */
+        bittree_clear(seg_class_tree(m, cls), head);
+        blocks_release(m, head, g.blocks);
+    } else {
+        meta_put(m, head, meta_with_nfree(w, nfree));
+        if (nfree == 1)
+            bittree_set(seg_class_tree(m, cls), head);
+    }
+    return true;
+bad:
+    if (!recovering)
+        heap_count_bad_free(h);
+    return false;
+}
+
+static bool off_in_seg(struct seg_map *m, uint64_t off)
+{
+    return (off >> SHM_SEG_SHIFT) == m->index && (off & SHM_OFF_MASK) >= 4096 &&
+           (off & SHM_OFF_MASK) + 16 <= m->size && (off & 15) == 0;
+}
+
+/* Walks the journal's chain returning each object; the bit is set before
+ * the journal moves on (see the preamble). */
+static void return_chain_locked(struct heap *h, struct seg_map *m, uint64_t chain,
+                                bool recovering)
+{
+    struct seg_header *hdr = m->hdr;
+    uint64_t guard = m->size / SHM_MIN_OBJECT, n = 0;
+
+    while (chain && n++ < guard) {
+        uint64_t next;
+
+        if (!off_in_seg(m, chain)) {
+            if (!recovering)
+                heap_count_bad_free(h);
+            break;
+        }
+        next = obj_words(h, chain)[0];
+        (void) slab_return_one(h, m, chain, recovering);
+        if (n == 2)
+            shm_fault(FAULT_RETURN_MID);
+        store_relaxed(&hdr->journal.chain, next);
+        chain = next;
+    }
+}
+
+void seg_return(struct heap *h, struct seg_map *m, uint64_t chain, uint64_t *ret_rest)
+{
+    struct seg_header *hdr = m->hdr;
+
+    if (ret_rest)
+        *ret_rest = 0;
+    if (seg_lock(m, h) < 0) {
+        (void) fetch_add_relaxed(&h->ctl->lost_objects, 1);
+        return;
+    }
+    store_relaxed(&hdr->journal.chain, chain);
+    store_relaxed(&hdr->journal.op, JOP_RETURN);
+    return_chain_locked(h, m, chain, false);
+    store_relaxed(&hdr->journal.op, JOP_NONE);
+    seg_unlock(m);
+}
+
+/* ---- runs ---- */
+
+int seg_alloc_run(struct heap *h, struct seg_map *m, uint32_t nblocks, uint32_t align_blocks,
+                  enum run_kind kind, uint32_t *ret_block)
+{
+    uint32_t retries = 0;
+    int64_t b;
+    int r;
+
+    r = seg_lock(m, h);
+    if (r < 0)
+        return r;
+    for (;;) {
+        b = find_run(m, nblocks, align_blocks ? align_blocks : 1);
+        if (b < 0) {
+            seg_unlock(m);
+            return -ENOSPC;
+        }
+        if (blocks_committed(m, (uint32_t) b, nblocks))
+            break;
+        r = ++retries > 8 ? -ENOMEM : commit_unlocked(h, m, (uint32_t) b, nblocks);
+        if (r < 0) {
+            seg_unlock(m);
+            return r;
+        }
+    }
+    blocks_claim(m, (uint32_t) b, nblocks, false, 0, 0, kind);
+    store_relaxed(&m->hdr->journal.n, 0);
+    seg_unlock(m);
+    *ret_block = (uint32_t) b;
+    return 0;
+}
+
+int seg_free_run(struct heap *h, struct seg_map *m, uint32_t block, enum run_kind kind)
+{
+    uint64_t w;
+    uint32_t n;
+    int r;
+
+    r = seg_lock(m, h);
+    if (r < 0)
+        return r;
+    w = block < m->nblocks ? meta_get(m, block) : 0;
+    if (block >= m->nblocks || meta_state(w) != BLK_RUN || meta_kind(w) != kind) {
+        seg_unlock(m);
+        return -EINVAL;
+    }
+    n = meta_len(w);
+    store_relaxed(&m->hdr->journal.block, block);
+    store_relaxed(&m->hdr->journal.n, n);
+    blocks_release(m, block, n);
+    store_relaxed(&m->hdr->journal.n, 0);
+    seg_unlock(m);
+    return 0;
+}
+
+/* ---- decommit ---- */
+
+#define DECOMMIT_BATCH 64
+
+uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain)
+{
+    uint64_t released = 0, unit_blocks = (UINT64_C(1) << m->unit_shift) >> SHM_BLOCK_SHIFT;
+    uint64_t nunits = m->size >> m->unit_shift, kept = 0, start_unit = 0;
+    uint32_t pid = (uint32_t) getpid();
+
+    if (unit_blocks == 0)
+        unit_blocks = 1;
+    for (;;) {
+        uint64_t batch[DECOMMIT_BATCH], nb = 0, u;
+
+        if (seg_lock(m, h) < 0)
+            return released;
+        /* Keep the lowest free committed blocks (the free tree hands out
+         * the lowest first, so they are reused before anything else). */
+        for (u = start_unit; u < nunits && nb < DECOMMIT_BATCH; u++) {
+            uint32_t b0 = (uint32_t) (u * unit_blocks), i;
+
+            if (!unit_committed(m, u) || b0 < m->hdr->first_block)
+                continue;
+            for (i = 0; i < unit_blocks; i++)
+                if (meta_state(meta_get(m, b0 + i)) != BLK_FREE)
+                    break;
+            if (i < unit_blocks)
+                continue;
+            if (kept + unit_blocks <= *retain) {
+                kept += unit_blocks;
+                continue;
+            }
+            for (i = 0; i < unit_blocks; i++)
+                meta_put(m, b0 + i, meta_make(BLK_BUSY, 0, 0, (uint32_t) unit_blocks, 0) |
+                                            (uint64_t) (pid & 0xffffff) << 8);
+            bittree_clear_range(seg_free_tree(m), b0, (uint32_t) unit_blocks);
+            store_relaxed(&m->hdr->free_blocks, m->hdr->free_blocks - unit_blocks);
+            unit_set_committed(m, u, false);
+            batch[nb++] = u;
+        }
+        start_unit = u;
+        if (nb)
+            store_relaxed(&m->hdr->decommits, m->hdr->decommits + 1);
+        seg_unlock(m);
+        if (nb == 0)
+            break;
+        for (uint64_t i = 0; i < nb;) {
+            uint64_t j = i + 1;
+
+            while (j < nb && batch[j] == batch[j - 1] + 1)
+                j++;
+            /* Outside the lock: the units' blocks are BUSY, nobody else
+             * touches them. A failed punch only leaves memory committed. */
+            if (os_decommit(m->fd, batch[i] << m->unit_shift, (j - i) << m->unit_shift) == 0)
+                released += (j - i) << m->unit_shift;
+            i = j;
+        }
+        shm_fault(FAULT_DECOMMIT_MID);
+        if (seg_lock(m, h) < 0)
+            return released;
+        for (uint64_t i = 0; i < nb; i++)
+            blocks_release(m, (uint32_t) (batch[i] * unit_blocks), (uint32_t) unit_blocks);
+        seg_unlock(m);
+    }
+    *retain -= kept < *retain ? kept : *retain;
+    return released;
+}
+
+/* ---- recovery ---- */
+
+void seg_repair(struct seg_map *m)
+{
+    struct seg_header *hdr = m->hdr;
+    uint64_t free_blocks = 0;
+
+    bittree_chain_init(seg_free_tree(m), m->nblocks, false);
+    for (unsigned c = 0; c < SHM_NCLASSES; c++)
+        bittree_chain_init(seg_class_tree(m, c), m->nblocks, false);
+    for (uint32_t b = hdr->first_block; b < m->nblocks; b++) {
+        uint64_t w = meta_get(m, b);
+        struct slab_geometry g;
+        unsigned nfree = 0;
+
+        switch (meta_state(w)) {
+        case BLK_BUSY:
+            if (os_pid_alive((pid_t) ((w >> 8) & 0xffffff)))
+                break;
+            meta_put(m, b, meta_make(BLK_FREE, 0, 0, 0, RUN_LARGE));
+            /* Its punch may or may not have happened; count the unit as
+             * uncommitted so the next use commits it again. */
+            unit_set_committed(m, ((uint64_t) b << SHM_BLOCK_SHIFT) >> m->unit_shift, false);
+            bittree_set(seg_free_tree(m), b);
+            free_blocks++;
+            break;
+        case BLK_FREE:
+            bittree_set(seg_free_tree(m), b);
+            free_blocks++;
+            break;
+        case BLK_SLAB:
+            if (meta_class(w) >= SHM_NCLASSES)
+                break;
+            sizeclass_geometry(meta_class(w), &g);
+            for (uint32_t i = 0; i < g.bitmap_words; i++)
+                nfree += (unsigned) __builtin_popcountll(slab_bitmap(m, b, &g)[i]);
+            if (nfree > g.capacity)
+                nfree = g.capacity;
+            meta_put(m, b, meta_with_nfree(w, nfree));
+            if (nfree == g.capacity) {
+                blocks_release(m, b, g.blocks);
+                free_blocks += 0; /* counted by blocks_release */
+            } else if (nfree > 0) {
+                bittree_set(seg_class_tree(m, meta_class(w)), b);
+            }
+            break;
+        default:
+            break;
+        }
+    }
+    /* blocks_release above added to free_blocks; recount from the tree. */
+    (void) free_blocks;
+    store_relaxed(&hdr->free_blocks, bittree_count(seg_free_tree(m)));
+}
+
+static void seg_recover(struct seg_map *m, struct heap *h)
+{
+    struct seg_header *hdr = m->hdr;
+    struct seg_journal *j = &hdr->journal;
+
+    /* A carve or run free cut short: its blocks become free again. */
+    if (j->n && j->block < m->nblocks && j->block >= hdr->first_block &&
+        (uint64_t) j->block + j->n <= m->nblocks) {
+        for (uint32_t i = 0; i < j->n; i++)
+            meta_put(m, j->block + i, meta_make(BLK_FREE, 0, 0, 0, RUN_LARGE));
+    }
+    if (j->op == JOP_TAKE && j->chain) {
+        struct cache_bin *bin = NULL;
+
+        if (j->slot_bin && j->slot_bin < h->ctl->ctl_size)
+            bin = (struct cache_bin *) off_ptr(h, j->slot_bin);
+        /* Not delivered to the bin: put the objects back in their slabs. */
+        if (!bin || load_relaxed(&bin->head) != j->chain)
+            return_chain_locked(h, m, j->chain, true);
+    } else if (j->op == JOP_RETURN && j->chain) {
+        return_chain_locked(h, m, j->chain, true);
+    }
+    memset(j, 0, sizeof(*j));
+    seg_repair(m);
+}
+
+int seg_lock(struct seg_map *m, struct heap *h)
+{
+    int r = pthread_mutex_lock(&m->hdr->lock);
+
+    if (r == EOWNERDEAD) {
+        seg_recover(m, h);
+        r = pthread_mutex_consistent(&m->hdr->lock);
+    }
+    return -r;
+}
+
+void seg_unlock(struct seg_map *m)
+{
+    (void) pthread_mutex_unlock(&m->hdr->lock);
+}

@@ -1,0 +1,32 @@
+/* Size classes: the inline lookup used on the fast path and slab geometry. */
+#ifndef SHM_SIZECLASS_H
+#define SHM_SIZECLASS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shm/layout.h"
+
+struct slab_geometry {
+    uint32_t size;         /* object size */
+    uint32_t blocks;       /* blocks per slab */
+    uint32_t capacity;     /* objects per slab */
+    uint32_t bitmap_words; /* u64 words of the free bitmap */
+    uint32_t bitmap_off;   /* byte offset of the bitmap from the slab's start */
+};
+
+void sizeclass_geometry(unsigned cls, struct slab_geometry *ret);
+
+/* size must be 1..SHM_SMALL_MAX (0 is treated as 1). */
+static inline unsigned sizeclass_of_inline(size_t size)
+{
+    unsigned p;
+
+    if (size <= 128)
+        return size ? (unsigned) ((size - 1) >> 4) : 0;
+    p = 63u - (unsigned) __builtin_clzll(size - 1); /* 2^p < size <= 2^(p+1) */
+    /* k - 1 where k = ceil((size - 2^p) / 2^(p-3)), k in 1..8 */
+    return 8u + (p - 7) * 8 + (unsigned) ((size - ((size_t) 1 << p) - 1) >> (p - 3));
+}
+
+#endif

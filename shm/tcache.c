@@ -1,0 +1,493 @@
+/* Thread caches: per thread and attachment, a list of free objects per size
+ * class, kept in a cache slot in shared memory so that someone else can
+ * give them back if the thread or its process goes away.
+ *
+ * The fast path (alloc.c) touches only the owner's slot with plain loads
+ * and stores: no atomic read-modify-write, no fence.
+ *
+ * Busy/steal protocol (draining an idle thread's cache without a costly
+ * atomic on the owner's path). Two words in the slot:
+ *   owner:    busy = 1; compiler barrier; if (steal) back off; ...work...;
+ *             busy = 0 (release)
+ *   trimmer:  CAS steal 0 -> 1; membarrier(); wait for busy == 0 (acquire);
+ *             ...drain the bins...; steal = 0 (release)
+ * membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) runs a full barrier on every
+ * CPU running a thread of a registered process (every attachment
+ * registers). So either the owner's busy = 1 is visible to the trimmer
+ * after the membarrier (the trimmer waits), or the owner's later load of
+ * steal comes after that barrier and sees 1 (the owner backs off and waits
+ * for steal == 0 with acquire, which shows it the drained bins). The
+ * owner's own store->load pair needs no fence: the membarrier supplies it
+ * only when a trimmer actually comes. Without membarrier a live cache is
+ * never taken; its owner flushes when it next runs.
+ *
+ * Counters (allocs, frees, recycler figures) are in the bins, written by
+ * the owner only, summed by readers (stats.c). */
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shm/internal.h"
+#include "shm/os.h"
+
+__thread struct tcache *tl_last;
+static __thread struct tcache tl_caches[TCACHE_TLS_MAX];
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+/* A forked child must not use its parent's caches: forget them, so every
+ * call misses the fast path and the slow path refuses the stale handle. */
+static void atfork_child(void)
+{
+    memset(tl_caches, 0, sizeof(tl_caches));
+    tl_last = NULL;
+}
+
+static void atfork_register(void)
+{
+    (void) pthread_atfork(NULL, NULL, atfork_child);
+}
+
+void tcache_reload_config(struct heap *h)
+{
+    struct shm_config *c = &h->ctl->config;
+    uint64_t gen = load_acquire(&h->ctl->config_gen); /* pairs with the writer's release */
+    uint32_t bundle = load_relaxed(&c->bundle_objects);
+    uint32_t bytes = load_relaxed(&c->thread_cache_bytes);
+
+    if (bundle < 2)
+        bundle = 2;
+    if (bundle > 4096)
+        bundle = 4096;
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        uint32_t size = sizeclass_size(cls);
+        uint32_t n = bytes / 8 / size;
+
+        /* A bundle is at most bundle_objects and at most an eighth of the
+         * cache's bytes; a bin holds two bundles before it gives one away. */
+        if (n > bundle)
+            n = bundle;
+        if (n < 2)
+            n = 2;
+        store_relaxed(&h->bundle_n[cls], n);
+        store_relaxed(&h->bin_cap[cls], 2 * n);
+    }
+    store_relaxed(&h->recycler_cap, load_relaxed(&c->recycler_cap_bundles));
+    store_relaxed(&h->retain_empty_blocks, load_relaxed(&c->retain_empty_blocks));
+    store_relaxed(&h->cfg_gen, gen);
+}
+
+static void thread_exit_cb(void *arg);
+
+int tcache_attach(struct heap *h)
+{
+    int r;
+
+    (void) pthread_once(&atfork_once, atfork_register);
+    r = pthread_key_create(&h->key, thread_exit_cb);
+    if (r)
+        return -r;
+    tcache_reload_config(h);
+    return 0;
+}
+
+struct tcache *tcache_get(struct heap *h)
+{
+    struct tcache *tc = tl_last, *free_tc = NULL;
+    uint32_t index;
+    int r;
+
+    if (tc && tc->h == h && tc->serial == h->serial)
+        return tc;
+    if (h->pid != getpid()) {
+        errno = ESTALE; /* a handle inherited through fork() */
+        return NULL;
+    }
+    for (unsigned i = 0; i < TCACHE_TLS_MAX; i++) {
+        tc = &tl_caches[i];
+        if (tc->h == h && tc->serial == h->serial) {
+            tl_last = tc;
+            return tc;
+        }
+        if (!tc->h && !free_tc)
+            free_tc = tc;
+    }
+    if (!free_tc) {
+        errno = EMFILE;
+        return NULL;
+    }
+    r = ctl_slot_claim(h, &index);
+    if (r < 0) {
+        errno = -r;
+        return NULL;
+    }
+    tc = free_tc;
+    memset(tc, 0, sizeof(*tc));
+    tc->h = h;
+    tc->serial = h->serial;
+    tc->slot = &h->ctl->slots[index];
+    tc->slot_index = index;
+    tc->tick = TCACHE_TICK;
+    tc->trim_gen_seen = load_relaxed(&tc->slot->trim_gen_seen);
+    pthread_mutex_lock(&h->local_lock);
+    tc->next = h->caches;
+    h->caches = tc;
+    pthread_mutex_unlock(&h->local_lock);
+    (void) pthread_setspecific(h->key, tc);
+    tl_last = tc;
+    return tc;
+}
+
+void tcache_enter(struct tcache *tc)
+{
+    struct cache_slot *s = tc->slot;
+
+    for (;;) {
+        store_relaxed(&s->busy, 1);
+        compiler_barrier();
+        /* acquire: pairs with the trimmer's release of steal, so what it
+         * drained is visible before we touch the bins. */
+        if (!load_acquire(&s->steal))
+            return;
+        store_release(&s->busy, 0);
+        while (load_acquire(&s->steal))
+            sched_yield();
+    }
+}
+
+void tcache_leave(struct tcache *tc)
+{
+    compiler_barrier();
+    /* release: publishes our bin updates to a trimmer that sees busy == 0. */
+    store_release(&tc->slot->busy, 0);
+}
+
+int tcache_steal_begin(struct cache_slot *s, bool owner_dead)
+{
+    uint32_t expected = 0;
+    int r;
+
+    if (!cas_strong_acq_rel(&s->steal, &expected, 1))
+        return -EBUSY; /* another trimmer has it */
+    if (owner_dead)
+        return 0;
+    r = os_membarrier();
+    if (r < 0) {
+        store_release(&s->steal, 0);
+        return r;
+    }
+    for (unsigned i = 0; i < 64; i++) {
+        /* acquire: pairs with the owner's release of busy. */
+        if (!load_acquire(&s->busy))
+            return 0;
+        sched_yield();
+    }
+    store_release(&s->steal, 0);
+    return -EBUSY;
+}
+
+void tcache_steal_end(struct cache_slot *s)
+{
+    /* release: the owner's acquire of steal sees the drained bins. */
+    store_release(&s->steal, 0);
+}
+
+/* Walks at most `max` objects of a list, validating each offset; returns
+ * the number of valid objects before the end or the first bad link. */
+static uint64_t chain_len(struct heap *h, uint64_t chain, uint64_t max, uint64_t *ret_last,
+                          uint32_t *ret_maxseg)
+{
+    uint64_t n = 0, last = 0;
+    uint32_t maxseg = 0;
+
+    while (chain && n < max) {
+        if (!heap_seg_for(h, chain) || (chain & 15))
+            break;
+        if ((uint32_t) (chain >> SHM_SEG_SHIFT) > maxseg)
+            maxseg = (uint32_t) (chain >> SHM_SEG_SHIFT);
+        last = chain;
+        n++;
+        chain = obj_words(h, chain)[0];
+    }
+    if (ret_last)
+        *ret_last = last;
+    if (ret_maxseg)
+        *ret_maxseg = maxseg;
+    return n;
+}
+
+void heap_return_chain(struct heap *h, uint64_t chain)
+{
+    uint64_t heads[SHM_MAX_SEGMENTS] = {0}, guard = 0;
+
+    /* Sort the objects by segment (relinking them), then one lock each. */
+    while (chain && guard++ < (UINT64_C(1) << 40)) {
+        struct seg_map *m = heap_seg_for(h, chain);
+        uint64_t next;
+
+        if (!m || (chain & 15) ||
+            (chain & SHM_OFF_MASK) < (uint64_t) m->hdr->first_block << SHM_BLOCK_SHIFT) {
+            heap_count_bad_free(h);
+            break;
+        }
+        next = obj_words(h, chain)[0];
+        obj_words(h, chain)[0] = heads[m->index];
+        heads[m->index] = chain;
+        chain = next;
+    }
+    for (uint32_t i = 1; i < SHM_MAX_SEGMENTS; i++)
+        if (heads[i])
+            seg_return(h, &h->segs[i], heads[i], NULL);
+}
+
+int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
+{
+    struct cache_bin *bin = &tc->slot->bins[cls];
+    uint32_t count, n = load_relaxed(&h->bundle_n[cls]);
+    int last_err = -ENOMEM;
+    uint64_t first;
+
+    first = recycler_pop(h, bin, cls, &count);
+    if (first) {
+        store_relaxed(&bin->head, first);
+        store_relaxed(&bin->count, count);
+        return 0;
+    }
+    for (int attempt = 0; attempt < 4; attempt++) {
+        uint32_t nmapped = load_acquire(&h->nmapped), start = h->seg_hint;
+
+        for (uint32_t k = 0; k + 1 < nmapped; k++) {
+            uint32_t i = 1 + (start - 1 + k) % (nmapped - 1);
+            struct seg_map *m = &h->segs[i];
+            int r;
+
+            if (!load_acquire(&m->meta))
+                continue;
+            r = seg_take(h, m, cls, n, bin, NULL);
+            if (r > 0) {
+                h->seg_hint = i;
+                return 0;
+            }
+            if (r < 0)
+                last_err = r;
+        }
+        /* Every segment is full: a new one may already be there, else ask
+         * the owner for one. */
+        if (load_acquire(&h->ctl->nsegments) > nmapped) {
+            (void) heap_sync_segments(h);
+            continue;
+        }
+        if (!h->hooks.grow)
+            return last_err;
+        last_err = h->hooks.grow(h->hooks.ctx, 0);
+        if (last_err < 0)
+            return last_err == -ENOSPC ? -ENOMEM : last_err;
+        (void) heap_sync_segments(h);
+    }
+    return last_err;
+}
+
+void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls)
+{
+    struct cache_bin *bin = &tc->slot->bins[cls];
+    uint32_t n = load_relaxed(&h->bundle_n[cls]), maxseg;
+    uint64_t first = load_relaxed(&bin->head), last, got;
+
+    got = chain_len(h, first, n, &last, &maxseg);
+    if (got == 0)
+        return;
+    /* Cut the first `got` objects off the bin as one bundle. */
+    store_relaxed(&bin->head, obj_words(h, last)[0]);
+    store_relaxed(&bin->count, bin->count - (uint32_t) got);
+    obj_words(h, last)[0] = 0;
+    if (!recycler_push(h, bin, cls, first, (uint32_t) got, maxseg, false))
+        heap_return_chain(h, first); /* the recycler is at its cap */
+}
+
+/* Empties one bin: to the recycler in bundles while it has room (a flush
+ * that keeps objects close at hand), or straight to the blocks. */
+static uint64_t bin_give_back(struct heap *h, struct cache_bin *bin, unsigned cls, bool to_blocks,
+                              bool count_stats)
+{
+    uint64_t chain = load_relaxed(&bin->head), total = 0;
+    uint32_t n = load_relaxed(&h->bundle_n[cls]);
+
+    store_relaxed(&bin->head, 0);
+    store_relaxed(&bin->count, 0);
+    while (chain) {
+        uint64_t last, rest, got;
+        uint32_t maxseg;
+
+        if (to_blocks) {
+            total += chain_len(h, chain, UINT64_MAX, NULL, NULL);
+            heap_return_chain(h, chain);
+            break;
+        }
+        got = chain_len(h, chain, n, &last, &maxseg);
+        if (got == 0)
+            break;
+        rest = obj_words(h, last)[0];
+        obj_words(h, last)[0] = 0;
+        total += got;
+        if (!recycler_push(h, count_stats ? bin : NULL, cls, chain, (uint32_t) got, maxseg,
+                           false)) {
+            obj_words(h, last)[0] = rest;
+            to_blocks = true;
+            continue;
+        }
+        chain = rest;
+    }
+    return total;
+}
+
+uint64_t tcache_drain_slot(struct heap *h, struct cache_slot *s)
+{
+    uint64_t n = 0;
+
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+        if (load_relaxed(&s->bins[cls].head))
+            n += bin_give_back(h, &s->bins[cls], cls, true, false);
+    return n;
+}
+
+static void tcache_flush(struct heap *h, struct tcache *tc, bool to_blocks)
+{
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+        if (load_relaxed(&tc->slot->bins[cls].head))
+            (void) bin_give_back(h, &tc->slot->bins[cls], cls, to_blocks, true);
+}
+
+int64_t slot_bytes_in_use(const struct cache_slot *s)
+{
+    int64_t bytes = (int64_t) (load_relaxed(&s->large_bytes_alloc) -
+                               load_relaxed(&s->large_bytes_freed));
+
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+        bytes += (int64_t) (load_relaxed(&s->bins[cls].allocs) -
+                            load_relaxed(&s->bins[cls].frees)) *
+                 (int64_t) sizeclass_size(cls);
+    return bytes;
+}
+
+/* Adds what this slot's in-use bytes moved since its last report to the
+ * heap-wide sample and raises the heap's peak if it passed it. */
+static void tcache_sample_peak(struct heap *h, struct cache_slot *s)
+{
+    int64_t cur = slot_bytes_in_use(s), delta = cur - load_relaxed(&s->reported_bytes);
+    uint64_t total, peak;
+
+    if ((uint64_t) cur > load_relaxed(&s->peak_bytes) && cur > 0)
+        store_relaxed(&s->peak_bytes, (uint64_t) cur);
+    if (delta == 0)
+        return;
+    store_relaxed(&s->reported_bytes, cur);
+    total = fetch_add_relaxed(&h->ctl->bytes_sampled, (uint64_t) delta) + (uint64_t) delta;
+    peak = load_relaxed(&h->ctl->peak_bytes);
+    while ((int64_t) total > (int64_t) peak &&
+           !__atomic_compare_exchange_n(&h->ctl->peak_bytes, &peak, total, true,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+}
+
+void tcache_tick(struct heap *h, struct tcache *tc)
+{
+    struct ctl_header *c = h->ctl;
+    /* acquire: pairs with heap_trim's bump; nothing else is read through it. */
+    uint64_t gen = load_acquire(&c->trim_gen);
+
+    tc->tick = TCACHE_TICK;
+    if (gen != tc->trim_gen_seen) {
+        tcache_enter(tc);
+        tcache_flush(h, tc, true);
+        /* release: the trimmer waiting on trim_gen_seen sees the flush. */
+        store_release(&tc->slot->trim_gen_seen, gen);
+        tcache_leave(tc);
+        tc->trim_gen_seen = gen;
+    }
+    if (load_relaxed(&c->config_gen) != load_relaxed(&h->cfg_gen))
+        tcache_reload_config(h);
+    (void) heap_sync_segments(h);
+    tcache_sample_peak(h, tc->slot);
+}
+
+static void tcache_release(struct heap *h, struct tcache *tc, bool unlink)
+{
+    tcache_enter(tc);
+    tcache_flush(h, tc, false);
+    tcache_sample_peak(h, tc->slot);
+    tcache_leave(tc);
+    ctl_slot_release(h, tc->slot_index);
+    if (unlink) {
+        pthread_mutex_lock(&h->local_lock);
+        for (struct tcache **pp = &h->caches; *pp; pp = &(*pp)->next)
+            if (*pp == tc) {
+                *pp = tc->next;
+                break;
+            }
+        pthread_mutex_unlock(&h->local_lock);
+    }
+    if (tl_last == tc)
+        tl_last = NULL;
+    tc->h = NULL;
+    tc->serial = 0;
+}
+
+static void thread_exit_cb(void *arg)
+{
+    struct tcache *tc = arg;
+
+    if (tc && tc->h && tc->serial == tc->h->serial)
+        tcache_release(tc->h, tc, true);
+}
+
+void heap_thread_flush(struct heap *h)
+{
+    struct tcache *tc = tl_last;
+
+    if (!h || !(tc && tc->h == h && tc->serial == h->serial)) {
+        if (!h || h->pid != getpid())
+            return;
+        tc = NULL;
+        for (unsigned i = 0; i < TCACHE_TLS_MAX; i++)
+            if (tl_caches[i].h == h && tl_caches[i].serial == h->serial)
+                tc = &tl_caches[i];
+        if (!tc)
+            return;
+    }
+    tcache_enter(tc);
+    tcache_flush(h, tc, false);
+    tcache_sample_peak(h, tc->slot);
+    tcache_leave(tc);
+}
+
+void tcache_flush_all(struct heap *h)
+{
+    pthread_mutex_lock(&h->local_lock);
+    for (struct tcache *tc = h->caches; tc; tc = tc->next) {
+        if (tcache_steal_begin(tc->slot, false) == 0) {
+            (void) bin_give_back; /* silence: used below through drain */
+            (void) tcache_drain_slot(h, tc->slot);
+            tcache_steal_end(tc->slot);
+        }
+    }
+    pthread_mutex_unlock(&h->local_lock);
+}
+
+/* Every thread of this process must have stopped using h (as for free()).
+ * Their caches go back, their slots are released, their TLS entries are
+ * cleared so a new attachment at the same address is not confused. */
+void tcache_detach(struct heap *h)
+{
+    struct tcache *tc, *next;
+
+    pthread_mutex_lock(&h->local_lock);
+    tc = h->caches;
+    h->caches = NULL;
+    pthread_mutex_unlock(&h->local_lock);
+    for (; tc; tc = next) {
+        next = tc->next;
+        tcache_release(h, tc, false);
+    }
+    (void) pthread_key_delete(h->key);
+}

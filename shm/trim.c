@@ -1,0 +1,172 @@
+/* Trim and reclamation.
+ *
+ * heap_trim: bump the trim generation (every running thread flushes its
+ * cache to the blocks at its next slow path or tick), take over the cache
+ * of every idle thread (the busy/steal protocol in tcache.c) and of every
+ * dead process, wait up to wait_ms for busy owners to flush themselves,
+ * then empty the recyclers into the blocks and decommit the free blocks
+ * beyond retain_empty_blocks (segment.c). */
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#include "shm/internal.h"
+#include "shm/os.h"
+
+/* Drains slot s and marks it flushed for gen. The caller holds steal. */
+static void slot_drain(struct heap *h, struct cache_slot *s, uint64_t gen)
+{
+    (void) tcache_drain_slot(h, s);
+    if (gen)
+        store_release(&s->trim_gen_seen, gen);
+}
+
+/* Takes back a slot whose owner is gone: drain, then free the slot. */
+static bool slot_reclaim(struct heap *h, struct cache_slot *s)
+{
+    if (tcache_steal_begin(s, true) < 0)
+        return false;
+    if (load_acquire(&s->state) != SLOT_OWNED) {
+        tcache_steal_end(s);
+        return false;
+    }
+    (void) tcache_drain_slot(h, s);
+    store_relaxed(&s->busy, 0);
+    store_relaxed(&s->pid, 0);
+    store_relaxed(&s->client_id, 0);
+    (void) fetch_add_relaxed(&h->ctl->caches_reclaimed, 1);
+    /* release: the next claimer sees the drained bins. */
+    store_release(&s->state, SLOT_FREE);
+    tcache_steal_end(s);
+    return true;
+}
+
+int heap_reclaim_client(struct heap *h, uint64_t client_id)
+{
+    int n = 0;
+
+    if (!h)
+        return -EINVAL;
+    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
+        struct cache_slot *s = &h->ctl->slots[i];
+
+        if (load_acquire(&s->state) == SLOT_OWNED && load_relaxed(&s->client_id) == client_id &&
+            slot_reclaim(h, s))
+            n++;
+    }
+    return n;
+}
+
+int heap_reclaim_dead(struct heap *h)
+{
+    int n = 0;
+
+    if (!h)
+        return -EINVAL;
+    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
+        struct cache_slot *s = &h->ctl->slots[i];
+
+        if (load_acquire(&s->state) == SLOT_OWNED &&
+            !os_pid_alive((pid_t) load_relaxed(&s->pid)) && slot_reclaim(h, s))
+            n++;
+    }
+    return n;
+}
+
+/* Pops every bundle of every class and returns its objects to the blocks. */
+static void recyclers_drain(struct heap *h)
+{
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        uint64_t first;
+        uint32_t count;
+
+        while ((first = recycler_pop(h, NULL, cls, &count)) != 0)
+            heap_return_chain(h, first);
+    }
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long) (ms % 1000) * 1000000L};
+
+    (void) nanosleep(&ts, NULL);
+}
+
+int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
+{
+    static const uint32_t none = UINT32_MAX;
+    uint32_t pending[SHM_MAX_SLOTS], npending = 0, flushed = 0, total = 0;
+    uint64_t gen, released = 0, retain, deadline;
+    struct ctl_header *c;
+
+    if (!h)
+        return -EINVAL;
+    c = h->ctl;
+    (void) heap_sync_segments(h);
+    /* acq_rel: threads that load the new generation (acquire) flush; the
+     * bump itself publishes nothing else. */
+    gen = fetch_add_acq_rel(&c->trim_gen, 1) + 1;
+    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
+        struct cache_slot *s = &c->slots[i];
+
+        if (load_acquire(&s->state) != SLOT_OWNED)
+            continue;
+        total++;
+        if (!os_pid_alive((pid_t) load_relaxed(&s->pid))) {
+            if (slot_reclaim(h, s))
+                flushed++;
+            continue;
+        }
+        if (tcache_steal_begin(s, false) == 0) {
+            slot_drain(h, s, gen);
+            tcache_steal_end(s);
+            flushed++;
+        } else {
+            pending[npending++] = i;
+        }
+    }
+    /* Owners that were busy flush themselves when they notice the new
+     * generation; give them until the deadline, trying to steal again. */
+    deadline = os_now_ns() + (uint64_t) wait_ms * 1000000u;
+    while (npending) {
+        uint32_t left = 0;
+
+        for (uint32_t k = 0; k < npending; k++) {
+            struct cache_slot *s = &c->slots[pending[k]];
+
+            if (pending[k] == none)
+                continue;
+            if (load_acquire(&s->state) != SLOT_OWNED ||
+                load_acquire(&s->trim_gen_seen) >= gen) {
+                flushed++;
+                continue;
+            }
+            if (tcache_steal_begin(s, false) == 0) {
+                slot_drain(h, s, gen);
+                tcache_steal_end(s);
+                flushed++;
+                continue;
+            }
+            pending[left++] = pending[k];
+        }
+        npending = left;
+        if (!npending || os_now_ns() >= deadline)
+            break;
+        sleep_ms(1);
+    }
+    recyclers_drain(h);
+    retain = load_relaxed(&c->config.retain_empty_blocks);
+    for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++)
+        if (load_acquire(&h->segs[i].meta))
+            released += seg_decommit_free(h, &h->segs[i], &retain);
+    (void) fetch_add_relaxed(&c->trim_bytes_released, released);
+    (void) fetch_add_relaxed(&c->trims, 1);
+    if (ret) {
+        memset(ret, 0, sizeof(*ret));
+        ret->trim_gen = gen;
+        ret->bytes_released = released;
+        ret->caches_flushed = flushed;
+        ret->caches_total = total;
+    }
+    return 0;
+}
