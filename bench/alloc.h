@@ -108,7 +108,14 @@ static int ba_info(char *buf, size_t len)
         (void) snprintf(buf, len, "heap_malloc-not-in-heap");
         r = -ENOTSUP;
     } else {
-        (void) snprintf(buf, len, "layout-v%u", (unsigned) SHM_LAYOUT_VERSION);
+        /* Segment 1 is the heap segment heap_local_create made; which
+         * page size SHM_PAGES_AUTO got matters to every figure. */
+        uint32_t page = __atomic_load_n(&heap_ctl(c)->segs[1].page_size, __ATOMIC_RELAXED);
+
+        (void) snprintf(buf, len, "layout-v%u,%s-pages", (unsigned) SHM_LAYOUT_VERSION,
+                        page >= (1u << 30)   ? "1G"
+                        : page >= (1u << 21) ? "2M"
+                                             : "4K");
     }
     if (p)
         heap_free(c, p);

@@ -43,8 +43,8 @@ static int env_u64(const char *name, uint64_t def, uint64_t min, uint64_t max, u
     errno = 0;
     v = strtoull(s, &end, 0);
     if (errno || *end || v < min || v > max) {
-        fprintf(stderr, "bench: %s=%s: want a number in [%" PRIu64 ", %" PRIu64 "]\n", name, s,
-                min, max);
+        fprintf(stderr, "bench: %s=%s: want a number in [%" PRIu64 ", %" PRIu64 "]\n", name, s, min,
+                max);
         return -EINVAL;
     }
     *ret = v;
@@ -136,8 +136,7 @@ static void kill_all(const pid_t *pids, unsigned n)
             (void) kill(pids[i], SIGKILL);
 }
 
-int bench_run_children(unsigned n, int (*fn)(void *arg, unsigned idx), void *arg,
-                       const char *what)
+int bench_run_children(unsigned n, int (*fn)(void *arg, unsigned idx), void *arg, const char *what)
 {
     pid_t pids[MAX_CHILDREN] = {0};
     pid_t parent = getpid();

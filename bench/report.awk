@@ -172,7 +172,9 @@ END {
     print ""
     print "(xR) = that allocator's figure / shmheap's; shm/mi = shmheap's / mimalloc's."
     print "ns rows: lower is faster, so x>1 means slower than shmheap. Mops, Mobj and"
-    print "2p/1p rows: higher is better. W3 2p/1p is W3_scaling (throughput 2 proc / 1 proc)."
+    print "2p/1p rows: higher is better. W3 2p/1p is W3_scaling: the median of each run's"
+    print "throughput_2proc / throughput_1proc (paired within a run), so not exactly the"
+    print "ratio of the two medians above it."
     if (nwhy) {
         print ""
         print "failed:"

@@ -45,7 +45,7 @@ declare -A failed=()
 record_fail() {
     echo "FAIL alloc=$1 workload=$2 reason=$3" >>"$RUNS"
     failed["$2/$1"]=1
-    echo "  $1 $2 failed: $3" >&2
+    printf '\n  %s %s failed: %s\n' "$1" "$2" "$3" >&2
     if [ -s "$errf" ]; then
         head -n 20 "$errf" | sed 's/^/    | /' >&2
     fi

@@ -212,8 +212,13 @@ static void churn_done(ba_ctx_t c, struct churn *ch)
 
 /* Fill, then time `ops` churn ops; *ret_t0 and *ret_t1 bracket the loop.
  * With a barrier, every participant starts the clock after it. */
-static int churn_timed(ba_ctx_t c, const struct bench_params *prm, uint64_t seed, uint64_t ops,
-                       struct bench_barrier *bar, uint32_t nbar, uint64_t *ret_t0,
+static int churn_timed(ba_ctx_t c,
+                       const struct bench_params *prm,
+                       uint64_t seed,
+                       uint64_t ops,
+                       struct bench_barrier *bar,
+                       uint32_t nbar,
+                       uint64_t *ret_t0,
                        uint64_t *ret_t1)
 {
     struct churn ch = {0};
@@ -234,8 +239,8 @@ static int churn_timed(ba_ctx_t c, const struct bench_params *prm, uint64_t seed
     if (r < 0)
         goto out;
     if (ch.bad) {
-        fprintf(stderr, "bench: %s: %llu objects were overwritten while live\n",
-                bench_alloc_name, (unsigned long long) ch.bad);
+        fprintf(stderr, "bench: %s: %llu objects were overwritten while live\n", bench_alloc_name,
+                (unsigned long long) ch.bad);
         r = -EIO;
         goto out;
     }
@@ -301,8 +306,8 @@ static int w3_child(void *arg, unsigned idx)
         fprintf(stderr, "bench: %s: W3 attach: %s\n", bench_alloc_name, strerror(-r));
         return r;
     }
-    r = churn_timed(c, a->prm, w3_seed(a->prm->seed, idx), a->prm->w3_ops, &a->sh->bar,
-                    a->nproc, &a->sh->t0[idx], &a->sh->t1[idx]);
+    r = churn_timed(c, a->prm, w3_seed(a->prm->seed, idx), a->prm->w3_ops, &a->sh->bar, a->nproc,
+                    &a->sh->t0[idx], &a->sh->t1[idx]);
     ba_detach(c);
     return r;
 }
@@ -393,8 +398,8 @@ static __attribute__((noinline)) int w4_produce(ba_ctx_t c, struct bench_ring *r
     return 0;
 }
 
-static __attribute__((noinline)) int w4_consume(ba_ctx_t c, struct bench_ring *ring, uint64_t n,
-                                                uint64_t *ret_bad)
+static __attribute__((noinline)) int
+w4_consume(ba_ctx_t c, struct bench_ring *ring, uint64_t n, uint64_t *ret_bad)
 {
     struct bench_ring_side side = {0, 0};
     uint64_t i, bad = 0;

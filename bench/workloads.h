@@ -82,8 +82,7 @@ void bench_unmap(void *p, size_t len);
  * returned 0, else 1. Each child dies with the parent. Then waits for all;
  * when one fails (non-zero exit or a signal) the others are killed.
  * Returns 0 if every child succeeded, else -ECHILD (reported on stderr). */
-int bench_run_children(unsigned n, int (*fn)(void *arg, unsigned idx), void *arg,
-                       const char *what);
+int bench_run_children(unsigned n, int (*fn)(void *arg, unsigned idx), void *arg, const char *what);
 
 static inline uint64_t bench_now_ns(void)
 {

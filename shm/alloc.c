@@ -16,13 +16,15 @@ static inline struct tcache *tcache_fast(struct heap *h)
 {
     struct tcache *tc = tl_last;
 
-    if (likely(tc && tc->h == h && tc->serial == h->serial))
+    /* tc->h alone identifies the attachment: detach clears tc->h in every
+     * thread's entry for it before h is freed. */
+    if (likely(tc && tc->h == h))
         return tc;
     return NULL;
 }
 
 /* Pops one object of cls from the calling thread's cache, refilling it. */
-static void *malloc_class_slow(struct heap *h, struct tcache *tc, unsigned cls)
+static __attribute__((noinline)) void *malloc_class_slow(struct heap *h, struct tcache *tc, unsigned cls)
 {
     struct cache_bin *bin = &tc->slot->bins[cls];
     uint64_t off, *p;
@@ -49,7 +51,7 @@ static void *malloc_class_slow(struct heap *h, struct tcache *tc, unsigned cls)
     return p;
 }
 
-static void *malloc_slow(struct heap *h, size_t size)
+static __attribute__((noinline)) void *malloc_slow(struct heap *h, size_t size)
 {
     struct tcache *tc;
 
@@ -99,7 +101,7 @@ void *heap_malloc(struct heap *h, size_t size)
 
 /* Looks up the block of a pointer into a mapped segment. Returns the
  * block's metadata word (0 if p is not in a heap segment's data). */
-static uint64_t block_of(struct heap *h, const void *p, struct seg_map **ret_m, uint32_t *ret_b)
+static inline __attribute__((always_inline)) uint64_t block_of(struct heap *h, const void *p, struct seg_map **ret_m, uint32_t *ret_b)
 {
     uint64_t off = ptr_off(h, p), *meta;
     struct seg_map *m;
@@ -119,7 +121,7 @@ static uint64_t block_of(struct heap *h, const void *p, struct seg_map **ret_m, 
     return load_relaxed(&meta[b]);
 }
 
-static void free_slow(struct heap *h, void *p)
+static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
 {
     struct tcache *tc;
     struct seg_map *m = NULL;
@@ -181,16 +183,20 @@ static void free_slow(struct heap *h, void *p)
 void heap_free(struct heap *h, void *p)
 {
     struct tcache *tc = tcache_fast(h);
+    uint64_t off = ptr_off(h, p), *meta, w;
     struct seg_map *m;
-    uint32_t b;
-    uint64_t w;
 
-    if (likely(tc && p) && likely((w = block_of(h, p, &m, &b)) != 0) &&
-        likely(meta_state(w) == BLK_SLAB || meta_state(w) == BLK_SLAB_TAIL)) {
+    /* The block's metadata word, inline and without out-parameters (the
+     * slow path's block_of() does the same with its checks spelled out). */
+    if (likely(tc && off < SHM_VA_SPAN) &&
+        likely((meta = load_acquire(&(m = &h->segs[off >> SHM_SEG_SHIFT])->meta)) != NULL) &&
+        likely(((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT) < m->nblocks) &&
+        (w = load_relaxed(&meta[(off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT]),
+         likely(meta_state(w) == BLK_SLAB || meta_state(w) == BLK_SLAB_TAIL))) {
         unsigned cls = meta_class(w);
         struct cache_slot *s = tc->slot;
         struct cache_bin *bin = &s->bins[cls];
-        uint64_t off = ptr_off(h, p), head;
+        uint64_t head;
 
         store_relaxed(&s->busy, 1);
         compiler_barrier();
@@ -319,57 +325,26 @@ void *heap_aligned_alloc(struct heap *h, size_t align, size_t size)
 
 void *large_alloc(struct heap *h, size_t size, size_t align)
 {
-    struct tcache *tc = tcache_get(h);
-    uint64_t nblocks = (size + SHM_BLOCK_SIZE - 1) >> SHM_BLOCK_SHIFT;
-    uint32_t align_blocks = (uint32_t) (align >> SHM_BLOCK_SHIFT), block;
-    int r = -ENOMEM;
+    uint64_t off;
+    int r;
 
-    if (!tc)
-        return NULL;
-    if (nblocks > (SHM_SEG_SPAN >> SHM_BLOCK_SHIFT) || align > (UINT64_C(1) << 30)) {
+    if (size > SHM_SEG_SPAN / 2 || align > (UINT64_C(1) << 30)) {
         errno = ENOMEM;
         return NULL;
     }
-    for (int attempt = 0; attempt < 4; attempt++) {
-        uint32_t nmapped = load_acquire(&h->nmapped);
-
-        for (uint32_t i = 1; i < nmapped; i++) {
-            struct seg_map *m = &h->segs[i];
-
-            if (!load_acquire(&m->meta) || m->nblocks < nblocks)
-                continue;
-            r = seg_alloc_run(h, m, (uint32_t) nblocks, align_blocks, RUN_LARGE, &block);
-            if (r == 0) {
-                bump_relaxed(&tc->slot->large_allocs, 1);
-                bump_relaxed(&tc->slot->large_bytes_alloc, nblocks << SHM_BLOCK_SHIFT);
-                return m->base + ((uint64_t) block << SHM_BLOCK_SHIFT);
-            }
-        }
-        if (load_acquire(&h->ctl->nsegments) > nmapped) {
-            (void) heap_sync_segments(h);
-            continue;
-        }
-        if (!h->hooks.grow)
-            break;
-        r = h->hooks.grow(h->hooks.ctx, (nblocks + align_blocks) << SHM_BLOCK_SHIFT);
-        if (r < 0)
-            break;
-        (void) heap_sync_segments(h);
+    r = run_create(h, size, (uint32_t) (align >> SHM_BLOCK_SHIFT), RUN_LARGE, &off);
+    if (r < 0) {
+        errno = -r;
+        return NULL;
     }
-    errno = (r == -ENOSPC || r == 0) ? ENOMEM : -r;
-    return NULL;
+    return off_ptr(h, off);
 }
 
 void large_free(struct heap *h, struct seg_map *m, uint32_t block, uint64_t w)
 {
-    struct tcache *tc = tcache_get(h);
-
-    if (seg_free_run(h, m, block, RUN_LARGE) < 0) {
+    (void) w;
+    if (run_destroy(h, ((uint64_t) m->index << SHM_SEG_SHIFT) |
+                               ((uint64_t) block << SHM_BLOCK_SHIFT),
+                    RUN_LARGE) < 0)
         heap_count_bad_free(h); /* freed twice: no longer a run */
-        return;
-    }
-    if (tc) {
-        bump_relaxed(&tc->slot->large_frees, 1);
-        bump_relaxed(&tc->slot->large_bytes_freed, (uint64_t) meta_len(w) << SHM_BLOCK_SHIFT);
-    }
 }

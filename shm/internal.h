@@ -73,7 +73,7 @@ struct tcache {
 };
 
 #define TCACHE_TLS_MAX 16u /* attachments one thread can use at once */
-extern __thread struct tcache *tl_last;
+extern __thread struct tcache *tl_last __attribute__((tls_model("initial-exec")));
 
 /* Operations between looks at the trim and config generations. */
 #define TCACHE_TICK 4096u
@@ -168,16 +168,31 @@ int tcache_steal_begin(struct cache_slot *s, bool owner_dead);
 void tcache_steal_end(struct cache_slot *s);
 struct tcache *tcache_get(struct heap *h); /* NULL and errno on failure */
 void tcache_enter(struct tcache *tc);
-void tcache_leave(struct tcache *tc);
 int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls);
 void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls);
 void tcache_tick(struct heap *h, struct tcache *tc);
 /* Bytes this slot allocated minus bytes it freed (may be negative). */
 int64_t slot_bytes_in_use(const struct cache_slot *s);
 
-/* ---- large.c ---- */
+/* ---- run.c ---- */
+/* Allocates a run of blocks for `bytes` (first block a multiple of
+ * align_blocks), growing the heap if need be, and counts it in the calling
+ * thread's slot. */
+int run_create(struct heap *h, uint64_t bytes, uint32_t align_blocks, enum run_kind kind,
+               uint64_t *ret_off);
+/* Frees the run at off if it is a run of `kind`; -EINVAL otherwise. */
+int run_destroy(struct heap *h, uint64_t off, enum run_kind kind);
+
+/* ---- alloc.c ---- */
 void *large_alloc(struct heap *h, size_t size, size_t align);
 void large_free(struct heap *h, struct seg_map *m, uint32_t block, uint64_t w);
+
+static inline void tcache_leave(struct tcache *tc)
+{
+    compiler_barrier();
+    /* release: publishes our bin updates to a trimmer that sees busy == 0. */
+    store_release(&tc->slot->busy, 0);
+}
 
 /* ---- ctl.c ---- */
 int ctl_check_header(const struct ctl_header *c, uint64_t size);

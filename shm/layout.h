@@ -161,7 +161,8 @@ struct ctl_header {
     uint32_t pad0;
     struct seg_entry segs[SHM_MAX_SEGMENTS];
     pthread_mutex_t lock; /* robust, process-shared: roots and segment table */
-    uint64_t pad1[3];
+    uint64_t refused_frees; /* objects counted as freed that their slab refused */
+    uint64_t pad1[2];
     /* Heap-wide event counters (atomic adds: they are rare). */
     uint64_t bad_frees;       /* pointer outside the heap or not an object */
     uint64_t double_frees;    /* object returned to its block twice */

@@ -447,8 +447,10 @@ static bool slab_return_one(struct heap *h, struct seg_map *m, uint64_t off, boo
         goto bad;
     bits = slab_bitmap(m, head, &g);
     if (bits[idx / 64] & (UINT64_C(1) << (idx % 64))) {
-        if (!recovering)
+        if (!recovering) {
             (void) fetch_add_relaxed(&h->ctl->double_frees, 1);
+            (void) fetch_add_relaxed(&h->ctl->refused_frees, 1);
+        }
         return false;
     }
     bits[idx / 64] |= UINT64_C(1) << (idx % 64);
@@ -465,8 +467,10 @@ static bool slab_return_one(struct heap *h, struct seg_map *m, uint64_t off, boo
     }
     return true;
 bad:
-    if (!recovering)
+    if (!recovering) {
         heap_count_bad_free(h);
+        (void) fetch_add_relaxed(&h->ctl->refused_frees, 1);
+    }
     return false;
 }
 

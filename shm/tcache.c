@@ -32,7 +32,7 @@
 #include "shm/internal.h"
 #include "shm/os.h"
 
-__thread struct tcache *tl_last;
+__thread struct tcache *tl_last __attribute__((tls_model("initial-exec")));
 static __thread struct tcache tl_caches[TCACHE_TLS_MAX];
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
@@ -154,13 +154,6 @@ void tcache_enter(struct tcache *tc)
         while (load_acquire(&s->steal))
             sched_yield();
     }
-}
-
-void tcache_leave(struct tcache *tc)
-{
-    compiler_barrier();
-    /* release: publishes our bin updates to a trimmer that sees busy == 0. */
-    store_release(&tc->slot->busy, 0);
 }
 
 int tcache_steal_begin(struct cache_slot *s, bool owner_dead)

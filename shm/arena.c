@@ -1,0 +1,168 @@
+/* Arenas: bump allocation in shared memory, freed all at once.
+ *
+ * An arena is a run of blocks (kind RUN_ARENA) that starts with struct
+ * arena_header; its offset is the run's offset. Allocation is a CAS loop
+ * on `used` (any process, any thread); reset stores 0 (O(1)); destroy
+ * frees the run. Figures come from the header. SESSION arenas record their
+ * creator's client id so the daemon can destroy them when it goes. */
+#include <errno.h>
+#include <string.h>
+
+#include "shm/internal.h"
+
+#define ARENA_MAGIC UINT64_C(0x414e455241485348) /* "HSHARENA" */
+
+struct arena_header {
+    uint64_t magic;
+    uint64_t capacity; /* usable bytes after the header */
+    uint64_t used;     /* bytes handed out (with alignment padding) */
+    uint64_t count;
+    uint64_t owner; /* client id of the creator */
+    uint32_t flags;
+    uint32_t pad;
+    uint64_t pad2[2];
+};
+_Static_assert(sizeof(struct arena_header) == 64, "arena header is one line");
+
+/* Returns the header of a live arena at off, or NULL. */
+static struct arena_header *arena_at(struct heap *h, uint64_t off, struct seg_map **ret_m)
+{
+    struct seg_map *m = heap_seg_for(h, off);
+    struct arena_header *a;
+    uint64_t w;
+    uint32_t b;
+
+    if (!m || (off & (SHM_BLOCK_SIZE - 1)))
+        return NULL;
+    b = (uint32_t) ((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT);
+    w = load_relaxed(&m->meta[b]);
+    if (meta_state(w) != BLK_RUN || meta_kind(w) != RUN_ARENA)
+        return NULL;
+    a = off_ptr(h, off);
+    if (load_acquire(&a->magic) != ARENA_MAGIC ||
+        load_relaxed(&a->capacity) + sizeof(*a) > (uint64_t) meta_len(w) << SHM_BLOCK_SHIFT)
+        return NULL;
+    if (ret_m)
+        *ret_m = m;
+    return a;
+}
+
+int heap_arena_create(struct heap *h, size_t capacity, unsigned flags, uint64_t *ret_arena)
+{
+    struct arena_header *a;
+    uint64_t off;
+    int r;
+
+    if (!h || !ret_arena || capacity == 0 || (flags & ~HEAP_ARENA_SESSION))
+        return -EINVAL;
+    if (capacity > SHM_SEG_SPAN / 2)
+        return -ENOMEM;
+    r = run_create(h, capacity + sizeof(*a), 1, RUN_ARENA, &off);
+    if (r < 0)
+        return r;
+    a = off_ptr(h, off);
+    memset(a, 0, sizeof(*a));
+    a->capacity = capacity;
+    a->owner = h->client_id;
+    a->flags = flags;
+    /* release: a process that finds the arena by offset and sees the
+     * magic (acquire) sees the header. */
+    store_release(&a->magic, ARENA_MAGIC);
+    *ret_arena = off;
+    return 0;
+}
+
+void *heap_arena_alloc(struct heap *h, uint64_t arena, size_t size, size_t align)
+{
+    struct arena_header *a = h ? arena_at(h, arena, NULL) : NULL;
+    uint64_t used, start, end, data;
+
+    if (!a || (align & (align - 1)) || align > SHM_BLOCK_SIZE) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (align == 0)
+        align = 16;
+    data = arena + sizeof(*a);
+    used = load_relaxed(&a->used);
+    do {
+        start = ((data + used + align - 1) & ~(uint64_t) (align - 1)) - data;
+        if (start > a->capacity || size > a->capacity - start) {
+            errno = ENOMEM; /* out of space: a clean failure */
+            return NULL;
+        }
+        end = start + size;
+        /* relaxed: the bytes handed out are the caller's to publish. */
+    } while (!__atomic_compare_exchange_n(&a->used, &used, end, true, __ATOMIC_RELAXED,
+                                          __ATOMIC_RELAXED));
+    (void) fetch_add_relaxed(&a->count, 1);
+    return off_ptr(h, data + start);
+}
+
+int heap_arena_reset(struct heap *h, uint64_t arena)
+{
+    struct arena_header *a = h ? arena_at(h, arena, NULL) : NULL;
+
+    if (!a)
+        return -EINVAL;
+    store_relaxed(&a->count, 0);
+    store_relaxed(&a->used, 0);
+    return 0;
+}
+
+int heap_arena_stats(struct heap *h, uint64_t arena, struct arena_stats *ret)
+{
+    struct arena_header *a = h ? arena_at(h, arena, NULL) : NULL;
+
+    if (!a || !ret)
+        return -EINVAL;
+    ret->capacity = a->capacity;
+    ret->allocated = load_relaxed(&a->used);
+    ret->count = load_relaxed(&a->count);
+    ret->remaining = ret->capacity - ret->allocated;
+    ret->utilization = (double) ret->allocated / (double) ret->capacity;
+    return 0;
+}
+
+int heap_arena_destroy(struct heap *h, uint64_t arena)
+{
+    struct seg_map *m;
+    struct arena_header *a = h ? arena_at(h, arena, &m) : NULL;
+    uint64_t magic = ARENA_MAGIC;
+
+    if (!a)
+        return -EINVAL;
+    /* Exactly one destroyer wins; the others see -EINVAL. */
+    if (!cas_strong_acq_rel(&a->magic, &magic, 0))
+        return -EINVAL;
+    (void) m;
+    return run_destroy(h, arena, RUN_ARENA);
+}
+
+int heap_arena_destroy_session(struct heap *h, uint64_t client_id)
+{
+    int n = 0;
+
+    if (!h)
+        return -EINVAL;
+    (void) heap_sync_segments(h);
+    for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++) {
+        struct seg_map *m = &h->segs[i];
+
+        if (!load_acquire(&m->meta))
+            continue;
+        for (uint32_t b = m->hdr->first_block; b < m->nblocks; b++) {
+            uint64_t w = load_relaxed(&m->meta[b]), off;
+            struct arena_header *a;
+
+            if (meta_state(w) != BLK_RUN || meta_kind(w) != RUN_ARENA)
+                continue;
+            off = ((uint64_t) i << SHM_SEG_SHIFT) | ((uint64_t) b << SHM_BLOCK_SHIFT);
+            a = arena_at(h, off, NULL);
+            if (a && (a->flags & HEAP_ARENA_SESSION) && a->owner == client_id &&
+                heap_arena_destroy(h, off) == 0)
+                n++;
+        }
+    }
+    return n;
+}

@@ -1,0 +1,81 @@
+/* Figures: summed from the owners' counters in the cache slots and the
+ * recyclers' counts, without stopping anyone. Each figure is a snapshot of
+ * relaxed loads; counts of objects in flight may be off by a bundle while
+ * threads run. */
+#include <errno.h>
+#include <string.h>
+
+#include "shm/internal.h"
+
+int heap_stats(struct heap *h, struct heap_stats *ret)
+{
+    struct ctl_header *c;
+    int64_t in_use = 0;
+
+    if (!h || !ret)
+        return -EINVAL;
+    c = h->ctl;
+    (void) heap_sync_segments(h);
+    memset(ret, 0, sizeof(*ret));
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        ret->classes[cls].object_size = sizeclass_size(cls);
+        ret->classes[cls].in_recycler = load_relaxed(&c->rec[cls].objects);
+    }
+    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
+        const struct cache_slot *s = &c->slots[i];
+        bool owned = load_relaxed(&s->state) == SLOT_OWNED;
+
+        if (owned)
+            ret->slots_in_use++;
+        ret->allocs += load_relaxed(&s->large_allocs);
+        ret->frees += load_relaxed(&s->large_frees);
+        in_use += (int64_t) (load_relaxed(&s->large_bytes_alloc) -
+                             load_relaxed(&s->large_bytes_freed));
+        for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+            const struct cache_bin *b = &s->bins[cls];
+            uint64_t a = load_relaxed(&b->allocs), f = load_relaxed(&b->frees);
+            struct heap_class_stats *cs = &ret->classes[cls];
+
+            ret->allocs += a;
+            ret->frees += f;
+            cs->in_use += a - f; /* wraps back to the truth when summed */
+            if (owned)
+                cs->cached += load_relaxed(&b->count);
+            cs->rec_pushes += load_relaxed(&b->rec_pushes);
+            cs->rec_pops += load_relaxed(&b->rec_pops);
+            cs->rec_retries += load_relaxed(&b->rec_retries);
+        }
+    }
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+        in_use += (int64_t) ret->classes[cls].in_use * (int64_t) ret->classes[cls].object_size;
+    ret->bytes_in_use = in_use > 0 ? (uint64_t) in_use : 0;
+    ret->bytes_committed = c->ctl_size;
+    for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++) {
+        struct seg_map *m = &h->segs[i];
+        struct heap_seg_stats *ss = &ret->segs[ret->nsegments];
+
+        if (!load_acquire(&m->meta))
+            continue;
+        ss->index = i;
+        ss->page_size = m->page_size;
+        ss->size = m->size;
+        ss->committed_bytes = seg_committed_bytes(m);
+        ss->free_blocks = load_relaxed(&m->hdr->free_blocks);
+        ss->metadata_bytes = m->hdr->meta_end;
+        ret->bytes_reserved += m->size;
+        ret->bytes_committed += ss->committed_bytes;
+        ret->nsegments++;
+    }
+    /* The peak is sampled by threads every TCACHE_TICK operations and on
+     * flushes; the snapshot taken here counts too. */
+    ret->peak_bytes_in_use = load_relaxed(&c->peak_bytes);
+    if (ret->bytes_in_use > ret->peak_bytes_in_use)
+        ret->peak_bytes_in_use = ret->bytes_in_use;
+    ret->trim_gen = load_relaxed(&c->trim_gen);
+    ret->trims = load_relaxed(&c->trims);
+    ret->trim_bytes_released = load_relaxed(&c->trim_bytes_released);
+    ret->bad_frees = load_relaxed(&c->bad_frees);
+    ret->double_frees = load_relaxed(&c->double_frees);
+    ret->lost_objects = load_relaxed(&c->lost_objects);
+    return 0;
+}

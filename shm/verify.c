@@ -1,0 +1,358 @@
+/* The heap verifier: walks everything and checks every invariant.
+ *
+ *  1. Per segment, under its lock: every metadata word is a known state;
+ *     slab and run tails point back to a head that covers them; the free
+ *     tree and the class trees agree with the metadata (meta.h invariants)
+ *     and are internally consistent (bittree_check); nfree == popcount of
+ *     the slab bitmap; free_blocks and committed_units match their maps;
+ *     no journal is left open; BUSY blocks belong to live processes.
+ *  2. Objects in thread caches (slots taken with the steal protocol, so
+ *     their owners wait) and in recyclers (every bundle popped, checked and
+ *     pushed back): each is the start of an object of its class in a slab,
+ *     is not free in its slab's bitmap, and appears only once.
+ *  3. Counts: per heap, objects out of slabs == objects in use (allocs -
+ *     frees) + cached + in recyclers, corrected for frees the slabs refused
+ *     as double. Checked only when every slot could be taken and no object
+ *     was lost in flight by a dead process. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shm/internal.h"
+#include "shm/os.h"
+
+struct verify_ctx {
+    struct heap *h;
+    struct verify_report *rep;
+    uint64_t *offs; /* objects seen in caches and recyclers */
+    uint32_t *cls_of;
+    size_t n, cap;
+    bool oom;
+};
+
+__attribute__((format(printf, 2, 3))) static void problem(struct verify_ctx *v, const char *fmt,
+                                                          ...)
+{
+    va_list ap;
+
+    v->rep->consistent = false;
+    if (v->rep->nproblems < sizeof(v->rep->problems) / sizeof(v->rep->problems[0])) {
+        va_start(ap, fmt);
+        (void) vsnprintf(v->rep->problems[v->rep->nproblems], sizeof(v->rep->problems[0]), fmt,
+                         ap);
+        va_end(ap);
+    }
+    v->rep->nproblems++;
+}
+
+static void seen_add(struct verify_ctx *v, uint64_t off, unsigned cls)
+{
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 4096;
+        uint64_t *o = realloc(v->offs, cap * sizeof(*o));
+        uint32_t *c;
+
+        if (!o) {
+            v->oom = true;
+            return;
+        }
+        v->offs = o;
+        c = realloc(v->cls_of, cap * sizeof(*c));
+        if (!c) {
+            v->oom = true;
+            return;
+        }
+        v->cls_of = c;
+        v->cap = cap;
+    }
+    v->offs[v->n] = off;
+    v->cls_of[v->n] = cls;
+    v->n++;
+}
+
+static uint64_t *bitmap_of(struct seg_map *m, uint32_t b, const struct slab_geometry *g)
+{
+    return (uint64_t *) (m->base + ((uint64_t) b << SHM_BLOCK_SHIFT) + g->bitmap_off);
+}
+
+/* Part 1 for one segment; adds each class's objects out of slabs to out[]. */
+static void verify_segment(struct verify_ctx *v, struct seg_map *m, uint64_t *out)
+{
+    struct seg_header *hdr = m->hdr;
+    uint64_t free_blocks = 0, units = 0, nunits = m->size >> m->unit_shift;
+    char buf[128];
+
+    if (bittree_check(seg_free_tree(m), buf, sizeof(buf)) < 0)
+        problem(v, "segment %u: free tree: %s", m->index, buf);
+    for (unsigned c = 0; c < SHM_NCLASSES; c++)
+        if (bittree_check(seg_class_tree(m, c), buf, sizeof(buf)) < 0)
+            problem(v, "segment %u: class %u tree: %s", m->index, c, buf);
+    if (hdr->journal.op != JOP_NONE || hdr->journal.n)
+        problem(v, "segment %u: journal left open (op %u)", m->index, hdr->journal.op);
+    for (uint32_t b = 0; b < m->nblocks; b++) {
+        uint64_t w = m->meta[b];
+        enum blk_state st = meta_state(w);
+        bool free_bit = bittree_test(seg_free_tree(m), b);
+        struct slab_geometry g;
+
+        v->rep->checked_blocks++;
+        if (b < hdr->first_block) {
+            if (st != BLK_RESERVED)
+                problem(v, "segment %u block %u: header block in state %u", m->index, b, st);
+            continue;
+        }
+        if (free_bit != (st == BLK_FREE))
+            problem(v, "segment %u block %u: free tree bit %d, state %u", m->index, b, free_bit,
+                    st);
+        if (st == BLK_FREE)
+            free_blocks++;
+        for (unsigned c = 0; c < SHM_NCLASSES; c++) {
+            bool want = st == BLK_SLAB && meta_class(w) == c && meta_nfree(w) > 0;
+
+            if (bittree_test(seg_class_tree(m, c), b) != want)
+                problem(v, "segment %u block %u: class %u tree bit wrong", m->index, b, c);
+        }
+        switch (st) {
+        case BLK_FREE:
+        case BLK_RUN:
+            if (st == BLK_RUN && (meta_len(w) == 0 || (uint64_t) b + meta_len(w) > m->nblocks ||
+                                  meta_kind(w) >= _RUN_KIND_MAX))
+                problem(v, "segment %u block %u: bad run length or kind", m->index, b);
+            break;
+        case BLK_SLAB: {
+            unsigned cls = meta_class(w), nfree = 0;
+            uint64_t *bits;
+
+            if (cls >= SHM_NCLASSES) {
+                problem(v, "segment %u block %u: bad class %u", m->index, b, cls);
+                break;
+            }
+            sizeclass_geometry(cls, &g);
+            if ((uint64_t) b + g.blocks > m->nblocks || meta_len(w) != g.blocks) {
+                problem(v, "segment %u block %u: slab length wrong", m->index, b);
+                break;
+            }
+            bits = bitmap_of(m, b, &g);
+            for (uint32_t i = 0; i < g.bitmap_words; i++)
+                nfree += (unsigned) __builtin_popcountll(bits[i]);
+            if (g.capacity % 64 && bits[g.bitmap_words - 1] >> (g.capacity % 64))
+                problem(v, "segment %u block %u: bitmap bits past capacity", m->index, b);
+            if (nfree != meta_nfree(w))
+                problem(v, "segment %u block %u: nfree %u but bitmap has %u", m->index, b,
+                        meta_nfree(w), nfree);
+            if (nfree == g.capacity)
+                problem(v, "segment %u block %u: empty slab not released", m->index, b);
+            out[cls] += g.capacity - nfree;
+            break;
+        }
+        case BLK_SLAB_TAIL:
+        case BLK_RUN_TAIL: {
+            uint32_t d = meta_len(w);
+            uint64_t hw = d && d <= b ? m->meta[b - d] : 0;
+            enum blk_state want = st == BLK_SLAB_TAIL ? BLK_SLAB : BLK_RUN;
+
+            if (meta_state(hw) != want || meta_len(hw) <= d)
+                problem(v, "segment %u block %u: tail without a head", m->index, b);
+            break;
+        }
+        case BLK_BUSY:
+            if (!os_pid_alive((pid_t) ((w >> 8) & 0xffffff)))
+                problem(v, "segment %u block %u: busy for a dead process", m->index, b);
+            break;
+        default:
+            problem(v, "segment %u block %u: unknown state %u", m->index, b, st);
+            break;
+        }
+    }
+    if (free_blocks != hdr->free_blocks)
+        problem(v, "segment %u: free_blocks %lu but %lu blocks are free", m->index,
+                (unsigned long) hdr->free_blocks, (unsigned long) free_blocks);
+    for (uint64_t u = 0; u < nunits; u++)
+        units += (seg_commit_map(m)[u / 64] >> (u % 64)) & 1;
+    if (units != hdr->committed_units)
+        problem(v, "segment %u: committed_units %lu but map has %lu", m->index,
+                (unsigned long) hdr->committed_units, (unsigned long) units);
+}
+
+/* Part 2 for one object: must be an allocated-from-slab object of cls. */
+static void verify_object(struct verify_ctx *v, struct seg_map *m, uint64_t off, unsigned cls)
+{
+    uint64_t rel = off & SHM_OFF_MASK, w, *bits, idx;
+    struct slab_geometry g;
+    uint32_t b;
+
+    v->rep->checked_objects++;
+    b = (uint32_t) (rel >> SHM_BLOCK_SHIFT);
+    w = m->meta[b];
+    if (meta_state(w) == BLK_SLAB_TAIL && meta_len(w) <= b)
+        b -= meta_len(w), w = m->meta[b];
+    if (meta_state(w) != BLK_SLAB || meta_class(w) != cls) {
+        problem(v, "object %#lx (class %u) is not in a slab of its class", (unsigned long) off,
+                cls);
+        return;
+    }
+    sizeclass_geometry(cls, &g);
+    rel -= (uint64_t) b << SHM_BLOCK_SHIFT;
+    idx = rel / g.size;
+    if (rel % g.size || idx >= g.capacity) {
+        problem(v, "object %#lx is not an object start", (unsigned long) off);
+        return;
+    }
+    bits = bitmap_of(m, b, &g);
+    if (bits[idx / 64] & (UINT64_C(1) << (idx % 64)))
+        problem(v, "object %#lx is cached but also free in its slab", (unsigned long) off);
+}
+
+/* Collects a list (word 0 links) of class cls. Returns objects found. */
+static uint64_t collect_list(struct verify_ctx *v, uint64_t chain, unsigned cls, const char *where)
+{
+    uint64_t n = 0;
+
+    while (chain) {
+        if (!heap_seg_for(v->h, chain) || (chain & 15)) {
+            problem(v, "%s: bad link %#lx", where, (unsigned long) chain);
+            break;
+        }
+        if (n > (UINT64_C(1) << 32)) {
+            problem(v, "%s: list does not end", where);
+            break;
+        }
+        seen_add(v, chain, cls);
+        n++;
+        chain = obj_words(v->h, chain)[0];
+    }
+    return n;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+    return x < y ? -1 : x > y;
+}
+
+struct popped {
+    uint64_t first;
+    uint32_t count;
+};
+
+int heap_verify(struct heap *h, struct verify_report *ret)
+{
+    struct verify_ctx v = {.h = h, .rep = ret};
+    uint64_t out[SHM_NCLASSES] = {0}, cached = 0, in_use = 0, recycled = 0, total_out = 0;
+    uint32_t taken[SHM_MAX_SLOTS], ntaken = 0;
+    struct popped *pops = NULL;
+    size_t npops = 0, popcap = 0;
+    bool exact = true;
+    struct ctl_header *c;
+
+    if (!h || !ret)
+        return -EINVAL;
+    c = h->ctl;
+    memset(ret, 0, sizeof(*ret));
+    ret->consistent = true;
+    (void) heap_sync_segments(h);
+    /* Freeze the caches: take every slot (dead owners' too). */
+    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
+        struct cache_slot *s = &c->slots[i];
+        bool dead;
+
+        if (load_acquire(&s->state) != SLOT_OWNED)
+            continue;
+        dead = !os_pid_alive((pid_t) load_relaxed(&s->pid));
+        if (tcache_steal_begin(s, dead) < 0) {
+            exact = false;
+            continue;
+        }
+        taken[ntaken++] = i;
+        for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+            char where[48];
+
+            (void) snprintf(where, sizeof(where), "slot %u class %u", i, cls);
+            cached += collect_list(&v, load_relaxed(&s->bins[cls].head), cls, where);
+        }
+    }
+    /* Empty the recyclers for the walk; they are pushed back below. */
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        uint64_t first;
+        uint32_t count;
+
+        while ((first = recycler_pop(h, NULL, cls, &count)) != 0) {
+            char where[48];
+            uint64_t got;
+
+            if (npops == popcap) {
+                struct popped *p = realloc(pops, (popcap ? popcap * 2 : 64) * sizeof(*p));
+
+                if (!p) {
+                    (void) recycler_push(h, NULL, cls, first, count,
+                                         load_acquire(&h->nmapped) - 1, true);
+                    v.oom = true;
+                    break;
+                }
+                pops = p;
+                popcap = popcap ? popcap * 2 : 64;
+            }
+            pops[npops].first = first;
+            pops[npops].count = count | (uint32_t) cls << 24;
+            npops++;
+            (void) snprintf(where, sizeof(where), "recycler class %u", cls);
+            got = collect_list(&v, first, cls, where);
+            if (got != count)
+                problem(&v, "recycler class %u: bundle says %u objects, has %lu", cls, count,
+                        (unsigned long) got);
+            recycled += got;
+        }
+    }
+    /* Blocks, then objects, one segment at a time under its lock. */
+    for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++) {
+        struct seg_map *m = &h->segs[i];
+
+        if (!load_acquire(&m->meta))
+            continue;
+        if (seg_lock(m, h) < 0) {
+            problem(&v, "segment %u: lock not recoverable", i);
+            continue;
+        }
+        verify_segment(&v, m, out);
+        for (size_t k = 0; k < v.n; k++)
+            if ((v.offs[k] >> SHM_SEG_SHIFT) == i)
+                verify_object(&v, m, v.offs[k], v.cls_of[k]);
+        seg_unlock(m);
+    }
+    /* No object twice. */
+    if (v.n > 1) {
+        qsort(v.offs, v.n, sizeof(*v.offs), cmp_u64);
+        for (size_t k = 1; k < v.n; k++)
+            if (v.offs[k] == v.offs[k - 1])
+                problem(&v, "object %#lx is in two places at once", (unsigned long) v.offs[k]);
+    }
+    /* Counts. */
+    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++)
+        for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+            in_use += load_relaxed(&c->slots[i].bins[cls].allocs) -
+                      load_relaxed(&c->slots[i].bins[cls].frees);
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+        total_out += out[cls];
+    if (exact && !v.oom && load_relaxed(&c->lost_objects) == 0 &&
+        total_out != in_use + cached + recycled + load_relaxed(&c->refused_frees))
+        problem(&v,
+                "counts: %lu objects out of slabs, but %lu in use + %lu cached + %lu in "
+                "recyclers + %lu frees refused by their slab",
+                (unsigned long) total_out, (unsigned long) in_use, (unsigned long) cached,
+                (unsigned long) recycled, (unsigned long) load_relaxed(&c->refused_frees));
+    /* Put everything back. */
+    for (size_t k = 0; k < npops; k++)
+        (void) recycler_push(h, NULL, pops[k].count >> 24, pops[k].first,
+                             pops[k].count & 0xffffff, load_acquire(&h->nmapped) - 1, true);
+    for (uint32_t k = 0; k < ntaken; k++)
+        tcache_steal_end(&c->slots[taken[k]]);
+    free(pops);
+    free(v.offs);
+    free(v.cls_of);
+    if (v.oom)
+        return -ENOMEM;
+    return 0;
+}
