@@ -9,6 +9,7 @@
  *   ba_shared_create/_destroy   before forking (shmheap: heap_local_create)
  *   ba_attach/ba_detach         in each process that allocates
  *   ba_info                     version and "does this allocator serve us"
+ *   ba_verify                   shmheap: heap_verify (BENCH_VERIFY=1); others: nothing
  *   BA_W4_PROCESSES             1: W4 runs producer and consumer as two
  *                               processes; 0: as two threads of one process
  *
@@ -21,6 +22,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define BENCH_ID_glibc    1
 #define BENCH_ID_mimalloc 2
@@ -82,6 +84,27 @@ static int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
 static void ba_detach(ba_ctx_t c)
 {
     heap_detach(c);
+}
+
+/* Walks the whole heap (heap_verify) and reports what it found on stderr.
+ * Called untimed, while nothing allocates. */
+static int ba_verify(ba_ctx_t c)
+{
+    struct verify_report rep;
+    uint32_t i;
+    int r;
+
+    r = heap_verify(c, &rep);
+    if (r < 0) {
+        fprintf(stderr, "bench: shmheap: heap_verify: %s\n", strerror(-r));
+        return r;
+    }
+    if (rep.consistent)
+        return 0;
+    fprintf(stderr, "bench: shmheap: heap_verify found %u problems:\n", rep.nproblems);
+    for (i = 0; i < rep.nproblems && i < 16; i++)
+        fprintf(stderr, "bench: shmheap:   %s\n", rep.problems[i]);
+    return -EIO;
 }
 
 /* Checks the heap really hands out its own memory and converts offsets. */
@@ -179,6 +202,12 @@ static void ba_detach(ba_ctx_t c)
     (void) c;
 }
 
+static int ba_verify(ba_ctx_t c)
+{
+    (void) c;
+    return 0;
+}
+
 #    if BENCH_ALLOC_ID == BENCH_ID_glibc
 
 #        include <gnu/libc-version.h>
@@ -228,8 +257,6 @@ static int ba_info(char *buf, size_t len)
 }
 
 #    elif BENCH_ALLOC_ID == BENCH_ID_jemalloc
-
-#        include <string.h>
 
 #        define BA_NAME "jemalloc"
 

@@ -10,7 +10,9 @@
  * 2 on bad usage. Sizes come from the environment: BENCH_W1_OPS (20M),
  * BENCH_W2_OPS (10M), BENCH_W3_OPS (per process; default BENCH_W2_OPS),
  * BENCH_W4_OBJS (2M), BENCH_LIVE (10000), BENCH_W4_RING (1024),
- * BENCH_SEED; BENCH_QUICK=1 divides the four counts by 10.
+ * BENCH_SEED; BENCH_QUICK=1 divides the four counts by 10. BENCH_VERIFY=1
+ * makes shmheap walk and check its heap after each run (untimed; an
+ * inconsistent heap fails the run).
  *
  * This file does not depend on the allocator: it is compiled once and
  * linked with each allocator's bench/workloads.c object. */
@@ -54,10 +56,11 @@ static int env_u64(const char *name, uint64_t def, uint64_t min, uint64_t max, u
 int bench_params_load(struct bench_params *ret)
 {
     struct bench_params p = {0};
-    uint64_t quick, live, ring;
+    uint64_t quick, verify, live, ring;
     int r = 0;
 
     r |= env_u64("BENCH_QUICK", 0, 0, 1, &quick);
+    r |= env_u64("BENCH_VERIFY", 0, 0, 1, &verify);
     r |= env_u64("BENCH_W1_OPS", 20000000, 1, UINT64_MAX / 2, &p.w1_ops);
     r |= env_u64("BENCH_W2_OPS", 10000000, 1, UINT64_MAX / 2, &p.w2_ops);
     r |= env_u64("BENCH_W3_OPS", p.w2_ops, 1, UINT64_MAX / 2, &p.w3_ops);
@@ -73,6 +76,7 @@ int bench_params_load(struct bench_params *ret)
     }
     p.live = (uint32_t) live;
     p.ring = (uint32_t) ring;
+    p.verify = verify != 0;
     if (quick) {
         p.w1_ops = p.w1_ops / 10 ? p.w1_ops / 10 : 1;
         p.w2_ops = p.w2_ops / 10 ? p.w2_ops / 10 : 1;

@@ -81,7 +81,7 @@ run_one() {
     case $rc in
     0) reason="no result line" ;;
     124 | 137) reason="hung: killed after ${TIMEOUT}s" ;;
-    1) reason=$(grep -m 1 -E 'signal|failed|overwritten|maps to' "$errf" || echo "exit 1") ;;
+    1) reason=$(grep -m 1 -E 'signal|heap_verify|overwritten|maps to|failed' "$errf" || echo "exit 1") ;;
     *) if [ "$rc" -gt 128 ]; then
            reason="killed by signal $((rc - 128)) ($(kill -l $((rc - 128)) 2>/dev/null))"
        else

@@ -62,6 +62,21 @@ static void fill_result(struct bench_result *ret, uint64_t ops, uint64_t t0, uin
     ret->per_s = (double) ops / ret->secs;
 }
 
+/* After the children of a multi-process run have detached: attach the
+ * parent and check the heap. */
+static int verify_shared(ba_shared_t *s)
+{
+    ba_ctx_t c;
+    int r;
+
+    r = ba_attach(s, 1000, &c);
+    if (r < 0)
+        return r;
+    r = ba_verify(c);
+    ba_detach(c);
+    return r;
+}
+
 /* ---- W1, W1c ---- */
 
 static __attribute__((noinline)) int w1_loop(ba_ctx_t c, uint64_t ops)
@@ -124,6 +139,8 @@ out_free:
     for (k = 0; k < 8; k++)
         if (kept[k])
             ba_free(c, kept[k]);
+    if (r == 0 && prm->verify)
+        r = ba_verify(c);
     ba_detach(c);
 out_destroy:
     ba_shared_destroy(s);
@@ -267,6 +284,8 @@ int bench_w2(const struct bench_params *prm, struct bench_result *ret)
     r = churn_timed(c, prm, prm->seed, prm->w2_ops, NULL, 0, &t0, &t1);
     if (r == 0)
         fill_result(ret, prm->w2_ops, t0, t1);
+    if (r == 0 && prm->verify)
+        r = ba_verify(c);
     ba_detach(c);
 out_destroy:
     ba_shared_destroy(s);
@@ -330,6 +349,8 @@ static double w3_phase(const struct bench_params *prm, uint32_t nproc)
         goto out;
     }
     r = bench_run_children(nproc, w3_child, &a, nproc == 1 ? "W3 1 process" : "W3 2 processes");
+    if (r == 0 && prm->verify)
+        r = verify_shared(a.heap);
     ba_shared_destroy(a.heap);
     if (r < 0)
         goto out;
@@ -515,6 +536,8 @@ int bench_w4(const struct bench_params *prm, struct bench_result *ret)
         goto out;
     }
     r = w4_run(&a);
+    if (r == 0 && prm->verify)
+        r = verify_shared(a.heap);
     ba_shared_destroy(a.heap);
     if (r < 0)
         goto out;

@@ -41,6 +41,7 @@ struct bench_params {
     uint32_t live;    /* BENCH_LIVE: live objects in W2 and W3 */
     uint32_t ring;    /* BENCH_W4_RING: ring slots in W4, a power of two */
     uint64_t seed;    /* BENCH_SEED: xorshift64 seed, non-zero */
+    bool verify;      /* BENCH_VERIFY=1: check the heap after the run (untimed) */
 };
 
 /* One run's figures; which fields are set depends on the workload. */

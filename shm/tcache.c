@@ -248,7 +248,7 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
         return 0;
     }
     for (int attempt = 0; attempt < 4; attempt++) {
-        uint32_t nmapped = load_acquire(&h->nmapped), start = h->seg_hint;
+        uint32_t nmapped = load_acquire(&h->nmapped), start = load_relaxed(&h->seg_hint);
 
         for (uint32_t k = 0; k + 1 < nmapped; k++) {
             uint32_t i = 1 + (start - 1 + k) % (nmapped - 1);
@@ -259,7 +259,7 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
                 continue;
             r = seg_take(h, m, cls, n, bin, NULL);
             if (r > 0) {
-                h->seg_hint = i;
+                store_relaxed(&h->seg_hint, i); /* a hint: any value works */
                 return 0;
             }
             if (r < 0)

@@ -1,0 +1,88 @@
+/* Helpers shared by the Check suites; see testheap.h. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tests/common/testheap.h"
+
+void th_create(struct test_heap *t, const struct shm_config *cfg, int policy)
+{
+    struct shm_config def;
+    int r;
+
+    if (!cfg) {
+        heap_config_default(&def);
+        def.segment_size = UINT64_C(256) << 20;
+        cfg = &def;
+    }
+    memset(t, 0, sizeof(*t));
+    r = heap_local_create(cfg, policy, &t->local);
+    ck_assert_msg(r == 0, "heap_local_create: %s", strerror(-r));
+    r = heap_local_attach(t->local, 1, &t->h);
+    ck_assert_msg(r == 0, "heap_local_attach: %s", strerror(-r));
+}
+
+struct heap *th_attach_child(struct test_heap *t, uint64_t client_id)
+{
+    struct heap *h;
+    int r = heap_local_attach(t->local, client_id, &h);
+
+    if (r < 0) {
+        fprintf(stderr, "child %d: attach: %s\n", (int) getpid(), strerror(-r));
+        _exit(99);
+    }
+    return h;
+}
+
+bool th_verify_quiet(struct heap *h)
+{
+    struct verify_report rep;
+    int r = heap_verify(h, &rep);
+
+    if (r < 0) {
+        fprintf(stderr, "heap_verify: %s\n", strerror(-r));
+        return false;
+    }
+    for (uint32_t i = 0; i < rep.nproblems && i < 16; i++)
+        fprintf(stderr, "verify: %s\n", rep.problems[i]);
+    return rep.consistent;
+}
+
+void th_verify(struct heap *h)
+{
+    ck_assert_msg(th_verify_quiet(h), "heap_verify found problems (see stderr)");
+}
+
+void th_destroy(struct test_heap *t)
+{
+    if (t->h)
+        heap_detach(t->h);
+    if (t->local)
+        heap_local_destroy(t->local);
+    memset(t, 0, sizeof(*t));
+}
+
+bool test_scale_small(void)
+{
+    const char *s = getenv("SHMHEAP_TEST_SCALE");
+
+    return s && strcmp(s, "small") == 0;
+}
+
+uint64_t test_scaled(uint64_t n, uint64_t div)
+{
+    return test_scale_small() ? (n / div ? n / div : 1) : n;
+}
+
+uint64_t test_rand(uint64_t *state)
+{
+    uint64_t x = *state;
+
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * UINT64_C(2685821657736338717);
+}
