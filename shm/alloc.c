@@ -182,13 +182,13 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
 
 void heap_free(struct heap *h, void *p)
 {
-    struct tcache *tc = tcache_fast(h);
-    uint64_t off = ptr_off(h, p), *meta, w;
+    struct tcache *tc = tcache_fast(h); /* NULL for a NULL h */
+    uint64_t off = tc ? ptr_off(h, p) : UINT64_MAX, *meta, w;
     struct seg_map *m;
 
     /* The block's metadata word, inline and without out-parameters (the
      * slow path's block_of() does the same with its checks spelled out). */
-    if (likely(tc && off < SHM_VA_SPAN) &&
+    if (likely(off < SHM_VA_SPAN) &&
         likely((meta = load_acquire(&(m = &h->segs[off >> SHM_SEG_SHIFT])->meta)) != NULL) &&
         likely(((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT) < m->nblocks) &&
         (w = load_relaxed(&meta[(off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT]),
@@ -260,6 +260,10 @@ void *heap_realloc(struct heap *h, void *p, size_t size)
     size_t old;
     void *q;
 
+    if (!h) {
+        errno = EINVAL;
+        return NULL;
+    }
     if (!p)
         return heap_malloc(h, size);
     if (size == 0) {

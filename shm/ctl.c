@@ -167,6 +167,18 @@ void ctl_slot_release(struct heap *h, uint32_t index)
     store_release(&h->ctl->slots[index].state, SLOT_FREE);
 }
 
+uint64_t ctl_raise_peak(struct ctl_header *c, uint64_t bytes)
+{
+    uint64_t peak = load_relaxed(&c->peak_bytes);
+
+    /* relaxed: the peak publishes nothing; a lost race retries with the
+     * value that won. */
+    while (bytes > peak && !__atomic_compare_exchange_n(&c->peak_bytes, &peak, bytes, true,
+                                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+    return bytes > peak ? bytes : peak;
+}
+
 /* ---- heap segments (owner side) ---- */
 
 static int segment_try(uint64_t size, uint64_t page, int *ret_fd)
@@ -180,9 +192,14 @@ static int segment_try(uint64_t size, uint64_t page, int *ret_fd)
     if (r < 0)
         goto fail;
     if (page > 4096) {
-        /* Huge pages must really be there: take the first one now, so a
-         * pool without free pages is an error here, not SIGBUS later. */
-        r = os_commit(fd, 0, page);
+        uint64_t meta;
+
+        /* Huge pages must really be there: take the ones the metadata
+         * needs now, so a pool without free pages is an error here, not
+         * SIGBUS later. */
+        r = seg_metadata_bytes(size, (uint32_t) page, &meta);
+        if (r == 0)
+            r = os_commit(fd, 0, (meta + page - 1) & ~(page - 1));
         if (r < 0)
             goto fail;
     } else {

@@ -160,6 +160,8 @@ int heap_stats(struct heap *h, struct heap_stats *ret);
 /* ---- verification (verify.c) ---- */
 struct verify_report {
     bool consistent;
+    bool counts_checked; /* false: some cache could not be frozen, or a thread died
+                          * inside a cache operation, so the object count was skipped */
     uint64_t checked_blocks;
     uint64_t checked_objects;
     uint32_t nproblems;

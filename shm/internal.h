@@ -114,6 +114,9 @@ static inline uint64_t bundle_link(uint64_t next, uint32_t count, uint32_t maxse
 
 /* ---- segment.c ---- */
 int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_size);
+/* Bytes at the start of a segment of this geometry taken by its header and
+ * metadata (they are committed when the segment is made). */
+int seg_metadata_bytes(uint64_t size, uint32_t page_size, uint64_t *ret_bytes);
 int seg_check_header(const struct seg_header *hdr, uint32_t index, uint64_t size);
 void seg_map_init(struct seg_map *m, void *base, int fd, uint32_t index);
 int seg_lock(struct seg_map *m, struct heap *h);
@@ -128,10 +131,14 @@ uint64_t *seg_commit_map(struct seg_map *m);
  * backing pages could not be committed. */
 int seg_take(struct heap *h, struct seg_map *m, unsigned cls, uint32_t n, struct cache_bin *bin,
              uint64_t *ret_chain);
-/* Returns the objects of `chain` (word 0 links, 0 ends) that lie in m to
- * their slabs; writes the rest (other segments) to *ret_rest. Counts
- * double and bad frees into the control segment. */
-void seg_return(struct heap *h, struct seg_map *m, uint64_t chain, uint64_t *ret_rest);
+/* Returns the chain of objects starting at *handoff (word 0 links, 0
+ * ends) to their slabs, whatever their segments, moving *handoff past each
+ * object as it goes. *handoff is a cache slot's handoff word (so that the
+ * reclaimer of a dead process can finish the job) or the caller's own
+ * variable. Counts double and bad frees into the control segment. */
+void seg_return_handoff(struct heap *h, uint64_t *handoff);
+/* Frees blocks left BUSY by a decommitter that died outside the lock. */
+void seg_reap_busy(struct heap *h, struct seg_map *m);
 /* Runs of blocks. */
 int seg_alloc_run(struct heap *h, struct seg_map *m, uint32_t nblocks, uint32_t align_blocks,
                   enum run_kind kind, uint32_t *ret_block);
@@ -161,6 +168,10 @@ void tcache_reload_config(struct heap *h);
 void tcache_flush_all(struct heap *h);
 /* Returns a chain of objects to their blocks, whatever segments they are in. */
 void heap_return_chain(struct heap *h, uint64_t chain);
+/* Settles a slot's handoff word left by a thread that stopped midway: the
+ * chain goes back to the blocks unless it is still a bin's list. The caller
+ * owns the slot (steal held, or the owner itself). */
+void tcache_settle_handoff(struct heap *h, struct cache_slot *s);
 /* Drains a slot's bins back into the heap (to blocks). The caller owns the
  * slot: its owner is gone, or steal is held. Returns objects drained. */
 uint64_t tcache_drain_slot(struct heap *h, struct cache_slot *s);
@@ -200,6 +211,9 @@ int ctl_lock(struct ctl_header *c);
 void ctl_unlock(struct ctl_header *c);
 int ctl_slot_claim(struct heap *h, uint32_t *ret_index);
 void ctl_slot_release(struct heap *h, uint32_t index);
+/* Raises the heap's peak of bytes in use to `bytes` if it is higher;
+ * returns the peak. */
+uint64_t ctl_raise_peak(struct ctl_header *c, uint64_t bytes);
 
 /* Fault injection for the death tests: when shm_fault_at equals a point's
  * number, that point raises SIGKILL. Only on cold paths. */

@@ -56,7 +56,7 @@
 #define SHM_NCLASSES    72u
 #define SHM_SMALL_MAX   32768u
 #define SHM_MIN_OBJECT  16u
-#define SHM_SLAB_MAX_BLOCKS 4u
+#define SHM_SLAB_MAX_BLOCKS 5u
 
 #define SHM_MAX_SLOTS   1024u /* thread caches across all processes */
 #define SHM_MAX_ROOTS   256u
@@ -124,7 +124,7 @@ struct __attribute__((aligned(64))) cache_slot {
     uint32_t pid;       /* owning process */
     uint64_t client_id; /* the attachment that owns it (the daemon's client id) */
     uint32_t busy;      /* owner is inside a cache operation (tcache.c) */
-    uint32_t steal;     /* a trimmer holds the cache; the owner must wait */
+    uint32_t steal;     /* pid of a trimmer that holds the cache; the owner waits */
     uint64_t large_allocs;
     uint64_t large_frees;
     uint64_t large_bytes_alloc;
@@ -132,7 +132,8 @@ struct __attribute__((aligned(64))) cache_slot {
     uint64_t peak_bytes;    /* this slot's peak of bytes in use, sampled on slow paths */
     uint64_t trim_gen_seen; /* last trim generation this slot flushed for */
     int64_t reported_bytes; /* this slot's in-use bytes last added to ctl.bytes_sampled */
-    uint64_t pad[4];
+    uint64_t handoff; /* a chain of objects on their way back to the blocks (tcache.c) */
+    uint64_t pad[3];
     struct cache_bin bins[SHM_NCLASSES];
 };
 
@@ -140,7 +141,8 @@ struct __attribute__((aligned(64))) recycler {
     tagged_head_t head; /* {offset of the first bundle, tag} */
     uint64_t nbundles;  /* approximate: bumped after a push, dropped after a pop */
     uint64_t objects;   /* objects in those bundles, likewise approximate */
-    uint64_t pad[4];
+    uint64_t refused;   /* frees of this class counted by a cache but refused by the slab */
+    uint64_t pad[3];
 };
 
 struct root_entry {
@@ -161,8 +163,10 @@ struct ctl_header {
     uint32_t pad0;
     struct seg_entry segs[SHM_MAX_SEGMENTS];
     pthread_mutex_t lock; /* robust, process-shared: roots and segment table */
-    uint64_t refused_frees; /* objects counted as freed that their slab refused */
-    uint64_t pad1[2];
+    uint64_t refused_frees; /* refused frees whose class was no longer known */
+    uint64_t deaths_mid_op; /* slots reclaimed from a thread that died inside a cache
+                             * operation: a few objects may have been in its hands */
+    uint64_t pad1[1];
     /* Heap-wide event counters (atomic adds: they are rare). */
     uint64_t bad_frees;       /* pointer outside the heap or not an object */
     uint64_t double_frees;    /* object returned to its block twice */
@@ -193,7 +197,7 @@ struct seg_journal {
     uint64_t chain; /* objects in flight (see segment.c) */
     uint32_t block;
     uint32_t n;
-    uint64_t slot_bin; /* offset of the cache bin the chain is delivered to */
+    uint64_t slot_word; /* TAKE: the cache bin the chain goes to; RETURN: the handoff word */
 };
 
 struct seg_header {

@@ -181,10 +181,10 @@ void *heap_pool_alloc(struct heap *h, uint64_t pool)
 int heap_pool_free(struct heap *h, uint64_t pool, void *ptr)
 {
     struct pool_header *p = h ? pool_at(h, pool) : NULL;
-    uint64_t off, w, chunk;
+    uint64_t off, w, chunk, first, end;
     struct seg_map *m;
     struct pool_chunk *c;
-    tagged_head_t old, nw;
+    tagged_head_t old, nw, bump;
     uint32_t b;
 
     if (!p || !ptr)
@@ -203,13 +203,13 @@ int heap_pool_free(struct heap *h, uint64_t pool, void *ptr)
     c = off_ptr(h, chunk);
     if (c->pool != pool)
         return -EFAULT; /* another pool's object */
-    {
-        uint64_t first = chunk + (chunk == pool ? ((sizeof(*p) + 63) & ~UINT64_C(63))
-                                                : sizeof(*c));
-
-        if (off < first || (off - first) % p->object_size)
-            return -EFAULT;
-    }
+    first = chunk + (chunk == pool ? ((sizeof(*p) + 63) & ~UINT64_C(63)) : sizeof(*c));
+    end = chunk + ((uint64_t) meta_len(w) << SHM_BLOCK_SHIFT);
+    if (off < first || (off - first) % p->object_size || off + p->object_size > end)
+        return -EFAULT; /* not an object's start */
+    bump = head_read(&p->bump);
+    if (bump.s.tag == end && off >= bump.s.off)
+        return -EFAULT; /* in the newest chunk, past what was ever handed out */
     old = head_read(&p->free);
     do {
         __atomic_store_n(&obj_words(h, off)[0], old.s.off, __ATOMIC_RELAXED);

@@ -16,10 +16,15 @@
  * bitmaps) with seg_repair. The journal's rules:
  *   JOP_TAKE    each object is linked into journal.chain BEFORE its free bit
  *               is cleared, so replay (set the bits of the chain again) is
- *               idempotent. If journal.slot_bin is set and that bin's head
- *               equals the chain, the chain was delivered: nothing to undo.
- *   JOP_RETURN  an object's free bit is set BEFORE journal.chain moves past
- *               it; replay returns what is left on the chain.
+ *               idempotent. If journal.slot_word names a cache bin whose
+ *               head equals the chain, the chain was delivered: nothing to
+ *               undo.
+ *   JOP_RETURN  objects come from a handoff word (a cache slot's, named by
+ *               journal.slot_word, or the caller's own). An object's free bit
+ *               is set BEFORE journal.chain and the handoff move past it;
+ *               replay returns what is left of this segment's objects and
+ *               leaves the handoff at the first object of another segment,
+ *               for whoever continues (the reclaimer of a dead slot).
  *   carve/free  journal.block/n name blocks whose state was changing; they
  *               become FREE again (a carve had handed nothing out yet).
  * Blocks being decommitted are BLK_BUSY outside the lock (the punch is a
@@ -80,19 +85,16 @@ uint64_t seg_committed_bytes(struct seg_map *m)
     return load_relaxed(&m->hdr->committed_units) << m->unit_shift;
 }
 
-int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_size)
+/* Fills in the header's geometry: where the metadata goes, how much of the
+ * segment it takes. */
+static int seg_layout(struct seg_header *hdr, uint64_t size, uint32_t page_size)
 {
-    struct seg_header *hdr = base;
-    pthread_mutexattr_t attr;
     uint64_t nblocks = size >> SHM_BLOCK_SHIFT, off, chain, nunits;
     unsigned unit_shift = page_size > SHM_BLOCK_SIZE ? log2_u64(page_size) : SHM_BLOCK_SHIFT;
-    struct seg_map m;
-    int r;
 
     if (size % SHM_BLOCK_SIZE || size > SHM_SEG_SPAN || nblocks > BITTREE_MAX_BITS)
         return -EINVAL;
     memset(hdr, 0, sizeof(*hdr));
-    hdr->index = index;
     hdr->size = size;
     hdr->page_size = page_size;
     hdr->unit_shift = unit_shift;
@@ -113,6 +115,34 @@ int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_
     hdr->first_block = (uint32_t) (align_up(off, SHM_BLOCK_SIZE) >> SHM_BLOCK_SHIFT);
     if (hdr->first_block >= nblocks)
         return -EINVAL;
+    return 0;
+}
+
+int seg_metadata_bytes(uint64_t size, uint32_t page_size, uint64_t *ret_bytes)
+{
+    struct seg_header hdr;
+    int r = seg_layout(&hdr, size, page_size);
+
+    if (r < 0)
+        return r;
+    *ret_bytes = hdr.meta_end;
+    return 0;
+}
+
+int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_size)
+{
+    struct seg_header *hdr = base;
+    pthread_mutexattr_t attr;
+    uint64_t nblocks = size >> SHM_BLOCK_SHIFT;
+    unsigned unit_shift;
+    struct seg_map m;
+    int r;
+
+    r = seg_layout(hdr, size, page_size);
+    if (r < 0)
+        return r;
+    unit_shift = hdr->unit_shift;
+    hdr->index = index;
 
     r = pthread_mutexattr_init(&attr);
     if (r)
@@ -344,7 +374,7 @@ int seg_take(struct heap *h, struct seg_map *m, unsigned cls, uint32_t n, struct
         return r;
     store_relaxed(&hdr->journal.cls, cls);
     store_relaxed(&hdr->journal.chain, 0);
-    store_relaxed(&hdr->journal.slot_bin, bin ? ptr_off(h, bin) : 0);
+    store_relaxed(&hdr->journal.slot_word, bin ? ptr_off(h, bin) : 0);
     store_relaxed(&hdr->journal.op, JOP_TAKE);
     while (taken < n) {
         int64_t sb = bittree_find_first(seg_class_tree(m, cls));
@@ -440,16 +470,19 @@ static bool slab_return_one(struct heap *h, struct seg_map *m, uint64_t off, boo
         goto bad;
     sizeclass_geometry(cls, &g);
     rel -= (uint64_t) head << SHM_BLOCK_SHIFT;
-    if (rel % g.size)
-        goto bad;
     idx = rel / g.size;
-    if (idx >= g.capacity)
-        goto bad;
+    if (rel % g.size || idx >= g.capacity) {
+        if (!recovering) {
+            heap_count_bad_free(h);
+            (void) fetch_add_relaxed(&h->ctl->rec[cls].refused, 1);
+        }
+        return false;
+    }
     bits = slab_bitmap(m, head, &g);
     if (bits[idx / 64] & (UINT64_C(1) << (idx % 64))) {
         if (!recovering) {
             (void) fetch_add_relaxed(&h->ctl->double_frees, 1);
-            (void) fetch_add_relaxed(&h->ctl->refused_frees, 1);
+            (void) fetch_add_relaxed(&h->ctl->rec[cls].refused, 1);
         }
         return false;
     }
@@ -480,45 +513,83 @@ static bool off_in_seg(struct seg_map *m, uint64_t off)
            (off & SHM_OFF_MASK) + 16 <= m->size && (off & 15) == 0;
 }
 
-/* Walks the journal's chain returning each object; the bit is set before
- * the journal moves on (see the preamble). */
-static void return_chain_locked(struct heap *h, struct seg_map *m, uint64_t chain,
-                                bool recovering)
+/* Returns the objects from *handoff onward while they lie in m. The free
+ * bit is set first, then the journal and *handoff move past the object
+ * (see the preamble), so a replay never returns an object that someone
+ * may have taken since. Stops at the first object of another segment. */
+static void return_run_locked(struct heap *h, struct seg_map *m, uint64_t *handoff,
+                              bool recovering)
 {
     struct seg_header *hdr = m->hdr;
-    uint64_t guard = m->size / SHM_MIN_OBJECT, n = 0;
+    uint64_t x = load_relaxed(handoff), guard = m->size / SHM_MIN_OBJECT, n = 0;
 
-    while (chain && n++ < guard) {
+    while (x && (x >> SHM_SEG_SHIFT) == m->index) {
         uint64_t next;
 
-        if (!off_in_seg(m, chain)) {
+        if (!off_in_seg(m, x) || n++ > guard) {
+            /* A broken link: what follows cannot be found any more. */
             if (!recovering)
                 heap_count_bad_free(h);
+            (void) fetch_add_relaxed(&h->ctl->lost_objects, 1);
+            x = 0;
+            store_relaxed(&hdr->journal.chain, 0);
+            store_relaxed(handoff, 0);
             break;
         }
-        next = obj_words(h, chain)[0];
-        (void) slab_return_one(h, m, chain, recovering);
+        next = obj_words(h, x)[0];
+        (void) slab_return_one(h, m, x, recovering);
         if (n == 2)
             shm_fault(FAULT_RETURN_MID);
         store_relaxed(&hdr->journal.chain, next);
-        chain = next;
+        store_relaxed(handoff, next);
+        x = next;
     }
 }
 
-void seg_return(struct heap *h, struct seg_map *m, uint64_t chain, uint64_t *ret_rest)
+void seg_return_handoff(struct heap *h, uint64_t *handoff)
 {
-    struct seg_header *hdr = m->hdr;
+    bool shared = (char *) handoff >= h->base && (char *) handoff < h->base + h->ctl->ctl_size;
 
-    if (ret_rest)
-        *ret_rest = 0;
-    if (seg_lock(m, h) < 0) {
-        (void) fetch_add_relaxed(&h->ctl->lost_objects, 1);
-        return;
+    for (;;) {
+        uint64_t x = load_relaxed(handoff);
+        struct seg_map *m;
+
+        if (!x)
+            return;
+        m = heap_seg_for(h, x);
+        if (!m || seg_lock(m, h) < 0) {
+            heap_count_bad_free(h);
+            (void) fetch_add_relaxed(&h->ctl->lost_objects, 1);
+            store_relaxed(handoff, 0);
+            return;
+        }
+        /* Read again under the lock: a recovery may have moved it. */
+        x = load_relaxed(handoff);
+        if (x && (x >> SHM_SEG_SHIFT) == m->index) {
+            store_relaxed(&m->hdr->journal.chain, x);
+            store_relaxed(&m->hdr->journal.slot_word, shared ? ptr_off(h, handoff) : 0);
+            store_relaxed(&m->hdr->journal.op, JOP_RETURN);
+            return_run_locked(h, m, handoff, false);
+            store_relaxed(&m->hdr->journal.op, JOP_NONE);
+        }
+        seg_unlock(m);
     }
-    store_relaxed(&hdr->journal.chain, chain);
-    store_relaxed(&hdr->journal.op, JOP_RETURN);
-    return_chain_locked(h, m, chain, false);
-    store_relaxed(&hdr->journal.op, JOP_NONE);
+}
+
+void seg_reap_busy(struct heap *h, struct seg_map *m)
+{
+    if (seg_lock(m, h) < 0)
+        return;
+    for (uint32_t b = m->hdr->first_block; b < m->nblocks; b++) {
+        uint64_t w = meta_get(m, b);
+
+        if (meta_state(w) != BLK_BUSY || os_pid_alive((pid_t) ((w >> 8) & 0xffffff)))
+            continue;
+        /* The decommitter died between its punch and its relock: the unit
+         * may or may not be punched; count it uncommitted. */
+        unit_set_committed(m, ((uint64_t) b << SHM_BLOCK_SHIFT) >> m->unit_shift, false);
+        blocks_release(m, b, 1);
+    }
     seg_unlock(m);
 }
 
@@ -715,14 +786,24 @@ static void seg_recover(struct seg_map *m, struct heap *h)
     }
     if (j->op == JOP_TAKE && j->chain) {
         struct cache_bin *bin = NULL;
+        uint64_t chain = j->chain;
 
-        if (j->slot_bin && j->slot_bin < h->ctl->ctl_size)
-            bin = (struct cache_bin *) off_ptr(h, j->slot_bin);
-        /* Not delivered to the bin: put the objects back in their slabs. */
+        if (j->slot_word && j->slot_word < h->ctl->ctl_size && !(j->slot_word & 63))
+            bin = (struct cache_bin *) off_ptr(h, j->slot_word);
+        /* Not delivered to the bin: put the objects back in their slabs
+         * (all in this segment: a take never leaves it). */
         if (!bin || load_relaxed(&bin->head) != j->chain)
-            return_chain_locked(h, m, j->chain, true);
+            return_run_locked(h, m, &chain, true);
     } else if (j->op == JOP_RETURN && j->chain) {
-        return_chain_locked(h, m, j->chain, true);
+        uint64_t local = j->chain, *handoff = &local;
+
+        /* The journal is ahead of the handoff word by at most one object
+         * (see return_run_locked): it is the truth; the handoff follows. */
+        if (j->slot_word && j->slot_word < h->ctl->ctl_size && !(j->slot_word & 7)) {
+            handoff = (uint64_t *) off_ptr(h, j->slot_word);
+            store_relaxed(handoff, j->chain);
+        }
+        return_run_locked(h, m, handoff, true);
     }
     memset(j, 0, sizeof(*j));
     seg_repair(m);

@@ -40,11 +40,16 @@ void sizeclass_geometry(unsigned cls, struct slab_geometry *ret)
 
     if (blocks < 1)
         blocks = 1;
-    assert(blocks <= SHM_SLAB_MAX_BLOCKS);
-    bytes = blocks * SHM_BLOCK_SIZE;
-    cap = bytes / size;
-    while (cap * size + (cap + 63) / 64 * 8 > bytes)
-        cap--;
+    for (;;) {
+        bytes = blocks * SHM_BLOCK_SIZE;
+        cap = bytes / size;
+        while (cap * size + (cap + 63) / 64 * 8 > bytes)
+            cap--;
+        if (cap >= 8 || blocks == SHM_SLAB_MAX_BLOCKS)
+            break;
+        blocks++; /* the bitmap took the eighth object's room */
+    }
+    assert(cap >= 8);
     ret->size = (uint32_t) size;
     ret->blocks = (uint32_t) blocks;
     ret->capacity = (uint32_t) cap;

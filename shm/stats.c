@@ -20,6 +20,8 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
         ret->classes[cls].object_size = sizeclass_size(cls);
         ret->classes[cls].in_recycler = load_relaxed(&c->rec[cls].objects);
+        /* Frees a slab refused were counted by the cache that took them. */
+        ret->classes[cls].in_use = load_relaxed(&c->rec[cls].refused);
     }
     for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
         const struct cache_slot *s = &c->slots[i];
@@ -46,8 +48,13 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
             cs->rec_retries += load_relaxed(&b->rec_retries);
         }
     }
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+    /* A free a slab refused was counted by the cache that took it: it is
+     * not a free. */
+    ret->frees -= load_relaxed(&c->refused_frees);
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        ret->frees -= load_relaxed(&c->rec[cls].refused);
         in_use += (int64_t) ret->classes[cls].in_use * (int64_t) ret->classes[cls].object_size;
+    }
     ret->bytes_in_use = in_use > 0 ? (uint64_t) in_use : 0;
     ret->bytes_committed = c->ctl_size;
     for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++) {
@@ -68,9 +75,7 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
     }
     /* The peak is sampled by threads every TCACHE_TICK operations and on
      * flushes; the snapshot taken here counts too. */
-    ret->peak_bytes_in_use = load_relaxed(&c->peak_bytes);
-    if (ret->bytes_in_use > ret->peak_bytes_in_use)
-        ret->peak_bytes_in_use = ret->bytes_in_use;
+    ret->peak_bytes_in_use = ctl_raise_peak(c, ret->bytes_in_use);
     ret->trim_gen = load_relaxed(&c->trim_gen);
     ret->trims = load_relaxed(&c->trims);
     ret->trim_bytes_released = load_relaxed(&c->trim_bytes_released);

@@ -139,6 +139,24 @@ struct tcache *tcache_get(struct heap *h)
     return tc;
 }
 
+/* Waits while a trimmer holds the slot. A trimmer that died holding it
+ * (its pid is gone) is replaced: the owner takes the slot back and settles
+ * whatever the trimmer left half done. */
+static void tcache_wait_steal(struct tcache *tc)
+{
+    struct cache_slot *s = tc->slot;
+    uint32_t thief, spins = 0;
+
+    while ((thief = load_acquire(&s->steal)) != 0) {
+        sched_yield();
+        if (++spins % 1024 == 0 && !os_pid_alive((pid_t) thief) &&
+            cas_strong_acq_rel(&s->steal, &thief, 0)) {
+            tcache_settle_handoff(tc->h, s);
+            return;
+        }
+    }
+}
+
 void tcache_enter(struct tcache *tc)
 {
     struct cache_slot *s = tc->slot;
@@ -151,8 +169,7 @@ void tcache_enter(struct tcache *tc)
         if (!load_acquire(&s->steal))
             return;
         store_release(&s->busy, 0);
-        while (load_acquire(&s->steal))
-            sched_yield();
+        tcache_wait_steal(tc);
     }
 }
 
@@ -161,7 +178,8 @@ int tcache_steal_begin(struct cache_slot *s, bool owner_dead)
     uint32_t expected = 0;
     int r;
 
-    if (!cas_strong_acq_rel(&s->steal, &expected, 1))
+    /* The trimmer's pid: an owner that finds it dead takes the slot back. */
+    if (!cas_strong_acq_rel(&s->steal, &expected, (uint32_t) getpid()))
         return -EBUSY; /* another trimmer has it */
     if (owner_dead)
         return 0;
@@ -212,26 +230,24 @@ static uint64_t chain_len(struct heap *h, uint64_t chain, uint64_t max, uint64_t
 
 void heap_return_chain(struct heap *h, uint64_t chain)
 {
-    uint64_t heads[SHM_MAX_SEGMENTS] = {0}, guard = 0;
+    uint64_t handoff = chain;
 
-    /* Sort the objects by segment (relinking them), then one lock each. */
-    while (chain && guard++ < (UINT64_C(1) << 40)) {
-        struct seg_map *m = heap_seg_for(h, chain);
-        uint64_t next;
+    seg_return_handoff(h, &handoff);
+}
 
-        if (!m || (chain & 15) ||
-            (chain & SHM_OFF_MASK) < (uint64_t) m->hdr->first_block << SHM_BLOCK_SHIFT) {
-            heap_count_bad_free(h);
-            break;
+void tcache_settle_handoff(struct heap *h, struct cache_slot *s)
+{
+    uint64_t x = load_relaxed(&s->handoff);
+
+    if (!x)
+        return;
+    /* Stopped before the chain was cut from its bin: the bin still has it. */
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+        if (load_relaxed(&s->bins[cls].head) == x) {
+            store_relaxed(&s->handoff, 0);
+            return;
         }
-        next = obj_words(h, chain)[0];
-        obj_words(h, chain)[0] = heads[m->index];
-        heads[m->index] = chain;
-        chain = next;
-    }
-    for (uint32_t i = 1; i < SHM_MAX_SEGMENTS; i++)
-        if (heads[i])
-            seg_return(h, &h->segs[i], heads[i], NULL);
+    seg_return_handoff(h, &s->handoff);
 }
 
 int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
@@ -294,43 +310,53 @@ void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls)
     store_relaxed(&bin->head, obj_words(h, last)[0]);
     store_relaxed(&bin->count, bin->count - (uint32_t) got);
     obj_words(h, last)[0] = 0;
-    if (!recycler_push(h, bin, cls, first, (uint32_t) got, maxseg, false))
-        heap_return_chain(h, first); /* the recycler is at its cap */
+    if (!recycler_push(h, bin, cls, first, (uint32_t) got, maxseg, false)) {
+        /* The recycler is at its cap: to the blocks, through the slot's
+         * handoff word so a death midway loses nothing. */
+        store_relaxed(&tc->slot->handoff, first);
+        seg_return_handoff(h, &tc->slot->handoff);
+    }
 }
 
 /* Empties one bin: to the recycler in bundles while it has room (a flush
- * that keeps objects close at hand), or straight to the blocks. */
-static uint64_t bin_give_back(struct heap *h, struct cache_bin *bin, unsigned cls, bool to_blocks,
+ * that keeps objects close at hand), or straight to the blocks.
+ *
+ * The chain is always reachable from shared memory: the slot's handoff word
+ * takes it before the bin lets go, and moves past each bundle before the
+ * bundle is pushed (so a death between the two loses that bundle rather
+ * than leaving it in two places). tcache_settle_handoff() finishes the job
+ * for a thread that stopped midway. */
+static uint64_t bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls, bool to_blocks,
                               bool count_stats)
 {
+    struct cache_bin *bin = &s->bins[cls];
     uint64_t chain = load_relaxed(&bin->head), total = 0;
     uint32_t n = load_relaxed(&h->bundle_n[cls]);
 
+    store_relaxed(&s->handoff, chain);
     store_relaxed(&bin->head, 0);
     store_relaxed(&bin->count, 0);
-    while (chain) {
+    while (!to_blocks && chain) {
         uint64_t last, rest, got;
         uint32_t maxseg;
 
-        if (to_blocks) {
-            total += chain_len(h, chain, UINT64_MAX, NULL, NULL);
-            heap_return_chain(h, chain);
-            break;
-        }
         got = chain_len(h, chain, n, &last, &maxseg);
         if (got == 0)
             break;
         rest = obj_words(h, last)[0];
         obj_words(h, last)[0] = 0;
-        total += got;
+        store_relaxed(&s->handoff, rest);
         if (!recycler_push(h, count_stats ? bin : NULL, cls, chain, (uint32_t) got, maxseg,
                            false)) {
             obj_words(h, last)[0] = rest;
-            to_blocks = true;
-            continue;
+            store_relaxed(&s->handoff, chain);
+            break;
         }
+        total += got;
         chain = rest;
     }
+    total += chain_len(h, load_relaxed(&s->handoff), UINT64_MAX, NULL, NULL);
+    seg_return_handoff(h, &s->handoff);
     return total;
 }
 
@@ -338,9 +364,10 @@ uint64_t tcache_drain_slot(struct heap *h, struct cache_slot *s)
 {
     uint64_t n = 0;
 
+    tcache_settle_handoff(h, s);
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
         if (load_relaxed(&s->bins[cls].head))
-            n += bin_give_back(h, &s->bins[cls], cls, true, false);
+            n += bin_give_back(h, s, cls, true, false);
     return n;
 }
 
@@ -348,7 +375,7 @@ static void tcache_flush(struct heap *h, struct tcache *tc, bool to_blocks)
 {
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
         if (load_relaxed(&tc->slot->bins[cls].head))
-            (void) bin_give_back(h, &tc->slot->bins[cls], cls, to_blocks, true);
+            (void) bin_give_back(h, tc->slot, cls, to_blocks, true);
 }
 
 int64_t slot_bytes_in_use(const struct cache_slot *s)
@@ -368,7 +395,7 @@ int64_t slot_bytes_in_use(const struct cache_slot *s)
 static void tcache_sample_peak(struct heap *h, struct cache_slot *s)
 {
     int64_t cur = slot_bytes_in_use(s), delta = cur - load_relaxed(&s->reported_bytes);
-    uint64_t total, peak;
+    uint64_t total;
 
     if ((uint64_t) cur > load_relaxed(&s->peak_bytes) && cur > 0)
         store_relaxed(&s->peak_bytes, (uint64_t) cur);
@@ -376,11 +403,8 @@ static void tcache_sample_peak(struct heap *h, struct cache_slot *s)
         return;
     store_relaxed(&s->reported_bytes, cur);
     total = fetch_add_relaxed(&h->ctl->bytes_sampled, (uint64_t) delta) + (uint64_t) delta;
-    peak = load_relaxed(&h->ctl->peak_bytes);
-    while ((int64_t) total > (int64_t) peak &&
-           !__atomic_compare_exchange_n(&h->ctl->peak_bytes, &peak, total, true,
-                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED))
-        ;
+    if ((int64_t) total > 0)
+        (void) ctl_raise_peak(h->ctl, total);
 }
 
 void tcache_tick(struct heap *h, struct tcache *tc)
@@ -459,7 +483,6 @@ void tcache_flush_all(struct heap *h)
     pthread_mutex_lock(&h->local_lock);
     for (struct tcache *tc = h->caches; tc; tc = tc->next) {
         if (tcache_steal_begin(tc->slot, false) == 0) {
-            (void) bin_give_back; /* silence: used below through drain */
             (void) tcache_drain_slot(h, tc->slot);
             tcache_steal_end(tc->slot);
         }

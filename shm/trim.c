@@ -30,6 +30,12 @@ static bool slot_reclaim(struct heap *h, struct cache_slot *s)
         tcache_steal_end(s);
         return false;
     }
+    /* A thread killed inside a cache operation may have held a few objects
+     * in its registers (an object popped but not yet counted, a bundle
+     * between the recycler and a bin): they cannot be found, and the exact
+     * object count of heap_verify no longer applies. */
+    if (load_relaxed(&s->busy))
+        (void) fetch_add_relaxed(&h->ctl->deaths_mid_op, 1);
     (void) tcache_drain_slot(h, s);
     store_relaxed(&s->busy, 0);
     store_relaxed(&s->pid, 0);
@@ -57,12 +63,21 @@ int heap_reclaim_client(struct heap *h, uint64_t client_id)
     return n;
 }
 
+/* Blocks a decommitter left BUSY when it died outside the lock. */
+static void reap_busy(struct heap *h)
+{
+    for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++)
+        if (load_acquire(&h->segs[i].meta))
+            seg_reap_busy(h, &h->segs[i]);
+}
+
 int heap_reclaim_dead(struct heap *h)
 {
     int n = 0;
 
     if (!h)
         return -EINVAL;
+    reap_busy(h);
     for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
         struct cache_slot *s = &h->ctl->slots[i];
 
@@ -155,6 +170,7 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
         sleep_ms(1);
     }
     recyclers_drain(h);
+    reap_busy(h);
     retain = load_relaxed(&c->config.retain_empty_blocks);
     for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++)
         if (load_acquire(&h->segs[i].meta))
