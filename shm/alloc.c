@@ -12,6 +12,20 @@
 
 #include "shm/internal.h"
 
+/* Under TSan: an object changes hands through the allocator, possibly
+ * through another process TSan cannot see (freed here, reallocated there,
+ * sent back, freed again). Each free and malloc acquires and releases the
+ * object itself, so the last owner's accesses happen before the next's. */
+#if defined(__SANITIZE_THREAD__)
+#    define tsan_object_handoff(p)                                                               \
+        do {                                                                                     \
+            __tsan_acquire(p);                                                                   \
+            __tsan_release(p);                                                                   \
+        } while (0)
+#else
+#    define tsan_object_handoff(p) ((void) (p))
+#endif
+
 static inline struct tcache *tcache_fast(struct heap *h)
 {
     struct tcache *tc = tl_last;
@@ -48,6 +62,7 @@ static __attribute__((noinline)) void *malloc_class_slow(struct heap *h, struct 
     tcache_leave(tc);
     if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen)
         tcache_tick(h, tc);
+    tsan_object_handoff(p);
     return p;
 }
 
@@ -91,6 +106,7 @@ void *heap_malloc(struct heap *h, size_t size)
             tcache_leave(tc);
             if (unlikely(--tc->tick == 0))
                 tcache_tick(h, tc);
+            tsan_object_handoff(p);
             return p;
         }
         tcache_leave(tc);
@@ -163,6 +179,7 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
         return;
     }
     bin = &tc->slot->bins[cls];
+    tsan_object_handoff(p);
     tcache_enter(tc);
     if (load_relaxed(&bin->head) == off) {
         tcache_leave(tc);
@@ -198,6 +215,7 @@ void heap_free(struct heap *h, void *p)
         struct cache_bin *bin = &s->bins[cls];
         uint64_t head;
 
+        tsan_object_handoff(p);
         store_relaxed(&s->busy, 1);
         compiler_barrier();
         head = load_relaxed(&bin->head);
