@@ -213,15 +213,19 @@ void heap_free(struct heap *h, void *p)
         unsigned cls = meta_class(w);
         struct cache_slot *s = tc->slot;
         struct cache_bin *bin = &s->bins[cls];
-        uint64_t head;
+        uint64_t blk = (off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT, head;
+        /* Bytes from the slab's start: a tail block knows its distance. */
+        uint64_t rel = (off & SHM_OFF_MASK) -
+                       ((blk - (meta_state(w) == BLK_SLAB_TAIL ? meta_len(w) : 0)) << SHM_BLOCK_SHIFT);
 
+        if (unlikely(!sizeclass_is_object(cls, rel)))
+            goto slow; /* not an object's start: counted there */
         tsan_object_handoff(p);
         store_relaxed(&s->busy, 1);
         compiler_barrier();
         head = load_relaxed(&bin->head);
         if (likely(!load_acquire(&s->steal)) && likely(head != off) &&
-            likely(load_relaxed(&bin->count) < load_relaxed(&h->bin_cap[cls])) &&
-            likely((off & 15) == 0)) {
+            likely(load_relaxed(&bin->count) < load_relaxed(&h->bin_cap[cls]))) {
             ((uint64_t *) p)[0] = head;
             store_relaxed(&bin->head, off);
             store_relaxed(&bin->count, bin->count + 1);
@@ -233,6 +237,7 @@ void heap_free(struct heap *h, void *p)
         }
         tcache_leave(tc);
     }
+slow:
     free_slow(h, p);
 }
 

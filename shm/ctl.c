@@ -187,7 +187,9 @@ static int segment_try(uint64_t size, uint64_t page, int *ret_fd)
 
     fd = os_memfd("shmheap-seg", page);
     if (fd < 0)
-        return fd;
+        /* A kernel without this huge page size says EINVAL: for the caller
+         * that is the same as a pool without free pages. */
+        return page > 4096 && fd == -EINVAL ? -ENOMEM : fd;
     r = os_truncate(fd, size);
     if (r < 0)
         goto fail;

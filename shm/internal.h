@@ -160,6 +160,8 @@ bool recycler_push(struct heap *h, struct cache_bin *stats_bin, unsigned cls, ui
 /* Pops a bundle; returns its first object's offset (0: empty). */
 uint64_t recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls,
                       uint32_t *ret_count);
+/* Pops every bundle of every class and returns its objects to the blocks. */
+void recycler_drain_all(struct heap *h);
 
 /* ---- tcache.c ---- */
 int tcache_attach(struct heap *h);
@@ -182,6 +184,13 @@ void tcache_enter(struct tcache *tc);
 int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls);
 void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls);
 void tcache_tick(struct heap *h, struct tcache *tc);
+/* Before the heap grows or an allocation fails for want of blocks: gives
+ * the calling thread's cache and every recycler back to the blocks, so
+ * slabs they kept partly full can empty. `entered`: the caller is already
+ * inside tcache_enter(). */
+void tcache_release_cached(struct heap *h, struct tcache *tc, bool entered);
+/* The trimming thread flushes its own cache for generation gen. */
+void tcache_trim_self(struct heap *h, uint64_t gen);
 /* Bytes this slot allocated minus bytes it freed (may be negative). */
 int64_t slot_bytes_in_use(const struct cache_slot *s);
 

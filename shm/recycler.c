@@ -111,3 +111,14 @@ uint64_t recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls,
     *ret_count = count;
     return old.s.off;
 }
+
+void recycler_drain_all(struct heap *h)
+{
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        uint64_t first;
+        uint32_t count;
+
+        while ((first = recycler_pop(h, NULL, cls, &count)) != 0)
+            heap_return_chain(h, first);
+    }
+}

@@ -38,6 +38,10 @@ int run_create(struct heap *h, uint64_t bytes, uint32_t align_blocks, enum run_k
             (void) heap_sync_segments(h);
             continue;
         }
+        if (attempt == 0) {
+            tcache_release_cached(h, tc, false);
+            continue;
+        }
         if (!h->hooks.grow)
             break;
         r = h->hooks.grow(h->hooks.ctx, (nblocks + align_blocks) << SHM_BLOCK_SHIFT);

@@ -56,3 +56,26 @@ void sizeclass_geometry(unsigned cls, struct slab_geometry *ret)
     ret->bitmap_words = (uint32_t) ((cap + 63) / 64);
     ret->bitmap_off = (uint32_t) (bytes - ret->bitmap_words * 8);
 }
+
+struct class_check sizeclass_checks[SHM_NCLASSES];
+
+void sizeclass_init(void)
+{
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        struct class_check *c = &sizeclass_checks[cls];
+        struct slab_geometry g;
+        uint64_t d, inv;
+
+        sizeclass_geometry(cls, &g);
+        c->shift = (uint32_t) __builtin_ctz(g.size);
+        d = g.size >> c->shift;
+        /* Newton's iteration doubles the correct low bits each step; d * d
+         * == 1 mod 8 for odd d, so 3 -> 6 -> 12 -> 24 -> 48 -> 96 bits. */
+        inv = d;
+        for (int i = 0; i < 5; i++)
+            inv *= 2 - d * inv;
+        c->inv = inv;
+        c->limit = UINT64_MAX / d;
+        c->span = g.capacity * g.size;
+    }
+}

@@ -17,6 +17,28 @@ struct slab_geometry {
 
 void sizeclass_geometry(unsigned cls, struct slab_geometry *ret);
 
+/* For free's fast path: is `rel` (bytes from a slab's start) the start of
+ * an object of the class? size = d << shift with d odd; rel is a multiple
+ * of size iff its low `shift` bits are 0 and (rel >> shift) * d^-1 mod 2^64
+ * <= UINT64_MAX / d (divisibility by an odd number without a division). */
+struct class_check {
+    uint64_t inv;   /* d^-1 mod 2^64 */
+    uint64_t limit; /* UINT64_MAX / d */
+    uint32_t shift;
+    uint32_t span; /* capacity * size: objects end there, the bitmap follows */
+};
+extern struct class_check sizeclass_checks[SHM_NCLASSES];
+/* Fills sizeclass_checks; called once before the first attachment. */
+void sizeclass_init(void);
+
+static inline int sizeclass_is_object(unsigned cls, uint64_t rel)
+{
+    const struct class_check *c = &sizeclass_checks[cls];
+
+    return rel < c->span && (rel & ((UINT64_C(1) << c->shift) - 1)) == 0 &&
+           (rel >> c->shift) * c->inv <= c->limit;
+}
+
 /* size must be 1..SHM_SMALL_MAX (0 is treated as 1). */
 static inline unsigned sizeclass_of_inline(size_t size)
 {

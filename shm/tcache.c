@@ -34,7 +34,7 @@
 
 __thread struct tcache *tl_last __attribute__((tls_model("initial-exec")));
 static __thread struct tcache tl_caches[TCACHE_TLS_MAX];
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static pthread_once_t process_once = PTHREAD_ONCE_INIT;
 
 /* A forked child must not use its parent's caches: forget them, so every
  * call misses the fast path and the slow path refuses the stale handle. */
@@ -44,8 +44,9 @@ static void atfork_child(void)
     tl_last = NULL;
 }
 
-static void atfork_register(void)
+static void once_per_process(void)
 {
+    sizeclass_init();
     (void) pthread_atfork(NULL, NULL, atfork_child);
 }
 
@@ -84,7 +85,7 @@ int tcache_attach(struct heap *h)
 {
     int r;
 
-    (void) pthread_once(&atfork_once, atfork_register);
+    (void) pthread_once(&process_once, once_per_process);
     r = pthread_key_create(&h->key, thread_exit_cb);
     if (r)
         return -r;
@@ -281,10 +282,15 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
             if (r < 0)
                 last_err = r;
         }
-        /* Every segment is full: a new one may already be there, else ask
-         * the owner for one. */
+        /* Every segment is full: a new one may already be there; else the
+         * cached objects may be what keeps slabs from emptying; else ask
+         * the owner for a segment. */
         if (load_acquire(&h->ctl->nsegments) > nmapped) {
             (void) heap_sync_segments(h);
+            continue;
+        }
+        if (attempt == 0) {
+            tcache_release_cached(h, tc, true);
             continue;
         }
         if (!h->hooks.grow)
@@ -376,6 +382,37 @@ static void tcache_flush(struct heap *h, struct tcache *tc, bool to_blocks)
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
         if (load_relaxed(&tc->slot->bins[cls].head))
             (void) bin_give_back(h, tc->slot, cls, to_blocks, true);
+}
+
+void tcache_trim_self(struct heap *h, uint64_t gen)
+{
+    struct tcache *tc = tl_last;
+
+    if (!tc || tc->h != h) {
+        tc = NULL;
+        for (unsigned i = 0; i < TCACHE_TLS_MAX; i++)
+            if (tl_caches[i].h == h && tl_caches[i].serial == h->serial)
+                tc = &tl_caches[i];
+        if (!tc)
+            return;
+    }
+    tcache_enter(tc);
+    tcache_flush(h, tc, true);
+    store_release(&tc->slot->trim_gen_seen, gen);
+    tcache_leave(tc);
+    tc->trim_gen_seen = gen;
+}
+
+void tcache_release_cached(struct heap *h, struct tcache *tc, bool entered)
+{
+    if (tc) {
+        if (!entered)
+            tcache_enter(tc);
+        tcache_flush(h, tc, true);
+        if (!entered)
+            tcache_leave(tc);
+    }
+    recycler_drain_all(h);
 }
 
 int64_t slot_bytes_in_use(const struct cache_slot *s)

@@ -88,18 +88,6 @@ int heap_reclaim_dead(struct heap *h)
     return n;
 }
 
-/* Pops every bundle of every class and returns its objects to the blocks. */
-static void recyclers_drain(struct heap *h)
-{
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
-        uint64_t first;
-        uint32_t count;
-
-        while ((first = recycler_pop(h, NULL, cls, &count)) != 0)
-            heap_return_chain(h, first);
-    }
-}
-
 static void sleep_ms(unsigned ms)
 {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long) (ms % 1000) * 1000000L};
@@ -121,6 +109,8 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
     /* acq_rel: threads that load the new generation (acquire) flush; the
      * bump itself publishes nothing else. */
     gen = fetch_add_acq_rel(&c->trim_gen, 1) + 1;
+    /* Our own cache needs no steal. */
+    tcache_trim_self(h, gen);
     for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
         struct cache_slot *s = &c->slots[i];
 
@@ -169,7 +159,7 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
             break;
         sleep_ms(1);
     }
-    recyclers_drain(h);
+    recycler_drain_all(h);
     reap_busy(h);
     retain = load_relaxed(&c->config.retain_empty_blocks);
     for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++)

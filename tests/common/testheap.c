@@ -1,8 +1,10 @@
 /* Helpers shared by the Check suites; see testheap.h. */
 #include <check.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "tests/common/testheap.h"
@@ -85,4 +87,63 @@ uint64_t test_rand(uint64_t *state)
     x ^= x >> 27;
     *state = x;
     return x * UINT64_C(2685821657736338717);
+}
+
+void th_config(struct shm_config *cfg, uint64_t segment_size)
+{
+    heap_config_default(cfg);
+    cfg->segment_size = segment_size;
+}
+
+/* One pattern word per 8 bytes, mixed from the seed and the word's index,
+ * so that a shifted or swapped copy does not match. */
+static uint64_t pattern_word(uint64_t seed, uint64_t i)
+{
+    uint64_t x = seed * UINT64_C(0x9e3779b97f4a7c15) + i * UINT64_C(0xbf58476d1ce4e5b9) + 1;
+
+    x ^= x >> 31;
+    x *= UINT64_C(0x94d049bb133111eb);
+    return x ^ (x >> 29);
+}
+
+void th_fill_pattern(void *p, size_t n, uint64_t seed)
+{
+    unsigned char *b = p;
+
+    for (size_t i = 0; i < n; i += 8) {
+        uint64_t w = pattern_word(seed, i / 8);
+
+        memcpy(b + i, &w, n - i < 8 ? n - i : 8);
+    }
+}
+
+size_t th_check_pattern(const void *p, size_t n, uint64_t seed)
+{
+    const unsigned char *b = p;
+
+    for (size_t i = 0; i < n; i += 8) {
+        uint64_t w = pattern_word(seed, i / 8);
+        size_t len = n - i < 8 ? n - i : 8;
+
+        if (memcmp(b + i, &w, len) != 0) {
+            for (size_t k = 0; k < len; k++)
+                if (b[i + k] != ((const unsigned char *) &w)[k])
+                    return i + k;
+        }
+    }
+    return n;
+}
+
+int th_wait_child(pid_t pid)
+{
+    int status;
+
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return -1;
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return -1;
 }

@@ -4,7 +4,9 @@
 #define TESTS_TESTHEAP_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "shm/heap.h"
 #include "shm/local.h"
@@ -32,5 +34,15 @@ bool test_scale_small(void);
 uint64_t test_scaled(uint64_t n, uint64_t div);
 /* xorshift64*: deterministic test randomness. */
 uint64_t test_rand(uint64_t *state);
+
+/* cfg = the built-in defaults with this segment size. */
+void th_config(struct shm_config *cfg, uint64_t segment_size);
+/* Writes a pattern derived from seed over [p, p+n); th_check_pattern
+ * returns the index of the first byte that differs, or n if all match. */
+void th_fill_pattern(void *p, size_t n, uint64_t seed);
+size_t th_check_pattern(const void *p, size_t n, uint64_t seed);
+/* waitpid on a child: its exit status, or 128 + the signal that killed
+ * it, or -1 if waitpid failed. */
+int th_wait_child(pid_t pid);
 
 #endif

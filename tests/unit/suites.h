@@ -1,0 +1,19 @@
+/* The unit suites that tests/run_unit.c runs, one per module
+ * (tests/unit/check_<name>.c). */
+#ifndef TESTS_UNIT_SUITES_H
+#define TESTS_UNIT_SUITES_H
+
+#include <check.h>
+
+Suite *bittree_suite(void);
+Suite *sizeclass_suite(void);
+Suite *alloc_suite(void);
+Suite *arena_suite(void);
+Suite *pool_suite(void);
+Suite *roots_suite(void);
+Suite *misuse_suite(void);
+Suite *layout_suite(void);
+Suite *hugepages_suite(void);
+Suite *trim_suite(void);
+
+#endif
