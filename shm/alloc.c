@@ -200,16 +200,21 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
 void heap_free(struct heap *h, void *p)
 {
     struct tcache *tc = tcache_fast(h); /* NULL for a NULL h */
-    uint64_t off = tc ? ptr_off(h, p) : UINT64_MAX, *meta, w;
+    uint64_t off = tc ? ptr_off(h, p) : UINT64_MAX, w;
     struct seg_map *m;
 
     /* The block's metadata word, inline and without out-parameters (the
-     * slow path's block_of() does the same with its checks spelled out). */
+     * slow path's block_of() does the same with its checks spelled out).
+     * Its address comes from the offset alone (the array is at
+     * SHM_META_OFF in every segment), off the chain of dependent loads;
+     * a mapped segment (meta set) is at least 64 MiB, so even a block
+     * index past nblocks reads inside the mapping before it is refused. */
     if (likely(off < SHM_VA_SPAN) &&
-        likely((meta = load_acquire(&(m = &h->segs[off >> SHM_SEG_SHIFT])->meta)) != NULL) &&
-        likely(((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT) < m->nblocks) &&
-        (w = load_relaxed(&meta[(off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT]),
-         likely(meta_state(w) == BLK_SLAB || meta_state(w) == BLK_SLAB_TAIL))) {
+        likely(load_acquire(&(m = &h->segs[off >> SHM_SEG_SHIFT])->meta) != NULL) &&
+        (w = load_relaxed((uint64_t *) (h->base + (off & ~SHM_OFF_MASK) + SHM_META_OFF) +
+                          ((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT)),
+         likely(((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT) < m->nblocks)) &&
+        likely(meta_state(w) == BLK_SLAB || meta_state(w) == BLK_SLAB_TAIL)) {
         unsigned cls = meta_class(w);
         struct cache_slot *s = tc->slot;
         struct cache_bin *bin = &s->bins[cls];
@@ -231,8 +236,8 @@ void heap_free(struct heap *h, void *p)
             store_relaxed(&bin->count, bin->count + 1);
             bump_relaxed(&bin->frees, 1);
             tcache_leave(tc);
-            if (unlikely(--tc->tick == 0))
-                tcache_tick(h, tc);
+            /* No tick here: malloc ticks, and a thread that only frees
+             * reaches the slow path (a full bin) often enough. */
             return;
         }
         tcache_leave(tc);

@@ -45,6 +45,10 @@
 #define SHM_MAX_SEGMENTS 32u
 #define SHM_VA_SPAN      ((uint64_t) SHM_MAX_SEGMENTS << SHM_SEG_SHIFT)
 
+/* Every heap segment's metadata array starts here, so free's fast path
+ * computes a block's metadata address from the offset alone. */
+#define SHM_META_OFF 4096u
+
 #define SHM_BLOCK_SHIFT 16u
 #define SHM_BLOCK_SIZE  (UINT64_C(1) << SHM_BLOCK_SHIFT)
 

@@ -99,7 +99,7 @@ static int seg_layout(struct seg_header *hdr, uint64_t size, uint32_t page_size)
     hdr->page_size = page_size;
     hdr->unit_shift = unit_shift;
     hdr->nblocks = (uint32_t) nblocks;
-    off = 4096;
+    off = SHM_META_OFF;
     hdr->meta_off = off;
     off = align_up(off + nblocks * 8, 64);
     chain = align_up(bittree_chain_size((uint32_t) nblocks), 64);
@@ -188,6 +188,8 @@ int seg_check_header(const struct seg_header *hdr, uint32_t index, uint64_t size
         return -EBADF;
     if (hdr->version != SHM_LAYOUT_VERSION)
         return -EPROTO;
+    if (hdr->meta_off != SHM_META_OFF)
+        return -EBADMSG;
     if (hdr->index != index || hdr->size != size || hdr->size > SHM_SEG_SPAN ||
         hdr->nblocks != size >> SHM_BLOCK_SHIFT || hdr->meta_end > size ||
         hdr->first_block >= hdr->nblocks)
