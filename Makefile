@@ -378,3 +378,4 @@ bench:
 else
 -include bench/bench.mk
 endif
+-include examples/examples.mk

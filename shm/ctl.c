@@ -155,6 +155,9 @@ int ctl_slot_claim(struct heap *h, uint32_t *ret_index)
         store_relaxed(&s->busy, 0);
         store_relaxed(&s->steal, 0);
         store_relaxed(&s->trim_gen_seen, load_relaxed(&c->trim_gen));
+        store_relaxed(&s->claim_bytes, slot_bytes_in_use(s));
+        store_relaxed(&s->claim_allocs, slot_allocs(s));
+        store_relaxed(&s->claim_frees, slot_frees(s));
         *ret_index = i;
         return 0;
     }
@@ -264,7 +267,9 @@ int heap_segment_create(int ctl_fd, uint64_t min_bytes, int policy, int *ret_fd,
     }
     r = -ENOMEM;
     for (unsigned i = 0; i < ntry; i++) {
-        uint64_t sz = (size + try[i] - 1) & ~(try[i] - 1);
+        /* Whole pages, and whole blocks. */
+        uint64_t unit = try[i] > SHM_BLOCK_SIZE ? try[i] : SHM_BLOCK_SIZE;
+        uint64_t sz = (size + unit - 1) & ~(unit - 1);
 
         if (sz > SHM_SEG_SPAN)
             continue;

@@ -157,6 +157,17 @@ struct heap_stats {
 };
 int heap_stats(struct heap *h, struct heap_stats *ret);
 
+/* One attachment's figures (client_id; pid 0: any process): the caches its
+ * live threads hold, and their allocations, frees and net bytes since each
+ * thread took its cache. Threads that have exited no longer count. */
+struct heap_client_usage {
+    uint32_t threads;
+    uint64_t allocs, frees;
+    int64_t bytes_in_use; /* may be negative: frees of others' objects */
+};
+int heap_client_usage(struct heap *h, uint64_t client_id, uint32_t pid,
+                      struct heap_client_usage *ret);
+
 /* ---- verification (verify.c) ---- */
 struct verify_report {
     bool consistent;

@@ -191,8 +191,11 @@ void tcache_tick(struct heap *h, struct tcache *tc);
 void tcache_release_cached(struct heap *h, struct tcache *tc, bool entered);
 /* The trimming thread flushes its own cache for generation gen. */
 void tcache_trim_self(struct heap *h, uint64_t gen);
-/* Bytes this slot allocated minus bytes it freed (may be negative). */
+/* Bytes this slot allocated minus bytes it freed (may be negative), and
+ * its allocation and free counts, over the slot's whole life. */
 int64_t slot_bytes_in_use(const struct cache_slot *s);
+uint64_t slot_allocs(const struct cache_slot *s);
+uint64_t slot_frees(const struct cache_slot *s);
 
 /* ---- run.c ---- */
 /* Allocates a run of blocks for `bytes` (first block a multiple of

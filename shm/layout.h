@@ -137,7 +137,11 @@ struct __attribute__((aligned(64))) cache_slot {
     uint64_t trim_gen_seen; /* last trim generation this slot flushed for */
     int64_t reported_bytes; /* this slot's in-use bytes last added to ctl.bytes_sampled */
     uint64_t handoff; /* a chain of objects on their way back to the blocks (tcache.c) */
-    uint64_t pad[3];
+    /* The slot's counters when its owner claimed it: the owner's own
+     * figures are the counters minus these. */
+    int64_t claim_bytes;
+    uint64_t claim_allocs;
+    uint64_t claim_frees;
     struct cache_bin bins[SHM_NCLASSES];
 };
 

@@ -786,6 +786,10 @@ static void seg_recover(struct seg_map *m, struct heap *h)
         for (uint32_t i = 0; i < j->n; i++)
             meta_put(m, j->block + i, meta_make(BLK_FREE, 0, 0, 0, RUN_LARGE));
     }
+    /* The dead holder's free counts may lag its bitmaps (a take counts
+     * after a slab's loop): recount them before the replay adds to them,
+     * or a slab could look empty while objects in it are in use. */
+    seg_repair(m);
     if (j->op == JOP_TAKE && j->chain) {
         struct cache_bin *bin = NULL;
         uint64_t chain = j->chain;

@@ -84,3 +84,28 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
     ret->lost_objects = load_relaxed(&c->lost_objects);
     return 0;
 }
+
+int heap_client_usage(struct heap *h, uint64_t client_id, uint32_t pid,
+                      struct heap_client_usage *ret)
+{
+    struct ctl_header *c;
+
+    if (!h || !ret)
+        return -EINVAL;
+    c = h->ctl;
+    memset(ret, 0, sizeof(*ret));
+    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
+        const struct cache_slot *s = &c->slots[i];
+
+        /* Relaxed snapshots: a slot changing hands meanwhile is counted or
+         * missed, never misread as a pointer. */
+        if (load_acquire(&s->state) != SLOT_OWNED || load_relaxed(&s->client_id) != client_id ||
+            (pid && load_relaxed(&s->pid) != pid))
+            continue;
+        ret->threads++;
+        ret->allocs += slot_allocs(s) - load_relaxed(&s->claim_allocs);
+        ret->frees += slot_frees(s) - load_relaxed(&s->claim_frees);
+        ret->bytes_in_use += slot_bytes_in_use(s) - load_relaxed(&s->claim_bytes);
+    }
+    return 0;
+}

@@ -415,6 +415,24 @@ void tcache_release_cached(struct heap *h, struct tcache *tc, bool entered)
     recycler_drain_all(h);
 }
 
+uint64_t slot_allocs(const struct cache_slot *s)
+{
+    uint64_t n = load_relaxed(&s->large_allocs);
+
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+        n += load_relaxed(&s->bins[cls].allocs);
+    return n;
+}
+
+uint64_t slot_frees(const struct cache_slot *s)
+{
+    uint64_t n = load_relaxed(&s->large_frees);
+
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+        n += load_relaxed(&s->bins[cls].frees);
+    return n;
+}
+
 int64_t slot_bytes_in_use(const struct cache_slot *s)
 {
     int64_t bytes = (int64_t) (load_relaxed(&s->large_bytes_alloc) -

@@ -22,6 +22,12 @@ extern "C" {
 
 #define SHMHEAP_EXPORT __attribute__((visibility("default")))
 
+/* The version of this header and library (the Makefile's VERSION). */
+#define SHMHEAP_VERSION_MAJOR 0
+#define SHMHEAP_VERSION_MINOR 1
+#define SHMHEAP_VERSION_PATCH 0
+#define SHMHEAP_VERSION       "0.1.0"
+
 typedef struct shmheap shmheap_t; /* one process's attachment to one daemon */
 typedef uint64_t shmheap_off_t;   /* names the same object in every attached process; 0 is null */
 #define SHMHEAP_OFF_NULL ((shmheap_off_t) 0)
@@ -50,8 +56,12 @@ enum {
  * /run/shmheap/shmheap.sock as root and $XDG_RUNTIME_DIR/shmheap.sock or
  * /tmp/shmheap-$UID.sock otherwise), maps the heap and returns a handle in
  * *out. Returns 0, -SHMHEAP_ECONNECT (no daemon there; the path is in
- * shmheap_last_error()), -SHMHEAP_EDENIED, -SHMHEAP_EPROTO or
- * -SHMHEAP_ENOMEM. After fork(), the child attaches for itself. */
+ * shmheap_last_error()), -SHMHEAP_EDENIED, -SHMHEAP_EPROTO,
+ * -SHMHEAP_ENOMEM, -SHMHEAP_ENOSPC (the daemon serves max_clients
+ * already), -SHMHEAP_EINVAL (out NULL, or a path too long for a socket),
+ * -SHMHEAP_EIO or -SHMHEAP_EDAEMON; shmheap_last_error() says more. The
+ * connection stays open until shmheap_detach (the daemon tracks the
+ * attachment by it). After fork(), the child attaches for itself. */
 SHMHEAP_EXPORT int shmheap_attach(const char *socket_path, shmheap_t **out);
 /* Gives this process's thread caches back to the heap, unmaps it and closes
  * the connection. No thread may use h during or after the call. */
@@ -86,9 +96,11 @@ SHMHEAP_EXPORT void *shmheap_from_off(shmheap_t *h, shmheap_off_t off);
 /* ---- named roots, so that processes can find each other's data ---- */
 
 /* Sets (or replaces) the root `name` (1..55 bytes); off SHMHEAP_OFF_NULL
- * removes it. -SHMHEAP_ENAMETOOLONG, -SHMHEAP_EINVAL, -SHMHEAP_ENOSPC. */
+ * removes it. -SHMHEAP_ENAMETOOLONG, -SHMHEAP_EINVAL (also for an offset
+ * outside the heap), -SHMHEAP_ENOSPC, -SHMHEAP_ENOENT (removing a root
+ * that does not exist), -SHMHEAP_EFORKED. */
 SHMHEAP_EXPORT int shmheap_root_set(shmheap_t *h, const char *name, shmheap_off_t off);
-/* -SHMHEAP_ENOENT when no such root. */
+/* -SHMHEAP_ENOENT when no such root, -SHMHEAP_EINVAL, -SHMHEAP_EFORKED. */
 SHMHEAP_EXPORT int shmheap_root_get(shmheap_t *h, const char *name, shmheap_off_t *out);
 
 /* ---- arenas: bump allocation in shared memory, freed all at once ---- */
@@ -96,15 +108,22 @@ SHMHEAP_EXPORT int shmheap_root_get(shmheap_t *h, const char *name, shmheap_off_
 /* Destroyed by the daemon when the creating process detaches or dies. */
 #define SHMHEAP_ARENA_SESSION 1u
 
+/* Creates an arena of `capacity` usable bytes (flags: 0 or
+ * SHMHEAP_ARENA_SESSION) and returns its offset in *out; any attached
+ * process may allocate from it. Returns 0, -SHMHEAP_EINVAL (capacity 0 or
+ * unknown flags), -SHMHEAP_ENOMEM (the heap is full) or -SHMHEAP_EFORKED. */
 SHMHEAP_EXPORT int shmheap_arena_create(shmheap_t *h, size_t capacity, unsigned flags,
                                         shmheap_off_t *out);
 /* NULL with errno ENOMEM when the arena is out of space (it stays usable),
  * EINVAL for a bad arena or alignment (a power of two up to 64 KiB; 0
- * means 16). */
+ * means 16), ESTALE in a fork's child. */
 SHMHEAP_EXPORT void *shmheap_arena_alloc(shmheap_t *h, shmheap_off_t arena, size_t size,
                                          size_t align);
-/* Makes the whole capacity available again, in O(1). */
+/* Makes the whole capacity available again, in O(1). Like destroy and
+ * stats: 0, -SHMHEAP_ENOENT (not a live arena: destroyed, or a SESSION
+ * arena whose creator went), -SHMHEAP_EINVAL or -SHMHEAP_EFORKED. */
 SHMHEAP_EXPORT int shmheap_arena_reset(shmheap_t *h, shmheap_off_t arena);
+/* Frees the arena and everything allocated from it. */
 SHMHEAP_EXPORT int shmheap_arena_destroy(shmheap_t *h, shmheap_off_t arena);
 
 struct shmheap_arena_stats {
@@ -119,11 +138,18 @@ SHMHEAP_EXPORT int shmheap_arena_stats(shmheap_t *h, shmheap_off_t arena,
 
 /* ---- fixed-size pools (slabs) for one object size ---- */
 
+/* Creates a pool of objects of object_size bytes (rounded up to 16) and
+ * returns its offset in *out. 0, -SHMHEAP_EINVAL, -SHMHEAP_ENOMEM or
+ * -SHMHEAP_EFORKED. */
 SHMHEAP_EXPORT int shmheap_pool_create(shmheap_t *h, size_t object_size, shmheap_off_t *out);
+/* NULL with errno EINVAL (no such pool), ENOMEM (the heap is full) or
+ * ESTALE (a fork's child). */
 SHMHEAP_EXPORT void *shmheap_pool_alloc(shmheap_t *h, shmheap_off_t pool);
 /* A pointer that is not an object of this pool is ignored (and counted
  * as a bad free). */
 SHMHEAP_EXPORT void shmheap_pool_free(shmheap_t *h, shmheap_off_t pool, void *p);
+/* Frees the pool and all its objects. 0, -SHMHEAP_ENOENT (not a live
+ * pool), -SHMHEAP_EINVAL or -SHMHEAP_EFORKED. */
 SHMHEAP_EXPORT int shmheap_pool_destroy(shmheap_t *h, shmheap_off_t pool);
 
 /* ---- figures ---- */
@@ -148,7 +174,10 @@ struct shmheap_segment_stats {
 };
 
 struct shmheap_stats {
-    /* this process */
+    /* This process: the counters of the thread caches its live threads
+     * hold. A cache's counters carry on from the thread (of any process)
+     * that held its slot before, and leave with a thread that exits, so
+     * these are exact for threads that claimed fresh slots. */
     uint64_t process_allocs, process_frees;
     int64_t process_bytes_in_use; /* allocated minus freed by this process's threads */
     /* the whole heap */
@@ -162,11 +191,17 @@ struct shmheap_stats {
     struct shmheap_segment_stats segments[SHMHEAP_STATS_SEGMENTS];
 };
 
-/* Fills *out from the counters in shared memory (no daemon round trip). */
+/* Fills *out from the counters in shared memory (no daemon round trip).
+ * Returns 0, -SHMHEAP_EINVAL, -SHMHEAP_ENOMEM or -SHMHEAP_EFORKED. */
 SHMHEAP_EXPORT int shmheap_stats(shmheap_t *h, struct shmheap_stats *out);
 /* Gives this thread's cache back now (threads do it when they exit). */
 SHMHEAP_EXPORT void shmheap_thread_flush(shmheap_t *h);
-/* Asks the daemon to trim, as `shmheapctl trim --wait MS` does. */
+/* Asks the daemon to trim, as `shmheapctl trim --wait MS` does: every
+ * thread cache (idle threads' too) goes back, and free memory is returned
+ * to the system. wait_ms (0..60000) bounds the wait for busy threads.
+ * Returns 0 once the trim is done, -SHMHEAP_EINVAL, -SHMHEAP_EFORKED,
+ * -SHMHEAP_EIO (the connection failed or the daemon did not answer) or
+ * -SHMHEAP_EDAEMON (refused; shmheap_last_error() has its message). */
 SHMHEAP_EXPORT int shmheap_trim(shmheap_t *h, unsigned wait_ms);
 
 /* A static string naming code (negative or positive). */

@@ -1,0 +1,197 @@
+/* Clients: attachments made by hello, and what happens when they go.
+ *
+ * A client is watched two ways. Its connection closing is a detach (the
+ * library flushed its caches first); its process exiting, seen on a pidfd
+ * (SO_PEERPIDFD, else pidfd_open), is the end: the daemon then gives back
+ * the caches of every slot tagged with the client's id and destroys its
+ * SESSION arenas (work.c runs that in the pool). A detached client is kept
+ * until its process exits, so that whatever it left is reclaimed then.
+ * Polling pids or heartbeats is not used: both misfire under load and on
+ * pid reuse. */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon/daemon.h"
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
+}
+
+static void client_maybe_free(struct client *cl)
+{
+    if (cl->handles == 0 && cl->pidfd < 0 && !cl->conn && cl->link.next == &cl->link)
+        free(cl);
+}
+
+static void pidfd_closed_cb(uv_handle_t *h)
+{
+    struct client *cl = h->data;
+
+    cl->handles--;
+    client_maybe_free(cl);
+}
+
+static void client_unwatch(struct client *cl)
+{
+    if (cl->pidfd_polling) {
+        uv_close((uv_handle_t *) &cl->pidfd_poll, pidfd_closed_cb);
+        cl->pidfd_polling = false;
+    }
+    if (cl->pidfd >= 0)
+        (void) close(cl->pidfd);
+    cl->pidfd = -1;
+}
+
+/* The client's process is gone: stop watching it and reclaim. */
+static void client_exited(struct client *cl)
+{
+    struct daemon *d = cl->d;
+    int r;
+
+    if (cl->exited)
+        return;
+    cl->exited = true;
+    client_unwatch(cl);
+    if (cl->conn) {
+        /* Its socket's hang-up is still on its way. */
+        cl->conn->client = NULL;
+        cl->conn = NULL;
+        d->nclients--;
+    }
+    r = work_reclaim(d, cl);
+    if (r < 0) {
+        log_error("client %" PRIu64 " (pid %d) exited but its caches cannot be reclaimed: %s",
+                  cl->id, (int) cl->peer.pid, strerror(-r));
+        link_remove(&cl->link);
+        client_maybe_free(cl);
+    }
+}
+
+static void pidfd_cb(uv_poll_t *h, int status, int events)
+{
+    (void) status;
+    (void) events;
+    client_exited(h->data);
+}
+
+int clients_attach(struct daemon *d, struct conn *c, struct client **ret)
+{
+    struct client *cl = calloc(1, sizeof(*cl));
+    int r;
+
+    if (!cl)
+        return -ENOMEM;
+    cl->d = d;
+    cl->id = ++d->next_client_id;
+    cl->peer = c->peer;
+    cl->attached_ns = now_ns();
+    cl->pidfd = peer_pidfd(c->fd, c->peer.pid);
+    if (cl->pidfd < 0) {
+        log_warning("cannot watch pid %d (%s): its caches will be reclaimed when its connection "
+                    "closes",
+                    (int) c->peer.pid, strerror(-cl->pidfd));
+        cl->pidfd = -1;
+    } else {
+        r = uv_poll_init(d->loop, &cl->pidfd_poll, cl->pidfd);
+        if (r < 0) {
+            log_warning("cannot poll the pidfd of pid %d (%s): its caches will be reclaimed "
+                        "when its connection closes",
+                        (int) c->peer.pid, uv_strerror(r));
+            (void) close(cl->pidfd);
+            cl->pidfd = -1;
+        } else {
+            cl->pidfd_poll.data = cl;
+            cl->handles = 1;
+            cl->pidfd_polling = true;
+            (void) uv_poll_start(&cl->pidfd_poll, UV_READABLE, pidfd_cb);
+        }
+    }
+    cl->conn = c;
+    c->client = cl;
+    link_insert(&d->clients, &cl->link);
+    d->nclients++;
+    log_info("client %" PRIu64 " attached: pid %d, uid %u (connection %" PRIu64 ")", cl->id,
+             (int) cl->peer.pid, (unsigned) cl->peer.uid, c->serial);
+    *ret = cl;
+    return 0;
+}
+
+void clients_detach(struct client *cl)
+{
+    struct daemon *d = cl->d;
+    struct pollfd pfd = {.fd = cl->pidfd, .events = POLLIN};
+
+    if (!cl->conn)
+        return;
+    cl->conn = NULL;
+    d->nclients--;
+    if (cl->exited)
+        return;
+    /* Without a pidfd the hang-up is all we will ever know: reclaim now.
+     * With one, a process that has already exited is reclaimed at once
+     * (its hang-up usually comes just before its pidfd turns readable). */
+    if (cl->pidfd < 0 || poll(&pfd, 1, 0) > 0) {
+        client_exited(cl);
+        return;
+    }
+    log_info("client %" PRIu64 " (pid %d) detached; anything it left is reclaimed when it "
+             "exits",
+             cl->id, (int) cl->peer.pid);
+}
+
+void clients_reclaimed(struct client *cl, int slots, int arenas)
+{
+    if (slots < 0 || arenas < 0)
+        log_error("client %" PRIu64 " (pid %d) exited; reclaiming failed: %s", cl->id,
+                  (int) cl->peer.pid, strerror(-(slots < 0 ? slots : arenas)));
+    else
+        log_info("client %" PRIu64 " (pid %d) exited: reclaimed %d thread caches, destroyed %d "
+                 "session arenas",
+                 cl->id, (int) cl->peer.pid, slots, arenas);
+    link_remove(&cl->link);
+    client_maybe_free(cl);
+}
+
+void clients_close_all(struct daemon *d)
+{
+    struct link *l = d->clients.next;
+
+    while (l != &d->clients) {
+        struct client *cl = container_of(l, struct client, link);
+
+        l = l->next;
+        if (cl->exited)
+            continue; /* its reclamation job frees it */
+        client_unwatch(cl);
+        if (cl->conn) {
+            cl->conn->client = NULL;
+            cl->conn = NULL;
+            d->nclients--;
+        }
+        link_remove(&cl->link);
+        client_maybe_free(cl);
+    }
+}
+
+void clients_slot_usage(struct daemon *d,
+                        uint64_t client_id,
+                        uint32_t *ret_threads,
+                        uint64_t *ret_bytes)
+{
+    struct heap_client_usage u = {0};
+
+    (void) heap_client_usage(d->heap, client_id, 0, &u);
+    *ret_threads = u.threads;
+    /* Net bytes: a client that frees more than it allocates (others'
+     * objects) counts 0, not a negative figure. */
+    *ret_bytes = u.bytes_in_use > 0 ? (uint64_t) u.bytes_in_use : 0;
+}

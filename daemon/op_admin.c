@@ -1,0 +1,102 @@
+/* The ops that act on the heap or the daemon: trim, verify, config.get,
+ * config.set. Trim and verify run in the thread pool (work.c) and reply
+ * when done; the connection waits meanwhile (no further line is read). */
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "daemon/daemon.h"
+
+#define TRIM_WAIT_DEFAULT_MS 100u
+#define TRIM_WAIT_MAX_MS     60000u
+
+void op_trim(struct conn *c, const cJSON *req)
+{
+    uint64_t wait_ms = TRIM_WAIT_DEFAULT_MS;
+    int r;
+
+    if (!req_u64(c, req, "wait_ms", false, TRIM_WAIT_MAX_MS, &wait_ms))
+        return;
+    r = work_trim(c->d, c, (unsigned) wait_ms);
+    if (r < 0)
+        reply_error(c, "internal", "cannot start the trim: %s", strerror(-r));
+}
+
+void op_verify(struct conn *c, const cJSON *req)
+{
+    int r;
+
+    (void) req;
+    r = work_verify(c->d, c);
+    if (r < 0)
+        reply_error(c, "internal", "cannot start the verification: %s", strerror(-r));
+}
+
+static void reply_config(struct conn *c, const struct config_key *only)
+{
+    cJSON *reply = reply_new(), *cfg;
+
+    cfg = reply ? cJSON_AddObjectToObject(reply, "config") : NULL;
+    if (!cfg || config_add_to_object(&c->d->cfg, only, cfg) < 0) {
+        cJSON_Delete(reply);
+        reply_error(c, "internal", "out of memory");
+        return;
+    }
+    reply_ok(c, reply, NULL, 0);
+}
+
+void op_config_get(struct conn *c, const cJSON *req)
+{
+    const struct config_key *k = NULL;
+    const char *key = NULL;
+
+    if (!req_string(c, req, "key", false, &key))
+        return;
+    if (key) {
+        k = config_key_find(key);
+        if (!k) {
+            reply_error(c, "unknown_key", "unknown key \"%.64s\"", key);
+            return;
+        }
+    }
+    reply_config(c, k);
+}
+
+void op_config_set(struct conn *c, const cJSON *req)
+{
+    struct daemon *d = c->d;
+    char err[CONFIG_ERR_MAX], why[96];
+    const char *key = NULL;
+    const cJSON *value;
+    struct config next;
+    int r;
+
+    if (!req_string(c, req, "key", true, &key))
+        return;
+    value = cJSON_GetObjectItemCaseSensitive(req, "value");
+    if (!value) {
+        reply_error(c, "bad_request", "missing field \"value\"");
+        return;
+    }
+    if (!peer_is_admin(&c->peer)) {
+        log_notice("refused config.set of %.64s by pid %d (uid %u): not root or the daemon's "
+                   "user",
+                   key, (int) c->peer.pid, (unsigned) c->peer.uid);
+        reply_error(c, "permission_denied", "only root or the daemon's user may change the config");
+        return;
+    }
+    next = d->cfg;
+    r = config_set_json(&next, key, value, err, sizeof(err));
+    if (r == -ENOENT) {
+        reply_error(c, "unknown_key", "%s", err);
+        return;
+    }
+    if (r < 0) {
+        reply_error(c, "bad_value", "%s", err);
+        return;
+    }
+    (void) snprintf(why, sizeof(why), "config.set by pid %d, uid %u", (int) c->peer.pid,
+                    (unsigned) c->peer.uid);
+    settings_apply(d, &next, why);
+    reply_config(c, config_key_find(key));
+}

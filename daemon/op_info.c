@@ -1,0 +1,196 @@
+/* The ops that report: stats, clients, segments. They read the heap's
+ * counters with relaxed loads (heap_stats) on the loop thread: a snapshot
+ * that costs the clients' fast paths nothing. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "daemon/daemon.h"
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
+}
+
+cJSON *segments_json(const struct heap_stats *st)
+{
+    cJSON *a = cJSON_CreateArray();
+
+    for (uint32_t i = 0; a && i < st->nsegments && i < SHM_MAX_SEGMENTS; i++) {
+        const struct heap_seg_stats *s = &st->segs[i];
+        cJSON *o = cJSON_CreateObject();
+        char buf[24];
+
+        if (!o || !cJSON_AddItemToArray(a, o)) {
+            cJSON_Delete(o);
+            goto oom;
+        }
+        if (!cJSON_AddNumberToObject(o, "index", s->index) || !json_add_u64(o, "size", s->size) ||
+            !cJSON_AddStringToObject(o, "page_size",
+                                     page_size_name(s->page_size, buf, sizeof(buf))) ||
+            !json_add_u64(o, "committed_bytes", s->committed_bytes) ||
+            !json_add_u64(o, "free_blocks", s->free_blocks) ||
+            !json_add_u64(o, "metadata_bytes", s->metadata_bytes))
+            goto oom;
+    }
+    return a;
+oom:
+    cJSON_Delete(a);
+    return NULL;
+}
+
+static bool add_classes(cJSON *stats, const struct heap_stats *st)
+{
+    cJSON *a = cJSON_AddArrayToObject(stats, "classes"), *rec;
+    uint64_t pushes = 0, pops = 0, retries = 0;
+
+    if (!a)
+        return false;
+    for (unsigned i = 0; i < SHM_NCLASSES; i++) {
+        const struct heap_class_stats *k = &st->classes[i];
+        cJSON *o;
+
+        pushes += k->rec_pushes;
+        pops += k->rec_pops;
+        retries += k->rec_retries;
+        if (!k->in_use && !k->cached && !k->in_recycler && !k->rec_pushes && !k->rec_pops)
+            continue; /* never used */
+        o = cJSON_CreateObject();
+        if (!o || !cJSON_AddItemToArray(a, o)) {
+            cJSON_Delete(o);
+            return false;
+        }
+        if (!cJSON_AddNumberToObject(o, "object_size", k->object_size) ||
+            !json_add_u64(o, "in_use", k->in_use) || !json_add_u64(o, "cached", k->cached) ||
+            !json_add_u64(o, "in_recycler", k->in_recycler) ||
+            !json_add_u64(o, "recycler_pushes", k->rec_pushes) ||
+            !json_add_u64(o, "recycler_pops", k->rec_pops) ||
+            !json_add_u64(o, "recycler_cas_retries", k->rec_retries))
+            return false;
+    }
+    rec = cJSON_AddObjectToObject(stats, "recycler");
+    return rec && json_add_u64(rec, "pushes", pushes) && json_add_u64(rec, "pops", pops) &&
+           json_add_u64(rec, "cas_retries", retries);
+}
+
+cJSON *stats_json(struct daemon *d)
+{
+    struct heap_stats *st = malloc(sizeof(*st));
+    cJSON *o = NULL, *segs;
+    int r;
+
+    if (!st)
+        return NULL;
+    r = heap_stats(d->heap, st);
+    if (r < 0) {
+        log_error("heap_stats failed: %s", strerror(-r));
+        goto out;
+    }
+    o = cJSON_CreateObject();
+    if (!o)
+        goto out;
+    if (!json_add_u64(o, "bytes_reserved", st->bytes_reserved) ||
+        !json_add_u64(o, "bytes_committed", st->bytes_committed) ||
+        !json_add_u64(o, "bytes_in_use", st->bytes_in_use) ||
+        !json_add_u64(o, "peak_bytes_in_use", st->peak_bytes_in_use) ||
+        !json_add_u64(o, "allocs", st->allocs) || !json_add_u64(o, "frees", st->frees) ||
+        !json_add_u64(o, "trim_gen", st->trim_gen) || !json_add_u64(o, "trims", st->trims) ||
+        !json_add_u64(o, "trim_bytes_released", st->trim_bytes_released) ||
+        !json_add_u64(o, "bad_frees", st->bad_frees) ||
+        !json_add_u64(o, "double_frees", st->double_frees) ||
+        !json_add_u64(o, "lost_objects", st->lost_objects) ||
+        !cJSON_AddNumberToObject(o, "clients", d->nclients) ||
+        !cJSON_AddNumberToObject(o, "thread_caches", st->slots_in_use) || !add_classes(o, st))
+        goto fail;
+    segs = segments_json(st);
+    if (!segs || !cJSON_AddItemToObject(o, "segments", segs)) {
+        cJSON_Delete(segs);
+        goto fail;
+    }
+out:
+    free(st);
+    return o;
+fail:
+    cJSON_Delete(o);
+    free(st);
+    return NULL;
+}
+
+void op_stats(struct conn *c, const cJSON *req)
+{
+    cJSON *reply = reply_new(), *s = stats_json(c->d);
+
+    (void) req;
+    if (!reply || !s || !cJSON_AddItemToObject(reply, "stats", s)) {
+        cJSON_Delete(s);
+        cJSON_Delete(reply);
+        reply_error(c, "internal", "cannot read the heap's figures");
+        return;
+    }
+    reply_ok(c, reply, NULL, 0);
+}
+
+void op_segments(struct conn *c, const cJSON *req)
+{
+    struct heap_stats *st = malloc(sizeof(*st));
+    cJSON *reply = reply_new(), *a = NULL;
+
+    (void) req;
+    if (st && reply && heap_stats(c->d->heap, st) == 0)
+        a = segments_json(st);
+    free(st);
+    if (!a || !cJSON_AddItemToObject(reply, "segments", a)) {
+        cJSON_Delete(a);
+        cJSON_Delete(reply);
+        reply_error(c, "internal", "cannot read the segments");
+        return;
+    }
+    reply_ok(c, reply, NULL, 0);
+}
+
+void op_clients(struct conn *c, const cJSON *req)
+{
+    struct daemon *d = c->d;
+    cJSON *reply = reply_new(), *a;
+    uint64_t now = now_ns();
+
+    (void) req;
+    a = reply ? cJSON_AddArrayToObject(reply, "clients") : NULL;
+    if (!a)
+        goto oom;
+    for (struct link *l = d->clients.next; l != &d->clients; l = l->next) {
+        struct client *cl = container_of(l, struct client, link);
+        uint32_t threads;
+        uint64_t bytes;
+        cJSON *o;
+
+        clients_slot_usage(d, cl->id, &threads, &bytes);
+        /* A client that detached and has nothing left is not worth a row;
+         * one that left slots behind (still alive, or being reclaimed) is. */
+        if (!cl->conn && threads == 0)
+            continue;
+        o = cJSON_CreateObject();
+        if (!o || !cJSON_AddItemToArray(a, o)) {
+            cJSON_Delete(o);
+            goto oom;
+        }
+        if (!json_add_u64(o, "client_id", cl->id) ||
+            !cJSON_AddNumberToObject(o, "pid", cl->peer.pid) ||
+            !cJSON_AddNumberToObject(o, "uid", cl->peer.uid) ||
+            !cJSON_AddNumberToObject(o, "threads", threads) ||
+            !json_add_u64(o, "bytes_allocated", bytes) ||
+            !json_add_u64(o, "connected_s", (now - cl->attached_ns) / 1000000000u) ||
+            !cJSON_AddBoolToObject(o, "attached", cl->conn != NULL))
+            goto oom;
+    }
+    reply_ok(c, reply, NULL, 0);
+    return;
+oom:
+    cJSON_Delete(reply);
+    reply_error(c, "internal", "out of memory");
+}

@@ -1,0 +1,240 @@
+/* Heap jobs in libuv's thread pool: trim, verify and the reclamation of an
+ * exited client, so the loop never blocks on them.
+ *
+ * Jobs run one at a time (work_lock): each walks or drains the whole heap,
+ * and a verify running beside a reclamation would report the objects in
+ * flight as problems. A job touches only the heap (through the daemon's
+ * own attachment, which is thread-safe) and its own struct; everything
+ * else (replies, logs of the result, freeing a client) happens in its
+ * after_work callback, on the loop thread. A connection waiting for a job
+ * is paused (conn.c), so it outlives the job even if its peer hangs up. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/daemon.h"
+
+/* How long a periodic trim waits for busy threads to flush themselves. */
+#define PERIODIC_TRIM_WAIT_MS 10u
+
+struct job {
+    uv_work_t req;
+    struct daemon *d;
+    enum job_kind kind;
+    struct conn *conn;  /* who asked (NULL: the periodic timer) */
+    struct client *cl;  /* JOB_RECLAIM */
+    uint64_t client_id; /* JOB_RECLAIM, copied for the worker */
+    unsigned wait_ms;
+    int r, slots, arenas;
+    struct trim_result trim;
+    struct verify_report *verify;
+};
+
+static void work_cb(uv_work_t *req)
+{
+    struct job *j = req->data;
+    struct heap *h = j->d->heap;
+
+    pthread_mutex_lock(&j->d->work_lock);
+    switch (j->kind) {
+    case JOB_TRIM:
+        j->r = heap_trim(h, j->wait_ms, &j->trim);
+        break;
+    case JOB_VERIFY:
+        j->r = heap_verify(h, j->verify);
+        break;
+    case JOB_RECLAIM:
+        j->slots = heap_reclaim_client(h, j->client_id);
+        j->arenas = heap_arena_destroy_session(h, j->client_id);
+        break;
+    }
+    pthread_mutex_unlock(&j->d->work_lock);
+}
+
+static void trim_done(struct job *j)
+{
+    struct daemon *d = j->d;
+    struct conn *c = j->conn;
+    cJSON *reply;
+
+    if (!c)
+        d->periodic_trim_running = false;
+    if (j->r < 0) {
+        log_error("trim failed: %s", strerror(-j->r));
+        if (c)
+            reply_error(c, "internal", "the trim failed: %s", strerror(-j->r));
+        return;
+    }
+    if (c)
+        log_info("trim (requested by pid %d): released %" PRIu64 " bytes, flushed %" PRIu32
+                 " of %" PRIu32 " thread caches, trim_gen %" PRIu64,
+                 (int) c->peer.pid, j->trim.bytes_released, j->trim.caches_flushed,
+                 j->trim.caches_total, j->trim.trim_gen);
+    else
+        log_msg(j->trim.bytes_released ? LOG_INFO : LOG_DEBUG,
+                "periodic trim: released %" PRIu64 " bytes, flushed %" PRIu32 " of %" PRIu32
+                " thread caches, trim_gen %" PRIu64,
+                j->trim.bytes_released, j->trim.caches_flushed, j->trim.caches_total,
+                j->trim.trim_gen);
+    if (!c)
+        return;
+    reply = reply_new();
+    if (reply && (!json_add_u64(reply, "trim_gen", j->trim.trim_gen) ||
+                  !json_add_u64(reply, "bytes_released", j->trim.bytes_released) ||
+                  !cJSON_AddNumberToObject(reply, "caches_flushed", j->trim.caches_flushed) ||
+                  !cJSON_AddNumberToObject(reply, "caches_total", j->trim.caches_total))) {
+        cJSON_Delete(reply);
+        reply = NULL;
+    }
+    reply_ok(c, reply, NULL, 0);
+}
+
+static void verify_done(struct job *j)
+{
+    struct verify_report *rep = j->verify;
+    struct conn *c = j->conn;
+    cJSON *reply, *problems;
+
+    if (j->r < 0) {
+        log_error("verify failed: %s", strerror(-j->r));
+        reply_error(c, "internal", "the verification failed: %s", strerror(-j->r));
+        return;
+    }
+    if (rep->consistent)
+        log_info("verify (requested by pid %d): consistent, %" PRIu64 " blocks checked",
+                 (int) c->peer.pid, rep->checked_blocks);
+    else
+        log_warning("verify (requested by pid %d): %" PRIu32 " problems, the first: %.160s",
+                    (int) c->peer.pid, rep->nproblems, rep->problems[0]);
+    reply = reply_new();
+    problems = reply ? cJSON_CreateArray() : NULL;
+    if (!problems || !cJSON_AddBoolToObject(reply, "consistent", rep->consistent) ||
+        !cJSON_AddItemToObject(reply, "problems", problems)) {
+        cJSON_Delete(problems);
+        goto oom;
+    }
+    for (uint32_t i = 0; i < rep->nproblems && i < 16; i++) {
+        char text[sizeof(rep->problems[0]) + 1];
+        cJSON *s;
+
+        memcpy(text, rep->problems[i], sizeof(rep->problems[i]));
+        text[sizeof(text) - 1] = 0;
+        s = cJSON_CreateString(text);
+        if (!s || !cJSON_AddItemToArray(problems, s)) {
+            cJSON_Delete(s);
+            goto oom;
+        }
+    }
+    if (!json_add_u64(reply, "checked_blocks", rep->checked_blocks) ||
+        !json_add_u64(reply, "checked_objects", rep->checked_objects) ||
+        !cJSON_AddNumberToObject(reply, "problems_total", rep->nproblems))
+        goto oom;
+    reply_ok(c, reply, NULL, 0);
+    return;
+oom:
+    cJSON_Delete(reply);
+    reply_error(c, "internal", "out of memory");
+}
+
+static void after_work_cb(uv_work_t *req, int status)
+{
+    struct job *j = req->data;
+    struct daemon *d = j->d;
+
+    d->jobs--;
+    if (status < 0) /* cancelled: never ran */
+        j->r = j->slots = j->arenas = -ECANCELED;
+    switch (j->kind) {
+    case JOB_TRIM:
+        trim_done(j);
+        break;
+    case JOB_VERIFY:
+        verify_done(j);
+        break;
+    case JOB_RECLAIM:
+        clients_reclaimed(j->cl, j->slots, j->arenas);
+        break;
+    }
+    if (j->conn)
+        conn_resume(j->conn);
+    free(j->verify);
+    free(j);
+}
+
+static int job_start(struct daemon *d, struct job *j)
+{
+    int r;
+
+    j->d = d;
+    j->req.data = j;
+    r = uv_queue_work(d->loop, &j->req, work_cb, after_work_cb);
+    if (r < 0) {
+        free(j->verify);
+        free(j);
+        return -EAGAIN;
+    }
+    d->jobs++;
+    if (j->conn)
+        conn_pause(j->conn);
+    return 0;
+}
+
+int work_trim(struct daemon *d, struct conn *c, unsigned wait_ms)
+{
+    struct job *j = calloc(1, sizeof(*j));
+
+    if (!j)
+        return -ENOMEM;
+    j->kind = JOB_TRIM;
+    j->conn = c;
+    j->wait_ms = wait_ms;
+    return job_start(d, j);
+}
+
+int work_verify(struct daemon *d, struct conn *c)
+{
+    struct job *j = calloc(1, sizeof(*j));
+
+    if (!j)
+        return -ENOMEM;
+    j->verify = calloc(1, sizeof(*j->verify));
+    if (!j->verify) {
+        free(j);
+        return -ENOMEM;
+    }
+    j->kind = JOB_VERIFY;
+    j->conn = c;
+    return job_start(d, j);
+}
+
+int work_reclaim(struct daemon *d, struct client *cl)
+{
+    struct job *j = calloc(1, sizeof(*j));
+
+    if (!j)
+        return -ENOMEM;
+    j->kind = JOB_RECLAIM;
+    j->cl = cl;
+    j->client_id = cl->id;
+    return job_start(d, j);
+}
+
+static void trim_timer_cb(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+
+    if (d->periodic_trim_running || d->stopping)
+        return; /* the last one is still going: skip a beat */
+    if (work_trim(d, NULL, PERIODIC_TRIM_WAIT_MS) == 0)
+        d->periodic_trim_running = true;
+}
+
+void work_trim_timer_update(struct daemon *d)
+{
+    uint32_t ms = d->cfg.shm.trim_interval_ms;
+
+    (void) uv_timer_stop(&d->trim_timer);
+    if (ms > 0 && !d->stopping)
+        (void) uv_timer_start(&d->trim_timer, trim_timer_cb, ms, ms);
+}

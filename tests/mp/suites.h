@@ -1,0 +1,12 @@
+/* The multi-process suites; tests/run_mp.c runs them all. */
+#ifndef TESTS_MP_SUITES_H
+#define TESTS_MP_SUITES_H
+
+#include <check.h>
+
+Suite *mp_alloc_suite(void);
+Suite *recycler_suite(void);
+Suite *death_suite(void);
+Suite *trim_idle_suite(void);
+
+#endif

@@ -1,0 +1,18 @@
+/* The service suites: they drive a real build/shmheapd (daemon_fixture.h).
+ * Each suite is defined in its check_*.c and listed in tests/run_service.c.
+ *
+ * Add suites here (one declaration per line) and in run_service.c's table. */
+#ifndef TESTS_SERVICE_SUITES_H
+#define TESTS_SERVICE_SUITES_H
+
+#include <check.h>
+
+Suite *config_suite(void);         /* check_config.c: the table of tunables */
+Suite *daemon_suite(void);         /* check_daemon.c: every op, options, the socket */
+Suite *daemon_input_suite(void);   /* check_daemon_input.c: bad input, limits, peers */
+Suite *daemon_config_suite(void);  /* check_daemon_config.c: config ops, reload, trim timer */
+Suite *daemon_clients_suite(void); /* check_daemon_clients.c: attach, death, reclamation */
+Suite *client_suite(void);         /* check_client.c: libshmheap against the daemon */
+Suite *ctl_suite(void);            /* check_ctl.c: shmheapctl against the daemon */
+
+#endif
