@@ -63,6 +63,10 @@ int heap_ctl_create(const struct shm_config *cfg, int *ret_fd)
         return -EINVAL;
     if (cfg->max_segments < 1 || cfg->max_segments >= SHM_MAX_SEGMENTS)
         return -EINVAL;
+    /* Segments are whole blocks, and hold their metadata plus some. */
+    if (cfg->segment_size % SHM_BLOCK_SIZE || cfg->segment_size < 4 * MiB ||
+        cfg->segment_size > SHM_SEG_SPAN)
+        return -EINVAL;
     fd = os_memfd("shmheap-ctl", 0);
     if (fd < 0)
         return fd;
