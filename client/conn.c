@@ -21,23 +21,11 @@
 #include "shmheap.h"
 
 #include "client/client.h"
+#include "config/socket_path.h"
 
 int conn_default_path(const char *arg, char *buf, size_t len)
 {
-    const char *env;
-    int n;
-
-    if (arg && *arg)
-        n = snprintf(buf, len, "%s", arg);
-    else if ((env = getenv("SHMHEAP_SOCKET")) && *env)
-        n = snprintf(buf, len, "%s", env);
-    else if (geteuid() == 0)
-        n = snprintf(buf, len, "/run/shmheap/shmheap.sock");
-    else if ((env = getenv("XDG_RUNTIME_DIR")) && *env)
-        n = snprintf(buf, len, "%s/shmheap.sock", env);
-    else
-        n = snprintf(buf, len, "/tmp/shmheap-%u.sock", (unsigned) getuid());
-    if (n < 0 || (size_t) n >= len) {
+    if (socket_path_resolve(arg, buf, len) < 0) {
         client_set_error("socket path too long (at most %zu bytes)", len - 1);
         return -SHMHEAP_EINVAL;
     }

@@ -15,25 +15,11 @@
 #include <unistd.h>
 
 #include "daemon/daemon.h"
+#include "config/socket_path.h"
 
 int listen_socket_path(const char *arg, char *buf, size_t len)
 {
-    const char *env = getenv("SHMHEAP_SOCKET"), *xdg = getenv("XDG_RUNTIME_DIR");
-    int n;
-
-    if (arg && *arg)
-        n = snprintf(buf, len, "%s", arg);
-    else if (env && *env)
-        n = snprintf(buf, len, "%s", env);
-    else if (geteuid() == 0)
-        n = snprintf(buf, len, "/run/shmheap/shmheap.sock");
-    else if (xdg && *xdg)
-        n = snprintf(buf, len, "%s/shmheap.sock", xdg);
-    else
-        n = snprintf(buf, len, "/tmp/shmheap-%u.sock", (unsigned) getuid());
-    if (n < 0 || (size_t) n >= len || (size_t) n >= sizeof(((struct sockaddr_un *) 0)->sun_path))
-        return -ENAMETOOLONG;
-    return 0;
+    return socket_path_resolve(arg, buf, len);
 }
 
 /* mkdir -p of the socket's directory; new directories get mode 0755. */
