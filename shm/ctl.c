@@ -162,6 +162,7 @@ int ctl_slot_claim(struct heap *h, uint32_t *ret_index)
         store_relaxed(&s->claim_bytes, slot_bytes_in_use(s));
         store_relaxed(&s->claim_allocs, slot_allocs(s));
         store_relaxed(&s->claim_frees, slot_frees(s));
+        ctl_raise_slots_high(c, i + 1);
         *ret_index = i;
         return 0;
     }
@@ -172,6 +173,24 @@ void ctl_slot_release(struct heap *h, uint32_t index)
 {
     /* release: the drained bins are published with the state. */
     store_release(&h->ctl->slots[index].state, SLOT_FREE);
+}
+
+void ctl_raise_slots_high(struct ctl_header *c, uint32_t n)
+{
+    uint32_t high = load_relaxed(&c->slots_high);
+
+    /* release: a reader that loads the new bound (acquire) sees the claim
+     * of every slot below it. */
+    while (n > high && !__atomic_compare_exchange_n(&c->slots_high, &high, n, true,
+                                                    __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+        ;
+}
+
+uint32_t ctl_slots_high(const struct ctl_header *c)
+{
+    uint32_t n = load_acquire(&c->slots_high);
+
+    return n < SHM_MAX_SLOTS ? n : SHM_MAX_SLOTS;
 }
 
 uint64_t ctl_raise_peak(struct ctl_header *c, uint64_t bytes)

@@ -223,6 +223,10 @@ int ctl_lock(struct ctl_header *c);
 void ctl_unlock(struct ctl_header *c);
 int ctl_slot_claim(struct heap *h, uint32_t *ret_index);
 void ctl_slot_release(struct heap *h, uint32_t index);
+/* Slots at or past ctl_slots_high() have never been claimed: loops over the
+ * slots stop there (the bound only grows). */
+void ctl_raise_slots_high(struct ctl_header *c, uint32_t n);
+uint32_t ctl_slots_high(const struct ctl_header *c);
 /* Raises the heap's peak of bytes in use to `bytes` if it is higher;
  * returns the peak. */
 uint64_t ctl_raise_peak(struct ctl_header *c, uint64_t bytes);

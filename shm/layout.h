@@ -168,7 +168,7 @@ struct ctl_header {
     uint64_t created_ns;
     struct shm_config config;
     uint32_t nsegments; /* published count of segment entries, release */
-    uint32_t pad0;
+    uint32_t slots_high; /* 1 + the highest slot index ever claimed: readers stop there */
     struct seg_entry segs[SHM_MAX_SEGMENTS];
     pthread_mutex_t lock; /* robust, process-shared: roots and segment table */
     uint64_t refused_frees; /* refused frees whose class was no longer known */

@@ -23,7 +23,7 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
         /* Frees a slab refused were counted by the cache that took them. */
         ret->classes[cls].in_use = load_relaxed(&c->rec[cls].refused);
     }
-    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
+    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
         const struct cache_slot *s = &c->slots[i];
         bool owned = load_relaxed(&s->state) == SLOT_OWNED;
 
@@ -94,7 +94,7 @@ int heap_client_usage(struct heap *h, uint64_t client_id, uint32_t pid,
         return -EINVAL;
     c = h->ctl;
     memset(ret, 0, sizeof(*ret));
-    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
+    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
         const struct cache_slot *s = &c->slots[i];
 
         /* Relaxed snapshots: a slot changing hands meanwhile is counted or

@@ -53,7 +53,7 @@ int heap_reclaim_client(struct heap *h, uint64_t client_id)
 
     if (!h)
         return -EINVAL;
-    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
+    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &h->ctl->slots[i];
 
         if (load_acquire(&s->state) == SLOT_OWNED && load_relaxed(&s->client_id) == client_id &&
@@ -78,7 +78,7 @@ int heap_reclaim_dead(struct heap *h)
     if (!h)
         return -EINVAL;
     reap_busy(h);
-    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
+    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &h->ctl->slots[i];
 
         if (load_acquire(&s->state) == SLOT_OWNED &&
@@ -111,7 +111,7 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
     gen = fetch_add_acq_rel(&c->trim_gen, 1) + 1;
     /* Our own cache needs no steal. */
     tcache_trim_self(h, gen);
-    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
+    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &c->slots[i];
 
         if (load_acquire(&s->state) != SLOT_OWNED)

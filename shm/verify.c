@@ -257,7 +257,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
     ret->consistent = true;
     (void) heap_sync_segments(h);
     /* Freeze the caches: take every slot (dead owners' too). */
-    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
+    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &c->slots[i];
         bool dead;
 
@@ -335,7 +335,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
                 problem(&v, "object %#lx is in two places at once", (unsigned long) v.offs[k]);
     }
     /* Counts. */
-    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++)
+    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++)
         for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
             in_use += load_relaxed(&c->slots[i].bins[cls].allocs) -
                       load_relaxed(&c->slots[i].bins[cls].frees);
