@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "shm/internal.h"
+#include "shm/os.h"
 
 int heap_stats(struct heap *h, struct heap_stats *ret)
 {
@@ -56,7 +57,10 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
         in_use += (int64_t) ret->classes[cls].in_use * (int64_t) ret->classes[cls].object_size;
     }
     ret->bytes_in_use = in_use > 0 ? (uint64_t) in_use : 0;
-    ret->bytes_committed = c->ctl_size;
+    /* The control segment's pages as the kernel counts them: most of its
+     * 1024 cache slots are never touched. */
+    if (os_fstat_size(h->ctl_fd, NULL, &ret->bytes_committed) < 0)
+        ret->bytes_committed = c->ctl_size;
     for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++) {
         struct seg_map *m = &h->segs[i];
         struct heap_seg_stats *ss = &ret->segs[ret->nsegments];
