@@ -36,7 +36,7 @@ static uint64_t ctl_bytes(void)
     return (sizeof(struct ctl_header) + 4095) & ~UINT64_C(4095);
 }
 
-static int mutex_init_robust(pthread_mutex_t *m)
+int shm_mutex_init(pthread_mutex_t *m)
 {
     pthread_mutexattr_t attr;
     int r;
@@ -47,6 +47,13 @@ static int mutex_init_robust(pthread_mutex_t *m)
     r = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
     if (!r)
         r = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    /* Priority inheritance makes the kernel track the owner: a plain
+     * robust futex can strand a sleeping waiter when the thread it woke is
+     * killed before taking the lock while another takes it on the fast
+     * path (found by death_random_kill_trimmer). Uncontended, a PI lock is
+     * still one CAS and no system call. */
+    if (!r)
+        r = pthread_mutexattr_setprotocol(&attr, PTHREAD_PRIO_INHERIT);
     if (!r)
         r = pthread_mutex_init(m, &attr);
     (void) pthread_mutexattr_destroy(&attr);
@@ -87,7 +94,7 @@ int heap_ctl_create(const struct shm_config *cfg, int *ret_fd)
     c->segs[0].size = size;
     c->segs[0].page_size = 4096;
     c->segs[0].state = SEG_LIVE;
-    r = mutex_init_robust(&c->lock);
+    r = shm_mutex_init(&c->lock);
     if (r == 0)
         /* release: the magic is written last; see seg_format(). */
         store_release(&c->magic, SHM_CTL_MAGIC);

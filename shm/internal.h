@@ -218,6 +218,8 @@ static inline void tcache_leave(struct tcache *tc)
 }
 
 /* ---- ctl.c ---- */
+/* A process-shared, robust, priority-inheriting mutex for shared memory. */
+int shm_mutex_init(pthread_mutex_t *m);
 int ctl_check_header(const struct ctl_header *c, uint64_t size);
 int ctl_lock(struct ctl_header *c);
 void ctl_unlock(struct ctl_header *c);

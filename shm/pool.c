@@ -60,7 +60,6 @@ static uint64_t chunk_bytes(uint32_t object_size)
 
 int heap_pool_create(struct heap *h, size_t object_size, uint64_t *ret_pool)
 {
-    pthread_mutexattr_t attr;
     struct pool_header *p;
     uint64_t off, bytes;
     int r;
@@ -79,13 +78,7 @@ int heap_pool_create(struct heap *h, size_t object_size, uint64_t *ret_pool)
     p->chunks = off;
     p->bump.s.off = off + ((sizeof(*p) + 63) & ~UINT64_C(63));
     p->bump.s.tag = off + (((bytes + SHM_BLOCK_SIZE - 1) >> SHM_BLOCK_SHIFT) << SHM_BLOCK_SHIFT);
-    r = -pthread_mutexattr_init(&attr);
-    if (r == 0) {
-        (void) pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-        (void) pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-        r = -pthread_mutex_init(&p->grow_lock, &attr);
-        (void) pthread_mutexattr_destroy(&attr);
-    }
+    r = shm_mutex_init(&p->grow_lock);
     if (r < 0) {
         (void) run_destroy(h, off, RUN_POOL);
         return r;

@@ -132,7 +132,6 @@ int seg_metadata_bytes(uint64_t size, uint32_t page_size, uint64_t *ret_bytes)
 int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_size)
 {
     struct seg_header *hdr = base;
-    pthread_mutexattr_t attr;
     uint64_t nblocks = size >> SHM_BLOCK_SHIFT;
     unsigned unit_shift;
     struct seg_map m;
@@ -144,17 +143,9 @@ int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_
     unit_shift = hdr->unit_shift;
     hdr->index = index;
 
-    r = pthread_mutexattr_init(&attr);
-    if (r)
-        return -r;
-    r = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    if (!r)
-        r = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    if (!r)
-        r = pthread_mutex_init(&hdr->lock, &attr);
-    (void) pthread_mutexattr_destroy(&attr);
-    if (r)
-        return -r;
+    r = shm_mutex_init(&hdr->lock);
+    if (r < 0)
+        return r;
 
     seg_map_init(&m, base, fd, index);
     bittree_chain_init(seg_free_tree(&m), (uint32_t) nblocks, false);

@@ -1,5 +1,6 @@
 /* Helpers for the multi-process suites; see mptest.h. */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -84,6 +85,57 @@ void mp_wait_ok(pid_t pid, const char *what)
 
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s (pid %d): %s", what, (int) pid,
                   mp_status_str(status, buf, sizeof(buf)));
+}
+
+static void print_threads(pid_t pid)
+{
+    char path[320], line[256];
+    DIR *d;
+    struct dirent *e;
+
+    (void) snprintf(path, sizeof(path), "/proc/%d/task", (int) pid);
+    d = opendir(path);
+    if (!d)
+        return;
+    while ((e = readdir(d)) != NULL) {
+        FILE *f;
+
+        if (e->d_name[0] == '.')
+            continue;
+        (void) snprintf(path, sizeof(path), "/proc/%d/task/%s/syscall", (int) pid, e->d_name);
+        f = fopen(path, "r");
+        if (f && fgets(line, sizeof(line), f))
+            fprintf(stderr, "  thread %s: syscall %s", e->d_name, line);
+        if (f)
+            (void) fclose(f);
+    }
+    (void) closedir(d);
+}
+
+void mp_wait_ok_bounded(pid_t pid, unsigned seconds, const char *what)
+{
+    char buf[64];
+    int status = 0;
+
+    for (unsigned ms = 0; ms < seconds * 1000u; ms += 10) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+
+        ck_assert_msg(r >= 0, "waitpid(%d): %s", (int) pid, strerror(errno));
+        if (r == pid) {
+            ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s (pid %d): %s", what,
+                          (int) pid, mp_status_str(status, buf, sizeof(buf)));
+            return;
+        }
+        mp_sleep_ms(10);
+    }
+    fprintf(stderr, "%s (pid %d) still running after %u s; its threads:\n", what, (int) pid,
+            seconds);
+    print_threads(pid);
+    (void) kill(pid, SIGKILL);
+    (void) waitpid(pid, NULL, 0);
+    ck_abort_msg("%s (pid %d) deadlocked: still running %u s after it was told to stop (see "
+                 "stderr)",
+                 what, (int) pid, seconds);
 }
 
 void mp_wait_all_ok(const pid_t *pids, unsigned n, const char *what)

@@ -50,6 +50,12 @@ void mp_wait_ok(pid_t pid, const char *what);
  * fails, SIGKILLs and reaps the others (they may be waiting for it) and
  * fails the test naming the first failure. */
 void mp_wait_all_ok(const pid_t *pids, unsigned n, const char *what);
+/* As mp_wait_ok, but a child still running after `seconds` is taken for
+ * deadlocked: each of its threads' /proc syscall line (a futex wait shows
+ * the futex address) is printed, the child is SIGKILLed and the test fails.
+ * A deadlock detector with a bound far above the normal time, not a
+ * timing assertion. */
+void mp_wait_ok_bounded(pid_t pid, unsigned seconds, const char *what);
 /* Fails the test unless the child was killed by signal sig. */
 void mp_wait_signaled(pid_t pid, int sig, const char *what);
 /* Describes a wait status ("exit 3", "signal 9") into buf. */

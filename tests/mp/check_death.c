@@ -15,7 +15,10 @@
  * storm:   a child allocating in two threads is SIGKILLed after a random
  *          few milliseconds, 20 times (100 with SHMHEAP_SOAK=1); after each
  *          kill the parent reclaims the dead and verifies, and bounds the
- *          objects the kill took with it.
+ *          objects the kill took with it. Then trimmers, and processes that
+ *          contend for the segment lock, are killed at random while another
+ *          process allocates: it must never be left waiting (a deadlock is
+ *          detected with a bound far above the normal run time).
  *
  * The fault tests run with recycler_cap_bundles = 0 (every flush and every
  * refill goes through the blocks) and retain_empty_blocks = 0. */
@@ -881,7 +884,7 @@ static int tstorm_trimmer(void *arg, unsigned round)
 START_TEST(death_random_kill_trimmer)
 {
     const char *soak = getenv("SHMHEAP_SOAK");
-    unsigned rounds = soak && strcmp(soak, "1") == 0 ? 200 : (unsigned) test_scaled(40, 4);
+    unsigned rounds = soak && strcmp(soak, "1") == 0 ? 1000 : (unsigned) test_scaled(150, 6);
     struct tstorm_ctx *c = mp_shared_alloc(sizeof(*c));
     struct shm_config cfg;
     struct test_heap t;
@@ -903,7 +906,7 @@ START_TEST(death_random_kill_trimmer)
     }
     for (unsigned round = 0; round < rounds; round++) {
         unsigned delay_us =
-                500 + (unsigned) (test_rand(&rng) % (test_scale_small() ? 40000 : 10000));
+                200 + (unsigned) (test_rand(&rng) % (test_scale_small() ? 40000 : 4000));
         char what[96];
         pid_t pid = mp_fork(tstorm_trimmer, c, round);
 
@@ -916,8 +919,8 @@ START_TEST(death_random_kill_trimmer)
                       round, mp_status_str(status, what, sizeof(what)));
     }
     __atomic_store_n(&c->stop, 1, __ATOMIC_RELEASE);
-    /* Check's timeout is the deadlock detector: the allocator must finish. */
-    mp_wait_ok(alloc, "allocating child");
+    /* The allocator must finish (in milliseconds; 60 s means deadlock). */
+    mp_wait_ok_bounded(alloc, 60, "allocating child");
     fprintf(stderr, "death_random_kill_trimmer: %u trimmers killed, %" PRIu64 " trims done\n",
             rounds, __atomic_load_n(&c->trims, __ATOMIC_RELAXED));
 
@@ -934,6 +937,89 @@ START_TEST(death_random_kill_trimmer)
     ck_assert_int_eq(heap_trim(t.h, 0, NULL), 0);
     ck_assert_msg(mp_blocks_not_free(t.h) == 0, "%" PRIu64 " blocks not free after the last trim",
                   mp_blocks_not_free(t.h));
+    th_verify(t.h);
+    th_destroy(&t);
+    mp_shared_free(c, sizeof(*c));
+}
+END_TEST
+
+/* ---- processes killed while they wait for a segment lock ----
+ *
+ * With tiny caches and no recycler almost every malloc and free goes
+ * through the segment lock, so processes that are killed spend much of
+ * their life waiting for it. A waiter that is woken by an unlock and killed
+ * before it takes the lock must not leave the other waiters asleep on a
+ * free lock (the robust futex handover: DESIGN.md, dead lock holders). */
+#define NCONTENDERS 4u
+
+static int contender_main(void *arg, unsigned round)
+{
+    struct tstorm_ctx *c = arg;
+    struct heap *h = th_attach_child(c->t, 1000 + round);
+    void *p[16] = {0};
+    uint64_t rng = 0xc0de + round;
+
+    (void) c;
+    for (;;) { /* until killed; what it holds then is leaked, so keep it small */
+        uint64_t r = test_rand(&rng);
+        unsigned i = (unsigned) ((r >> 8) % 16);
+
+        if (p[i]) {
+            heap_free(h, p[i]);
+            p[i] = NULL;
+        } else {
+            p[i] = heap_malloc(h, 16 + (size_t) ((r >> 16) % 1024));
+            MP_REQUIRE(p[i] != NULL, "heap_malloc");
+        }
+    }
+    return 0;
+}
+
+START_TEST(death_lock_waiters_killed)
+{
+    const char *soak = getenv("SHMHEAP_SOAK");
+    unsigned rounds = soak && strcmp(soak, "1") == 0 ? 2000 : (unsigned) test_scaled(200, 8);
+    struct tstorm_ctx *c = mp_shared_alloc(sizeof(*c));
+    struct shm_config cfg;
+    struct test_heap t;
+    uint64_t rng = 0x10c4;
+    pid_t alloc;
+    int status;
+
+    heap_config_default(&cfg);
+    cfg.segment_size = UINT64_C(256) << 20;
+    cfg.thread_cache_bytes = 4096; /* bundles of 2 */
+    cfg.recycler_cap_bundles = 0;
+    th_create(&t, &cfg, SHM_PAGES_OFF);
+    c->t = &t;
+    alloc = mp_fork(tstorm_allocator, c, 0);
+    while (__atomic_load_n(&c->running, __ATOMIC_ACQUIRE) < TSTORM_THREADS) {
+        ck_assert_msg(waitpid(alloc, &status, WNOHANG) == 0, "allocator ended early");
+        mp_sleep_us(200);
+    }
+    for (unsigned round = 0; round < rounds; round++) {
+        pid_t pid[NCONTENDERS];
+        char what[96];
+
+        for (unsigned k = 0; k < NCONTENDERS; k++)
+            pid[k] = mp_fork(contender_main, c, NCONTENDERS * round + k);
+        mp_sleep_us(200 + (unsigned) (test_rand(&rng) % 3000));
+        for (unsigned k = 0; k < NCONTENDERS; k++) {
+            ck_assert_int_eq(kill(pid[k], SIGKILL), 0);
+            (void) snprintf(what, sizeof(what), "contender %u of round %u", k, round);
+            mp_wait_signaled(pid[k], SIGKILL, what);
+        }
+        /* Their cache slots back (the slot table is finite), while the
+         * allocator runs: the daemon's situation. */
+        ck_assert_int_ge(heap_reclaim_dead(t.h), 0);
+        ck_assert_msg(waitpid(alloc, &status, WNOHANG) == 0, "allocator ended during round %u: %s",
+                      round, mp_status_str(status, what, sizeof(what)));
+    }
+    __atomic_store_n(&c->stop, 1, __ATOMIC_RELEASE);
+    /* The allocator must finish (in milliseconds; 60 s means deadlock). */
+    mp_wait_ok_bounded(alloc, 60, "allocating child");
+
+    ck_assert_int_ge(heap_reclaim_dead(t.h), 0);
     th_verify(t.h);
     th_destroy(&t);
     mp_shared_free(c, sizeof(*c));
@@ -962,6 +1048,7 @@ Suite *death_suite(void)
     tcase_set_timeout(tc3, 180);
     tcase_add_test(tc3, death_random_kill);
     tcase_add_test(tc3, death_random_kill_trimmer);
+    tcase_add_test(tc3, death_lock_waiters_killed);
     suite_add_tcase(s, tc3);
     return s;
 }
