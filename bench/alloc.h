@@ -1,20 +1,26 @@
 /* The allocator under test, chosen at compile time. Included by
  * bench/workloads.c only, which is built once per allocator with
- * -DBENCH_ALLOC_ID=BENCH_ID_<name>.
+ * -DBENCH_ALLOC_ID=BENCH_ID_<name> ("shmheap-api": BENCH_ID_shmheap_api).
  *
  * Hot path (inline, called from the timed loops):
  *   ba_malloc(c, n), ba_free(c, p)         the allocator's own entry points
  *   ba_to_handle(c, p), ba_from_handle(c, v) what W4 puts on the ring
  * Cold path:
- *   ba_shared_create/_destroy   before forking (shmheap: heap_local_create)
- *   ba_attach/ba_detach         in each process that allocates
+ *   ba_shared_create/_destroy   before forking (shmheap: heap_local_create;
+ *                               shmheap-api: nothing, the daemon owns the heap;
+ *                               boost: the managed_shared_memory segment)
+ *   ba_attach/ba_detach         in each process that allocates (shmheap-api:
+ *                               shmheap_attach to the daemon's socket)
  *   ba_info                     version and "does this allocator serve us"
- *   ba_verify                   shmheap: heap_verify (BENCH_VERIFY=1); others: nothing
+ *   ba_verify                   BENCH_VERIFY=1: shmheap heap_verify, shmheap-api
+ *                               the daemon's verify op, boost check_sanity;
+ *                               others: nothing
  *   BA_W4_PROCESSES             1: W4 runs producer and consumer as two
  *                               processes; 0: as two threads of one process
  *
- * `ba_ctx_t c` is the attachment for shmheap and unused (NULL) for the
- * per-process allocators, whose state is global. */
+ * `ba_ctx_t c` is the attachment for shmheap and shmheap-api, the segment
+ * for boost, and unused (NULL) for the per-process allocators, whose state
+ * is global. */
 #ifndef BENCH_ALLOC_H
 #define BENCH_ALLOC_H
 
@@ -24,11 +30,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BENCH_ID_glibc    1
-#define BENCH_ID_mimalloc 2
-#define BENCH_ID_jemalloc 3
-#define BENCH_ID_tcmalloc 4
-#define BENCH_ID_shmheap  5
+#define BENCH_ID_glibc       1
+#define BENCH_ID_mimalloc    2
+#define BENCH_ID_jemalloc    3
+#define BENCH_ID_tcmalloc    4
+#define BENCH_ID_shmheap     5
+#define BENCH_ID_shmheap_api 6 /* "shmheap-api": the public API against a running shmheapd */
+#define BENCH_ID_boost       7 /* Boost.Interprocess managed_shared_memory (bench_boost.cpp) */
 
 #ifndef BENCH_ALLOC_ID
 #    error "build with -DBENCH_ALLOC_ID=BENCH_ID_<allocator>"
@@ -145,6 +153,276 @@ static int ba_info(char *buf, size_t len)
     ba_detach(c);
     ba_shared_destroy(s);
     return r;
+}
+
+#elif BENCH_ALLOC_ID == BENCH_ID_shmheap_api
+
+/* The public API (client/include/shmheap.h) from libshmheap.a, against a
+ * shmheapd the driver started: every process that allocates attaches with
+ * shmheap_attach() on BENCH_SHMHEAP_SOCKET (else the library's default
+ * socket). shmheap_malloc/shmheap_free are the library's tail calls into
+ * the core; the handle is never inherited through fork (the parent of a
+ * W3/W4 run does not attach before forking). */
+
+#    include <poll.h>
+#    include <sys/socket.h>
+#    include <sys/un.h>
+#    include <time.h>
+#    include <unistd.h>
+
+#    include "client/include/shmheap.h"
+
+#    define BA_NAME         "shmheap-api"
+#    define BA_W4_PROCESSES 1
+
+typedef shmheap_t *ba_ctx_t;
+typedef struct ba_api_shared {
+    const char *socket; /* NULL: the library's default path */
+} ba_shared_t;
+
+static inline void *ba_malloc(ba_ctx_t c, size_t n)
+{
+    return shmheap_malloc(c, n);
+}
+
+static inline void ba_free(ba_ctx_t c, void *p)
+{
+    shmheap_free(c, p);
+}
+
+static inline uint64_t ba_to_handle(ba_ctx_t c, void *p)
+{
+    return shmheap_to_off(c, p);
+}
+
+static inline void *ba_from_handle(ba_ctx_t c, uint64_t v)
+{
+    return shmheap_from_off(c, v);
+}
+
+static ba_shared_t ba_api_shared;
+
+/* Nothing to create: the daemon owns the heap. */
+static int ba_shared_create(ba_shared_t **ret)
+{
+    const char *s = getenv("BENCH_SHMHEAP_SOCKET");
+
+    ba_api_shared.socket = s && *s ? s : NULL;
+    *ret = &ba_api_shared;
+    return 0;
+}
+
+static void ba_shared_destroy(ba_shared_t *s)
+{
+    (void) s;
+}
+
+/* SHMHEAP_E* codes as negative errnos, for the workloads' messages. */
+static int ba_api_errno(int r)
+{
+    switch (-r) {
+    case SHMHEAP_EINVAL:
+    case SHMHEAP_ENAMETOOLONG:
+        return -EINVAL;
+    case SHMHEAP_ENOMEM:
+        return -ENOMEM;
+    case SHMHEAP_ECONNECT:
+        return -ECONNREFUSED;
+    case SHMHEAP_EPROTO:
+        return -EPROTO;
+    case SHMHEAP_EDENIED:
+        return -EACCES;
+    case SHMHEAP_ENOSPC:
+        return -ENOSPC;
+    default:
+        return -EIO;
+    }
+}
+
+static int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
+{
+    int r;
+
+    (void) client_id; /* the daemon hands out client ids */
+    r = shmheap_attach(s->socket, ret);
+    if (r < 0) {
+        fprintf(stderr, "bench: shmheap-api: attach to %s failed: %s: %s\n",
+                s->socket ? s->socket : "(default socket)", shmheap_strerror(r),
+                shmheap_last_error());
+        return ba_api_errno(r);
+    }
+    return 0;
+}
+
+static void ba_detach(ba_ctx_t c)
+{
+    shmheap_detach(c);
+}
+
+/* BENCH_VERIFY=1: the daemon's `verify` op (heap_verify over the whole
+ * heap) on a connection of its own; the reply must say consistent. */
+static int ba_verify(ba_ctx_t c)
+{
+    static const char req[] = "{\"op\":\"verify\"}\n";
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    const char *path = ba_api_shared.socket;
+    char reply[4096];
+    size_t len = 0;
+    int fd, r = -EIO;
+
+    (void) c;
+    if (!path) {
+        fprintf(stderr, "bench: shmheap-api: BENCH_VERIFY needs BENCH_SHMHEAP_SOCKET\n");
+        return -EINVAL;
+    }
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return -ENAMETOOLONG;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 ||
+        write(fd, req, sizeof(req) - 1) != (ssize_t) sizeof(req) - 1) {
+        r = -errno;
+        goto out;
+    }
+    while (len < sizeof(reply) - 1) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        ssize_t n;
+
+        if (poll(&p, 1, 120000) <= 0) {
+            r = -ETIMEDOUT;
+            goto out;
+        }
+        n = read(fd, reply + len, sizeof(reply) - 1 - len);
+        if (n <= 0)
+            goto out;
+        len += (size_t) n;
+        if (reply[len - 1] == '\n')
+            break;
+    }
+    reply[len] = 0;
+    if (strstr(reply, "\"consistent\":true")) {
+        r = 0;
+    } else {
+        fprintf(stderr, "bench: shmheap-api: heap_verify (daemon) failed: %.300s\n", reply);
+        r = -EIO;
+    }
+out:
+    (void) close(fd);
+    return r;
+}
+
+/* Attaches, and checks that shmheap_malloc hands out heap memory whose
+ * offsets convert both ways; reports the library version and the page
+ * size of the daemon's first heap segment. */
+static int ba_info(char *buf, size_t len)
+{
+    struct shmheap_stats *st = NULL;
+    ba_shared_t *s;
+    ba_ctx_t c;
+    void *p;
+    int r;
+
+    (void) ba_shared_create(&s);
+    r = shmheap_attach(s->socket, &c);
+    if (r < 0) {
+        (void) snprintf(buf, len, "attach:%s", shmheap_strerror(r));
+        fprintf(stderr, "bench: shmheap-api: attach failed: %s\n", shmheap_last_error());
+        return ba_api_errno(r);
+    }
+    p = shmheap_malloc(c, 64);
+    st = calloc(1, sizeof(*st));
+    if (!p || !st || shmheap_from_off(c, shmheap_to_off(c, p)) != p ||
+        shmheap_usable_size(c, p) < 64) {
+        (void) snprintf(buf, len, "shmheap_malloc-not-in-heap");
+        r = -ENOTSUP;
+    } else if (shmheap_stats(c, st) < 0 || st->nsegments == 0) {
+        (void) snprintf(buf, len, "shmheap_stats-failed");
+        r = -ENOTSUP;
+    } else {
+        uint32_t page = st->segments[0].page_size;
+
+        (void) snprintf(buf, len, "lib-%s,%s-pages", SHMHEAP_VERSION,
+                        page >= (1u << 30)   ? "1G"
+                        : page >= (1u << 21) ? "2M"
+                                             : "4K");
+    }
+    free(st);
+    shmheap_free(c, p);
+    shmheap_detach(c);
+    return r;
+}
+
+#elif BENCH_ALLOC_ID == BENCH_ID_boost
+
+/* Boost.Interprocess: a managed_shared_memory (rbtree_best_fit, one
+ * process-shared pthread mutex per segment) behind the C functions of
+ * bench/bench_boost.cpp. These are out-of-line calls (the workloads are
+ * C), about a nanosecond against the hundreds a locked best-fit
+ * allocation takes. The parent creates the segment before forking (its
+ * name is removed at once, so nothing leaks if a run is killed); the
+ * children use the inherited MAP_SHARED mapping and pass offsets
+ * (get_handle_from_address), as shmheap's do. */
+
+#    include "bench/bench_boost.h"
+
+#    define BA_NAME         "boost"
+#    define BA_W4_PROCESSES 1
+
+typedef struct bb_seg *ba_ctx_t;
+typedef struct bb_seg ba_shared_t;
+
+static inline void *ba_malloc(ba_ctx_t c, size_t n)
+{
+    return bb_malloc(c, n);
+}
+
+static inline void ba_free(ba_ctx_t c, void *p)
+{
+    bb_free(c, p);
+}
+
+static inline uint64_t ba_to_handle(ba_ctx_t c, void *p)
+{
+    return bb_to_handle(c, p);
+}
+
+static inline void *ba_from_handle(ba_ctx_t c, uint64_t v)
+{
+    return bb_from_handle(c, v);
+}
+
+static int ba_shared_create(ba_shared_t **ret)
+{
+    return bb_create(ret);
+}
+
+static void ba_shared_destroy(ba_shared_t *s)
+{
+    bb_destroy(s);
+}
+
+static int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
+{
+    (void) client_id;
+    *ret = s;
+    return 0;
+}
+
+static void ba_detach(ba_ctx_t c)
+{
+    (void) c;
+}
+
+static int ba_verify(ba_ctx_t c)
+{
+    return bb_verify(c);
+}
+
+static int ba_info(char *buf, size_t len)
+{
+    return bb_info(buf, len);
 }
 
 #else /* the per-process allocators: plain malloc/free, interposed at link time */

@@ -1,31 +1,42 @@
 # The allocator benchmark; included at the end of the top-level Makefile.
 #
-#   make bench          every workload x allocator, 5 fresh processes each;
-#                       prints the table and writes $(B)/bench.json
+#   make bench          every workload x allocator, 5 fresh processes each,
+#                       plus the service figures (attach latency, stats round
+#                       trip) against a shmheapd the driver starts; prints the
+#                       table and writes $(B)/bench.json
 #   make bench-quick    the same with BENCH_QUICK=1 (a tenth of the work)
 #   make bench-bins     only builds $(B)/bench/bench-<allocator>
 #
 # Knobs (make variables or environment): BENCH_ALLOCS (which allocators,
 # e.g. BENCH_ALLOCS="glibc mimalloc"), BENCH_WORKLOADS, BENCH_REPS,
 # BENCH_TIMEOUT, and the sizes listed in bench/main.c (BENCH_W1_OPS, ...).
+# BENCH_HAVE_BOOST= (empty) leaves the Boost.Interprocess column out.
 #
 # Uses from the top-level Makefile: B, CC, BASE, WARN, CPPFLAGS, CFLAGS,
-# LDFLAGS, LDLIBS and the rule for $(B)/libshmcore.a; and, when defined,
-# FLAGS_SIG with its $(B)/.flags stamp, msg and Q (quiet output).
+# LDFLAGS, LDLIBS and the rule for $(B)/libshmcore.a; for shmheap-api also
+# CLIENT_A (libshmheap.a), CLIENT_LIBS, DAEMON (shmheapd), CTL (shmheapctl)
+# and examples/examples.mk's $(B)/examples/attach_latency; and, when
+# defined, FLAGS_SIG with its $(B)/.flags stamp, msg and Q (quiet output).
 #
 # bench/workloads.c is compiled once per allocator (-DBENCH_ALLOC_ID) so
 # that every allocator is called directly from the timed loops;
-# bench/main.c is compiled once.
+# bench/main.c is compiled once. The boost column adds bench/bench_boost.cpp
+# (C++, header-only Boost.Interprocess) and is linked with $(CXX).
 
 BENCH_PEERS    := glibc mimalloc jemalloc tcmalloc
-BENCH_ALL      := shmheap $(BENCH_PEERS)
+# shmheap-api: the same workloads through libshmheap.a's public API, attached
+# to a real shmheapd; only when the client library and the daemon have sources.
+BENCH_API      := $(if $(CLIENT_A),$(if $(DAEMON),shmheap-api))
+BENCH_HAVE_BOOST ?= $(if $(wildcard /usr/include/boost/interprocess/managed_shared_memory.hpp),yes)
+BENCH_BOOST    := $(if $(BENCH_HAVE_BOOST),boost)
+BENCH_ALL      := shmheap $(BENCH_API) $(BENCH_PEERS) $(BENCH_BOOST)
 BENCH_ALLOCS   ?= $(BENCH_ALL)
 BENCH_BINS     := $(addprefix $(B)/bench/bench-,$(BENCH_ALLOCS))
 BENCH_OBJDIR   := $(B)/obj/bench
 # Static pattern rules over these lists only: a plain pattern rule would
 # also offer to "build" the included .d files (workloads-x.d from
 # workloads-x.d.o through make's built-in %: %.o rule).
-BENCH_ALL_BINS := $(addprefix $(B)/bench/bench-,$(BENCH_ALL))
+BENCH_C_BINS   := $(addprefix $(B)/bench/bench-,$(filter-out boost,$(BENCH_ALL)))
 BENCH_WL_OBJS  := $(patsubst %,$(BENCH_OBJDIR)/workloads-%.o,$(BENCH_ALL))
 
 # The per-process allocators interpose malloc/free from their shared
@@ -35,6 +46,7 @@ BENCH_LIBS_mimalloc := -lmimalloc
 BENCH_LIBS_jemalloc := -ljemalloc
 BENCH_LIBS_tcmalloc := -ltcmalloc_minimal
 BENCH_LIBS_shmheap  := $(B)/libshmcore.a
+BENCH_LIBS_shmheap-api = $(CLIENT_A) $(CLIENT_LIBS)
 
 # Rebuild when the compiler or flags change, where the top-level Makefile
 # keeps that stamp; quiet output through its msg/Q when it has them.
@@ -47,22 +59,42 @@ $(BENCH_OBJDIR)/main.o: bench/main.c $(BENCH_FLAGS_DEP)
 
 $(BENCH_WL_OBJS): $(BENCH_OBJDIR)/workloads-%.o: bench/workloads.c $(BENCH_FLAGS_DEP)
 	@mkdir -p $(@D)
-	$(call msg,CC,$< [$*])$(BENCH_COMPILE) -DBENCH_ALLOC_ID=BENCH_ID_$* -c $< -o $@
+	$(call msg,CC,$< [$*])$(BENCH_COMPILE) -DBENCH_ALLOC_ID=BENCH_ID_$(subst -,_,$*) -c $< -o $@
 
 $(B)/bench/bench-shmheap: $(B)/libshmcore.a
+$(B)/bench/bench-shmheap-api: $(CLIENT_A)
 
-$(BENCH_ALL_BINS): $(B)/bench/bench-%: $(BENCH_OBJDIR)/main.o $(BENCH_OBJDIR)/workloads-%.o
+$(BENCH_C_BINS): $(B)/bench/bench-%: $(BENCH_OBJDIR)/main.o $(BENCH_OBJDIR)/workloads-%.o
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)$(CC) -pthread $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.o,$^) \
 	    $(BENCH_LIBS_$*) $(LDLIBS)
 
+# Boost.Interprocess is header-only: no library to link but libstdc++.
+$(BENCH_OBJDIR)/bench_boost.o: bench/bench_boost.cpp $(BENCH_FLAGS_DEP)
+	@mkdir -p $(@D)
+	$(call msg,CXX,$<)$(CXX) -std=c++17 -MMD -MP -Wall -Wextra -pthread -I. $(CPPFLAGS) \
+	    $(CFLAGS) -c $< -o $@
+
+$(B)/bench/bench-boost: $(BENCH_OBJDIR)/main.o $(BENCH_OBJDIR)/workloads-boost.o \
+                        $(BENCH_OBJDIR)/bench_boost.o
+	@mkdir -p $(@D)
+	$(call msg,LD,$@)$(CXX) -pthread $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 .PHONY: bench bench-quick bench-bins
 bench-bins: $(BENCH_BINS)
 
-bench: $(if $(filter shmheap,$(BENCH_ALLOCS)),$(B)/libshmcore.a) $(BENCH_BINS)
-	$(Q)B='$(B)' BENCH_ALLOCS='$(BENCH_ALLOCS)' bash bench/run_bench.sh
+# shmheap-api runs against the daemon, and the service figures need
+# shmheapctl (verify) and examples/attach_latency.
+BENCH_NEEDS = $(if $(filter shmheap,$(BENCH_ALLOCS)),$(B)/libshmcore.a) $(BENCH_BINS) \
+              $(if $(filter shmheap-api,$(BENCH_ALLOCS)),$(DAEMON) $(CTL) $(B)/examples/attach_latency)
+BENCH_ENV   = B='$(B)' BENCH_ALLOCS='$(BENCH_ALLOCS)' \
+              BENCH_SHMHEAPD='$(DAEMON)' BENCH_SHMHEAPCTL='$(CTL)' \
+              BENCH_ATTACH_LATENCY='$(B)/examples/attach_latency'
 
-bench-quick: $(if $(filter shmheap,$(BENCH_ALLOCS)),$(B)/libshmcore.a) $(BENCH_BINS)
-	$(Q)B='$(B)' BENCH_ALLOCS='$(BENCH_ALLOCS)' BENCH_QUICK=1 bash bench/run_bench.sh
+bench: $(BENCH_NEEDS)
+	$(Q)$(BENCH_ENV) bash bench/run_bench.sh
+
+bench-quick: $(BENCH_NEEDS)
+	$(Q)$(BENCH_ENV) BENCH_QUICK=1 bash bench/run_bench.sh
 
 -include $(wildcard $(BENCH_OBJDIR)/*.d)

@@ -12,7 +12,9 @@
  * BENCH_W4_OBJS (2M), BENCH_LIVE (10000), BENCH_W4_RING (1024),
  * BENCH_SEED; BENCH_QUICK=1 divides the four counts by 10. BENCH_VERIFY=1
  * makes shmheap walk and check its heap after each run (untimed; an
- * inconsistent heap fails the run).
+ * inconsistent heap fails the run). bench-shmheap-api attaches to the
+ * shmheapd at BENCH_SHMHEAP_SOCKET (else the library's default socket);
+ * bench-boost's segment is BENCH_BOOST_SEGMENT bytes (256 MiB).
  *
  * This file does not depend on the allocator: it is compiled once and
  * linked with each allocator's bench/workloads.c object. */

@@ -7,10 +7,15 @@
 #   # ... cpus=N ... quick=Q reps=R       run header
 #   INFO alloc=A version=V | error=E      one per allocator
 #   BENCH alloc=A workload=W key=value... one per successful run
+#   SERVICE what=attach|stats_rtt_idle|stats_rtt n=N median_us=.. p99_us=.. ...
+#                                         one per attach_latency run and figure
 #   FAIL alloc=A workload=W reason=...    a run that crashed, failed or hung
+#                                         (W also a SERVICE what, A shmheap-api)
+#   VERIFY alloc=shmheap-api rc=R ...     shmheapctl verify after the runs
 #
 # Each figure is the median of its runs; a (workload, allocator) with any
-# FAIL line is "fail" in the table and null in the JSON.
+# FAIL line is "fail" in the table and null in the JSON. The service figures
+# are the medians, over the runs, of each run's median and of each run's p99.
 
 function kv(key,    i) {
     for (i = 2; i <= NF; i++)
@@ -74,6 +79,28 @@ function row(label, w, m, fmt, scale,    i, a, ref, mi, line) {
     print line
 }
 
+# A service figure (what: attach, stats_rtt_idle, stats_rtt; m: median, p99, mops).
+function svc(what, m) {
+    if ((what, "shmheap-api") in failed)
+        return "fail"
+    return median("svc" SUBSEP what SUBSEP m)
+}
+
+# a / b, or "" when either is missing or failed.
+function ratio(a, b) {
+    if (a == "" || a == "fail" || b == "" || b == "fail" || b <= 0)
+        return ""
+    return a / b
+}
+
+function fmt_or(v, fmt, none) {
+    return (v == "" || v == "fail") ? (v == "fail" ? "fail" : none) : sprintf(fmt, v)
+}
+
+function us(v) {
+    return (v == "" || v == "fail") ? (v == "fail" ? "fail" : "-") : sprintf("%.1f us", v)
+}
+
 function jnum(v, fmt) {
     return (v == "" || v == "fail") ? "null" : sprintf(fmt, v)
 }
@@ -91,6 +118,10 @@ BEGIN {
     # The JSON always names the five allocators, then any others run.
     nj = split("shmheap glibc mimalloc jemalloc tcmalloc", J, " ")
     for (i = 1; i <= na; i++) {
+        if (A[i] == "shmheap-api")
+            has_api = 1
+        if (A[i] == "boost")
+            has_boost = 1
         known = 0
         for (j = 1; j <= nj; j++)
             if (J[j] == A[i])
@@ -128,6 +159,24 @@ BEGIN {
         push(w SUBSEP a SUBSEP "ns", kv("ns_per_op"))
         push(w SUBSEP a SUBSEP "per_s", kv("per_s"))
     }
+    next
+}
+
+/^SERVICE / {
+    what = kv("what")
+    push("svc" SUBSEP what SUBSEP "median", kv("median_us"))
+    push("svc" SUBSEP what SUBSEP "p99", kv("p99_us"))
+    if (kv("busy_mops") != "")
+        push("svc" SUBSEP what SUBSEP "mops", kv("busy_mops"))
+    svc_n[what] = kv("n")
+    svc_runs[what]++
+    next
+}
+
+/^VERIFY / {
+    verify_rc = kv("rc")
+    verify_line = $0
+    sub(/^VERIFY alloc=shmheap-api /, "", verify_line)
     next
 }
 
@@ -175,6 +224,39 @@ END {
     print "2p/1p rows: higher is better. W3 2p/1p is W3_scaling: the median of each run's"
     print "throughput_2proc / throughput_1proc (paired within a run), so not exactly the"
     print "ratio of the two medians above it."
+
+    w3api = ratio(fig("W3", "shmheap-api", "tput2"), fig("W3", "shmheap", "tput2"))
+    w3api1 = ratio(fig("W3", "shmheap-api", "tput1"), fig("W3", "shmheap", "tput1"))
+    if (has_api) {
+        print ""
+        print "shmheap-api: the same workloads through libshmheap.a (shmheap_malloc/shmheap_free),"
+        print "each run a fresh process attached to one shmheapd (W3, W4: 2 attached processes)."
+        printf "  W3 throughput, shmheap-api / shmheap: 2p %s, 1p %s   (W3_api_vs_core, 2p; goal >= 0.90)\n",
+            fmt_or(w3api, "%.3f", "-"), fmt_or(w3api1, "%.3f", "-")
+        printf "  attach latency, shmheap_attach to first malloc returned: median %s, p99 %s\n",
+            us(svc("attach", "median")), us(svc("attach", "p99"))
+        if (svc_runs["attach"] && svc("attach", "median") != "fail")
+            printf "      (%s attaches per run; medians over %d runs)\n", svc_n["attach"],
+                svc_runs["attach"]
+        printf "  stats round trip, no other client: median %s, p99 %s\n",
+            us(svc("stats_rtt_idle", "median")), us(svc("stats_rtt_idle", "p99"))
+        printf "  stats round trip, 2 clients busy allocating: median %s, p99 %s\n",
+            us(svc("stats_rtt", "median")), us(svc("stats_rtt", "p99"))
+        if (svc_runs["stats_rtt"] && svc("stats_rtt", "median") != "fail")
+            printf "      (%s requests per run; medians over %d runs; the 2 clients did %s Mpairs/s)\n",
+                svc_n["stats_rtt"], svc_runs["stats_rtt"], fmt_or(svc("stats_rtt", "mops"), "%.1f", "-")
+        if (verify_line != "")
+            printf "  heap after the runs (shmheapctl verify): %s\n", verify_rc == "0" ? "consistent" : verify_line
+    }
+    bw3 = ratio(fig("W3", "shmheap", "tput2"), fig("W3", "boost", "tput2"))
+    bw4 = ratio(fig("W4", "shmheap", "per_s"), fig("W4", "boost", "per_s"))
+    if (has_boost) {
+        print ""
+        print "boost: Boost.Interprocess managed_shared_memory (rbtree_best_fit, one process-shared"
+        print "mutex per segment); W3 and W4 in 2 processes on one segment, as shmheap's."
+        printf "  shmheap / boost: W3 2p throughput x%s, W4 objects/s x%s\n",
+            fmt_or(bw3, "%.1f", "-"), fmt_or(bw4, "%.1f", "-")
+    }
     if (nwhy) {
         print ""
         print "failed:"
@@ -188,7 +270,18 @@ END {
     printf "  \"W2\": %s,\n", jobj("W2", "ns", "%.3f") > json
     printf "  \"W4\": %s,\n", jobj("W4", "per_s", "%.0f") > json
     printf "  \"W3_scaling\": %s,\n", jobj("W3", "scaling", "%.4f") > json
-    printf "  \"W3_scaling_shmheap\": %s\n", jnum(fig("W3", "shmheap", "scaling"), "%.4f") > json
+    printf "  \"W3_tput2\": %s,\n", jobj("W3", "tput2", "%.0f") > json
+    printf "  \"W3_scaling_shmheap\": %s,\n", jnum(fig("W3", "shmheap", "scaling"), "%.4f") > json
+    printf "  \"W3_scaling_shmheap_api\": %s,\n", jnum(fig("W3", "shmheap-api", "scaling"), "%.4f") > json
+    printf "  \"W3_api_vs_core\": %s,\n", jnum(w3api, "%.4f") > json
+    printf "  \"W3_api_vs_core_1p\": %s,\n", jnum(w3api1, "%.4f") > json
+    printf "  \"attach_latency_us\": {\"median\": %s, \"p99\": %s},\n",
+        jnum(svc("attach", "median"), "%.1f"), jnum(svc("attach", "p99"), "%.1f") > json
+    printf "  \"stats_rtt_us\": {\"median\": %s, \"p99\": %s},\n",
+        jnum(svc("stats_rtt", "median"), "%.1f"), jnum(svc("stats_rtt", "p99"), "%.1f") > json
+    printf "  \"stats_rtt_idle_us\": {\"median\": %s, \"p99\": %s},\n",
+        jnum(svc("stats_rtt_idle", "median"), "%.1f"), jnum(svc("stats_rtt_idle", "p99"), "%.1f") > json
+    printf "  \"shmheap_vs_boost\": {\"W3\": %s, \"W4\": %s}\n", jnum(bw3, "%.3f"), jnum(bw4, "%.3f") > json
     printf "}\n" > json
     close(json)
     print ""

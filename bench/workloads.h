@@ -19,10 +19,11 @@
  *   W1c  W1 while one object of each of those sizes stays allocated
  *   W2   one thread churns `live` objects of 16..1024 bytes at random
  *   W3   W2 in 1 and then in 2 processes at once (one shared heap for
- *        shmheap, independent processes for the others)
+ *        shmheap, shmheap-api and boost, independent processes for the
+ *        others)
  *   W4   producer allocates 64-byte objects, consumer frees them, handles
- *        through an SPSC ring (two processes for shmheap, two threads for
- *        the others) */
+ *        through an SPSC ring (two processes for shmheap, shmheap-api and
+ *        boost, two threads for the others) */
 #ifndef BENCH_WORKLOADS_H
 #define BENCH_WORKLOADS_H
 

@@ -186,14 +186,21 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
         (void) fetch_add_relaxed(&h->ctl->double_frees, 1);
         return;
     }
-    if (load_relaxed(&bin->count) >= load_relaxed(&h->bin_cap[cls]))
+    if (load_relaxed(&bin->count) >= load_relaxed(&h->bin_cap[cls])) {
+        uint32_t n = load_relaxed(&h->bundle_n[cls]);
+
         tcache_overflow(h, tc, cls);
+        /* The fast path of free does not tick; a bundle's worth of frees
+         * came through it since this bin last overflowed. Counting them
+         * here keeps a thread that only frees sampling its figures. */
+        tc->tick = tc->tick > n ? tc->tick - n : 1;
+    }
     obj_words(h, off)[0] = load_relaxed(&bin->head);
     store_relaxed(&bin->head, off);
     store_relaxed(&bin->count, bin->count + 1);
     bump_relaxed(&bin->frees, 1);
     tcache_leave(tc);
-    if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen)
+    if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen || --tc->tick == 0)
         tcache_tick(h, tc);
 }
 
