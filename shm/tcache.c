@@ -384,18 +384,27 @@ static void tcache_flush(struct heap *h, struct tcache *tc, bool to_blocks)
             (void) bin_give_back(h, tc->slot, cls, to_blocks, true);
 }
 
-void tcache_trim_self(struct heap *h, uint64_t gen)
+/* The calling thread's cache for h if it has one (never makes one). */
+static struct tcache *tcache_mine(struct heap *h)
 {
     struct tcache *tc = tl_last;
 
-    if (!tc || tc->h != h) {
-        tc = NULL;
-        for (unsigned i = 0; i < TCACHE_TLS_MAX; i++)
-            if (tl_caches[i].h == h && tl_caches[i].serial == h->serial)
-                tc = &tl_caches[i];
-        if (!tc)
-            return;
-    }
+    if (tc && tc->h == h && tc->serial == h->serial)
+        return tc;
+    if (h->pid != getpid())
+        return NULL;
+    for (unsigned i = 0; i < TCACHE_TLS_MAX; i++)
+        if (tl_caches[i].h == h && tl_caches[i].serial == h->serial)
+            return &tl_caches[i];
+    return NULL;
+}
+
+void tcache_trim_self(struct heap *h, uint64_t gen)
+{
+    struct tcache *tc = tcache_mine(h);
+
+    if (!tc)
+        return;
     tcache_enter(tc);
     tcache_flush(h, tc, true);
     store_release(&tc->slot->trim_gen_seen, gen);
@@ -515,18 +524,10 @@ static void thread_exit_cb(void *arg)
 
 void heap_thread_flush(struct heap *h)
 {
-    struct tcache *tc = tl_last;
+    struct tcache *tc = h ? tcache_mine(h) : NULL;
 
-    if (!h || !(tc && tc->h == h && tc->serial == h->serial)) {
-        if (!h || h->pid != getpid())
-            return;
-        tc = NULL;
-        for (unsigned i = 0; i < TCACHE_TLS_MAX; i++)
-            if (tl_caches[i].h == h && tl_caches[i].serial == h->serial)
-                tc = &tl_caches[i];
-        if (!tc)
-            return;
-    }
+    if (!tc)
+        return;
     tcache_enter(tc);
     tcache_flush(h, tc, false);
     tcache_sample_peak(h, tc->slot);

@@ -13,12 +13,17 @@
 #include "shm/internal.h"
 #include "shm/os.h"
 
-/* Drains slot s and marks it flushed for gen. The caller holds steal. */
-static void slot_drain(struct heap *h, struct cache_slot *s, uint64_t gen)
+/* Takes an idle live slot and drains it for generation gen; false if its
+ * owner is busy (it will flush itself) or another trimmer has it. */
+static bool slot_steal_drain(struct heap *h, struct cache_slot *s, uint64_t gen)
 {
+    if (tcache_steal_begin(s, false) < 0)
+        return false;
     (void) tcache_drain_slot(h, s);
-    if (gen)
-        store_release(&s->trim_gen_seen, gen);
+    /* release: the owner, and a trimmer waiting on it, see the drain. */
+    store_release(&s->trim_gen_seen, gen);
+    tcache_steal_end(s);
+    return true;
 }
 
 /* Takes back a slot whose owner is gone: drain, then free the slot. */
@@ -97,7 +102,6 @@ static void sleep_ms(unsigned ms)
 
 int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
 {
-    static const uint32_t none = UINT32_MAX;
     uint32_t pending[SHM_MAX_SLOTS], npending = 0, flushed = 0, total = 0;
     uint64_t gen, released = 0, retain, deadline;
     struct ctl_header *c;
@@ -122,13 +126,10 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
                 flushed++;
             continue;
         }
-        if (tcache_steal_begin(s, false) == 0) {
-            slot_drain(h, s, gen);
-            tcache_steal_end(s);
+        if (slot_steal_drain(h, s, gen))
             flushed++;
-        } else {
+        else
             pending[npending++] = i;
-        }
     }
     /* Owners that were busy flush themselves when they notice the new
      * generation; give them until the deadline, trying to steal again. */
@@ -139,16 +140,8 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
         for (uint32_t k = 0; k < npending; k++) {
             struct cache_slot *s = &c->slots[pending[k]];
 
-            if (pending[k] == none)
-                continue;
             if (load_acquire(&s->state) != SLOT_OWNED ||
-                load_acquire(&s->trim_gen_seen) >= gen) {
-                flushed++;
-                continue;
-            }
-            if (tcache_steal_begin(s, false) == 0) {
-                slot_drain(h, s, gen);
-                tcache_steal_end(s);
+                load_acquire(&s->trim_gen_seen) >= gen || slot_steal_drain(h, s, gen)) {
                 flushed++;
                 continue;
             }
