@@ -571,12 +571,40 @@ void seg_return_handoff(struct heap *h, uint64_t *handoff)
 
 void seg_reap_busy(struct heap *h, struct seg_map *m)
 {
+    uint32_t pids[16], npids = 0, dead[16], ndead = 0;
+
+    /* Which pids hold BUSY blocks is read under the lock, whether they
+     * live is asked without it (a system call), and only then are the
+     * blocks of the dead ones freed, under the lock again. A lost race
+     * costs nothing: a BUSY block of a live pid is left alone. */
     if (seg_lock(m, h) < 0)
+        return;
+    for (uint32_t b = m->hdr->first_block; b < m->nblocks && npids < 16; b++) {
+        uint64_t w = meta_get(m, b);
+        uint32_t pid = (uint32_t) (w >> 8) & 0xffffff, k;
+
+        if (meta_state(w) != BLK_BUSY)
+            continue;
+        for (k = 0; k < npids && pids[k] != pid; k++)
+            ;
+        if (k == npids)
+            pids[npids++] = pid;
+    }
+    seg_unlock(m);
+    for (uint32_t k = 0; k < npids; k++)
+        if (!os_pid_alive((pid_t) pids[k]))
+            dead[ndead++] = pids[k];
+    if (ndead == 0 || seg_lock(m, h) < 0)
         return;
     for (uint32_t b = m->hdr->first_block; b < m->nblocks; b++) {
         uint64_t w = meta_get(m, b);
+        uint32_t pid = (uint32_t) (w >> 8) & 0xffffff, k;
 
-        if (meta_state(w) != BLK_BUSY || os_pid_alive((pid_t) ((w >> 8) & 0xffffff)))
+        if (meta_state(w) != BLK_BUSY)
+            continue;
+        for (k = 0; k < ndead && dead[k] != pid; k++)
+            ;
+        if (k == ndead)
             continue;
         /* The decommitter died between its punch and its relock: the unit
          * may or may not be punched; count it uncommitted. */
