@@ -137,8 +137,15 @@ int seg_take(struct heap *h, struct seg_map *m, unsigned cls, uint32_t n, struct
  * reclaimer of a dead process can finish the job) or the caller's own
  * variable. Counts double and bad frees into the control segment. */
 void seg_return_handoff(struct heap *h, uint64_t *handoff);
-/* Frees blocks left BUSY by a decommitter that died outside the lock. */
+/* Frees blocks left BUSY by a decommitter that died outside the lock, and
+ * puts back the objects a dead puncher had reserved. */
 void seg_reap_busy(struct heap *h, struct seg_map *m);
+/* Gives back the 4K pages inside slabs that hold only free objects (normal
+ * pages only); returns the bytes punched. */
+uint64_t seg_punch_slabs(struct heap *h, struct seg_map *m);
+/* Objects reserved by a punch in flight (their class in *ret_cls); lock
+ * held. */
+uint32_t seg_punch_reserved(struct seg_map *m, unsigned *ret_cls);
 /* Runs of blocks. */
 int seg_alloc_run(struct heap *h, struct seg_map *m, uint32_t nblocks, uint32_t align_blocks,
                   enum run_kind kind, uint32_t *ret_block);
@@ -242,6 +249,7 @@ enum shm_fault_point {
     FAULT_RETURN_MID,  /* inside seg_return, objects half returned */
     FAULT_CARVE_MID,   /* inside a carve, block half formatted */
     FAULT_DECOMMIT_MID,
+    FAULT_PUNCH_MID,   /* in a trim, objects reserved for a punch inside a slab */
 };
 void shm_fault(enum shm_fault_point p);
 

@@ -228,7 +228,13 @@ struct seg_header {
     uint64_t committed_units; /* under lock; lock-free readers snapshot */
     uint64_t free_blocks;
     uint64_t decommits;
-    uint64_t pad[5];
+    /* A punch of free pages inside a slab in flight (segment.c): the
+     * objects on those pages are reserved until the puncher puts them
+     * back; a reaper does it if the puncher (pid) died. Under the lock. */
+    uint32_t punch_pid;
+    uint32_t punch_block;
+    uint64_t punch_mask[2]; /* pages of the slab, 16 per block, up to 5 blocks */
+    uint64_t pad[2];
 };
 
 _Static_assert(sizeof(struct cache_bin) == 64, "cache_bin is one cache line");

@@ -569,6 +569,8 @@ void seg_return_handoff(struct heap *h, uint64_t *handoff)
     }
 }
 
+static void punch_restore(struct seg_map *m);
+
 void seg_reap_busy(struct heap *h, struct seg_map *m)
 {
     uint32_t pids[16], npids = 0, dead[16], ndead = 0;
@@ -590,12 +592,17 @@ void seg_reap_busy(struct heap *h, struct seg_map *m)
         if (k == npids)
             pids[npids++] = pid;
     }
+    if (m->hdr->punch_pid && npids < 16)
+        pids[npids++] = m->hdr->punch_pid;
     seg_unlock(m);
     for (uint32_t k = 0; k < npids; k++)
         if (!os_pid_alive((pid_t) pids[k]))
             dead[ndead++] = pids[k];
     if (ndead == 0 || seg_lock(m, h) < 0)
         return;
+    for (uint32_t k = 0; k < ndead; k++)
+        if (m->hdr->punch_pid == dead[k])
+            punch_restore(m); /* a puncher died outside the lock */
     for (uint32_t b = m->hdr->first_block; b < m->nblocks; b++) {
         uint64_t w = meta_get(m, b);
         uint32_t pid = (uint32_t) (w >> 8) & 0xffffff, k;
@@ -612,6 +619,201 @@ void seg_reap_busy(struct heap *h, struct seg_map *m)
         blocks_release(m, b, 1);
     }
     seg_unlock(m);
+}
+
+/* ---- free pages inside slabs ---- */
+
+/* On normal-page segments a trim also gives back 4K pages inside slabs
+ * whose objects are all free: a slab with a few live objects no longer
+ * keeps 64 KiB resident. The objects on those pages are reserved (their
+ * free bits cleared) before the lock is dropped for the punch, named in
+ * the segment's punch record first, so a reaper can put them back if the
+ * puncher dies; punched pages come back zeroed on the next touch. The
+ * page that holds the slab's bitmap is never punched. */
+#define PUNCH_PAGE UINT64_C(4096)
+
+static bool punch_mask_test(const uint64_t *mask, uint32_t p)
+{
+    return (mask[p / 64] >> (p % 64)) & 1;
+}
+
+/* Sets (restore) or clears (reserve) the free bits of every object that
+ * overlaps a masked page; returns how many bits changed. */
+static uint32_t punch_objects(struct seg_map *m, uint32_t sb, const uint64_t *mask, bool restore)
+{
+    uint64_t w = meta_get(m, sb), *bits;
+    struct slab_geometry g;
+    uint32_t changed = 0;
+
+    sizeclass_geometry(meta_class(w), &g);
+    bits = slab_bitmap(m, sb, &g);
+    for (uint32_t p = 0; p < 128; p++) {
+        uint64_t lo, hi;
+
+        if (!punch_mask_test(mask, p))
+            continue;
+        lo = p * PUNCH_PAGE / g.size;
+        hi = ((p + 1) * PUNCH_PAGE - 1) / g.size;
+        for (uint64_t i = lo; i <= hi && i < g.capacity; i++) {
+            uint64_t bit = UINT64_C(1) << (i % 64);
+
+            if (restore && !(bits[i / 64] & bit)) {
+                bits[i / 64] |= bit;
+                changed++;
+            } else if (!restore && (bits[i / 64] & bit)) {
+                bits[i / 64] &= ~bit;
+                changed++;
+            }
+        }
+    }
+    return changed;
+}
+
+/* Moves a slab's free count by delta, keeping its class tree bit and
+ * releasing the slab when it is empty. */
+static void slab_adjust(struct seg_map *m, uint32_t sb, int64_t delta)
+{
+    uint64_t w = meta_get(m, sb);
+    unsigned cls = meta_class(w), nfree = (unsigned) ((int64_t) meta_nfree(w) + delta);
+    struct slab_geometry g;
+
+    sizeclass_geometry(cls, &g);
+    if (nfree >= g.capacity) {
+        bittree_clear(seg_class_tree(m, cls), sb);
+        blocks_release(m, sb, g.blocks);
+        return;
+    }
+    meta_put(m, sb, meta_with_nfree(w, nfree));
+    if (nfree > 0)
+        bittree_set(seg_class_tree(m, cls), sb);
+    else
+        bittree_clear(seg_class_tree(m, cls), sb);
+}
+
+/* Puts back the objects a punch reserved: by the puncher when its punch
+ * is done, or by a reaper when the puncher is gone. Lock held. */
+static void punch_restore(struct seg_map *m)
+{
+    struct seg_header *hdr = m->hdr;
+    uint32_t sb = hdr->punch_block;
+
+    if (sb < m->nblocks && meta_state(meta_get(m, sb)) == BLK_SLAB)
+        slab_adjust(m, sb, punch_objects(m, sb, hdr->punch_mask, true));
+    store_relaxed(&hdr->punch_pid, 0);
+}
+
+/* Pages of slab sb wholly covered by free objects, below its bitmap. */
+static bool punch_candidates(struct seg_map *m, uint32_t sb, uint64_t *mask)
+{
+    uint64_t w = meta_get(m, sb), *bits;
+    struct slab_geometry g;
+    bool any = false;
+
+    mask[0] = mask[1] = 0;
+    sizeclass_geometry(meta_class(w), &g);
+    if (meta_nfree(w) * (uint64_t) g.size < PUNCH_PAGE)
+        return false;
+    bits = slab_bitmap(m, sb, &g);
+    for (uint32_t p = 0; (p + 1) * PUNCH_PAGE <= g.bitmap_off && p < 128; p++) {
+        uint64_t lo = p * PUNCH_PAGE / g.size, hi = ((p + 1) * PUNCH_PAGE - 1) / g.size, i;
+
+        if (hi >= g.capacity)
+            break;
+        for (i = lo; i <= hi; i++)
+            if (!(bits[i / 64] & (UINT64_C(1) << (i % 64))))
+                break;
+        if (i > hi) {
+            mask[p / 64] |= UINT64_C(1) << (p % 64);
+            any = true;
+        }
+    }
+    return any;
+}
+
+uint64_t seg_punch_slabs(struct heap *h, struct seg_map *m)
+{
+    struct seg_header *hdr = m->hdr;
+    uint64_t released = 0, seg_base = 0;
+    uint32_t b = hdr->first_block, pid = (uint32_t) getpid();
+
+    if (m->needs_commit)
+        return 0; /* huge pages: only whole pages, which decommit handles */
+    while (b < m->nblocks) {
+        uint64_t mask[2];
+        uint32_t sb = m->nblocks;
+
+        if (seg_lock(m, h) < 0)
+            break;
+        if (hdr->punch_pid) {
+            seg_unlock(m);
+            break; /* another punch is in flight */
+        }
+        for (; b < m->nblocks; b++) {
+            uint64_t w = meta_get(m, b);
+
+            if (meta_state(w) == BLK_SLAB && meta_class(w) < SHM_NCLASSES &&
+                punch_candidates(m, b, mask)) {
+                sb = b;
+                break;
+            }
+        }
+        if (sb == m->nblocks) {
+            seg_unlock(m);
+            break;
+        }
+        /* The record first, the reservation second: a reaper restores
+         * every object of the masked pages, idempotently. */
+        store_relaxed(&hdr->punch_block, sb);
+        store_relaxed(&hdr->punch_mask[0], mask[0]);
+        store_relaxed(&hdr->punch_mask[1], mask[1]);
+        store_relaxed(&hdr->punch_pid, pid);
+        slab_adjust(m, sb, -(int64_t) punch_objects(m, sb, mask, false));
+        seg_unlock(m);
+        shm_fault(FAULT_PUNCH_MID);
+        seg_base = (uint64_t) sb << SHM_BLOCK_SHIFT;
+        for (uint32_t p = 0; p < 128;) {
+            uint32_t q = p;
+
+            if (!punch_mask_test(mask, p)) {
+                p++;
+                continue;
+            }
+            while (q < 128 && punch_mask_test(mask, q))
+                q++;
+            if (os_decommit(m->fd, seg_base + p * PUNCH_PAGE, (q - p) * PUNCH_PAGE) == 0)
+                released += (q - p) * PUNCH_PAGE;
+            p = q;
+        }
+        if (seg_lock(m, h) < 0)
+            break;
+        if (hdr->punch_pid == pid && hdr->punch_block == sb)
+            punch_restore(m);
+        seg_unlock(m);
+        b = sb + 1;
+    }
+    return released;
+}
+
+uint32_t seg_punch_reserved(struct seg_map *m, unsigned *ret_cls)
+{
+    struct seg_header *hdr = m->hdr;
+    uint32_t n = 0, sb = hdr->punch_block;
+    struct slab_geometry g;
+    uint64_t w;
+
+    if (!hdr->punch_pid || sb >= m->nblocks || meta_state(w = meta_get(m, sb)) != BLK_SLAB)
+        return 0;
+    sizeclass_geometry(meta_class(w), &g);
+    for (uint64_t i = 0; i < g.capacity; i++) {
+        uint64_t lo = i * g.size / PUNCH_PAGE, hi = ((i + 1) * g.size - 1) / PUNCH_PAGE;
+        bool in = false;
+
+        for (uint64_t p = lo; p <= hi && p < 128; p++)
+            in = in || punch_mask_test(hdr->punch_mask, (uint32_t) p);
+        n += in;
+    }
+    *ret_cls = meta_class(w);
+    return n;
 }
 
 /* ---- runs ---- */

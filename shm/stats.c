@@ -71,6 +71,11 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
         ss->page_size = m->page_size;
         ss->size = m->size;
         ss->committed_bytes = seg_committed_bytes(m);
+        /* On normal pages the kernel's count is the truth: trim also
+         * punches pages inside slabs, and untouched pages of a used block
+         * were never there. */
+        if (!m->needs_commit)
+            (void) os_fstat_size(m->fd, NULL, &ss->committed_bytes);
         ss->free_blocks = load_relaxed(&m->hdr->free_blocks);
         ss->metadata_bytes = m->hdr->meta_end;
         ret->bytes_reserved += m->size;

@@ -158,6 +158,10 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
     for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++)
         if (load_acquire(&h->segs[i].meta))
             released += seg_decommit_free(h, &h->segs[i], &retain);
+    /* Then the free pages inside slabs that still hold live objects. */
+    for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++)
+        if (load_acquire(&h->segs[i].meta))
+            released += seg_punch_slabs(h, &h->segs[i]);
     (void) fetch_add_relaxed(&c->trim_bytes_released, released);
     (void) fetch_add_relaxed(&c->trims, 1);
     if (ret) {

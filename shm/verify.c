@@ -167,6 +167,14 @@ static void verify_segment(struct verify_ctx *v, struct seg_map *m, uint64_t *ou
             break;
         }
     }
+    {
+        unsigned cls = 0;
+        uint32_t reserved = seg_punch_reserved(m, &cls);
+
+        /* A live trimmer's punch holds these out of their slab for a while. */
+        if (reserved && cls < SHM_NCLASSES)
+            out[cls] -= reserved;
+    }
     if (free_blocks != hdr->free_blocks)
         problem(v, "segment %u: free_blocks %lu but %lu blocks are free", m->index,
                 (unsigned long) hdr->free_blocks, (unsigned long) free_blocks);

@@ -6,14 +6,17 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "shm/heap.h"
+#include "shm/internal.h"
 #include "shm/local.h"
 #include "shm/sizeclass.h"
 #include "tests/common/testheap.h"
@@ -480,6 +483,109 @@ START_TEST(trim_idle_thread)
 }
 END_TEST
 
+/* Keeps one 64-byte object in 256 (one per 16 KiB): every slab keeps live objects, so
+ * only the pages inside slabs that hold nothing live can go back. */
+static void keep_sparse(struct heap *h, void ***ret_keep, size_t *ret_n)
+{
+    size_t n = (size_t) (test_scale_small() ? 16 * MiB : 64 * MiB) / 64, nkeep = 0;
+    void **all = malloc(n * sizeof(*all)), **keep = malloc((n / 256 + 1) * sizeof(*keep));
+
+    ck_assert_ptr_nonnull(all);
+    ck_assert_ptr_nonnull(keep);
+    for (size_t i = 0; i < n; i++) {
+        all[i] = heap_malloc(h, 64);
+        ck_assert_ptr_nonnull(all[i]);
+        th_fill_pattern(all[i], 64, i);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (i % 256 == 0)
+            keep[nkeep++] = all[i];
+        else
+            heap_free(h, all[i]);
+    }
+    free(all);
+    *ret_keep = keep;
+    *ret_n = nkeep;
+}
+
+START_TEST(trim_punches_pages_inside_slabs)
+{
+    struct shm_config cfg;
+    struct test_heap t;
+    struct trim_result res;
+    uint64_t before, after;
+    void **keep;
+    size_t n;
+
+    th_config(&cfg, 256 * MiB);
+    cfg.retain_empty_blocks = 0;
+    th_create(&t, &cfg, SHM_PAGES_OFF);
+    keep_sparse(t.h, &keep, &n);
+    heap_thread_flush(t.h);
+    before = seg_allocated(&t, 1);
+    ck_assert_int_eq(heap_trim(t.h, 0, &res), 0);
+    after = seg_allocated(&t, 1);
+    /* 64 B objects, one kept in 256: 3 of every 4 pages hold nothing live. */
+    ck_assert_msg(after < before / 2, "memfd %" PRIu64 " -> %" PRIu64 " bytes after trim", before,
+                  after);
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_msg(th_check_pattern(keep[i], 64, i * 256) == 64, "kept object %zu damaged", i);
+        heap_free(t.h, keep[i]);
+    }
+    free(keep);
+    /* Punched pages come back (zeroed) when their objects are handed out again. */
+    keep_sparse(t.h, &keep, &n);
+    for (size_t i = 0; i < n; i++)
+        heap_free(t.h, keep[i]);
+    free(keep);
+    th_verify(t.h);
+    th_destroy(&t);
+}
+END_TEST
+
+/* A trimmer killed with objects reserved for a punch: a reaper puts them back. */
+START_TEST(trim_puncher_killed)
+{
+    struct shm_config cfg;
+    struct test_heap t;
+    struct verify_report rep;
+    void **keep;
+    size_t n;
+    pid_t pid;
+    int status;
+
+    th_config(&cfg, 256 * MiB);
+    cfg.retain_empty_blocks = 0;
+    th_create(&t, &cfg, SHM_PAGES_OFF);
+    keep_sparse(t.h, &keep, &n);
+    heap_thread_flush(t.h);
+    pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        struct heap *h = th_attach_child(&t, 77);
+
+        shm_fault_at = FAULT_PUNCH_MID;
+        (void) heap_trim(h, 0, NULL);
+        _exit(3); /* the fault point was not reached */
+    }
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "child status %d", status);
+    (void) heap_reclaim_dead(t.h);
+    ck_assert_int_eq(heap_verify(t.h, &rep), 0);
+    ck_assert_msg(rep.consistent, "inconsistent after a dead puncher: %s",
+                  rep.nproblems ? rep.problems[0] : "");
+    ck_assert_msg(rep.counts_checked, "object counts skipped");
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_msg(th_check_pattern(keep[i], 64, i * 256) == 64, "kept object %zu damaged", i);
+        heap_free(t.h, keep[i]);
+    }
+    free(keep);
+    ck_assert_int_eq(heap_trim(t.h, 0, NULL), 0);
+    th_verify(t.h);
+    th_destroy(&t);
+}
+END_TEST
+
 Suite *trim_suite(void)
 {
     Suite *s = suite_create("trim");
@@ -491,6 +597,8 @@ Suite *trim_suite(void)
     tcase_add_test(tc, trim_many_segments);
     tcase_add_test(tc, trim_idle_thread);
     tcase_add_test(tc, trim_dead_child);
+    tcase_add_test(tc, trim_punches_pages_inside_slabs);
+    tcase_add_test(tc, trim_puncher_killed);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
     return s;
