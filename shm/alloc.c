@@ -159,7 +159,9 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
         break;
     case BLK_RUN:
         if (meta_kind(w) == RUN_LARGE && ((uintptr_t) p & (SHM_BLOCK_SIZE - 1)) == 0) {
-            large_free(h, m, b, w);
+            /* A run's offset; a second free finds no run: a bad free. */
+            if (run_destroy(h, ptr_off(h, p), RUN_LARGE) < 0)
+                heap_count_bad_free(h);
             return;
         }
         heap_count_bad_free(h);
@@ -377,13 +379,4 @@ void *large_alloc(struct heap *h, size_t size, size_t align)
         return NULL;
     }
     return off_ptr(h, off);
-}
-
-void large_free(struct heap *h, struct seg_map *m, uint32_t block, uint64_t w)
-{
-    (void) w;
-    if (run_destroy(h, ((uint64_t) m->index << SHM_SEG_SHIFT) |
-                               ((uint64_t) block << SHM_BLOCK_SHIFT),
-                    RUN_LARGE) < 0)
-        heap_count_bad_free(h); /* freed twice: no longer a run */
 }

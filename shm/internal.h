@@ -215,7 +215,6 @@ int run_destroy(struct heap *h, uint64_t off, enum run_kind kind);
 
 /* ---- alloc.c ---- */
 void *large_alloc(struct heap *h, size_t size, size_t align);
-void large_free(struct heap *h, struct seg_map *m, uint32_t block, uint64_t w);
 
 static inline void tcache_leave(struct tcache *tc)
 {
