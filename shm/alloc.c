@@ -41,26 +41,26 @@ static inline struct tcache *tcache_fast(struct heap *h)
 static __attribute__((noinline)) void *malloc_class_slow(struct heap *h, struct tcache *tc, unsigned cls)
 {
     struct cache_bin *bin = &tc->slot->bins[cls];
-    uint64_t off, *p;
+    uint64_t w, *p;
     int r;
 
     tcache_enter(tc);
-    off = load_relaxed(&bin->head);
-    if (!off) {
+    w = load_relaxed(&bin->head);
+    if (!bin_off(w)) {
         r = tcache_refill(h, tc, cls);
-        off = load_relaxed(&bin->head);
-        if (r < 0 || !off) {
+        w = load_relaxed(&bin->head);
+        if (r < 0 || !bin_off(w)) {
             tcache_leave(tc);
             errno = r < 0 ? -r : ENOMEM;
             return NULL;
         }
     }
-    p = obj_words(h, off);
-    store_relaxed(&bin->head, p[0]);
-    store_relaxed(&bin->count, bin->count - 1);
-    bump_relaxed(&bin->allocs, 1);
+    p = obj_words(h, bin_off(w));
+    store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
+    store_relaxed(&tc->slot->ops, load_relaxed(&tc->slot->ops) + 1);
     tcache_leave(tc);
-    if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen)
+    if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen ||
+        load_relaxed(&tc->slot->ops) >= TCACHE_TICK)
         tcache_tick(h, tc);
     tsan_object_handoff(p);
     return p;
@@ -92,19 +92,22 @@ void *heap_malloc(struct heap *h, size_t size)
         unsigned cls = sizeclass_of_inline(size);
         struct cache_slot *s = tc->slot;
         struct cache_bin *bin = &s->bins[cls];
-        uint64_t off;
+        uint64_t w;
 
         store_relaxed(&s->busy, 1);
         compiler_barrier();
         /* acquire: see tcache_enter(). */
-        if (likely(!load_acquire(&s->steal)) && likely((off = load_relaxed(&bin->head)) != 0)) {
-            uint64_t *p = obj_words(h, off);
+        if (likely(!load_acquire(&s->steal)) &&
+            likely(bin_off(w = load_relaxed(&bin->head)) != 0)) {
+            uint64_t *p = obj_words(h, bin_off(w));
+            uint32_t ops = load_relaxed(&s->ops) + 1;
 
-            store_relaxed(&bin->head, p[0]);
-            store_relaxed(&bin->count, bin->count - 1);
-            bump_relaxed(&bin->allocs, 1);
+            /* One store pops (offset and count share the word); the
+             * allocation is counted by the tick's own counter. */
+            store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
+            store_relaxed(&s->ops, ops);
             tcache_leave(tc);
-            if (unlikely(--tc->tick == 0))
+            if (unlikely(ops >= TCACHE_TICK))
                 tcache_tick(h, tc);
             tsan_object_handoff(p);
             return p;
@@ -183,27 +186,28 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
     bin = &tc->slot->bins[cls];
     tsan_object_handoff(p);
     tcache_enter(tc);
-    if (load_relaxed(&bin->head) == off) {
+    if (bin_off(load_relaxed(&bin->head)) == off) {
         tcache_leave(tc);
         (void) fetch_add_relaxed(&h->ctl->double_frees, 1);
         return;
     }
-    if (load_relaxed(&bin->count) >= load_relaxed(&h->bin_cap[cls])) {
+    if (bin_count(load_relaxed(&bin->head)) >= load_relaxed(&h->bin_cap[cls])) {
         uint32_t n = load_relaxed(&h->bundle_n[cls]);
 
         tcache_overflow(h, tc, cls);
         /* The fast path of free does not tick; a bundle's worth of frees
          * came through it since this bin last overflowed. Counting them
          * here keeps a thread that only frees sampling its figures. */
-        tc->tick = tc->tick > n ? tc->tick - n : 1;
+        tc->free_tick = tc->free_tick > n ? tc->free_tick - n : 0;
     }
-    obj_words(h, off)[0] = load_relaxed(&bin->head);
-    store_relaxed(&bin->head, off);
-    store_relaxed(&bin->count, bin->count + 1);
-    bump_relaxed(&bin->frees, 1);
+    w = load_relaxed(&bin->head);
+    obj_words(h, off)[0] = bin_off(w);
+    store_relaxed(&bin->head, bin_word(off, bin_count(w) + 1));
     tcache_leave(tc);
-    if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen || --tc->tick == 0)
+    if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen || tc->free_tick == 0) {
+        tc->free_tick = TCACHE_TICK;
         tcache_tick(h, tc);
+    }
 }
 
 void heap_free(struct heap *h, void *p)
@@ -238,12 +242,12 @@ void heap_free(struct heap *h, void *p)
         store_relaxed(&s->busy, 1);
         compiler_barrier();
         head = load_relaxed(&bin->head);
-        if (likely(!load_acquire(&s->steal)) && likely(head != off) &&
-            likely(load_relaxed(&bin->count) < load_relaxed(&h->bin_cap[cls]))) {
-            ((uint64_t *) p)[0] = head;
-            store_relaxed(&bin->head, off);
-            store_relaxed(&bin->count, bin->count + 1);
-            bump_relaxed(&bin->frees, 1);
+        if (likely(!load_acquire(&s->steal)) && likely(bin_off(head) != off) &&
+            likely(bin_count(head) < load_relaxed(&h->bin_cap[cls]))) {
+            /* One store pushes; the free is counted by the count itself
+             * (objects in use = bin net - count). */
+            ((uint64_t *) p)[0] = bin_off(head);
+            store_relaxed(&bin->head, bin_word(off, bin_count(head) + 1));
             tcache_leave(tc);
             /* No tick here: malloc ticks, and a thread that only frees
              * reaches the slow path (a full bin) often enough. */

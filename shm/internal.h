@@ -66,7 +66,7 @@ struct tcache {
     uint64_t serial; /* == h->serial while valid */
     struct cache_slot *slot;
     uint32_t slot_index;
-    uint32_t tick; /* operations until the next look at trim/config gens */
+    uint32_t free_tick; /* slow-path frees until the next tick of a thread that only frees */
     uint64_t trim_gen_seen;
     uint64_t cfg_gen_seen;
     struct tcache *next; /* in h->caches, under h->local_lock */
@@ -103,6 +103,33 @@ static inline uint64_t ptr_off(struct heap *h, const void *p)
 static inline uint64_t *obj_words(struct heap *h, uint64_t off)
 {
     return (uint64_t *) off_ptr(h, off);
+}
+
+/* A cache bin's head word: the first object's offset and the number of
+ * objects on the list, so a pop or a push is one store (offsets fit in
+ * 39 bits). */
+#define BIN_COUNT_SHIFT 48
+#define BIN_OFF_MASK    ((UINT64_C(1) << BIN_COUNT_SHIFT) - 1)
+static inline uint64_t bin_word(uint64_t off, uint32_t count)
+{
+    return off | (uint64_t) count << BIN_COUNT_SHIFT;
+}
+
+static inline uint64_t bin_off(uint64_t w)
+{
+    return w & BIN_OFF_MASK;
+}
+
+static inline uint32_t bin_count(uint64_t w)
+{
+    return (uint32_t) (w >> BIN_COUNT_SHIFT);
+}
+
+/* Moves objects into (n > 0) or out of (n < 0) a bin's accounting: in use
+ * = net - count, so only objects crossing the bin's edge are counted. */
+static inline void bin_net_add(struct cache_bin *b, int64_t n)
+{
+    bump_relaxed(&b->net, (uint64_t) n);
 }
 
 #define BUNDLE_COUNT_SHIFT 48

@@ -106,15 +106,14 @@ enum seg_state {
  * protocol in tcache.c) or the reclaimer of a dead process writes it
  * otherwise. 64 bytes, so classes never share a cache line. */
 struct __attribute__((aligned(64))) cache_bin {
-    uint64_t head;  /* offset of the first free object; its first word links on */
-    uint32_t count; /* objects on the list (the list, not this, is the truth) */
-    uint32_t pad;
-    uint64_t allocs; /* objects handed out from this class by this slot */
-    uint64_t frees;  /* objects freed into this class by this slot */
+    uint64_t head; /* offset of the first free object | object count << 48 (tcache.c);
+                    * each object's first word links on with a plain offset */
+    uint64_t net;  /* objects that came into the bin from outside (refills) minus
+                    * those that left it (flushes): objects in use = net - count */
     uint64_t rec_pushes;
     uint64_t rec_pops;
     uint64_t rec_retries; /* failed recycler CAS attempts */
-    uint64_t pad2;
+    uint64_t pad[3];
 };
 
 enum slot_state {
@@ -129,6 +128,9 @@ struct __attribute__((aligned(64))) cache_slot {
     uint64_t client_id; /* the attachment that owns it (the daemon's client id) */
     uint32_t busy;      /* owner is inside a cache operation (tcache.c) */
     uint32_t steal;     /* pid of a trimmer that holds the cache; the owner waits */
+    uint32_t ops;       /* small allocations since the owner's last tick */
+    uint32_t pad0;
+    uint64_t allocs;    /* small allocations counted at ticks: the total is allocs + ops */
     uint64_t large_allocs;
     uint64_t large_frees;
     uint64_t large_bytes_alloc;

@@ -422,10 +422,10 @@ int seg_take(struct heap *h, struct seg_map *m, unsigned cls, uint32_t n, struct
     }
     if (bin) {
         /* The bin was empty (only empty bins are refilled from blocks).
-         * The head is stored first: recovery sees head == journal.chain and
-         * knows the chain was delivered. */
-        store_relaxed(&bin->head, chain);
-        store_relaxed(&bin->count, taken);
+         * One store delivers the chain and its count: recovery sees the
+         * head's offset equal journal.chain and knows it was delivered. */
+        store_relaxed(&bin->head, bin_word(chain, taken));
+        bin_net_add(bin, taken);
     } else {
         *ret_chain = chain;
     }
@@ -1019,7 +1019,7 @@ static void seg_recover(struct seg_map *m, struct heap *h)
             bin = (struct cache_bin *) off_ptr(h, j->slot_word);
         /* Not delivered to the bin: put the objects back in their slabs
          * (all in this segment: a take never leaves it). */
-        if (!bin || load_relaxed(&bin->head) != j->chain)
+        if (!bin || bin_off(load_relaxed(&bin->head)) != j->chain)
             return_run_locked(h, m, &chain, true);
     } else if (j->op == JOP_RETURN && j->chain) {
         uint64_t local = j->chain, *handoff = &local;

@@ -30,20 +30,19 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
 
         if (owned)
             ret->slots_in_use++;
-        ret->allocs += load_relaxed(&s->large_allocs);
-        ret->frees += load_relaxed(&s->large_frees);
+        ret->allocs += slot_allocs(s);
+        ret->frees += slot_frees(s);
         in_use += (int64_t) (load_relaxed(&s->large_bytes_alloc) -
                              load_relaxed(&s->large_bytes_freed));
         for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
             const struct cache_bin *b = &s->bins[cls];
-            uint64_t a = load_relaxed(&b->allocs), f = load_relaxed(&b->frees);
+            uint64_t w = load_relaxed(&b->head);
             struct heap_class_stats *cs = &ret->classes[cls];
 
-            ret->allocs += a;
-            ret->frees += f;
-            cs->in_use += a - f; /* wraps back to the truth when summed */
+            /* net - count: wraps back to the truth when summed. */
+            cs->in_use += load_relaxed(&b->net) - bin_count(w);
             if (owned)
-                cs->cached += load_relaxed(&b->count);
+                cs->cached += bin_count(w);
             cs->rec_pushes += load_relaxed(&b->rec_pushes);
             cs->rec_pops += load_relaxed(&b->rec_pops);
             cs->rec_retries += load_relaxed(&b->rec_retries);

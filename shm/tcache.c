@@ -129,7 +129,7 @@ struct tcache *tcache_get(struct heap *h)
     tc->serial = h->serial;
     tc->slot = &h->ctl->slots[index];
     tc->slot_index = index;
-    tc->tick = TCACHE_TICK;
+    tc->free_tick = TCACHE_TICK;
     tc->trim_gen_seen = load_relaxed(&tc->slot->trim_gen_seen);
     pthread_mutex_lock(&h->local_lock);
     tc->next = h->caches;
@@ -244,7 +244,7 @@ void tcache_settle_handoff(struct heap *h, struct cache_slot *s)
         return;
     /* Stopped before the chain was cut from its bin: the bin still has it. */
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
-        if (load_relaxed(&s->bins[cls].head) == x) {
+        if (bin_off(load_relaxed(&s->bins[cls].head)) == x) {
             store_relaxed(&s->handoff, 0);
             return;
         }
@@ -260,8 +260,8 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
 
     first = recycler_pop(h, bin, cls, &count);
     if (first) {
-        store_relaxed(&bin->head, first);
-        store_relaxed(&bin->count, count);
+        store_relaxed(&bin->head, bin_word(first, count));
+        bin_net_add(bin, count);
         return 0;
     }
     for (int attempt = 0; attempt < 4; attempt++) {
@@ -307,14 +307,14 @@ void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls)
 {
     struct cache_bin *bin = &tc->slot->bins[cls];
     uint32_t n = load_relaxed(&h->bundle_n[cls]), maxseg;
-    uint64_t first = load_relaxed(&bin->head), last, got;
+    uint64_t w = load_relaxed(&bin->head), first = bin_off(w), last, got;
 
     got = chain_len(h, first, n, &last, &maxseg);
     if (got == 0)
         return;
     /* Cut the first `got` objects off the bin as one bundle. */
-    store_relaxed(&bin->head, obj_words(h, last)[0]);
-    store_relaxed(&bin->count, bin->count - (uint32_t) got);
+    store_relaxed(&bin->head, bin_word(obj_words(h, last)[0], bin_count(w) - (uint32_t) got));
+    bin_net_add(bin, -(int64_t) got);
     obj_words(h, last)[0] = 0;
     if (!recycler_push(h, bin, cls, first, (uint32_t) got, maxseg, false)) {
         /* The recycler is at its cap: to the blocks, through the slot's
@@ -336,12 +336,13 @@ static uint64_t bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls
                               bool count_stats)
 {
     struct cache_bin *bin = &s->bins[cls];
-    uint64_t chain = load_relaxed(&bin->head), total = 0;
+    uint64_t w = load_relaxed(&bin->head), chain = bin_off(w), total = 0;
     uint32_t n = load_relaxed(&h->bundle_n[cls]);
 
     store_relaxed(&s->handoff, chain);
     store_relaxed(&bin->head, 0);
-    store_relaxed(&bin->count, 0);
+    /* The bin's objects leave it: in use (net - count) stays as it was. */
+    bin_net_add(bin, -(int64_t) bin_count(w));
     while (!to_blocks && chain) {
         uint64_t last, rest, got;
         uint32_t maxseg;
@@ -424,22 +425,27 @@ void tcache_release_cached(struct heap *h, struct tcache *tc, bool entered)
     recycler_drain_all(h);
 }
 
+/* Objects of cls allocated through this slot and not freed through it
+ * (negative when it freed others' objects). */
+static int64_t bin_in_use(const struct cache_bin *b)
+{
+    return (int64_t) (load_relaxed(&b->net) - bin_count(load_relaxed(&b->head)));
+}
+
 uint64_t slot_allocs(const struct cache_slot *s)
 {
-    uint64_t n = load_relaxed(&s->large_allocs);
-
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
-        n += load_relaxed(&s->bins[cls].allocs);
-    return n;
+    return load_relaxed(&s->large_allocs) + load_relaxed(&s->allocs) + load_relaxed(&s->ops);
 }
 
 uint64_t slot_frees(const struct cache_slot *s)
 {
-    uint64_t n = load_relaxed(&s->large_frees);
+    int64_t small_in_use = 0;
 
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
-        n += load_relaxed(&s->bins[cls].frees);
-    return n;
+        small_in_use += bin_in_use(&s->bins[cls]);
+    /* Frees are what was allocated and is no longer in use. */
+    return load_relaxed(&s->large_frees) + load_relaxed(&s->allocs) + load_relaxed(&s->ops) -
+           (uint64_t) small_in_use;
 }
 
 int64_t slot_bytes_in_use(const struct cache_slot *s)
@@ -448,9 +454,7 @@ int64_t slot_bytes_in_use(const struct cache_slot *s)
                                load_relaxed(&s->large_bytes_freed));
 
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
-        bytes += (int64_t) (load_relaxed(&s->bins[cls].allocs) -
-                            load_relaxed(&s->bins[cls].frees)) *
-                 (int64_t) sizeclass_size(cls);
+        bytes += bin_in_use(&s->bins[cls]) * (int64_t) sizeclass_size(cls);
     return bytes;
 }
 
@@ -477,7 +481,9 @@ void tcache_tick(struct heap *h, struct tcache *tc)
     /* acquire: pairs with heap_trim's bump; nothing else is read through it. */
     uint64_t gen = load_acquire(&c->trim_gen);
 
-    tc->tick = TCACHE_TICK;
+    /* The allocations counted since the last tick join the total. */
+    bump_relaxed(&tc->slot->allocs, load_relaxed(&tc->slot->ops));
+    store_relaxed(&tc->slot->ops, 0);
     if (gen != tc->trim_gen_seen) {
         tcache_enter(tc);
         tcache_flush(h, tc, true);

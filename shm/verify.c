@@ -278,10 +278,16 @@ int heap_verify(struct heap *h, struct verify_report *ret)
         }
         taken[ntaken++] = i;
         for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+            uint64_t w = load_relaxed(&s->bins[cls].head), got;
             char where[48];
 
             (void) snprintf(where, sizeof(where), "slot %u class %u", i, cls);
-            cached += collect_list(&v, load_relaxed(&s->bins[cls].head), cls, where);
+            got = collect_list(&v, bin_off(w), cls, where);
+            /* A thread killed mid-operation may leave the two apart. */
+            if (got != bin_count(w) && !dead)
+                problem(&v, "%s: the bin counts %u objects, its list has %lu", where,
+                        bin_count(w), (unsigned long) got);
+            cached += got;
         }
     }
     /* Empty the recyclers for the walk; they are pushed back below. */
@@ -345,8 +351,8 @@ int heap_verify(struct heap *h, struct verify_report *ret)
     /* Counts. */
     for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++)
         for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
-            in_use += load_relaxed(&c->slots[i].bins[cls].allocs) -
-                      load_relaxed(&c->slots[i].bins[cls].frees);
+            in_use += load_relaxed(&c->slots[i].bins[cls].net) -
+                      bin_count(load_relaxed(&c->slots[i].bins[cls].head));
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
         total_out += out[cls];
         refused += load_relaxed(&c->rec[cls].refused);

@@ -487,7 +487,7 @@ START_TEST(clients_bad_metadata)
             _exit(75);
         /* Garbage where the daemon will look. */
         s->bins[3].head = UINT64_C(0x123456789);
-        s->bins[3].count = 7;
+        s->bins[3].net = 7;
         s->bins[5].head = (UINT64_C(1) << SHM_SEG_SHIFT) | 0x10;
         s->large_bytes_alloc = UINT64_MAX / 3;
         c->segs[7].size = UINT64_C(1) << 40;
