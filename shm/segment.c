@@ -28,8 +28,9 @@
  *   carve/free  journal.block/n name blocks whose state was changing; they
  *               become FREE again (a carve had handed nothing out yet).
  * Blocks being decommitted are BLK_BUSY outside the lock (the punch is a
- * system call, never made under it) and carry the decommitter's pid; a
- * repair frees BUSY blocks whose process is gone.
+ * system call, never made under it) and carry the decommitter's pid;
+ * seg_reap_busy() (trim, reclaim, verify) frees those whose process is
+ * gone, checking the pids between two holds of the lock.
  *
  * No system call is made while the lock is held: commit (fallocate on
  * hugetlb) happens between an unlock and a relock, and is only trusted if
@@ -946,7 +947,6 @@ uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain)
 void seg_repair(struct seg_map *m)
 {
     struct seg_header *hdr = m->hdr;
-    uint64_t free_blocks = 0;
 
     bittree_chain_init(seg_free_tree(m), m->nblocks, false);
     for (unsigned c = 0; c < SHM_NCLASSES; c++)
@@ -957,19 +957,8 @@ void seg_repair(struct seg_map *m)
         unsigned nfree = 0;
 
         switch (meta_state(w)) {
-        case BLK_BUSY:
-            if (os_pid_alive((pid_t) ((w >> 8) & 0xffffff)))
-                break;
-            meta_put(m, b, meta_make(BLK_FREE, 0, 0, 0, RUN_LARGE));
-            /* Its punch may or may not have happened; count the unit as
-             * uncommitted so the next use commits it again. */
-            unit_set_committed(m, ((uint64_t) b << SHM_BLOCK_SHIFT) >> m->unit_shift, false);
-            bittree_set(seg_free_tree(m), b);
-            free_blocks++;
-            break;
         case BLK_FREE:
             bittree_set(seg_free_tree(m), b);
-            free_blocks++;
             break;
         case BLK_SLAB:
             if (meta_class(w) >= SHM_NCLASSES)
@@ -980,19 +969,18 @@ void seg_repair(struct seg_map *m)
             if (nfree > g.capacity)
                 nfree = g.capacity;
             meta_put(m, b, meta_with_nfree(w, nfree));
-            if (nfree == g.capacity) {
+            if (nfree == g.capacity)
                 blocks_release(m, b, g.blocks);
-                free_blocks += 0; /* counted by blocks_release */
-            } else if (nfree > 0) {
+            else if (nfree > 0)
                 bittree_set(seg_class_tree(m, meta_class(w)), b);
-            }
             break;
         default:
             break;
         }
     }
-    /* blocks_release above added to free_blocks; recount from the tree. */
-    (void) free_blocks;
+    /* BUSY blocks stay out of the tree: seg_reap_busy() frees those of dead
+     * decommitters, asking about the pid without the lock. The free tree
+     * is the truth now: count it. */
     store_relaxed(&hdr->free_blocks, bittree_count(seg_free_tree(m)));
 }
 
