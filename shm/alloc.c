@@ -17,10 +17,10 @@
  * sent back, freed again). Each free and malloc acquires and releases the
  * object itself, so the last owner's accesses happen before the next's. */
 #if defined(__SANITIZE_THREAD__)
-#    define tsan_object_handoff(p)                                                               \
-        do {                                                                                     \
-            __tsan_acquire(p);                                                                   \
-            __tsan_release(p);                                                                   \
+#    define tsan_object_handoff(p) \
+        do {                       \
+            __tsan_acquire(p);     \
+            __tsan_release(p);     \
         } while (0)
 #else
 #    define tsan_object_handoff(p) ((void) (p))
@@ -38,7 +38,8 @@ static inline struct tcache *tcache_fast(struct heap *h)
 }
 
 /* Pops one object of cls from the calling thread's cache, refilling it. */
-static __attribute__((noinline)) void *malloc_class_slow(struct heap *h, struct tcache *tc, unsigned cls)
+static __attribute__((noinline)) void *
+malloc_class_slow(struct heap *h, struct tcache *tc, unsigned cls)
 {
     struct cache_bin *bin = &tc->slot->bins[cls];
     uint64_t w, *p;
@@ -56,6 +57,9 @@ static __attribute__((noinline)) void *malloc_class_slow(struct heap *h, struct 
         }
     }
     p = obj_words(h, bin_off(w));
+    /* The tag before the pop: see obj_tag() in internal.h. */
+    store_relaxed(obj_tag(h, bin_off(w), cls), tc->owner_tag);
+    compiler_barrier();
     store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
     store_relaxed(&tc->slot->ops, load_relaxed(&tc->slot->ops) + 1);
     tcache_leave(tc);
@@ -102,8 +106,11 @@ void *heap_malloc(struct heap *h, size_t size)
             uint64_t *p = obj_words(h, bin_off(w));
             uint32_t ops = load_relaxed(&s->ops) + 1;
 
-            /* One store pops (offset and count share the word); the
-             * allocation is counted by the tick's own counter. */
+            /* The object takes our tag, then one store pops it (offset
+             * and count share the word; the allocation is counted by the
+             * tick's own counter). Tag first: see obj_tag(). */
+            store_relaxed(obj_tag(h, bin_off(w), cls), tc->owner_tag);
+            compiler_barrier();
             store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
             store_relaxed(&s->ops, ops);
             tcache_leave(tc);
@@ -120,7 +127,8 @@ void *heap_malloc(struct heap *h, size_t size)
 
 /* Looks up the block of a pointer into a mapped segment. Returns the
  * block's metadata word (0 if p is not in a heap segment's data). */
-static inline __attribute__((always_inline)) uint64_t block_of(struct heap *h, const void *p, struct seg_map **ret_m, uint32_t *ret_b)
+static inline __attribute__((always_inline)) uint64_t
+block_of(struct heap *h, const void *p, struct seg_map **ret_m, uint32_t *ret_b)
 {
     uint64_t off = ptr_off(h, p), *meta;
     struct seg_map *m;
@@ -203,6 +211,8 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
     w = load_relaxed(&bin->head);
     obj_words(h, off)[0] = bin_off(w);
     store_relaxed(&bin->head, bin_word(off, bin_count(w) + 1));
+    compiler_barrier();
+    store_relaxed(obj_tag(h, off, cls), (uint16_t) 0);
     tcache_leave(tc);
     if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen || tc->free_tick == 0) {
         tc->free_tick = TCACHE_TICK;
@@ -233,8 +243,9 @@ void heap_free(struct heap *h, void *p)
         struct cache_bin *bin = &s->bins[cls];
         uint64_t blk = (off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT, head;
         /* Bytes from the slab's start: a tail block knows its distance. */
-        uint64_t rel = (off & SHM_OFF_MASK) -
-                       ((blk - (meta_state(w) == BLK_SLAB_TAIL ? meta_len(w) : 0)) << SHM_BLOCK_SHIFT);
+        uint64_t rel =
+                (off & SHM_OFF_MASK) -
+                ((blk - (meta_state(w) == BLK_SLAB_TAIL ? meta_len(w) : 0)) << SHM_BLOCK_SHIFT);
 
         if (unlikely(!sizeclass_is_object(cls, rel)))
             goto slow; /* not an object's start: counted there */
@@ -248,6 +259,9 @@ void heap_free(struct heap *h, void *p)
              * (objects in use = bin net - count). */
             ((uint64_t *) p)[0] = bin_off(head);
             store_relaxed(&bin->head, bin_word(off, bin_count(head) + 1));
+            /* Pushed, then no owner: see obj_tag(). */
+            compiler_barrier();
+            store_relaxed(slab_obj_tag(h, off - rel, rel, cls), (uint16_t) 0);
             tcache_leave(tc);
             /* No tick here: malloc ticks, and a thread that only frees
              * reaches the slow path (a full bin) often enough. */
@@ -319,8 +333,8 @@ void *heap_realloc(struct heap *h, void *p, size_t size)
     }
     /* In place while the current class or run holds the new size and is
      * not more than twice too big for it. */
-    if (size <= old && (old <= SHM_SMALL_MAX ? sizeclass_size(sizeclass_of_inline(size)) == old
-                                             : size > old / 2))
+    if (size <= old &&
+        (old <= SHM_SMALL_MAX ? sizeclass_size(sizeclass_of_inline(size)) == old : size > old / 2))
         return p;
     q = heap_malloc(h, size);
     if (!q)
@@ -377,7 +391,7 @@ void *large_alloc(struct heap *h, size_t size, size_t align)
         errno = ENOMEM;
         return NULL;
     }
-    r = run_create(h, size, (uint32_t) (align >> SHM_BLOCK_SHIFT), RUN_LARGE, &off);
+    r = run_create(h, size, (uint32_t) (align >> SHM_BLOCK_SHIFT), RUN_LARGE, h->owner_tag, &off);
     if (r < 0) {
         errno = -r;
         return NULL;

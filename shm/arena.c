@@ -57,7 +57,7 @@ int heap_arena_create(struct heap *h, size_t capacity, unsigned flags, uint64_t 
         return -EINVAL;
     if (capacity > SHM_SEG_SPAN / 2)
         return -ENOMEM;
-    r = run_create(h, capacity + sizeof(*a), 1, RUN_ARENA, &off);
+    r = run_create(h, capacity + sizeof(*a), 1, RUN_ARENA, 0, &off);
     if (r < 0)
         return r;
     a = off_ptr(h, off);

@@ -105,7 +105,9 @@ void heap_count_bad_free(struct heap *h)
     (void) fetch_add_relaxed(&h->ctl->bad_frees, 1);
 }
 
-int heap_attach(int ctl_fd, const struct heap_hooks *hooks, uint64_t client_id,
+int heap_attach(int ctl_fd,
+                const struct heap_hooks *hooks,
+                uint64_t client_id,
                 struct heap **ret_heap)
 {
     uint64_t size;
@@ -152,6 +154,7 @@ int heap_attach(int ctl_fd, const struct heap_hooks *hooks, uint64_t client_id,
     r = tcache_attach(h);
     if (r < 0)
         goto fail_close;
+    owned_attach(h);
     /* Lets a trimmer's membarrier reach this process's threads; without
      * it, idle caches here are only drained when their thread runs. */
     (void) os_membarrier_register();
@@ -174,8 +177,10 @@ void heap_detach(struct heap *h)
 {
     if (!h)
         return;
-    if (h->pid == getpid())
+    if (h->pid == getpid()) {
         tcache_detach(h);
+        owned_detach(h);
+    }
     for (uint32_t i = 1; i < h->nmapped; i++)
         if (h->segs[i].meta)
             (void) close(h->segs[i].fd);
@@ -195,14 +200,16 @@ bool heap_contains(struct heap *h, const void *p)
     uint64_t off = ptr_off(h, p);
 
     return (uintptr_t) p >= (uintptr_t) h->base && heap_seg_for(h, off) != NULL &&
-           (off & SHM_OFF_MASK) >= h->segs[off >> SHM_SEG_SHIFT].hdr->first_block *
-                                           SHM_BLOCK_SIZE;
+           (off & SHM_OFF_MASK) >= h->segs[off >> SHM_SEG_SHIFT].hdr->first_block * SHM_BLOCK_SIZE;
 }
 
 uint64_t heap_to_off(struct heap *h, const void *p)
 {
     if (!p || !heap_contains(h, p))
         return 0;
+    /* An offset is how an object leaves its process: from now on it may be
+     * anyone's, and its owner's death must not free it. */
+    owned_share(h, ptr_off(h, p));
     return ptr_off(h, p);
 }
 

@@ -50,8 +50,8 @@ int heap_ctl_create(const struct shm_config *cfg, int *ret_fd);
  * Returns its fd and index. -ENOMEM with SHM_PAGES_1G/2M when no huge page
  * of that size is free; -ENOSPC when max_segments are in use. Callers
  * serialise calls (one owner). */
-int heap_segment_create(int ctl_fd, uint64_t min_bytes, int policy, int *ret_fd,
-                        uint32_t *ret_index);
+int heap_segment_create(
+        int ctl_fd, uint64_t min_bytes, int policy, int *ret_fd, uint32_t *ret_index);
 
 /* ---- attachment (heap.c) ---- */
 
@@ -59,7 +59,9 @@ int heap_segment_create(int ctl_fd, uint64_t min_bytes, int policy, int *ret_fd,
  * published heap segment. client_id tags this attachment's cache slots.
  * -EPROTO on a wrong magic or layout version, -EBADF on an fd that is not
  * a heap. */
-int heap_attach(int ctl_fd, const struct heap_hooks *hooks, uint64_t client_id,
+int heap_attach(int ctl_fd,
+                const struct heap_hooks *hooks,
+                uint64_t client_id,
                 struct heap **ret_heap);
 /* Gives back every cache this attachment's threads hold, then unmaps. */
 void heap_detach(struct heap *h);
@@ -123,8 +125,29 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret);
 /* Gives back the caches of every slot owned by client_id (a client that
  * detached or died). Returns the number of slots reclaimed. */
 int heap_reclaim_client(struct heap *h, uint64_t client_id);
-/* Same for every slot whose owning process no longer exists. */
+/* Same for every slot whose owning process no longer exists, then frees
+ * the private objects of every owner that is gone (heap_reclaim_owned_gone). */
 int heap_reclaim_dead(struct heap *h);
+
+/* ---- owners (owned.c) ----
+ * An object from heap_malloc & co. is private to its attachment until
+ * heap_to_off() is called on it (or on a pointer into it): that is how an
+ * object reaches another process. When the attachment is gone, its private
+ * objects are unreachable, and these free them. */
+struct heap_owned_reclaim {
+    uint32_t owners;  /* owner entries swept and freed */
+    uint64_t objects; /* private objects freed */
+    uint64_t bytes;   /* their usable sizes */
+};
+/* Frees the private objects of client_id's attachments: those that
+ * detached, and with process_gone (its process has exited) all of them,
+ * after reclaiming their caches. */
+int heap_reclaim_owned(struct heap *h,
+                       uint64_t client_id,
+                       bool process_gone,
+                       struct heap_owned_reclaim *ret);
+/* Same for every attachment that detached or whose process is gone. */
+int heap_reclaim_owned_gone(struct heap *h, struct heap_owned_reclaim *ret);
 
 /* ---- figures (stats.c) ---- */
 struct heap_class_stats {
@@ -150,6 +173,8 @@ struct heap_stats {
     uint64_t allocs, frees;
     uint64_t trim_gen, trims, trim_bytes_released;
     uint64_t bad_frees, double_frees, lost_objects;
+    /* private objects freed after their owner went (owned.c) */
+    uint64_t reclaimed_objects, reclaimed_bytes;
     uint32_t slots_in_use;
     uint32_t nsegments;
     struct heap_class_stats classes[SHM_NCLASSES];
@@ -165,7 +190,9 @@ struct heap_client_usage {
     uint64_t allocs, frees;
     int64_t bytes_in_use; /* may be negative: frees of others' objects */
 };
-int heap_client_usage(struct heap *h, uint64_t client_id, uint32_t pid,
+int heap_client_usage(struct heap *h,
+                      uint64_t client_id,
+                      uint32_t pid,
                       struct heap_client_usage *ret);
 
 /* ---- verification (verify.c) ---- */

@@ -43,7 +43,9 @@ struct heap {
     pid_t pid;       /* the process that attached; a fork's copy is refused */
     uint64_t serial; /* unique per attachment in this process (tcache.c) */
     uint64_t client_id;
-    uint32_t nmapped; /* segments 0..nmapped-1 are mapped; release/acquire */
+    uint32_t owner_index; /* entry in ctl->owners; owner_tag 0: none (untracked) */
+    uint16_t owner_tag;
+    uint32_t nmapped;  /* segments 0..nmapped-1 are mapped; release/acquire */
     uint32_t seg_hint; /* the segment to try first for fresh blocks */
     struct heap_hooks hooks;
     pthread_mutex_t local_lock; /* mapping new segments, the tcache list */
@@ -67,6 +69,7 @@ struct tcache {
     struct cache_slot *slot;
     uint32_t slot_index;
     uint32_t free_tick; /* slow-path frees until the next tick of a thread that only frees */
+    uint16_t owner_tag; /* == h->owner_tag: what malloc writes into an object's tag */
     uint64_t trim_gen_seen;
     uint64_t cfg_gen_seen;
     struct tcache *next; /* in h->caches, under h->local_lock */
@@ -139,6 +142,46 @@ static inline uint64_t bundle_link(uint64_t next, uint32_t count, uint32_t maxse
     return next | (uint64_t) count << BUNDLE_COUNT_SHIFT | (uint64_t) maxseg << BUNDLE_SEG_SHIFT;
 }
 
+/* ---- owner tags (owned.c) ----
+ * An object handed out by malloc carries its owner's tag until it is freed
+ * or shared (heap_to_off); free objects carry 0. Malloc writes the tag
+ * before the pop and free clears it after the push, so a thread killed
+ * between the two leaves the object either in its cache (the reclaimer
+ * clears the tags of a dead slot's bin heads) or out of it and tagged (the
+ * reclaimer frees it): never lost, never freed twice. */
+uint16_t *obj_tag_multi(struct heap *h, uint64_t off, unsigned cls);
+
+/* The tag of the small object at offset off, of class cls. */
+static inline uint16_t *obj_tag(struct heap *h, uint64_t off, unsigned cls)
+{
+    const struct class_check *c = &sizeclass_checks[cls];
+
+    if (likely(c->blocks == 1)) {
+        uint64_t rel = off & (SHM_BLOCK_SIZE - 1);
+
+        return (uint16_t *) (h->base + (off - rel) + c->tags_off) + sizeclass_index(cls, rel);
+    }
+    return obj_tag_multi(h, off, cls);
+}
+
+/* Same, knowing the slab's start (slab_off) and rel = off - slab_off. */
+static inline uint16_t *slab_obj_tag(struct heap *h, uint64_t slab_off, uint64_t rel, unsigned cls)
+{
+    return (uint16_t *) (h->base + slab_off + sizeclass_checks[cls].tags_off) +
+           sizeclass_index(cls, rel);
+}
+
+/* Clears the owner of the object containing off (a small object's or a
+ * large one's): it is shared now. */
+void owned_share(struct heap *h, uint64_t off);
+/* Claims this attachment's owner entry (none if the table is full). */
+void owned_attach(struct heap *h);
+/* Marks it detached: its private objects are unreachable from now on. */
+void owned_detach(struct heap *h);
+/* A dead slot's bins: the objects at their heads may carry the dead
+ * thread's tag (killed between the tag and the pop or push): clear it. */
+void owned_clear_bin_heads(struct heap *h, struct cache_slot *s);
+
 /* ---- segment.c ---- */
 int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_size);
 /* Bytes at the start of a segment of this geometry taken by its header and
@@ -156,7 +199,11 @@ uint64_t *seg_commit_map(struct seg_map *m);
  * chain into *bin (a cache bin) if bin is not NULL, else into *ret_chain.
  * Returns the number taken (0: the segment is full), or -ENOMEM when the
  * backing pages could not be committed. */
-int seg_take(struct heap *h, struct seg_map *m, unsigned cls, uint32_t n, struct cache_bin *bin,
+int seg_take(struct heap *h,
+             struct seg_map *m,
+             unsigned cls,
+             uint32_t n,
+             struct cache_bin *bin,
              uint64_t *ret_chain);
 /* Returns the chain of objects starting at *handoff (word 0 links, 0
  * ends) to their slabs, whatever their segments, moving *handoff past each
@@ -164,6 +211,9 @@ int seg_take(struct heap *h, struct seg_map *m, unsigned cls, uint32_t n, struct
  * reclaimer of a dead process can finish the job) or the caller's own
  * variable. Counts double and bad frees into the control segment. */
 void seg_return_handoff(struct heap *h, uint64_t *handoff);
+/* Returns one object to its slab; the segment's lock is held. False (and
+ * counted) if it is not an object of m or is already free. */
+bool seg_return_object_locked(struct heap *h, struct seg_map *m, uint64_t off);
 /* Frees blocks left BUSY by a decommitter that died outside the lock, and
  * puts back the objects a dead puncher had reserved. */
 void seg_reap_busy(struct heap *h, struct seg_map *m);
@@ -174,8 +224,16 @@ uint64_t seg_punch_slabs(struct heap *h, struct seg_map *m);
  * held. */
 uint32_t seg_punch_reserved(struct seg_map *m, unsigned *ret_cls);
 /* Runs of blocks. */
-int seg_alloc_run(struct heap *h, struct seg_map *m, uint32_t nblocks, uint32_t align_blocks,
-                  enum run_kind kind, uint32_t *ret_block);
+/* owner: the tag a RUN_LARGE run starts with (meta_owner), else 0. */
+int seg_alloc_run(struct heap *h,
+                  struct seg_map *m,
+                  uint32_t nblocks,
+                  uint32_t align_blocks,
+                  enum run_kind kind,
+                  uint16_t owner,
+                  uint32_t *ret_block);
+/* Clears the owner of the RUN_LARGE run whose head block is b. */
+int seg_share_run(struct heap *h, struct seg_map *m, uint32_t b);
 int seg_free_run(struct heap *h, struct seg_map *m, uint32_t block, enum run_kind kind);
 /* Decommits free units beyond `retain` free blocks; returns bytes released. */
 uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
@@ -189,11 +247,16 @@ struct seg_map *heap_seg_for(struct heap *h, uint64_t off); /* maps on demand */
 void heap_count_bad_free(struct heap *h);
 
 /* ---- recycler.c ---- */
-bool recycler_push(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint64_t first,
-                   uint32_t count, uint32_t maxseg, bool force);
+bool recycler_push(struct heap *h,
+                   struct cache_bin *stats_bin,
+                   unsigned cls,
+                   uint64_t first,
+                   uint32_t count,
+                   uint32_t maxseg,
+                   bool force);
 /* Pops a bundle; returns its first object's offset (0: empty). */
-uint64_t recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls,
-                      uint32_t *ret_count);
+uint64_t
+recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint32_t *ret_count);
 /* Pops every bundle of every class and returns its objects to the blocks. */
 void recycler_drain_all(struct heap *h);
 
@@ -235,7 +298,11 @@ uint64_t slot_frees(const struct cache_slot *s);
 /* Allocates a run of blocks for `bytes` (first block a multiple of
  * align_blocks), growing the heap if need be, and counts it in the calling
  * thread's slot. */
-int run_create(struct heap *h, uint64_t bytes, uint32_t align_blocks, enum run_kind kind,
+int run_create(struct heap *h,
+               uint64_t bytes,
+               uint32_t align_blocks,
+               enum run_kind kind,
+               uint16_t owner,
                uint64_t *ret_off);
 /* Frees the run at off if it is a run of `kind`; -EINVAL otherwise. */
 int run_destroy(struct heap *h, uint64_t off, enum run_kind kind);
@@ -271,11 +338,11 @@ uint64_t ctl_raise_peak(struct ctl_header *c, uint64_t bytes);
 extern int shm_fault_at;
 enum shm_fault_point {
     FAULT_NONE = 0,
-    FAULT_TAKE_MID,    /* inside seg_take, objects half moved */
-    FAULT_RETURN_MID,  /* inside seg_return, objects half returned */
-    FAULT_CARVE_MID,   /* inside a carve, block half formatted */
+    FAULT_TAKE_MID,   /* inside seg_take, objects half moved */
+    FAULT_RETURN_MID, /* inside seg_return, objects half returned */
+    FAULT_CARVE_MID,  /* inside a carve, block half formatted */
     FAULT_DECOMMIT_MID,
-    FAULT_PUNCH_MID,   /* in a trim, objects reserved for a punch inside a slab */
+    FAULT_PUNCH_MID, /* in a trim, objects reserved for a punch inside a slab */
 };
 void shm_fault(enum shm_fault_point p);
 

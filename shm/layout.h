@@ -11,8 +11,13 @@
  *              in a dense array apart from the data (meta.h).
  *   unit       the commit unit: max(backing page size, block size). Memory
  *              is committed and decommitted in whole units.
- *   slab       1..4 blocks dedicated to one size class; objects from its
- *              start, a bitmap of free objects at its end.
+ *   slab       1..5 blocks dedicated to one size class; objects from its
+ *              start, then one owner tag (u16) per object, then a bitmap
+ *              of free objects at its end.
+ *   owner      an attachment whose private objects are tracked: an object
+ *              is private from malloc until heap_to_off() shares it, and
+ *              carries its owner's tag (owned.c) meanwhile, so that the
+ *              objects of an owner that dies or detaches can be freed.
  *   run        consecutive blocks for one large object, arena or pool chunk.
  *   cache slot a thread cache's shared state: per class a list of free
  *              objects and the owner's counters (tcache.c).
@@ -33,7 +38,7 @@
 
 #define SHM_CTL_MAGIC      UINT64_C(0x4c54434850414548) /* "HEAPHCTL" */
 #define SHM_SEG_MAGIC      UINT64_C(0x4745534850414548) /* "HEAPHSEG" */
-#define SHM_LAYOUT_VERSION 1u
+#define SHM_LAYOUT_VERSION 2u
 
 /* Offsets: 5 bits of segment index over 34 bits of byte offset. A process
  * reserves SHM_MAX_SEGMENTS << SHM_SEG_SHIFT bytes of address space per
@@ -57,14 +62,15 @@
  * bytes it serves. Every class is a multiple of 16, so every small object
  * is 16-byte aligned (max_align_t), and each free object has room for the
  * two links a bundle needs. */
-#define SHM_NCLASSES    72u
-#define SHM_SMALL_MAX   32768u
-#define SHM_MIN_OBJECT  16u
+#define SHM_NCLASSES        72u
+#define SHM_SMALL_MAX       32768u
+#define SHM_MIN_OBJECT      16u
 #define SHM_SLAB_MAX_BLOCKS 5u
 
-#define SHM_MAX_SLOTS   1024u /* thread caches across all processes */
-#define SHM_MAX_ROOTS   256u
-#define SHM_ROOT_NAME   56u   /* bytes, including the terminating NUL */
+#define SHM_MAX_SLOTS  1024u /* thread caches across all processes */
+#define SHM_MAX_OWNERS 8192u /* tracked attachments at once; tags 1..SHM_MAX_OWNERS */
+#define SHM_MAX_ROOTS  256u
+#define SHM_ROOT_NAME  56u /* bytes, including the terminating NUL */
 
 enum shm_page_policy {
     SHM_PAGES_AUTO = 0, /* 1 GiB, then 2 MiB, then 4 KiB with MADV_HUGEPAGE */
@@ -118,8 +124,8 @@ struct __attribute__((aligned(64))) cache_bin {
 
 enum slot_state {
     SLOT_FREE = 0,
-    SLOT_OWNED,   /* a live thread uses it */
-    SLOT_ORPHAN,  /* its thread exited without a flush, or its process died */
+    SLOT_OWNED,  /* a live thread uses it */
+    SLOT_ORPHAN, /* its thread exited without a flush, or its process died */
 };
 
 struct __attribute__((aligned(64))) cache_slot {
@@ -130,7 +136,7 @@ struct __attribute__((aligned(64))) cache_slot {
     uint32_t steal;     /* pid of a trimmer that holds the cache; the owner waits */
     uint32_t ops;       /* small allocations since the owner's last tick */
     uint32_t pad0;
-    uint64_t allocs;    /* small allocations counted at ticks: the total is allocs + ops */
+    uint64_t allocs; /* small allocations counted at ticks: the total is allocs + ops */
     uint64_t large_allocs;
     uint64_t large_frees;
     uint64_t large_bytes_alloc;
@@ -138,7 +144,7 @@ struct __attribute__((aligned(64))) cache_slot {
     uint64_t peak_bytes;    /* this slot's peak of bytes in use, sampled on slow paths */
     uint64_t trim_gen_seen; /* last trim generation this slot flushed for */
     int64_t reported_bytes; /* this slot's in-use bytes last added to ctl.bytes_sampled */
-    uint64_t handoff; /* a chain of objects on their way back to the blocks (tcache.c) */
+    uint64_t handoff;       /* a chain of objects on their way back to the blocks (tcache.c) */
     /* The slot's counters when its owner claimed it: the owner's own
      * figures are the counters minus these. */
     int64_t claim_bytes;
@@ -147,12 +153,28 @@ struct __attribute__((aligned(64))) cache_slot {
     struct cache_bin bins[SHM_NCLASSES];
 };
 
+enum owner_state {
+    OWNER_FREE = 0,
+    OWNER_LIVE,     /* its attachment may still use its private objects */
+    OWNER_DETACHED, /* detached: its private objects are unreachable */
+};
+
+/* An attachment's entry in the owner table; its tag is index + 1. Claimed
+ * by CAS on state (ctl.c), freed by whoever reclaims its objects. */
+struct owner_entry {
+    uint32_t state; /* enum owner_state */
+    uint32_t pid;
+    uint64_t client_id;
+};
+
 struct __attribute__((aligned(64))) recycler {
     tagged_head_t head; /* {offset of the first bundle, tag} */
     uint64_t nbundles;  /* approximate: bumped after a push, dropped after a pop */
     uint64_t objects;   /* objects in those bundles, likewise approximate */
     uint64_t refused;   /* frees of this class counted by a cache but refused by the slab */
-    uint64_t pad[3];
+    uint64_t reclaimed; /* objects a dead or detached owner left, freed by a sweep
+                         * (owned.c) straight to their slabs */
+    uint64_t pad[2];
 };
 
 struct root_entry {
@@ -169,25 +191,34 @@ struct ctl_header {
     uint64_t config_gen; /* bumped after each config change */
     uint64_t created_ns;
     struct shm_config config;
-    uint32_t nsegments; /* published count of segment entries, release */
+    uint32_t nsegments;  /* published count of segment entries, release */
     uint32_t slots_high; /* 1 + the highest slot index ever claimed: readers stop there */
     struct seg_entry segs[SHM_MAX_SEGMENTS];
-    pthread_mutex_t lock; /* robust, process-shared: roots and segment table */
+    pthread_mutex_t lock;   /* robust, process-shared: roots and segment table */
     uint64_t refused_frees; /* refused frees whose class was no longer known */
     uint64_t deaths_mid_op; /* slots reclaimed from a thread that died inside a cache
                              * operation: a few objects may have been in its hands */
     uint64_t pad1[1];
     /* Heap-wide event counters (atomic adds: they are rare). */
-    uint64_t bad_frees;       /* pointer outside the heap or not an object */
-    uint64_t double_frees;    /* object returned to its block twice */
+    uint64_t bad_frees;    /* pointer outside the heap or not an object */
+    uint64_t double_frees; /* object returned to its block twice */
     uint64_t trim_bytes_released;
     uint64_t trims;
     uint64_t caches_reclaimed;
-    uint64_t peak_bytes;      /* heap-wide peak bytes in use, sampled */
-    uint64_t lost_objects;    /* objects a dead process held in flight */
-    uint64_t bytes_sampled;   /* sum of the slots' reported_bytes (atomic adds) */
+    uint64_t peak_bytes;              /* heap-wide peak bytes in use, sampled */
+    uint64_t lost_objects;            /* objects a dead process held in flight */
+    uint64_t bytes_sampled;           /* sum of the slots' reported_bytes (atomic adds) */
+    uint64_t owned_reclaimed_objects; /* private objects freed after their owner went */
+    uint64_t owned_reclaimed_bytes;
+    uint64_t untracked_attaches; /* attachments made while the owner table was full */
+    uint32_t owners_high;        /* 1 + the highest owner index ever claimed */
+    uint32_t pad2;
+    uint64_t owned_reclaimed_large;       /* large objects among owned_reclaimed_objects */
+    uint64_t owned_reclaimed_large_bytes; /* their bytes (whole blocks) */
+    uint64_t pad3[2];
     struct recycler rec[SHM_NCLASSES];
     struct root_entry roots[SHM_MAX_ROOTS];
+    struct owner_entry owners[SHM_MAX_OWNERS];
     struct cache_slot slots[SHM_MAX_SLOTS];
 };
 
@@ -195,10 +226,10 @@ struct ctl_header {
  * it, so that the next holder, on EOWNERDEAD, can finish or undo it. */
 enum journal_op {
     JOP_NONE = 0,
-    JOP_TAKE,       /* objects leave slabs onto `chain` */
-    JOP_RETURN,     /* objects on `chain` go back to their slabs */
-    JOP_CARVE,      /* block `block` becomes a slab or run */
-    JOP_DECOMMIT,   /* blocks [block, block+n) are being punched out */
+    JOP_TAKE,     /* objects leave slabs onto `chain` */
+    JOP_RETURN,   /* objects on `chain` go back to their slabs */
+    JOP_CARVE,    /* block `block` becomes a slab or run */
+    JOP_DECOMMIT, /* blocks [block, block+n) are being punched out */
 };
 
 struct seg_journal {
@@ -218,8 +249,8 @@ struct seg_header {
     uint32_t page_size;
     uint32_t unit_shift; /* log2 of the commit unit */
     uint32_t nblocks;
-    uint32_t first_block; /* blocks before it hold this header and metadata */
-    uint64_t meta_off;    /* u64 per block */
+    uint32_t first_block;    /* blocks before it hold this header and metadata */
+    uint64_t meta_off;       /* u64 per block */
     uint64_t free_tree_off;  /* bittree chain: block is FREE */
     uint64_t class_tree_off; /* SHM_NCLASSES chains: slab head with free objects */
     uint64_t class_tree_stride;
@@ -247,6 +278,8 @@ _Static_assert(sizeof(struct cache_slot) % 64 == 0, "slots do not share cache li
 _Static_assert(offsetof(struct ctl_header, rec) % 64 == 0, "recyclers are line-aligned");
 _Static_assert(offsetof(struct ctl_header, slots) % 64 == 0, "slots are line-aligned");
 _Static_assert(sizeof(struct root_entry) == 64, "root entry is one line");
+_Static_assert(sizeof(struct owner_entry) == 16, "owner entries pack four to a line");
+_Static_assert(SHM_MAX_OWNERS < UINT16_MAX, "owner tags are u16");
 _Static_assert(sizeof(pthread_mutex_t) == 40, "glibc x86-64 pthread_mutex_t");
 _Static_assert(sizeof(struct seg_header) <= 4096, "segment header fits its first page");
 

@@ -3,7 +3,8 @@
  *
  *   bits  0..3   enum blk_state
  *   bits  8..15  size class (BLK_SLAB, BLK_SLAB_TAIL)
- *   bits 16..31  free objects in the slab (BLK_SLAB)
+ *   bits 16..31  free objects in the slab (BLK_SLAB), or the owner tag of a
+ *                large object (BLK_RUN of RUN_LARGE; 0: shared)
  *   bits 32..55  run length in blocks (BLK_RUN, BLK_SLAB: blocks in slab),
  *                or distance back to the head block (BLK_*_TAIL)
  *   bits 56..59  enum run_kind (BLK_RUN and its tails)
@@ -59,6 +60,11 @@ static inline unsigned meta_class(uint64_t w)
 static inline unsigned meta_nfree(uint64_t w)
 {
     return (unsigned) (w >> 16) & 0xffff;
+}
+
+static inline uint16_t meta_owner(uint64_t w)
+{
+    return (uint16_t) (w >> 16);
 }
 
 static inline uint32_t meta_len(uint64_t w)

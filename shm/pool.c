@@ -68,7 +68,7 @@ int heap_pool_create(struct heap *h, size_t object_size, uint64_t *ret_pool)
         return -EINVAL;
     object_size = (object_size + 15) & ~(size_t) 15;
     bytes = chunk_bytes((uint32_t) object_size);
-    r = run_create(h, bytes, 1, RUN_POOL, &off);
+    r = run_create(h, bytes, 1, RUN_POOL, 0, &off);
     if (r < 0)
         return r;
     p = off_ptr(h, off);
@@ -112,7 +112,7 @@ static int pool_grow(struct heap *h, struct pool_header *p, tagged_head_t seen)
         (void) pthread_mutex_unlock(&p->grow_lock);
         return 0;
     }
-    r = run_create(h, bytes, 1, RUN_POOL, &off);
+    r = run_create(h, bytes, 1, RUN_POOL, 0, &off);
     if (r < 0) {
         (void) pthread_mutex_unlock(&p->grow_lock);
         return r;

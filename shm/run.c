@@ -6,7 +6,7 @@
 #include "shm/internal.h"
 
 int run_create(struct heap *h, uint64_t bytes, uint32_t align_blocks, enum run_kind kind,
-               uint64_t *ret_off)
+               uint16_t owner, uint64_t *ret_off)
 {
     uint64_t nblocks = (bytes + SHM_BLOCK_SIZE - 1) >> SHM_BLOCK_SHIFT;
     struct tcache *tc = tcache_get(h);
@@ -24,7 +24,7 @@ int run_create(struct heap *h, uint64_t bytes, uint32_t align_blocks, enum run_k
 
             if (!load_acquire(&m->meta) || m->nblocks < nblocks)
                 continue;
-            r = seg_alloc_run(h, m, (uint32_t) nblocks, align_blocks, kind, &block);
+            r = seg_alloc_run(h, m, (uint32_t) nblocks, align_blocks, kind, owner, &block);
             if (r == 0) {
                 bump_relaxed(&tc->slot->large_allocs, 1);
                 bump_relaxed(&tc->slot->large_bytes_alloc, nblocks << SHM_BLOCK_SHIFT);

@@ -309,8 +309,13 @@ static int64_t find_run(struct seg_map *m, uint32_t n, uint32_t align)
 
 /* Marks [b, b+n) as a slab of cls or a run of kind; the journal names the
  * blocks until the caller clears journal.n. */
-static void blocks_claim(struct seg_map *m, uint32_t b, uint32_t n, bool slab, unsigned cls,
-                         unsigned nfree, enum run_kind kind)
+static void blocks_claim(struct seg_map *m,
+                         uint32_t b,
+                         uint32_t n,
+                         bool slab,
+                         unsigned cls,
+                         unsigned nfree,
+                         enum run_kind kind)
 {
     struct seg_header *hdr = m->hdr;
 
@@ -319,8 +324,7 @@ static void blocks_claim(struct seg_map *m, uint32_t b, uint32_t n, bool slab, u
     bittree_clear_range(seg_free_tree(m), b, n);
     store_relaxed(&hdr->free_blocks, hdr->free_blocks - n);
     for (uint32_t i = 1; i < n; i++)
-        meta_put(m, b + i,
-                 meta_make(slab ? BLK_SLAB_TAIL : BLK_RUN_TAIL, cls, 0, i, kind));
+        meta_put(m, b + i, meta_make(slab ? BLK_SLAB_TAIL : BLK_RUN_TAIL, cls, 0, i, kind));
     meta_put(m, b, meta_make(slab ? BLK_SLAB : BLK_RUN, cls, nfree, n, kind));
 }
 
@@ -341,6 +345,9 @@ static void slab_format(struct seg_map *m, uint32_t b, unsigned cls, const struc
 {
     uint64_t *bits = slab_bitmap(m, b, g);
 
+    /* The block may hold a former slab's bytes: no object has an owner. */
+    memset(m->base + ((uint64_t) b << SHM_BLOCK_SHIFT) + g->tags_off, 0,
+           g->bitmap_off - g->tags_off);
     for (uint32_t i = 0; i < g->bitmap_words; i++)
         bits[i] = ~UINT64_C(0);
     if (g->capacity % 64)
@@ -353,7 +360,11 @@ static void slab_format(struct seg_map *m, uint32_t b, unsigned cls, const struc
 
 /* ---- taking objects ---- */
 
-int seg_take(struct heap *h, struct seg_map *m, unsigned cls, uint32_t n, struct cache_bin *bin,
+int seg_take(struct heap *h,
+             struct seg_map *m,
+             unsigned cls,
+             uint32_t n,
+             struct cache_bin *bin,
              uint64_t *ret_chain)
 {
     struct seg_header *hdr = m->hdr;
@@ -439,6 +450,13 @@ int seg_take(struct heap *h, struct seg_map *m, unsigned cls, uint32_t n, struct
 
 /* Returns one object to its slab. Returns false (and counts it) if off is
  * not an object of this segment or is already free. */
+static bool slab_return_one(struct heap *h, struct seg_map *m, uint64_t off, bool recovering);
+
+bool seg_return_object_locked(struct heap *h, struct seg_map *m, uint64_t off)
+{
+    return slab_return_one(h, m, off, false);
+}
+
 static bool slab_return_one(struct heap *h, struct seg_map *m, uint64_t off, bool recovering)
 {
     uint64_t rel = off & SHM_OFF_MASK, w, *bits, idx;
@@ -480,6 +498,10 @@ static bool slab_return_one(struct heap *h, struct seg_map *m, uint64_t off, boo
         }
         return false;
     }
+    /* A free object has no owner; frees clear the tag already, this covers
+     * a reclaimer's replay of a dead thread's half-done free. */
+    store_relaxed((uint16_t *) (m->base + ((uint64_t) head << SHM_BLOCK_SHIFT) + g.tags_off) + idx,
+                  (uint16_t) 0);
     bits[idx / 64] |= UINT64_C(1) << (idx % 64);
     nfree = meta_nfree(w) + 1;
     if (nfree == g.capacity) {
@@ -511,8 +533,7 @@ static bool off_in_seg(struct seg_map *m, uint64_t off)
  * bit is set first, then the journal and *handoff move past the object
  * (see the preamble), so a replay never returns an object that someone
  * may have taken since. Stops at the first object of another segment. */
-static void return_run_locked(struct heap *h, struct seg_map *m, uint64_t *handoff,
-                              bool recovering)
+static void return_run_locked(struct heap *h, struct seg_map *m, uint64_t *handoff, bool recovering)
 {
     struct seg_header *hdr = m->hdr;
     uint64_t x = load_relaxed(handoff), guard = m->size / SHM_MIN_OBJECT, n = 0;
@@ -703,7 +724,7 @@ static void punch_restore(struct seg_map *m)
     store_relaxed(&hdr->punch_pid, 0);
 }
 
-/* Pages of slab sb wholly covered by free objects, below its bitmap. */
+/* Pages of slab sb wholly covered by free objects, below its owner tags. */
 static bool punch_candidates(struct seg_map *m, uint32_t sb, uint64_t *mask)
 {
     uint64_t w = meta_get(m, sb), *bits;
@@ -715,7 +736,7 @@ static bool punch_candidates(struct seg_map *m, uint32_t sb, uint64_t *mask)
     if (meta_nfree(w) * (uint64_t) g.size < PUNCH_PAGE)
         return false;
     bits = slab_bitmap(m, sb, &g);
-    for (uint32_t p = 0; (p + 1) * PUNCH_PAGE <= g.bitmap_off && p < 128; p++) {
+    for (uint32_t p = 0; (p + 1) * PUNCH_PAGE <= g.tags_off && p < 128; p++) {
         uint64_t lo = p * PUNCH_PAGE / g.size, hi = ((p + 1) * PUNCH_PAGE - 1) / g.size, i;
 
         if (hi >= g.capacity)
@@ -819,8 +840,13 @@ uint32_t seg_punch_reserved(struct seg_map *m, unsigned *ret_cls)
 
 /* ---- runs ---- */
 
-int seg_alloc_run(struct heap *h, struct seg_map *m, uint32_t nblocks, uint32_t align_blocks,
-                  enum run_kind kind, uint32_t *ret_block)
+int seg_alloc_run(struct heap *h,
+                  struct seg_map *m,
+                  uint32_t nblocks,
+                  uint32_t align_blocks,
+                  enum run_kind kind,
+                  uint16_t owner,
+                  uint32_t *ret_block)
 {
     uint32_t retries = 0;
     int64_t b;
@@ -843,10 +869,25 @@ int seg_alloc_run(struct heap *h, struct seg_map *m, uint32_t nblocks, uint32_t 
             return r;
         }
     }
-    blocks_claim(m, (uint32_t) b, nblocks, false, 0, 0, kind);
+    blocks_claim(m, (uint32_t) b, nblocks, false, 0, kind == RUN_LARGE ? owner : 0, kind);
     store_relaxed(&m->hdr->journal.n, 0);
     seg_unlock(m);
     *ret_block = (uint32_t) b;
+    return 0;
+}
+
+int seg_share_run(struct heap *h, struct seg_map *m, uint32_t b)
+{
+    uint64_t w;
+    int r;
+
+    r = seg_lock(m, h);
+    if (r < 0)
+        return r;
+    w = b < m->nblocks ? meta_get(m, b) : 0;
+    if (meta_state(w) == BLK_RUN && meta_kind(w) == RUN_LARGE)
+        meta_put(m, b, meta_with_nfree(w, 0));
+    seg_unlock(m);
     return 0;
 }
 
@@ -907,8 +948,9 @@ uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain)
                 continue;
             }
             for (i = 0; i < unit_blocks; i++)
-                meta_put(m, b0 + i, meta_make(BLK_BUSY, 0, 0, (uint32_t) unit_blocks, 0) |
-                                            (uint64_t) (pid & 0xffffff) << 8);
+                meta_put(m, b0 + i,
+                         meta_make(BLK_BUSY, 0, 0, (uint32_t) unit_blocks, 0) |
+                                 (uint64_t) (pid & 0xffffff) << 8);
             bittree_clear_range(seg_free_tree(m), b0, (uint32_t) unit_blocks);
             store_relaxed(&m->hdr->free_blocks, m->hdr->free_blocks - unit_blocks);
             unit_set_committed(m, u, false);

@@ -31,7 +31,8 @@ unsigned sizeclass_of(size_t size)
 /* Slab geometry: enough blocks that a slab holds at least 8 objects, so a
  * slab of the largest classes wastes little; objects from the slab's start
  * (so an object of size s is aligned to the largest power of two dividing
- * s, up to the block size) and the free bitmap in the slab's last words. */
+ * s, up to the block size), then an owner tag per object (u16, 8-byte
+ * aligned), and the free bitmap in the slab's last words. */
 void sizeclass_geometry(unsigned cls, struct slab_geometry *ret)
 {
     uint64_t size = sizeclass_size(cls);
@@ -43,7 +44,7 @@ void sizeclass_geometry(unsigned cls, struct slab_geometry *ret)
     for (;;) {
         bytes = blocks * SHM_BLOCK_SIZE;
         cap = bytes / size;
-        while (cap * size + (cap + 63) / 64 * 8 > bytes)
+        while (cap * size + (cap * 2 + 7) / 8 * 8 + (cap + 63) / 64 * 8 > bytes)
             cap--;
         if (cap >= 8 || blocks == SHM_SLAB_MAX_BLOCKS)
             break;
@@ -55,6 +56,7 @@ void sizeclass_geometry(unsigned cls, struct slab_geometry *ret)
     ret->capacity = (uint32_t) cap;
     ret->bitmap_words = (uint32_t) ((cap + 63) / 64);
     ret->bitmap_off = (uint32_t) (bytes - ret->bitmap_words * 8);
+    ret->tags_off = (uint32_t) (ret->bitmap_off - (cap * 2 + 7) / 8 * 8);
 }
 
 struct class_check sizeclass_checks[SHM_NCLASSES];
@@ -77,5 +79,8 @@ void sizeclass_init(void)
         c->inv = inv;
         c->limit = UINT64_MAX / d;
         c->span = g.capacity * g.size;
+        c->div_mul = (UINT64_C(1) << 40) / g.size + 1;
+        c->tags_off = g.tags_off;
+        c->blocks = g.blocks;
     }
 }

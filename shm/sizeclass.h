@@ -13,6 +13,7 @@ struct slab_geometry {
     uint32_t capacity;     /* objects per slab */
     uint32_t bitmap_words; /* u64 words of the free bitmap */
     uint32_t bitmap_off;   /* byte offset of the bitmap from the slab's start */
+    uint32_t tags_off;     /* byte offset of the owner tags (u16 per object) */
 };
 
 void sizeclass_geometry(unsigned cls, struct slab_geometry *ret);
@@ -25,11 +26,22 @@ struct class_check {
     uint64_t inv;   /* d^-1 mod 2^64 */
     uint64_t limit; /* UINT64_MAX / d */
     uint32_t shift;
-    uint32_t span; /* capacity * size: objects end there, the bitmap follows */
+    uint32_t span; /* capacity * size: objects end there, the tags follow */
+    /* Object index of `rel` bytes into a slab: (rel * div_mul) >> 40,
+     * exact for rel < 2^19 (a slab is at most 5 blocks) and size <= 2^15,
+     * since div_mul = 2^40 / size + 1 errs by less than rel / 2^40. */
+    uint64_t div_mul;
+    uint32_t tags_off;
+    uint32_t blocks; /* 1: an object's slab starts at its block's start */
 };
 extern struct class_check sizeclass_checks[SHM_NCLASSES];
 /* Fills sizeclass_checks; called once before the first attachment. */
 void sizeclass_init(void);
+
+static inline uint64_t sizeclass_index(unsigned cls, uint64_t rel)
+{
+    return (rel * sizeclass_checks[cls].div_mul) >> 40;
+}
 
 static inline int sizeclass_is_object(unsigned cls, uint64_t rel)
 {

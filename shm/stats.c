@@ -11,18 +11,24 @@
 int heap_stats(struct heap *h, struct heap_stats *ret)
 {
     struct ctl_header *c;
-    int64_t in_use = 0;
+    int64_t in_use;
 
     if (!h || !ret)
         return -EINVAL;
     c = h->ctl;
     (void) heap_sync_segments(h);
     memset(ret, 0, sizeof(*ret));
+    in_use = -(int64_t) load_relaxed(&c->owned_reclaimed_large_bytes);
+    ret->frees = load_relaxed(&c->owned_reclaimed_large);
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
         ret->classes[cls].object_size = sizeclass_size(cls);
         ret->classes[cls].in_recycler = load_relaxed(&c->rec[cls].objects);
-        /* Frees a slab refused were counted by the cache that took them. */
-        ret->classes[cls].in_use = load_relaxed(&c->rec[cls].refused);
+        /* Frees a slab refused were counted by the cache that took them;
+         * objects a sweep freed were counted by no cache (owned.c). Sums
+         * wrap back to the truth. */
+        ret->classes[cls].in_use =
+                load_relaxed(&c->rec[cls].refused) - load_relaxed(&c->rec[cls].reclaimed);
+        ret->frees += load_relaxed(&c->rec[cls].reclaimed);
     }
     for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
         const struct cache_slot *s = &c->slots[i];
@@ -90,10 +96,14 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
     ret->bad_frees = load_relaxed(&c->bad_frees);
     ret->double_frees = load_relaxed(&c->double_frees);
     ret->lost_objects = load_relaxed(&c->lost_objects);
+    ret->reclaimed_objects = load_relaxed(&c->owned_reclaimed_objects);
+    ret->reclaimed_bytes = load_relaxed(&c->owned_reclaimed_bytes);
     return 0;
 }
 
-int heap_client_usage(struct heap *h, uint64_t client_id, uint32_t pid,
+int heap_client_usage(struct heap *h,
+                      uint64_t client_id,
+                      uint32_t pid,
                       struct heap_client_usage *ret)
 {
     struct ctl_header *c;

@@ -130,6 +130,7 @@ struct tcache *tcache_get(struct heap *h)
     tc->slot = &h->ctl->slots[index];
     tc->slot_index = index;
     tc->free_tick = TCACHE_TICK;
+    tc->owner_tag = h->owner_tag;
     tc->trim_gen_seen = load_relaxed(&tc->slot->trim_gen_seen);
     pthread_mutex_lock(&h->local_lock);
     tc->next = h->caches;

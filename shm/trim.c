@@ -39,8 +39,10 @@ static bool slot_reclaim(struct heap *h, struct cache_slot *s)
      * in its registers (an object popped but not yet counted, a bundle
      * between the recycler and a bin): they cannot be found, and the exact
      * object count of heap_verify no longer applies. */
-    if (load_relaxed(&s->busy))
+    if (load_relaxed(&s->busy)) {
         (void) fetch_add_relaxed(&h->ctl->deaths_mid_op, 1);
+        owned_clear_bin_heads(h, s);
+    }
     (void) tcache_drain_slot(h, s);
     store_relaxed(&s->busy, 0);
     store_relaxed(&s->pid, 0);
@@ -78,6 +80,7 @@ static void reap_busy(struct heap *h)
 
 int heap_reclaim_dead(struct heap *h)
 {
+    struct heap_owned_reclaim owned;
     int n = 0;
 
     if (!h)
@@ -86,10 +89,12 @@ int heap_reclaim_dead(struct heap *h)
     for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &h->ctl->slots[i];
 
-        if (load_acquire(&s->state) == SLOT_OWNED &&
-            !os_pid_alive((pid_t) load_relaxed(&s->pid)) && slot_reclaim(h, s))
+        if (load_acquire(&s->state) == SLOT_OWNED && !os_pid_alive((pid_t) load_relaxed(&s->pid)) &&
+            slot_reclaim(h, s))
             n++;
     }
+    /* After the slots: see sweep_owner(). */
+    (void) heap_reclaim_owned_gone(h, &owned);
     return n;
 }
 
@@ -140,8 +145,8 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
         for (uint32_t k = 0; k < npending; k++) {
             struct cache_slot *s = &c->slots[pending[k]];
 
-            if (load_acquire(&s->state) != SLOT_OWNED ||
-                load_acquire(&s->trim_gen_seen) >= gen || slot_steal_drain(h, s, gen)) {
+            if (load_acquire(&s->state) != SLOT_OWNED || load_acquire(&s->trim_gen_seen) >= gen ||
+                slot_steal_drain(h, s, gen)) {
                 flushed++;
                 continue;
             }

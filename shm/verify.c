@@ -33,16 +33,15 @@ struct verify_ctx {
     bool oom;
 };
 
-__attribute__((format(printf, 2, 3))) static void problem(struct verify_ctx *v, const char *fmt,
-                                                          ...)
+__attribute__((format(printf, 2, 3))) static void
+problem(struct verify_ctx *v, const char *fmt, ...)
 {
     va_list ap;
 
     v->rep->consistent = false;
     if (v->rep->nproblems < sizeof(v->rep->problems) / sizeof(v->rep->problems[0])) {
         va_start(ap, fmt);
-        (void) vsnprintf(v->rep->problems[v->rep->nproblems], sizeof(v->rep->problems[0]), fmt,
-                         ap);
+        (void) vsnprintf(v->rep->problems[v->rep->nproblems], sizeof(v->rep->problems[0]), fmt, ap);
         va_end(ap);
     }
     v->rep->nproblems++;
@@ -285,8 +284,8 @@ int heap_verify(struct heap *h, struct verify_report *ret)
             got = collect_list(&v, bin_off(w), cls, where);
             /* A thread killed mid-operation may leave the two apart. */
             if (got != bin_count(w) && !dead)
-                problem(&v, "%s: the bin counts %u objects, its list has %lu", where,
-                        bin_count(w), (unsigned long) got);
+                problem(&v, "%s: the bin counts %u objects, its list has %lu", where, bin_count(w),
+                        (unsigned long) got);
             cached += got;
         }
     }
@@ -303,8 +302,8 @@ int heap_verify(struct heap *h, struct verify_report *ret)
                 struct popped *p = realloc(pops, (popcap ? popcap * 2 : 64) * sizeof(*p));
 
                 if (!p) {
-                    (void) recycler_push(h, NULL, cls, first, count,
-                                         load_acquire(&h->nmapped) - 1, true);
+                    (void) recycler_push(h, NULL, cls, first, count, load_acquire(&h->nmapped) - 1,
+                                         true);
                     v.oom = true;
                     break;
                 }
@@ -356,11 +355,11 @@ int heap_verify(struct heap *h, struct verify_report *ret)
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
         total_out += out[cls];
         refused += load_relaxed(&c->rec[cls].refused);
+        in_use -= load_relaxed(&c->rec[cls].reclaimed); /* counted by no cache */
     }
     ret->counts_checked = exact && !v.oom && load_relaxed(&c->lost_objects) == 0 &&
                           load_relaxed(&c->deaths_mid_op) == 0;
-    if (ret->counts_checked &&
-        total_out != in_use + cached + recycled + refused)
+    if (ret->counts_checked && total_out != in_use + cached + recycled + refused)
         problem(&v,
                 "counts: %lu objects out of slabs, but %lu in use + %lu cached + %lu in "
                 "recyclers + %lu frees refused by their slab",
@@ -368,8 +367,8 @@ int heap_verify(struct heap *h, struct verify_report *ret)
                 (unsigned long) recycled, (unsigned long) refused);
     /* Put everything back. */
     for (size_t k = 0; k < npops; k++)
-        (void) recycler_push(h, NULL, pops[k].count >> 24, pops[k].first,
-                             pops[k].count & 0xffffff, load_acquire(&h->nmapped) - 1, true);
+        (void) recycler_push(h, NULL, pops[k].count >> 24, pops[k].first, pops[k].count & 0xffffff,
+                             load_acquire(&h->nmapped) - 1, true);
     for (uint32_t k = 0; k < ntaken; k++)
         tcache_steal_end(&c->slots[taken[k]]);
     free(pops);

@@ -87,14 +87,20 @@ START_TEST(sizeclass_geometry_fits)
         if (g.bitmap_words != (g.capacity + 63) / 64)
             ck_abort_msg("class %u: %" PRIu32 " bitmap words for %" PRIu32 " objects", c,
                          g.bitmap_words, g.capacity);
-        if ((uint64_t) g.capacity * g.size > g.bitmap_off)
-            ck_abort_msg("class %u: objects end at %" PRIu64 ", bitmap starts at %" PRIu32, c,
-                         (uint64_t) g.capacity * g.size, g.bitmap_off);
+        if ((uint64_t) g.capacity * g.size > g.tags_off)
+            ck_abort_msg("class %u: objects end at %" PRIu64 ", tags start at %" PRIu32, c,
+                         (uint64_t) g.capacity * g.size, g.tags_off);
+        if (g.tags_off % 8 || (uint64_t) g.tags_off + 2 * g.capacity > g.bitmap_off)
+            ck_abort_msg("class %u: tags [%" PRIu32 ", +%" PRIu32
+                         " u16) overlap the bitmap at %" PRIu32,
+                         c, g.tags_off, g.capacity, g.bitmap_off);
         if (g.bitmap_off % 8 || (uint64_t) g.bitmap_off + g.bitmap_words * 8 > bytes)
             ck_abort_msg("class %u: bitmap [%" PRIu32 ", +%" PRIu32 " words) outside the slab", c,
                          g.bitmap_off, g.bitmap_words);
-        /* As many objects as fit with their bitmap: one more would not. */
-        if ((uint64_t) (g.capacity + 1) * g.size + (g.capacity + 1 + 63) / 64 * 8 <= bytes)
+        /* As many objects as fit with their tags and bitmap: one more would not. */
+        if ((uint64_t) (g.capacity + 1) * g.size + ((g.capacity + 1) * 2 + 7) / 8 * 8 +
+                    (g.capacity + 1 + 63) / 64 * 8 <=
+            bytes)
             ck_abort_msg("class %u: room for object %" PRIu32 " is left unused", c, g.capacity + 1);
     }
 }
