@@ -54,6 +54,8 @@ SHMHEAP_EXPORT int shmheap_stats(shmheap_t *h, struct shmheap_stats *out)
     out->trim_bytes_released = st->trim_bytes_released;
     out->bad_frees = st->bad_frees;
     out->double_frees = st->double_frees;
+    out->reclaimed_objects = st->reclaimed_objects;
+    out->reclaimed_bytes = st->reclaimed_bytes;
     out->thread_caches = st->slots_in_use;
     out->nclasses = SHM_NCLASSES;
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {

@@ -10,8 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ctl/ctl.h"
 #include "config/socket_path.h"
+#include "ctl/ctl.h"
 
 int conn_resolve_path(const char *arg, char *buf, size_t len)
 {

@@ -120,6 +120,8 @@ bool render_stats(FILE *f, const cJSON *reply)
     line_count(f, "bad frees", st, "bad_frees");
     line_count(f, "double frees", st, "double_frees");
     line_count(f, "lost objects", st, "lost_objects");
+    line_count(f, "reclaimed objects", st, "reclaimed_objects");
+    line_bytes(f, "reclaimed bytes", st, "reclaimed_bytes");
     line_count(f, "clients", st, "clients");
     line_count(f, "thread caches", st, "thread_caches");
     line_count(f, "trim generation", st, "trim_gen");

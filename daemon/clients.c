@@ -146,17 +146,31 @@ void clients_detach(struct client *cl)
     log_info("client %" PRIu64 " (pid %d) detached; anything it left is reclaimed when it "
              "exits",
              cl->id, (int) cl->peer.pid);
+    /* A clean detach marked its owner entry: what it kept private is
+     * unreachable now and can go at once. */
+    if (work_reclaim_detached(d, cl->id) < 0)
+        log_warning("client %" PRIu64 ": cannot schedule freeing its private objects now; they "
+                    "go when it exits",
+                    cl->id);
 }
 
-void clients_reclaimed(struct client *cl, int slots, int arenas)
+void clients_reclaimed(struct client *cl,
+                       int slots,
+                       int arenas,
+                       int owned_r,
+                       const struct heap_owned_reclaim *owned)
 {
-    if (slots < 0 || arenas < 0)
+    if (slots < 0 || arenas < 0 || owned_r < 0)
         log_error("client %" PRIu64 " (pid %d) exited; reclaiming failed: %s", cl->id,
-                  (int) cl->peer.pid, strerror(-(slots < 0 ? slots : arenas)));
+                  (int) cl->peer.pid,
+                  strerror(-(slots < 0    ? slots
+                             : arenas < 0 ? arenas
+                                          : owned_r)));
     else
         log_info("client %" PRIu64 " (pid %d) exited: reclaimed %d thread caches, destroyed %d "
-                 "session arenas",
-                 cl->id, (int) cl->peer.pid, slots, arenas);
+                 "session arenas, freed %" PRIu64 " objects (%" PRIu64 " bytes) it had not "
+                 "shared",
+                 cl->id, (int) cl->peer.pid, slots, arenas, owned->objects, owned->bytes);
     link_remove(&cl->link);
     client_maybe_free(cl);
 }

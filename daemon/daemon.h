@@ -272,7 +272,11 @@ void clients_detach(struct client *cl);
 /* Shutdown: stops watching every client (no reclamation). */
 void clients_close_all(struct daemon *d);
 /* work.c: the reclamation of an exited client is done; logs, frees cl. */
-void clients_reclaimed(struct client *cl, int slots, int arenas);
+void clients_reclaimed(struct client *cl,
+                       int slots,
+                       int arenas,
+                       int owned_r,
+                       const struct heap_owned_reclaim *owned);
 /* Slots owned by a client id and their bytes in use. */
 void clients_slot_usage(struct daemon *d,
                         uint64_t client_id,
@@ -281,12 +285,15 @@ void clients_slot_usage(struct daemon *d,
 
 /* ---- work.c ---- */
 struct job;
-enum job_kind { JOB_TRIM, JOB_VERIFY, JOB_RECLAIM };
+enum job_kind { JOB_TRIM, JOB_VERIFY, JOB_RECLAIM, JOB_RECLAIM_DETACHED };
 /* Runs a trim for c (c NULL: periodic) in the pool; replies when done. */
 int work_trim(struct daemon *d, struct conn *c, unsigned wait_ms);
 int work_verify(struct daemon *d, struct conn *c);
 /* Reclaims a client's slots and SESSION arenas; frees cl when done. */
 int work_reclaim(struct daemon *d, struct client *cl);
+/* Frees the private objects of client_id's detached attachments (its
+ * process lives on; their mappings are gone). */
+int work_reclaim_detached(struct daemon *d, uint64_t client_id);
 /* (Re)arms the periodic trim by cfg.shm.trim_interval_ms. */
 void work_trim_timer_update(struct daemon *d);
 

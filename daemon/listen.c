@@ -14,8 +14,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "daemon/daemon.h"
 #include "config/socket_path.h"
+#include "daemon/daemon.h"
 
 int listen_socket_path(const char *arg, char *buf, size_t len)
 {

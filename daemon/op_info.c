@@ -104,6 +104,8 @@ cJSON *stats_json(struct daemon *d)
         !json_add_u64(o, "bad_frees", st->bad_frees) ||
         !json_add_u64(o, "double_frees", st->double_frees) ||
         !json_add_u64(o, "lost_objects", st->lost_objects) ||
+        !json_add_u64(o, "reclaimed_objects", st->reclaimed_objects) ||
+        !json_add_u64(o, "reclaimed_bytes", st->reclaimed_bytes) ||
         !cJSON_AddNumberToObject(o, "clients", d->nclients) ||
         !cJSON_AddNumberToObject(o, "thread_caches", st->slots_in_use) || !add_classes(o, st))
         goto fail;

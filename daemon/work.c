@@ -27,6 +27,7 @@ struct job {
     uint64_t client_id; /* JOB_RECLAIM, copied for the worker */
     unsigned wait_ms;
     int r, slots, arenas;
+    struct heap_owned_reclaim owned;
     struct trim_result trim;
     struct verify_report *verify;
 };
@@ -47,6 +48,11 @@ static void work_cb(uv_work_t *req)
     case JOB_RECLAIM:
         j->slots = heap_reclaim_client(h, j->client_id);
         j->arenas = heap_arena_destroy_session(h, j->client_id);
+        /* After its caches: see heap_reclaim_owned(). */
+        j->r = heap_reclaim_owned(h, j->client_id, true, &j->owned);
+        break;
+    case JOB_RECLAIM_DETACHED:
+        j->r = heap_reclaim_owned(h, j->client_id, false, &j->owned);
         break;
     }
     pthread_mutex_unlock(&j->d->work_lock);
@@ -153,7 +159,16 @@ static void after_work_cb(uv_work_t *req, int status)
         verify_done(j);
         break;
     case JOB_RECLAIM:
-        clients_reclaimed(j->cl, j->slots, j->arenas);
+        clients_reclaimed(j->cl, j->slots, j->arenas, j->r, &j->owned);
+        break;
+    case JOB_RECLAIM_DETACHED:
+        if (j->r < 0)
+            log_error("client %" PRIu64 " detached; freeing what it kept private failed: %s",
+                      j->client_id, strerror(-j->r));
+        else if (j->owned.objects)
+            log_info("client %" PRIu64 " detached: freed %" PRIu64 " objects (%" PRIu64
+                     " bytes) it had not shared",
+                     j->client_id, j->owned.objects, j->owned.bytes);
         break;
     }
     if (j->conn)
@@ -205,6 +220,17 @@ int work_verify(struct daemon *d, struct conn *c)
     }
     j->kind = JOB_VERIFY;
     j->conn = c;
+    return job_start(d, j);
+}
+
+int work_reclaim_detached(struct daemon *d, uint64_t client_id)
+{
+    struct job *j = calloc(1, sizeof(*j));
+
+    if (!j)
+        return -ENOMEM;
+    j->kind = JOB_RECLAIM_DETACHED;
+    j->client_id = client_id;
     return job_start(d, j);
 }
 

@@ -224,17 +224,17 @@ uint64_t seg_punch_slabs(struct heap *h, struct seg_map *m);
  * held. */
 uint32_t seg_punch_reserved(struct seg_map *m, unsigned *ret_cls);
 /* Runs of blocks. */
-/* owner: the tag a RUN_LARGE run starts with (meta_owner), else 0. */
-int seg_alloc_run(struct heap *h,
-                  struct seg_map *m,
-                  uint32_t nblocks,
-                  uint32_t align_blocks,
-                  enum run_kind kind,
-                  uint16_t owner,
+/* owner: the tag a RUN_LARGE run starts with (meta_owner), else 0.
+ * count: the slot whose large-object counters count the run (NULL: none);
+ * they move under the lock, so that a death cannot part the run from its
+ * count by more than a couple of stores. */
+int seg_alloc_run(struct heap *h, struct seg_map *m, uint32_t nblocks, uint32_t align_blocks,
+                  enum run_kind kind, uint16_t owner, struct cache_slot *count,
                   uint32_t *ret_block);
 /* Clears the owner of the RUN_LARGE run whose head block is b. */
 int seg_share_run(struct heap *h, struct seg_map *m, uint32_t b);
-int seg_free_run(struct heap *h, struct seg_map *m, uint32_t block, enum run_kind kind);
+int seg_free_run(struct heap *h, struct seg_map *m, uint32_t block, enum run_kind kind,
+                 struct cache_slot *count);
 /* Decommits free units beyond `retain` free blocks; returns bytes released. */
 uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
 /* Rebuilds nfree and trees from the metadata and slab bitmaps. Lock held. */

@@ -267,7 +267,10 @@ struct seg_header {
     uint32_t punch_pid;
     uint32_t punch_block;
     uint64_t punch_mask[2]; /* pages of the slab, 16 per block, up to 5 blocks */
-    uint64_t pad[2];
+    /* Bytes in RUN_LARGE runs: under the lock, and recounted from the
+     * metadata by recovery, so a death never leaves it wrong. */
+    uint64_t large_bytes;
+    uint64_t pad[1];
 };
 
 _Static_assert(sizeof(struct cache_bin) == 64, "cache_bin is one cache line");

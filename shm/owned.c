@@ -195,7 +195,7 @@ sweep_segment(struct heap *h, struct seg_map *m, uint16_t tag, struct heap_owned
             uint32_t lb = (uint32_t) ((large[i] & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT);
             uint64_t bytes = (uint64_t) meta_len(load_relaxed(&lm->meta[lb])) << SHM_BLOCK_SHIFT;
 
-            if (seg_free_run(h, lm, lb, RUN_LARGE) < 0)
+            if (seg_free_run(h, lm, lb, RUN_LARGE, NULL) < 0)
                 continue;
             (void) fetch_add_relaxed(&c->owned_reclaimed_large, 1);
             (void) fetch_add_relaxed(&c->owned_reclaimed_large_bytes, bytes);

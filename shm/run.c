@@ -24,10 +24,9 @@ int run_create(struct heap *h, uint64_t bytes, uint32_t align_blocks, enum run_k
 
             if (!load_acquire(&m->meta) || m->nblocks < nblocks)
                 continue;
-            r = seg_alloc_run(h, m, (uint32_t) nblocks, align_blocks, kind, owner, &block);
+            r = seg_alloc_run(h, m, (uint32_t) nblocks, align_blocks, kind, owner, tc->slot,
+                              &block);
             if (r == 0) {
-                bump_relaxed(&tc->slot->large_allocs, 1);
-                bump_relaxed(&tc->slot->large_bytes_alloc, nblocks << SHM_BLOCK_SHIFT);
                 *ret_off = ((uint64_t) i << SHM_SEG_SHIFT) | ((uint64_t) block << SHM_BLOCK_SHIFT);
                 return 0;
             }
@@ -56,18 +55,10 @@ int run_destroy(struct heap *h, uint64_t off, enum run_kind kind)
 {
     struct seg_map *m = heap_seg_for(h, off);
     struct tcache *tc = tcache_get(h);
-    uint64_t len;
     uint32_t b;
-    int r;
 
     if (!m || (off & (SHM_BLOCK_SIZE - 1)))
         return -EINVAL;
     b = (uint32_t) ((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT);
-    len = (uint64_t) meta_len(load_relaxed(&m->meta[b])) << SHM_BLOCK_SHIFT;
-    r = seg_free_run(h, m, b, kind);
-    if (r == 0 && tc) {
-        bump_relaxed(&tc->slot->large_frees, 1);
-        bump_relaxed(&tc->slot->large_bytes_freed, len);
-    }
-    return r;
+    return seg_free_run(h, m, b, kind, tc ? tc->slot : NULL);
 }

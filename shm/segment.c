@@ -840,12 +840,8 @@ uint32_t seg_punch_reserved(struct seg_map *m, unsigned *ret_cls)
 
 /* ---- runs ---- */
 
-int seg_alloc_run(struct heap *h,
-                  struct seg_map *m,
-                  uint32_t nblocks,
-                  uint32_t align_blocks,
-                  enum run_kind kind,
-                  uint16_t owner,
+int seg_alloc_run(struct heap *h, struct seg_map *m, uint32_t nblocks, uint32_t align_blocks,
+                  enum run_kind kind, uint16_t owner, struct cache_slot *count,
                   uint32_t *ret_block)
 {
     uint32_t retries = 0;
@@ -870,7 +866,14 @@ int seg_alloc_run(struct heap *h,
         }
     }
     blocks_claim(m, (uint32_t) b, nblocks, false, 0, kind == RUN_LARGE ? owner : 0, kind);
+    if (kind == RUN_LARGE)
+        store_relaxed(&m->hdr->large_bytes,
+                      m->hdr->large_bytes + ((uint64_t) nblocks << SHM_BLOCK_SHIFT));
     store_relaxed(&m->hdr->journal.n, 0);
+    if (count) {
+        bump_relaxed(&count->large_allocs, 1);
+        bump_relaxed(&count->large_bytes_alloc, (uint64_t) nblocks << SHM_BLOCK_SHIFT);
+    }
     seg_unlock(m);
     *ret_block = (uint32_t) b;
     return 0;
@@ -891,7 +894,8 @@ int seg_share_run(struct heap *h, struct seg_map *m, uint32_t b)
     return 0;
 }
 
-int seg_free_run(struct heap *h, struct seg_map *m, uint32_t block, enum run_kind kind)
+int seg_free_run(struct heap *h, struct seg_map *m, uint32_t block, enum run_kind kind,
+                 struct cache_slot *count)
 {
     uint64_t w;
     uint32_t n;
@@ -908,8 +912,14 @@ int seg_free_run(struct heap *h, struct seg_map *m, uint32_t block, enum run_kin
     n = meta_len(w);
     store_relaxed(&m->hdr->journal.block, block);
     store_relaxed(&m->hdr->journal.n, n);
+    if (kind == RUN_LARGE)
+        store_relaxed(&m->hdr->large_bytes, m->hdr->large_bytes - ((uint64_t) n << SHM_BLOCK_SHIFT));
     blocks_release(m, block, n);
     store_relaxed(&m->hdr->journal.n, 0);
+    if (count) {
+        bump_relaxed(&count->large_frees, 1);
+        bump_relaxed(&count->large_bytes_freed, (uint64_t) n << SHM_BLOCK_SHIFT);
+    }
     seg_unlock(m);
     return 0;
 }
@@ -989,6 +999,7 @@ uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain)
 void seg_repair(struct seg_map *m)
 {
     struct seg_header *hdr = m->hdr;
+    uint64_t large = 0;
 
     bittree_chain_init(seg_free_tree(m), m->nblocks, false);
     for (unsigned c = 0; c < SHM_NCLASSES; c++)
@@ -1016,10 +1027,15 @@ void seg_repair(struct seg_map *m)
             else if (nfree > 0)
                 bittree_set(seg_class_tree(m, meta_class(w)), b);
             break;
+        case BLK_RUN:
+            if (meta_kind(w) == RUN_LARGE)
+                large += (uint64_t) meta_len(w) << SHM_BLOCK_SHIFT;
+            break;
         default:
             break;
         }
     }
+    store_relaxed(&hdr->large_bytes, large);
     /* BUSY blocks stay out of the tree: seg_reap_busy() frees those of dead
      * decommitters, asking about the pid without the lock. The free tree
      * is the truth now: count it. */

@@ -18,7 +18,7 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
     c = h->ctl;
     (void) heap_sync_segments(h);
     memset(ret, 0, sizeof(*ret));
-    in_use = -(int64_t) load_relaxed(&c->owned_reclaimed_large_bytes);
+    in_use = 0;
     ret->frees = load_relaxed(&c->owned_reclaimed_large);
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
         ret->classes[cls].object_size = sizeclass_size(cls);
@@ -38,8 +38,6 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
             ret->slots_in_use++;
         ret->allocs += slot_allocs(s);
         ret->frees += slot_frees(s);
-        in_use += (int64_t) (load_relaxed(&s->large_bytes_alloc) -
-                             load_relaxed(&s->large_bytes_freed));
         for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
             const struct cache_bin *b = &s->bins[cls];
             uint64_t w = load_relaxed(&b->head);
@@ -83,6 +81,9 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
             (void) os_fstat_size(m->fd, NULL, &ss->committed_bytes);
         ss->free_blocks = load_relaxed(&m->hdr->free_blocks);
         ss->metadata_bytes = m->hdr->meta_end;
+        /* Large objects by the segments' own count, which recovery keeps
+         * exact (the slots' counters can miss a run whose thread died). */
+        ret->bytes_in_use += load_relaxed(&m->hdr->large_bytes);
         ret->bytes_reserved += m->size;
         ret->bytes_committed += ss->committed_bytes;
         ret->nsegments++;

@@ -35,18 +35,18 @@ typedef uint64_t shmheap_off_t;   /* names the same object in every attached pro
 /* Error codes (negative in return values). */
 enum {
     SHMHEAP_OK = 0,
-    SHMHEAP_EINVAL = 1,     /* a bad argument */
-    SHMHEAP_ENOMEM = 2,     /* the heap (or the system) is out of memory */
-    SHMHEAP_ECONNECT = 3,   /* the daemon cannot be reached at the socket path */
-    SHMHEAP_EPROTO = 4,     /* the daemon spoke a protocol or layout this library does not */
-    SHMHEAP_EDENIED = 5,    /* the daemon refused this user (allowed_uids/allowed_gids) */
-    SHMHEAP_EFORKED = 6,    /* a handle used in a child of the process that attached it */
-    SHMHEAP_ENOENT = 7,     /* no such root, arena or pool */
-    SHMHEAP_EEXIST = 8,     /* already exists */
-    SHMHEAP_ENOSPC = 9,     /* a fixed table (roots, thread caches) is full */
+    SHMHEAP_EINVAL = 1,        /* a bad argument */
+    SHMHEAP_ENOMEM = 2,        /* the heap (or the system) is out of memory */
+    SHMHEAP_ECONNECT = 3,      /* the daemon cannot be reached at the socket path */
+    SHMHEAP_EPROTO = 4,        /* the daemon spoke a protocol or layout this library does not */
+    SHMHEAP_EDENIED = 5,       /* the daemon refused this user (allowed_uids/allowed_gids) */
+    SHMHEAP_EFORKED = 6,       /* a handle used in a child of the process that attached it */
+    SHMHEAP_ENOENT = 7,        /* no such root, arena or pool */
+    SHMHEAP_EEXIST = 8,        /* already exists */
+    SHMHEAP_ENOSPC = 9,        /* a fixed table (roots, thread caches) is full */
     SHMHEAP_ENAMETOOLONG = 10, /* a root name of 56 bytes or more */
-    SHMHEAP_EDAEMON = 11,   /* the daemon answered with an error (its message is logged by it) */
-    SHMHEAP_EIO = 12,       /* the connection to the daemon failed mid-request */
+    SHMHEAP_EDAEMON = 11,      /* the daemon answered with an error (its message is logged by it) */
+    SHMHEAP_EIO = 12,          /* the connection to the daemon failed mid-request */
     _SHMHEAP_EMAX
 };
 
@@ -112,13 +112,13 @@ SHMHEAP_EXPORT int shmheap_root_get(shmheap_t *h, const char *name, shmheap_off_
  * SHMHEAP_ARENA_SESSION) and returns its offset in *out; any attached
  * process may allocate from it. Returns 0, -SHMHEAP_EINVAL (capacity 0 or
  * unknown flags), -SHMHEAP_ENOMEM (the heap is full) or -SHMHEAP_EFORKED. */
-SHMHEAP_EXPORT int shmheap_arena_create(shmheap_t *h, size_t capacity, unsigned flags,
-                                        shmheap_off_t *out);
+SHMHEAP_EXPORT int
+shmheap_arena_create(shmheap_t *h, size_t capacity, unsigned flags, shmheap_off_t *out);
 /* NULL with errno ENOMEM when the arena is out of space (it stays usable),
  * EINVAL for a bad arena or alignment (a power of two up to 64 KiB; 0
  * means 16), ESTALE in a fork's child. */
-SHMHEAP_EXPORT void *shmheap_arena_alloc(shmheap_t *h, shmheap_off_t arena, size_t size,
-                                         size_t align);
+SHMHEAP_EXPORT void *
+shmheap_arena_alloc(shmheap_t *h, shmheap_off_t arena, size_t size, size_t align);
 /* Makes the whole capacity available again, in O(1). Like destroy and
  * stats: 0, -SHMHEAP_ENOENT (not a live arena: destroyed, or a SESSION
  * arena whose creator went), -SHMHEAP_EINVAL or -SHMHEAP_EFORKED. */
@@ -133,8 +133,8 @@ struct shmheap_arena_stats {
     uint64_t remaining;
     double utilization; /* allocated / capacity */
 };
-SHMHEAP_EXPORT int shmheap_arena_stats(shmheap_t *h, shmheap_off_t arena,
-                                       struct shmheap_arena_stats *out);
+SHMHEAP_EXPORT int
+shmheap_arena_stats(shmheap_t *h, shmheap_off_t arena, struct shmheap_arena_stats *out);
 
 /* ---- fixed-size pools (slabs) for one object size ---- */
 
@@ -154,7 +154,7 @@ SHMHEAP_EXPORT int shmheap_pool_destroy(shmheap_t *h, shmheap_off_t pool);
 
 /* ---- figures ---- */
 
-#define SHMHEAP_STATS_CLASSES 72
+#define SHMHEAP_STATS_CLASSES  72
 #define SHMHEAP_STATS_SEGMENTS 32
 
 struct shmheap_class_stats {
@@ -185,6 +185,9 @@ struct shmheap_stats {
     uint64_t allocs, frees;
     uint64_t trim_gen, trims, trim_bytes_released;
     uint64_t bad_frees, double_frees;
+    /* private objects (never shared with shmheap_to_off) of processes that
+     * exited or detached, freed by the daemon */
+    uint64_t reclaimed_objects, reclaimed_bytes;
     uint32_t thread_caches; /* caches in use, all processes */
     uint32_t nclasses, nsegments;
     struct shmheap_class_stats classes[SHMHEAP_STATS_CLASSES];

@@ -1149,6 +1149,31 @@ START_TEST(client_heap_grows)
 }
 END_TEST
 
+/* A set of objects a test keeps live across what it does. */
+struct live_set {
+    void *p[64];
+    size_t size[64];
+};
+
+static void live_make(shmheap_t *h, struct live_set *l)
+{
+    for (unsigned i = 0; i < 64; i++) {
+        l->size[i] = 16u << (i % 10);
+        l->p[i] = shmheap_malloc(h, l->size[i]);
+        ck_assert_ptr_nonnull(l->p[i]);
+        mp_fill(l->p[i], l->size[i], mp_tag(9, 9, i));
+    }
+}
+
+static void live_check_free(shmheap_t *h, struct live_set *l)
+{
+    for (unsigned i = 0; i < 64; i++) {
+        ck_assert_msg(mp_check(l->p[i], l->size[i], mp_tag(9, 9, i)) == SIZE_MAX,
+                      "live object %u damaged", i);
+        shmheap_free(h, l->p[i]);
+    }
+}
+
 /* ---- clients killed in the middle of allocating ---- */
 
 static unsigned storm_rounds(void)
@@ -1166,9 +1191,18 @@ struct storm {
     uint64_t *ops; /* shared with the parent: proof the storm ran */
 };
 
+#define STORM_SHARED 3 /* objects each storm child shares before its storm */
+
 struct storm_share {
-    int fd;       /* the child writes its SESSION arena's offset here */
+    int fd;       /* the child writes its SESSION arena's offset, then its shared objects */
     uint64_t ops; /* operations done by all children, roughly */
+};
+
+/* What a storm child hands the parent before it storms. */
+struct storm_hello {
+    shmheap_off_t arena;
+    shmheap_off_t shared[STORM_SHARED];
+    size_t size[STORM_SHARED];
 };
 
 static void *storm_thread(void *arg)
@@ -1196,21 +1230,31 @@ static void *storm_thread(void *arg)
     return NULL;
 }
 
-/* Attaches, creates a SESSION arena, says so, then allocates and frees
- * in two threads until killed. */
+/* Attaches, creates a SESSION arena, shares a few objects (one large) with
+ * the parent, says so, then allocates and frees in two threads until
+ * killed: what it holds then is private and must go with it. */
 static int storm_child(void *arg, unsigned idx)
 {
     struct storm_share *sh = arg;
+    struct storm_hello hello;
     struct storm s[2];
-    shmheap_off_t arena;
     pthread_t th;
     shmheap_t *h = child_attach();
     int r;
 
-    r = shmheap_arena_create(h, 64 << 10, SHMHEAP_ARENA_SESSION, &arena);
+    r = shmheap_arena_create(h, 64 << 10, SHMHEAP_ARENA_SESSION, &hello.arena);
     MP_REQUIRE(r == 0, "arena_create: %s", shmheap_strerror(r));
-    MP_REQUIRE(shmheap_arena_alloc(h, arena, 100, 0), "arena_alloc");
-    MP_REQUIRE(write(sh->fd, &arena, sizeof(arena)) == sizeof(arena), "write");
+    MP_REQUIRE(shmheap_arena_alloc(h, hello.arena, 100, 0), "arena_alloc");
+    for (unsigned k = 0; k < STORM_SHARED; k++) {
+        void *p;
+
+        hello.size[k] = k == 0 ? 200000 : 24 + 1000 * k;
+        p = shmheap_malloc(h, hello.size[k]);
+        MP_REQUIRE(p, "malloc");
+        mp_fill(p, hello.size[k], mp_tag(77, idx, k));
+        hello.shared[k] = shmheap_to_off(h, p);
+    }
+    MP_REQUIRE(write(sh->fd, &hello, sizeof(hello)) == sizeof(hello), "write");
     s[0].h = s[1].h = h;
     s[0].ops = s[1].ops = &sh->ops;
     s[0].seed = idx * 2 + 1;
@@ -1220,18 +1264,50 @@ static int storm_child(void *arg, unsigned idx)
     return 0;
 }
 
+struct in_use_probe {
+    shmheap_t *h;
+    uint64_t want, seen;
+};
+
+static bool in_use_is(void *arg)
+{
+    struct in_use_probe *u = arg;
+    struct shmheap_stats st;
+
+    ck_assert_int_eq(shmheap_stats(u->h, &st), 0);
+    u->seen = st.bytes_in_use;
+    return st.bytes_in_use == u->want;
+}
+
 START_TEST(client_killed_mid_storm)
 {
     struct storm_share *sh = mp_shared_alloc(sizeof(*sh));
     unsigned rounds = storm_rounds();
-    uint64_t rng = 12345;
+    uint64_t rng = 12345, before_reclaimed;
+    struct shmheap_stats st;
     struct arena_probe probe;
+    struct in_use_probe in_use;
+    struct live_set mine;
+    shmheap_off_t *kept;
+    size_t *kept_size;
+    unsigned nkept = 0;
     shmheap_t *h;
 
     start("\"max_segments\": 8");
     h = attach_ok();
     probe.h = h;
+    in_use.h = h;
+    kept = calloc(rounds * STORM_SHARED, sizeof(*kept));
+    kept_size = calloc(rounds * STORM_SHARED, sizeof(*kept_size));
+    ck_assert(kept && kept_size);
+    /* The survivors: this process's own objects, and the objects each dead
+     * child shared (they must outlive it). */
+    live_make(h, &mine);
+    ck_assert_int_eq(shmheap_stats(h, &st), 0);
+    in_use.want = st.bytes_in_use;
+    before_reclaimed = st.reclaimed_objects;
     for (unsigned i = 0; i < rounds; i++) {
+        struct storm_hello hello;
         struct pollfd pfd;
         int fds[2];
         pid_t pid;
@@ -1243,8 +1319,17 @@ START_TEST(client_killed_mid_storm)
         pfd.fd = fds[0];
         pfd.events = POLLIN;
         ck_assert_msg(poll(&pfd, 1, 10000) == 1, "round %u: child never got going", i);
-        ck_assert_int_eq(read(fds[0], &probe.arena, sizeof(probe.arena)), sizeof(probe.arena));
+        ck_assert_int_eq(read(fds[0], &hello, sizeof(hello)), sizeof(hello));
         (void) close(fds[0]);
+        probe.arena = hello.arena;
+        for (unsigned k = 0; k < STORM_SHARED; k++) {
+            void *p = shmheap_from_off(h, hello.shared[k]);
+
+            ck_assert_ptr_nonnull(p);
+            kept[nkept] = hello.shared[k];
+            kept_size[nkept++] = hello.size[k];
+            in_use.want += shmheap_usable_size(h, p);
+        }
         mp_sleep_us((unsigned) (test_rand(&rng) % 10000)); /* somewhere in the storm */
         ck_assert_int_eq(kill(pid, SIGKILL), 0);
         mp_wait_signaled(pid, SIGKILL, "storm child");
@@ -1253,12 +1338,36 @@ START_TEST(client_killed_mid_storm)
                       "round %u: the daemon still lists pid %d 10 s after SIGKILL", i, (int) pid);
         ck_assert_msg(wait_until(arena_gone, &probe, 10000),
                       "round %u: the SESSION arena of pid %d survived it", i, (int) pid);
+        /* Bytes in use: back to what the survivors hold, exactly. */
+        ck_assert_msg(wait_until(in_use_is, &in_use, 10000),
+                      "round %u: %" PRIu64 " bytes in use after pid %d died, the survivors hold "
+                      "%" PRIu64,
+                      i, in_use.seen, (int) pid, in_use.want);
         verify_ok();
     }
+    /* The shared objects outlived their makers, intact; the private ones
+     * went with them. */
+    for (unsigned k = 0; k < nkept; k++) {
+        void *p = shmheap_from_off(h, kept[k]);
+
+        ck_assert_msg(mp_check(p, kept_size[k], mp_tag(77, k / STORM_SHARED, k % STORM_SHARED)) ==
+                              SIZE_MAX,
+                      "shared object %u of a dead child damaged", k);
+        in_use.want -= shmheap_usable_size(h, p);
+        shmheap_free(h, p);
+    }
+    ck_assert_int_eq(shmheap_stats(h, &st), 0);
+    ck_assert_msg(st.reclaimed_objects > before_reclaimed, "no private object was reclaimed");
+    live_check_free(h, &mine);
+    shmheap_thread_flush(h);
+    ck_assert_int_eq(shmheap_stats(h, &st), 0);
+    ck_assert_uint_eq(st.bytes_in_use, 0);
     /* Everything the dead held in caches went back: no cache is left but
      * this process's (which holds nothing). */
     ck_assert_uint_eq(cached_total(h), 0);
     ck_assert_msg(sh->ops >= 64, "the storms never got going"); /* counted 64 at a time */
+    free(kept);
+    free(kept_size);
     shmheap_detach(h);
     mp_shared_free(sh, sizeof(*sh));
     finish();
@@ -1268,30 +1377,6 @@ END_TEST
 /* ---- trim ---- */
 
 #define TRIM_CFG "\"retain_empty_blocks\": 0"
-
-struct live_set {
-    void *p[64];
-    size_t size[64];
-};
-
-static void live_make(shmheap_t *h, struct live_set *l)
-{
-    for (unsigned i = 0; i < 64; i++) {
-        l->size[i] = 16u << (i % 10);
-        l->p[i] = shmheap_malloc(h, l->size[i]);
-        ck_assert_ptr_nonnull(l->p[i]);
-        mp_fill(l->p[i], l->size[i], mp_tag(9, 9, i));
-    }
-}
-
-static void live_check_free(shmheap_t *h, struct live_set *l)
-{
-    for (unsigned i = 0; i < 64; i++) {
-        ck_assert_msg(mp_check(l->p[i], l->size[i], mp_tag(9, 9, i)) == SIZE_MAX,
-                      "live object %u damaged", i);
-        shmheap_free(h, l->p[i]);
-    }
-}
 
 /* Allocates and frees n objects of size bytes: caches, recyclers and
  * blocks fill, then hold free memory a trim can give back. */
