@@ -77,11 +77,19 @@ static uint64_t *bitmap_of(struct seg_map *m, uint32_t b, const struct slab_geom
     return (uint64_t *) (m->base + ((uint64_t) b << SHM_BLOCK_SHIFT) + g->bitmap_off);
 }
 
+/* An owner tag must name an owner entry that is claimed (a sweep frees
+ * the entry only after its tag is gone from the heap). */
+static bool owner_claimed(struct verify_ctx *v, uint16_t tag)
+{
+    return tag <= SHM_MAX_OWNERS &&
+           load_relaxed(&v->h->ctl->owners[tag - 1].state) != OWNER_FREE;
+}
+
 /* Part 1 for one segment; adds each class's objects out of slabs to out[]. */
 static void verify_segment(struct verify_ctx *v, struct seg_map *m, uint64_t *out)
 {
     struct seg_header *hdr = m->hdr;
-    uint64_t free_blocks = 0, units = 0, nunits = m->size >> m->unit_shift;
+    uint64_t free_blocks = 0, units = 0, nunits = m->size >> m->unit_shift, large = 0;
     char buf[128];
 
     if (bittree_check(seg_free_tree(m), buf, sizeof(buf)) < 0)
@@ -120,9 +128,19 @@ static void verify_segment(struct verify_ctx *v, struct seg_map *m, uint64_t *ou
             if (st == BLK_RUN && (meta_len(w) == 0 || (uint64_t) b + meta_len(w) > m->nblocks ||
                                   meta_kind(w) >= _RUN_KIND_MAX))
                 problem(v, "segment %u block %u: bad run length or kind", m->index, b);
+            if (st == BLK_RUN && meta_kind(w) == RUN_LARGE) {
+                large += (uint64_t) meta_len(w) << SHM_BLOCK_SHIFT;
+                if (meta_owner(w) && !owner_claimed(v, meta_owner(w)))
+                    problem(v, "segment %u block %u: large object of owner %u, which is gone",
+                            m->index, b, meta_owner(w));
+            } else if (st == BLK_RUN && meta_owner(w)) {
+                problem(v, "segment %u block %u: run of kind %u has an owner", m->index, b,
+                        meta_kind(w));
+            }
             break;
         case BLK_SLAB: {
             unsigned cls = meta_class(w), nfree = 0;
+            const uint16_t *tags;
             uint64_t *bits;
 
             if (cls >= SHM_NCLASSES) {
@@ -145,6 +163,18 @@ static void verify_segment(struct verify_ctx *v, struct seg_map *m, uint64_t *ou
             if (nfree == g.capacity)
                 problem(v, "segment %u block %u: empty slab not released", m->index, b);
             out[cls] += g.capacity - nfree;
+            /* A free object has no owner; an owned one's owner is known. */
+            tags = (const uint16_t *) (m->base + ((uint64_t) b << SHM_BLOCK_SHIFT) + g.tags_off);
+            for (uint32_t i = 0; i < g.capacity; i++) {
+                uint16_t t = load_relaxed(&tags[i]);
+
+                if (t && (bits[i / 64] >> (i % 64) & 1))
+                    problem(v, "segment %u block %u: free object %u has owner %u", m->index, b,
+                            i, t);
+                else if (t && !owner_claimed(v, t))
+                    problem(v, "segment %u block %u: object %u of owner %u, which is gone",
+                            m->index, b, i, t);
+            }
             break;
         }
         case BLK_SLAB_TAIL:
@@ -177,6 +207,9 @@ static void verify_segment(struct verify_ctx *v, struct seg_map *m, uint64_t *ou
     if (free_blocks != hdr->free_blocks)
         problem(v, "segment %u: free_blocks %lu but %lu blocks are free", m->index,
                 (unsigned long) hdr->free_blocks, (unsigned long) free_blocks);
+    if (large != hdr->large_bytes)
+        problem(v, "segment %u: large_bytes %lu but large objects take %lu", m->index,
+                (unsigned long) hdr->large_bytes, (unsigned long) large);
     for (uint64_t u = 0; u < nunits; u++)
         units += (seg_commit_map(m)[u / 64] >> (u % 64)) & 1;
     if (units != hdr->committed_units)
