@@ -64,7 +64,8 @@ enum {
  * attachment by it). After fork(), the child attaches for itself. */
 SHMHEAP_EXPORT int shmheap_attach(const char *socket_path, shmheap_t **out);
 /* Gives this process's thread caches back to the heap, unmaps it and closes
- * the connection. No thread may use h during or after the call. */
+ * the connection; the daemon then frees the objects this attachment never
+ * shared (see "Ownership"). No thread may use h during or after the call. */
 SHMHEAP_EXPORT void shmheap_detach(shmheap_t *h);
 
 /* ---- the malloc family ---- */
@@ -86,9 +87,22 @@ SHMHEAP_EXPORT void shmheap_free(shmheap_t *h, void *p);
 /* Bytes usable at p (>= the size asked), 0 for a pointer not allocated. */
 SHMHEAP_EXPORT size_t shmheap_usable_size(shmheap_t *h, const void *p);
 
-/* ---- offsets: pointers that mean the same in every process ---- */
+/* ---- offsets: pointers that mean the same in every process ---- *
+ *
+ * Ownership: an object from the malloc family is private to the attachment
+ * that allocated it until shmheap_to_off() is called on it (or on a pointer
+ * into it). An offset is how an object reaches another process, so from
+ * then on it is shared: it lives until someone frees it, whoever made it.
+ * When an attachment is gone (its process exited or was killed, or it
+ * detached), the daemon frees the objects it kept private: nobody else can
+ * reach them (stats: reclaimed_objects, reclaimed_bytes). So share an
+ * object before its maker may go, e.g. before storing its offset in
+ * another object or a root; a pointer inherited through fork() is not a
+ * share. Arena and pool objects are not tracked: they live with their
+ * arena or pool. */
 
-/* SHMHEAP_OFF_NULL for NULL or a pointer outside the heap. */
+/* SHMHEAP_OFF_NULL for NULL or a pointer outside the heap. Shares the
+ * object that contains p (see above). */
 SHMHEAP_EXPORT shmheap_off_t shmheap_to_off(shmheap_t *h, const void *p);
 /* NULL for SHMHEAP_OFF_NULL or an offset outside the heap. */
 SHMHEAP_EXPORT void *shmheap_from_off(shmheap_t *h, shmheap_off_t off);
