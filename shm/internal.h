@@ -181,6 +181,9 @@ void owned_detach(struct heap *h);
 /* A dead slot's bins: the objects at their heads may carry the dead
  * thread's tag (killed between the tag and the pop or push): clear it. */
 void owned_clear_bin_heads(struct heap *h, struct cache_slot *s);
+/* Reclaims the cache slots of client_id held by process pid, which is
+ * gone (trim.c). Returns how many. */
+int tcache_reclaim_process(struct heap *h, uint64_t client_id, uint32_t pid);
 
 /* ---- segment.c ---- */
 int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_size);

@@ -157,14 +157,18 @@ enum owner_state {
     OWNER_FREE = 0,
     OWNER_LIVE,     /* its attachment may still use its private objects */
     OWNER_DETACHED, /* detached: its private objects are unreachable */
+    OWNER_SWEEPING, /* its objects are being freed by `sweeper` */
 };
 
 /* An attachment's entry in the owner table; its tag is index + 1. Claimed
- * by CAS on state (ctl.c), freed by whoever reclaims its objects. */
+ * by CAS on state (owned.c), freed by whoever sweeps its objects. */
 struct owner_entry {
     uint32_t state; /* enum owner_state */
     uint32_t pid;
     uint64_t client_id;
+    uint32_t sweeper; /* pid of the process sweeping it (CAS from 0 or a dead pid) */
+    uint32_t pad0;
+    uint64_t pad1;
 };
 
 struct __attribute__((aligned(64))) recycler {
@@ -281,7 +285,7 @@ _Static_assert(sizeof(struct cache_slot) % 64 == 0, "slots do not share cache li
 _Static_assert(offsetof(struct ctl_header, rec) % 64 == 0, "recyclers are line-aligned");
 _Static_assert(offsetof(struct ctl_header, slots) % 64 == 0, "slots are line-aligned");
 _Static_assert(sizeof(struct root_entry) == 64, "root entry is one line");
-_Static_assert(sizeof(struct owner_entry) == 16, "owner entries pack four to a line");
+_Static_assert(sizeof(struct owner_entry) == 32, "owner entries pack two to a line");
 _Static_assert(SHM_MAX_OWNERS < UINT16_MAX, "owner tags are u16");
 _Static_assert(sizeof(pthread_mutex_t) == 40, "glibc x86-64 pthread_mutex_t");
 _Static_assert(sizeof(struct seg_header) <= 4096, "segment header fits its first page");

@@ -12,16 +12,15 @@
  *
  * A sweep reads tags under the segment lock, so a slab cannot change class
  * under it, and returns each object it finds there and then. Only the
- * thread that moved the entry to OWNER_RECLAIMING sweeps it, so no object
- * is freed twice. */
+ * process whose pid is in the entry's `sweeper` word sweeps it, so no
+ * object is freed twice; a sweeper that dies leaves its pid there, and the
+ * next sweep takes over (what the dead one freed has no tag any more). */
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "shm/internal.h"
 #include "shm/os.h"
-
-/* Not in layout.h's enum: a state only a sweeper holds. */
-#define OWNER_RECLAIMING 3u
 
 /* Large objects collected under the lock, freed after it. */
 #define SWEEP_BATCH 256u
@@ -179,15 +178,16 @@ sweep_segment(struct heap *h, struct seg_map *m, uint16_t tag, struct heap_owned
             /* relaxed: live owners write other objects' tags meanwhile.
              * A return clears the tag; the last one may release the slab,
              * whose tags then read 0 until the lock is dropped. */
+            /* Counted one by one: a sweeper that dies here leaves the
+             * figures right but for the object in its hands. */
             for (uint32_t i = 0; i < g.capacity; i++)
                 if (load_relaxed(&tags[i]) == tag &&
-                    seg_return_object_locked(h, m, slab_off + (uint64_t) i * g.size))
+                    seg_return_object_locked(h, m, slab_off + (uint64_t) i * g.size)) {
+                    (void) fetch_add_relaxed(&c->rec[cls].reclaimed, 1);
                     n++;
-            if (n) {
-                (void) fetch_add_relaxed(&c->rec[cls].reclaimed, n);
-                ret->objects += n;
-                ret->bytes += n * g.size;
-            }
+                }
+            ret->objects += n;
+            ret->bytes += n * g.size;
         }
         seg_unlock(m);
         for (uint32_t i = 0; i < nlarge; i++) {
@@ -206,80 +206,87 @@ sweep_segment(struct heap *h, struct seg_map *m, uint16_t tag, struct heap_owned
     return 0;
 }
 
-/* prev: the entry's state before the sweeper took it. */
-static int
-sweep_owner(struct heap *h, uint32_t index, uint32_t prev, struct heap_owned_reclaim *ret)
+static int sweep_owner(struct heap *h, uint32_t index, struct heap_owned_reclaim *ret)
 {
     struct ctl_header *c = h->ctl;
     struct owner_entry *e = &c->owners[index];
-    uint64_t objects = ret->objects, bytes = ret->bytes;
+    uint32_t pid = load_relaxed(&e->pid);
     int r = 0;
 
     /* A process that died attached may have died between a tag and a pop:
      * its caches go first (slot_reclaim clears the tags at their heads),
-     * or the sweep would free an object still in a dead cache. */
-    if (prev == OWNER_LIVE)
-        (void) heap_reclaim_client(h, load_relaxed(&e->client_id));
+     * or the sweep would free an object still in a dead cache. Only its
+     * own slots: another process may share its client id. */
+    if (!os_pid_alive((pid_t) pid))
+        (void) tcache_reclaim_process(h, load_relaxed(&e->client_id), pid);
     (void) heap_sync_segments(h);
     for (uint32_t i = 1; i < load_acquire(&h->nmapped) && r == 0; i++)
         if (load_acquire(&h->segs[i].meta))
             r = sweep_segment(h, &h->segs[i], (uint16_t) (index + 1), ret);
-    (void) fetch_add_relaxed(&c->owned_reclaimed_objects, ret->objects - objects);
-    (void) fetch_add_relaxed(&c->owned_reclaimed_bytes, ret->bytes - bytes);
     if (r < 0) {
-        /* Someone may try again. */
-        store_release(&e->state, OWNER_DETACHED);
+        /* Still SWEEPING with no sweeper: the next sweep takes it. */
+        store_release(&e->sweeper, 0);
         return r;
     }
     store_relaxed(&e->pid, 0);
     store_relaxed(&e->client_id, 0);
+    store_relaxed(&e->sweeper, 0);
     /* release: the next claimer sees no object tagged with this index. */
     store_release(&e->state, OWNER_FREE);
     ret->owners++;
     return 0;
 }
 
-/* Takes entry e for a sweep if `want` says so; *ret_prev: its state. */
-static bool owner_take(struct owner_entry *e,
-                       bool (*want)(const struct owner_entry *, void *),
-                       void *arg,
-                       uint32_t *ret_prev)
+/* Takes entry e for a sweep if `want` says so, or if its sweeper died. */
+static bool owner_take(struct owner_entry *e, bool (*want)(const struct owner_entry *, void *),
+                       void *arg)
 {
-    uint32_t st = load_acquire(&e->state);
+    uint32_t st = load_acquire(&e->state), sw = load_acquire(&e->sweeper);
 
-    if ((st != OWNER_LIVE && st != OWNER_DETACHED) || !load_relaxed(&e->pid) || !want(e, arg))
+    if (st == OWNER_FREE || !load_relaxed(&e->pid) || (st != OWNER_SWEEPING && !want(e, arg)))
         return false;
-    *ret_prev = st;
+    /* The sweeper word is the entry's lock: free, or held by a process
+     * that died (its own pid alive: another of our threads sweeps it). */
+    if (sw && os_pid_alive((pid_t) sw))
+        return false;
     /* acq_rel: the owner's tag writes happen before its detach or death;
-     * the CAS makes this thread the only sweeper. */
-    return cas_strong_acq_rel(&e->state, &st, OWNER_RECLAIMING);
+     * the CAS makes this process the only sweeper. */
+    if (!cas_strong_acq_rel(&e->sweeper, &sw, (uint32_t) getpid()))
+        return false;
+    st = load_acquire(&e->state);
+    if (st == OWNER_SWEEPING)
+        return true;
+    if (st != OWNER_FREE && want(e, arg) && cas_strong_acq_rel(&e->state, &st, OWNER_SWEEPING))
+        return true;
+    store_release(&e->sweeper, 0); /* it changed hands meanwhile */
+    return false;
 }
 
-static int sweep_where(struct heap *h,
-                       bool (*want)(const struct owner_entry *, void *),
-                       void *arg,
+static int sweep_where(struct heap *h, bool (*want)(const struct owner_entry *, void *), void *arg,
                        struct heap_owned_reclaim *ret)
 {
     struct ctl_header *c = h->ctl;
     uint32_t high = load_acquire(&c->owners_high);
+    uint64_t objects, bytes;
     int r = 0;
 
     memset(ret, 0, sizeof(*ret));
     if (high > SHM_MAX_OWNERS)
         high = SHM_MAX_OWNERS;
     for (uint32_t i = 0; i < high; i++) {
-        struct owner_entry *e = &c->owners[i];
-        uint32_t prev;
-
         if (i == h->owner_index && h->owner_tag)
             continue; /* never our own */
-        if (owner_take(e, want, arg, &prev)) {
-            int q = sweep_owner(h, i, prev, ret);
+        if (owner_take(&c->owners[i], want, arg)) {
+            int q = sweep_owner(h, i, ret);
 
             if (q < 0 && r == 0)
                 r = q;
         }
     }
+    objects = ret->objects;
+    bytes = ret->bytes;
+    (void) fetch_add_relaxed(&c->owned_reclaimed_objects, objects);
+    (void) fetch_add_relaxed(&c->owned_reclaimed_bytes, bytes);
     return r;
 }
 

@@ -15,5 +15,6 @@ Suite *misuse_suite(void);
 Suite *layout_suite(void);
 Suite *hugepages_suite(void);
 Suite *trim_suite(void);
+Suite *owned_suite(void);
 
 #endif
