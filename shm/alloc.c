@@ -101,17 +101,25 @@ void *heap_malloc(struct heap *h, size_t size)
         store_relaxed(&s->busy, 1);
         compiler_barrier();
         /* acquire: see tcache_enter(). */
+        /* Classes whose slabs span blocks find their tags through the
+         * metadata: the slow path (a call here would cost every malloc
+         * its registers). */
         if (likely(!load_acquire(&s->steal)) &&
-            likely(bin_off(w = load_relaxed(&bin->head)) != 0)) {
+            likely(bin_off(w = load_relaxed(&bin->head)) != 0) && likely(h->tag_geo[cls].mul)) {
             uint64_t *p = obj_words(h, bin_off(w));
             uint32_t ops = load_relaxed(&s->ops) + 1;
 
             /* The object takes our tag, then one store pops it (offset
              * and count share the word; the allocation is counted by the
              * tick's own counter). Tag first: see obj_tag(). */
-            store_relaxed(obj_tag(h, bin_off(w), cls), tc->owner_tag);
+            uint64_t next = p[0];
+
+            /* The link is read before the tag's store, whose address comes
+             * late (a multiply): the load must not wait behind it. */
             compiler_barrier();
-            store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
+            store_relaxed(obj_tag_at(h, p, cls), tc->owner_tag);
+            compiler_barrier();
+            store_relaxed(&bin->head, bin_word(next, bin_count(w) - 1));
             store_relaxed(&s->ops, ops);
             tcache_leave(tc);
             if (unlikely(ops >= TCACHE_TICK))
@@ -211,8 +219,6 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
     w = load_relaxed(&bin->head);
     obj_words(h, off)[0] = bin_off(w);
     store_relaxed(&bin->head, bin_word(off, bin_count(w) + 1));
-    compiler_barrier();
-    store_relaxed(obj_tag(h, off, cls), (uint16_t) 0);
     tcache_leave(tc);
     if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen || tc->free_tick == 0) {
         tc->free_tick = TCACHE_TICK;
@@ -259,9 +265,6 @@ void heap_free(struct heap *h, void *p)
              * (objects in use = bin net - count). */
             ((uint64_t *) p)[0] = bin_off(head);
             store_relaxed(&bin->head, bin_word(off, bin_count(head) + 1));
-            /* Pushed, then no owner: see obj_tag(). */
-            compiler_barrier();
-            store_relaxed(slab_obj_tag(h, off - rel, rel, cls), (uint16_t) 0);
             tcache_leave(tc);
             /* No tick here: malloc ticks, and a thread that only frees
              * reaches the slow path (a full bin) often enough. */

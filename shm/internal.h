@@ -57,6 +57,16 @@ struct heap {
     uint32_t recycler_cap;
     uint32_t retain_empty_blocks;
     uint32_t bin_cap[SHM_NCLASSES];  /* objects a bin holds before it gives a bundle away */
+    /* Per class, for the fast paths' owner tags (heap.c): the tags' offset
+     * in a slab, and 2^32 / size + 1, so that an object's index is
+     * (bytes into its block * mul) >> 32 (exact: a block is 2^16 bytes and
+     * such a class is at most 2^13); mul is 0 for classes whose slabs span
+     * blocks, which take the slow path. Here, not in a global, so the fast
+     * path reaches them from h without a GOT load. */
+    struct {
+        uint32_t mul;
+        uint32_t off;
+    } tag_geo[SHM_NCLASSES];
     uint32_t bundle_n[SHM_NCLASSES]; /* objects per bundle */
     struct seg_map segs[SHM_MAX_SEGMENTS];
 };
@@ -143,24 +153,42 @@ static inline uint64_t bundle_link(uint64_t next, uint32_t count, uint32_t maxse
 }
 
 /* ---- owner tags (owned.c) ----
- * An object handed out by malloc carries its owner's tag until it is freed
- * or shared (heap_to_off); free objects carry 0. Malloc writes the tag
- * before the pop and free clears it after the push, so a thread killed
- * between the two leaves the object either in its cache (the reclaimer
- * clears the tags of a dead slot's bin heads) or out of it and tagged (the
- * reclaimer frees it): never lost, never freed twice. */
+ * An object carries owner X's tag while X's malloc has handed it out and
+ * it has not been shared (heap_to_off), and while it sits in one of X's
+ * caches after X freed it; anywhere else (recyclers, slabs) it carries 0.
+ * So free does not touch the tag: a bundle leaving a cache for the
+ * recycler has its tags cleared (tcache.c), and a return to a slab clears
+ * them (segment.c). Malloc writes the tag before the pop, so a thread
+ * killed between the two leaves the object in its cache (drained to the
+ * slabs before a sweep) or out of it and tagged (the sweep frees it):
+ * never lost, never freed twice. */
 uint16_t *obj_tag_multi(struct heap *h, uint64_t off, unsigned cls);
+
+/* The tag of the object at p, of class cls with h->tag_geo[cls].mul != 0
+ * (slabs of one block). The reservation is 1 GiB-aligned, so p's block
+ * starts at p rounded down to the block size. */
+static inline uint16_t *obj_tag_at(struct heap *h, const void *p, unsigned cls)
+{
+    uintptr_t a = (uintptr_t) p, rel = a & (SHM_BLOCK_SIZE - 1);
+
+    return (uint16_t *) (a - rel + h->tag_geo[cls].off) + ((rel * h->tag_geo[cls].mul) >> 32);
+}
+
+/* The tag of the small object at offset off, of class cls whose slabs are
+ * one block (sizeclass_checks[cls].blocks == 1). */
+static inline uint16_t *obj_tag_single(struct heap *h, uint64_t off, unsigned cls)
+{
+    uint64_t rel = off & (SHM_BLOCK_SIZE - 1);
+
+    return (uint16_t *) (h->base + (off - rel) + sizeclass_checks[cls].tags_off) +
+           sizeclass_index(cls, rel);
+}
 
 /* The tag of the small object at offset off, of class cls. */
 static inline uint16_t *obj_tag(struct heap *h, uint64_t off, unsigned cls)
 {
-    const struct class_check *c = &sizeclass_checks[cls];
-
-    if (likely(c->blocks == 1)) {
-        uint64_t rel = off & (SHM_BLOCK_SIZE - 1);
-
-        return (uint16_t *) (h->base + (off - rel) + c->tags_off) + sizeclass_index(cls, rel);
-    }
+    if (likely(sizeclass_checks[cls].blocks == 1))
+        return obj_tag_single(h, off, cls);
     return obj_tag_multi(h, off, cls);
 }
 
@@ -178,9 +206,6 @@ void owned_share(struct heap *h, uint64_t off);
 void owned_attach(struct heap *h);
 /* Marks it detached: its private objects are unreachable from now on. */
 void owned_detach(struct heap *h);
-/* A dead slot's bins: the objects at their heads may carry the dead
- * thread's tag (killed between the tag and the pop or push): clear it. */
-void owned_clear_bin_heads(struct heap *h, struct cache_slot *s);
 /* Reclaims the cache slots of client_id held by process pid, which is
  * gone (trim.c). Returns how many. */
 int tcache_reclaim_process(struct heap *h, uint64_t client_id, uint32_t pid);

@@ -3,11 +3,13 @@
  * Each attachment claims an entry in the control segment's owner table and
  * writes its tag (index + 1) into every small object its malloc hands out
  * (a u16 per object at the end of the slab) and into the metadata word of
- * every large one. Free clears the tag, and so does heap_to_off(): an
- * offset is the only way an object reaches another process, so an object
- * whose tag is still set has never left its owner. When the owner is gone
+ * every large one. heap_to_off() clears it: an offset is the only way an
+ * object reaches another process, so an object whose tag is still set,
+ * outside its owner's caches, has never left its owner. A freed object
+ * keeps the tag in its freer's cache and loses it on the way out (to the
+ * recycler or its slab; see internal.h). When the owner is gone
  * (its process exited, or it detached: its mapping is gone), the reclaimer
- * sweeps the segments for its tag and returns those objects to their
+ * drains its caches to the slabs, then sweeps the segments for its tag and returns those objects to their
  * slabs, so bytes in use fall back to what the survivors hold.
  *
  * A sweep reads tags under the segment lock, so a slab cannot change class
@@ -128,19 +130,6 @@ void owned_detach(struct heap *h)
         return;
     /* acq_rel: the sweeper that sees DETACHED sees every tag we wrote. */
     (void) cas_strong_acq_rel(&h->ctl->owners[h->owner_index].state, &expected, OWNER_DETACHED);
-}
-
-void owned_clear_bin_heads(struct heap *h, struct cache_slot *s)
-{
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
-        uint64_t off = bin_off(load_relaxed(&s->bins[cls].head)), w;
-        struct seg_map *m;
-        uint32_t b;
-        uint16_t *tag;
-
-        if (off && (tag = obj_tag_checked(h, off, &m, &b, &w)) != NULL)
-            store_relaxed(tag, (uint16_t) 0);
-    }
 }
 
 /* Frees every object of segment m tagged `tag`: small ones straight to

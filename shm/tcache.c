@@ -207,9 +207,13 @@ void tcache_steal_end(struct cache_slot *s)
 }
 
 /* Walks at most `max` objects of a list, validating each offset; returns
- * the number of valid objects before the end or the first bad link. */
+ * the number of valid objects before the end or the first bad link.
+ * clear_cls < SHM_NCLASSES: the list is a bundle of that class about to
+ * leave a cache for the recycler; its objects' owner tags are cleared on
+ * the way (an object freed into a cache keeps its freer's tag until it
+ * leaves: see obj_tag() in internal.h). */
 static uint64_t chain_len(struct heap *h, uint64_t chain, uint64_t max, uint64_t *ret_last,
-                          uint32_t *ret_maxseg)
+                          uint32_t *ret_maxseg, unsigned clear_cls)
 {
     uint64_t n = 0, last = 0;
     uint32_t maxseg = 0;
@@ -217,6 +221,8 @@ static uint64_t chain_len(struct heap *h, uint64_t chain, uint64_t max, uint64_t
     while (chain && n < max) {
         if (!heap_seg_for(h, chain) || (chain & 15))
             break;
+        if (clear_cls < SHM_NCLASSES)
+            store_relaxed(obj_tag(h, chain, clear_cls), (uint16_t) 0);
         if ((uint32_t) (chain >> SHM_SEG_SHIFT) > maxseg)
             maxseg = (uint32_t) (chain >> SHM_SEG_SHIFT);
         last = chain;
@@ -310,7 +316,7 @@ void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls)
     uint32_t n = load_relaxed(&h->bundle_n[cls]), maxseg;
     uint64_t w = load_relaxed(&bin->head), first = bin_off(w), last, got;
 
-    got = chain_len(h, first, n, &last, &maxseg);
+    got = chain_len(h, first, n, &last, &maxseg, cls);
     if (got == 0)
         return;
     /* Cut the first `got` objects off the bin as one bundle. */
@@ -348,7 +354,7 @@ static uint64_t bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls
         uint64_t last, rest, got;
         uint32_t maxseg;
 
-        got = chain_len(h, chain, n, &last, &maxseg);
+        got = chain_len(h, chain, n, &last, &maxseg, cls);
         if (got == 0)
             break;
         rest = obj_words(h, last)[0];
@@ -363,7 +369,7 @@ static uint64_t bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls
         total += got;
         chain = rest;
     }
-    total += chain_len(h, load_relaxed(&s->handoff), UINT64_MAX, NULL, NULL);
+    total += chain_len(h, load_relaxed(&s->handoff), UINT64_MAX, NULL, NULL, SHM_NCLASSES);
     seg_return_handoff(h, &s->handoff);
     return total;
 }

@@ -39,10 +39,8 @@ static bool slot_reclaim(struct heap *h, struct cache_slot *s)
      * in its registers (an object popped but not yet counted, a bundle
      * between the recycler and a bin): they cannot be found, and the exact
      * object count of heap_verify no longer applies. */
-    if (load_relaxed(&s->busy)) {
+    if (load_relaxed(&s->busy))
         (void) fetch_add_relaxed(&h->ctl->deaths_mid_op, 1);
-        owned_clear_bin_heads(h, s);
-    }
     (void) tcache_drain_slot(h, s);
     store_relaxed(&s->busy, 0);
     store_relaxed(&s->pid, 0);
