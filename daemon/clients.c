@@ -52,7 +52,7 @@ static void client_unwatch(struct client *cl)
 }
 
 /* The client's process is gone: stop watching it and reclaim. */
-static void client_exited(struct client *cl)
+static void client_exited(struct client *cl, bool seen)
 {
     struct daemon *d = cl->d;
     int r;
@@ -60,6 +60,7 @@ static void client_exited(struct client *cl)
     if (cl->exited)
         return;
     cl->exited = true;
+    cl->exit_seen = seen;
     client_unwatch(cl);
     if (cl->conn) {
         /* Its socket's hang-up is still on its way. */
@@ -80,7 +81,7 @@ static void pidfd_cb(uv_poll_t *h, int status, int events)
 {
     (void) status;
     (void) events;
-    client_exited(h->data);
+    client_exited(h->data, true);
 }
 
 int clients_attach(struct daemon *d, struct conn *c, struct client **ret)
@@ -140,7 +141,7 @@ void clients_detach(struct client *cl)
      * With one, a process that has already exited is reclaimed at once
      * (its hang-up usually comes just before its pidfd turns readable). */
     if (cl->pidfd < 0 || poll(&pfd, 1, 0) > 0) {
-        client_exited(cl);
+        client_exited(cl, cl->pidfd >= 0);
         return;
     }
     log_info("client %" PRIu64 " (pid %d) detached; anything it left is reclaimed when it "

@@ -122,6 +122,7 @@ struct client {
     uv_poll_t pidfd_poll;
     bool pidfd_polling;
     bool exited; /* reclamation started */
+    bool exit_seen; /* its pidfd said so (else only its hang-up did) */
     unsigned handles;
 };
 

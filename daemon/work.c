@@ -25,6 +25,7 @@ struct job {
     struct conn *conn;  /* who asked (NULL: the periodic timer) */
     struct client *cl;  /* JOB_RECLAIM */
     uint64_t client_id; /* JOB_RECLAIM, copied for the worker */
+    bool exit_seen;     /* JOB_RECLAIM: its process has exited for sure */
     unsigned wait_ms;
     int r, slots, arenas;
     struct heap_owned_reclaim owned;
@@ -48,8 +49,9 @@ static void work_cb(uv_work_t *req)
     case JOB_RECLAIM:
         j->slots = heap_reclaim_client(h, j->client_id);
         j->arenas = heap_arena_destroy_session(h, j->client_id);
-        /* After its caches: see heap_reclaim_owned(). */
-        j->r = heap_reclaim_owned(h, j->client_id, true, &j->owned);
+        /* After its caches: see heap_reclaim_owned(). Only a pidfd proves
+         * the process gone; after a bare hang-up, only what it detached. */
+        j->r = heap_reclaim_owned(h, j->client_id, j->exit_seen, &j->owned);
         break;
     case JOB_RECLAIM_DETACHED:
         j->r = heap_reclaim_owned(h, j->client_id, false, &j->owned);
@@ -243,6 +245,7 @@ int work_reclaim(struct daemon *d, struct client *cl)
     j->kind = JOB_RECLAIM;
     j->cl = cl;
     j->client_id = cl->id;
+    j->exit_seen = cl->exit_seen;
     return job_start(d, j);
 }
 

@@ -207,7 +207,8 @@ void owned_attach(struct heap *h);
 /* Marks it detached: its private objects are unreachable from now on. */
 void owned_detach(struct heap *h);
 /* Reclaims the cache slots of client_id held by process pid, which is
- * gone (trim.c). Returns how many. */
+ * gone (trim.c). Returns how many it could not take (held meanwhile by a
+ * trimmer or verify). */
 int tcache_reclaim_process(struct heap *h, uint64_t client_id, uint32_t pid);
 
 /* ---- segment.c ---- */

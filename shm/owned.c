@@ -206,8 +206,18 @@ static int sweep_owner(struct heap *h, uint32_t index, struct heap_owned_reclaim
      * its caches go first (slot_reclaim clears the tags at their heads),
      * or the sweep would free an object still in a dead cache. Only its
      * own slots: another process may share its client id. */
-    if (!os_pid_alive((pid_t) pid))
-        (void) tcache_reclaim_process(h, load_relaxed(&e->client_id), pid);
+    if (!os_pid_alive((pid_t) pid)) {
+        /* Every one of them: objects in a cache another thread is still
+         * draining carry the dead one's tag too. */
+        for (unsigned tries = 0; tcache_reclaim_process(h, load_relaxed(&e->client_id), pid);
+             tries++) {
+            if (tries == 1000) {
+                store_release(&e->sweeper, 0); /* the next sweep tries again */
+                return -EAGAIN;
+            }
+            (void) usleep(1000);
+        }
+    }
     (void) heap_sync_segments(h);
     for (uint32_t i = 1; i < load_acquire(&h->nmapped) && r == 0; i++)
         if (load_acquire(&h->segs[i].meta))

@@ -70,16 +70,16 @@ int heap_reclaim_client(struct heap *h, uint64_t client_id)
 
 int tcache_reclaim_process(struct heap *h, uint64_t client_id, uint32_t pid)
 {
-    int n = 0;
+    int left = 0;
 
     for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &h->ctl->slots[i];
 
         if (load_acquire(&s->state) == SLOT_OWNED && load_relaxed(&s->client_id) == client_id &&
-            load_relaxed(&s->pid) == pid && slot_reclaim(h, s))
-            n++;
+            load_relaxed(&s->pid) == pid && !slot_reclaim(h, s))
+            left++; /* someone else holds it (a trimmer, verify) */
     }
-    return n;
+    return left;
 }
 
 /* Blocks a decommitter left BUSY when it died outside the lock. */
