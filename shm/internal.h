@@ -303,7 +303,10 @@ void tcache_settle_handoff(struct heap *h, struct cache_slot *s);
 /* Drains a slot's bins back into the heap (to blocks). The caller owns the
  * slot: its owner is gone, or steal is held. Returns objects drained. */
 uint64_t tcache_drain_slot(struct heap *h, struct cache_slot *s);
-int tcache_steal_begin(struct cache_slot *s, bool owner_dead);
+/* Takes slot s for a trimmer, reclaimer or verify (steal = our pid): 0, or
+ * -EBUSY. A holder that died is replaced, and what it left half done is
+ * settled. */
+int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead);
 void tcache_steal_end(struct cache_slot *s);
 struct tcache *tcache_get(struct heap *h); /* NULL and errno on failure */
 void tcache_enter(struct tcache *tc);

@@ -151,9 +151,14 @@ static void tcache_wait_steal(struct tcache *tc)
 
     while ((thief = load_acquire(&s->steal)) != 0) {
         sched_yield();
+        /* Taken back under our own pid, not 0: until the settle is done no
+         * other trimmer may steal the slot (it would settle the same
+         * handoff, or see it half done, beside us). */
         if (++spins % 1024 == 0 && !os_pid_alive((pid_t) thief) &&
-            cas_strong_acq_rel(&s->steal, &thief, 0)) {
+            cas_strong_acq_rel(&s->steal, &thief, (uint32_t) getpid())) {
             tcache_settle_handoff(tc->h, s);
+            /* release: the settled bins and handoff go with it. */
+            store_release(&s->steal, 0);
             return;
         }
     }
@@ -175,16 +180,27 @@ void tcache_enter(struct tcache *tc)
     }
 }
 
-int tcache_steal_begin(struct cache_slot *s, bool owner_dead)
+int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead)
 {
     uint32_t expected = 0;
+    bool took_over = false;
     int r;
 
     /* The trimmer's pid: an owner that finds it dead takes the slot back. */
-    if (!cas_strong_acq_rel(&s->steal, &expected, (uint32_t) getpid()))
-        return -EBUSY; /* another trimmer has it */
-    if (owner_dead)
+    if (!cas_strong_acq_rel(&s->steal, &expected, (uint32_t) getpid())) {
+        /* Another trimmer has it; if that one died (and the owner has not
+         * taken the slot back), we take its place: the caller drains,
+         * which settles whatever it left half done first. */
+        if (!owner_dead || expected == (uint32_t) getpid() || os_pid_alive((pid_t) expected) ||
+            !cas_strong_acq_rel(&s->steal, &expected, (uint32_t) getpid()))
+            return -EBUSY;
+        took_over = true;
+    }
+    if (owner_dead) {
+        if (took_over)
+            tcache_settle_handoff(h, s);
         return 0;
+    }
     r = os_membarrier();
     if (r < 0) {
         store_release(&s->steal, 0);
@@ -192,8 +208,11 @@ int tcache_steal_begin(struct cache_slot *s, bool owner_dead)
     }
     for (unsigned i = 0; i < 64; i++) {
         /* acquire: pairs with the owner's release of busy. */
-        if (!load_acquire(&s->busy))
+        if (!load_acquire(&s->busy)) {
+            if (took_over)
+                tcache_settle_handoff(h, s);
             return 0;
+        }
         sched_yield();
     }
     store_release(&s->steal, 0);
@@ -551,7 +570,7 @@ void tcache_flush_all(struct heap *h)
 {
     pthread_mutex_lock(&h->local_lock);
     for (struct tcache *tc = h->caches; tc; tc = tc->next) {
-        if (tcache_steal_begin(tc->slot, false) == 0) {
+        if (tcache_steal_begin(h, tc->slot, false) == 0) {
             (void) tcache_drain_slot(h, tc->slot);
             tcache_steal_end(tc->slot);
         }

@@ -17,7 +17,7 @@
  * owner is busy (it will flush itself) or another trimmer has it. */
 static bool slot_steal_drain(struct heap *h, struct cache_slot *s, uint64_t gen)
 {
-    if (tcache_steal_begin(s, false) < 0)
+    if (tcache_steal_begin(h, s, false) < 0)
         return false;
     (void) tcache_drain_slot(h, s);
     /* release: the owner, and a trimmer waiting on it, see the drain. */
@@ -29,7 +29,7 @@ static bool slot_steal_drain(struct heap *h, struct cache_slot *s, uint64_t gen)
 /* Takes back a slot whose owner is gone: drain, then free the slot. */
 static bool slot_reclaim(struct heap *h, struct cache_slot *s)
 {
-    if (tcache_steal_begin(s, true) < 0)
+    if (tcache_steal_begin(h, s, true) < 0)
         return false;
     if (load_acquire(&s->state) != SLOT_OWNED) {
         tcache_steal_end(s);

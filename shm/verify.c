@@ -304,7 +304,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
         if (load_acquire(&s->state) != SLOT_OWNED)
             continue;
         dead = !os_pid_alive((pid_t) load_relaxed(&s->pid));
-        if (tcache_steal_begin(s, dead) < 0) {
+        if (tcache_steal_begin(h, s, dead) < 0) {
             exact = false;
             continue;
         }

@@ -717,7 +717,7 @@ static int thief_child(void *arg, unsigned idx)
         if (load_acquire(&s->state) == SLOT_OWNED &&
             load_relaxed(&s->pid) == (uint32_t) c->victim) {
             /* What heap_trim does to an idle cache, then death. */
-            MP_REQUIRE(tcache_steal_begin(s, false) == 0, "tcache_steal_begin on slot %u", i);
+            MP_REQUIRE(tcache_steal_begin(h, s, false) == 0, "tcache_steal_begin on slot %u", i);
             (void) raise(SIGKILL);
         }
     }
