@@ -174,21 +174,11 @@ static inline uint16_t *obj_tag_at(struct heap *h, const void *p, unsigned cls)
     return (uint16_t *) (a - rel + h->tag_geo[cls].off) + ((rel * h->tag_geo[cls].mul) >> 32);
 }
 
-/* The tag of the small object at offset off, of class cls whose slabs are
- * one block (sizeclass_checks[cls].blocks == 1). */
-static inline uint16_t *obj_tag_single(struct heap *h, uint64_t off, unsigned cls)
-{
-    uint64_t rel = off & (SHM_BLOCK_SIZE - 1);
-
-    return (uint16_t *) (h->base + (off - rel) + sizeclass_checks[cls].tags_off) +
-           sizeclass_index(cls, rel);
-}
-
 /* The tag of the small object at offset off, of class cls. */
 static inline uint16_t *obj_tag(struct heap *h, uint64_t off, unsigned cls)
 {
-    if (likely(sizeclass_checks[cls].blocks == 1))
-        return obj_tag_single(h, off, cls);
+    if (likely(h->tag_geo[cls].mul))
+        return obj_tag_at(h, off_ptr(h, off), cls);
     return obj_tag_multi(h, off, cls);
 }
 

@@ -81,6 +81,5 @@ void sizeclass_init(void)
         c->span = g.capacity * g.size;
         c->div_mul = (UINT64_C(1) << 40) / g.size + 1;
         c->tags_off = g.tags_off;
-        c->blocks = g.blocks;
     }
 }

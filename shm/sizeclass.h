@@ -32,7 +32,7 @@ struct class_check {
      * since div_mul = 2^40 / size + 1 errs by less than rel / 2^40. */
     uint64_t div_mul;
     uint32_t tags_off;
-    uint32_t blocks; /* 1: an object's slab starts at its block's start */
+    uint32_t pad;
 };
 extern struct class_check sizeclass_checks[SHM_NCLASSES];
 /* Fills sizeclass_checks; called once before the first attachment. */
