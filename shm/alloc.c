@@ -113,11 +113,12 @@ void *heap_malloc(struct heap *h, size_t size)
              * and count share the word; the allocation is counted by the
              * tick's own counter). Tag first: see obj_tag(). */
             uint64_t next = p[0];
+            uint16_t *tag = obj_tag_at(h, p, cls);
 
             /* The link is read before the tag's store, whose address comes
              * late (a multiply): the load must not wait behind it. */
             compiler_barrier();
-            store_relaxed(obj_tag_at(h, p, cls), tc->owner_tag);
+            store_relaxed(tag, tc->owner_tag);
             compiler_barrier();
             store_relaxed(&bin->head, bin_word(next, bin_count(w) - 1));
             store_relaxed(&s->ops, ops);

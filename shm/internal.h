@@ -182,6 +182,12 @@ static inline uint16_t *obj_tag(struct heap *h, uint64_t off, unsigned cls)
     return obj_tag_multi(h, off, cls);
 }
 
+/* The tag array of the slab whose first byte is at `slab`. */
+static inline uint16_t *slab_tags(char *slab, const struct slab_geometry *g)
+{
+    return (uint16_t *) (slab + g->tags_off);
+}
+
 /* Same, knowing the slab's start (slab_off) and rel = off - slab_off. */
 static inline uint16_t *slab_obj_tag(struct heap *h, uint64_t slab_off, uint64_t rel, unsigned cls)
 {

@@ -218,8 +218,7 @@ struct ctl_header {
     uint32_t owners_high;        /* 1 + the highest owner index ever claimed */
     uint32_t pad2;
     uint64_t owned_reclaimed_large;       /* large objects among owned_reclaimed_objects */
-    uint64_t owned_reclaimed_large_bytes; /* their bytes (whole blocks) */
-    uint64_t pad3[2];
+    uint64_t pad3[3];
     struct recycler rec[SHM_NCLASSES];
     struct root_entry roots[SHM_MAX_ROOTS];
     struct owner_entry owners[SHM_MAX_OWNERS];

@@ -101,6 +101,8 @@ void owned_attach(struct heap *h)
         uint32_t expected = OWNER_FREE;
         uint32_t high;
 
+        /* acq_rel: acquire pairs with the last sweeper's release of FREE
+         * (no object carries this tag any more); the CAS makes it ours. */
         if (load_relaxed(&e->state) != OWNER_FREE ||
             !cas_strong_acq_rel(&e->state, &expected, OWNER_LIVE))
             continue;
@@ -163,7 +165,7 @@ sweep_segment(struct heap *h, struct seg_map *m, uint16_t tag, struct heap_owned
                 continue;
             sizeclass_geometry(cls, &g);
             slab_off = seg_off | (uint64_t) b << SHM_BLOCK_SHIFT;
-            tags = (const uint16_t *) (h->base + slab_off + g.tags_off);
+            tags = slab_tags(h->base + slab_off, &g);
             /* relaxed: live owners write other objects' tags meanwhile.
              * A return clears the tag; the last one may release the slab,
              * whose tags then read 0 until the lock is dropped. */
@@ -187,7 +189,6 @@ sweep_segment(struct heap *h, struct seg_map *m, uint16_t tag, struct heap_owned
             if (seg_free_run(h, lm, lb, RUN_LARGE, NULL) < 0)
                 continue;
             (void) fetch_add_relaxed(&c->owned_reclaimed_large, 1);
-            (void) fetch_add_relaxed(&c->owned_reclaimed_large_bytes, bytes);
             ret->objects++;
             ret->bytes += bytes;
         }

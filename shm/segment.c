@@ -346,7 +346,7 @@ static void slab_format(struct seg_map *m, uint32_t b, unsigned cls, const struc
     uint64_t *bits = slab_bitmap(m, b, g);
 
     /* The block may hold a former slab's bytes: no object has an owner. */
-    memset(m->base + ((uint64_t) b << SHM_BLOCK_SHIFT) + g->tags_off, 0,
+    memset(slab_tags(m->base + ((uint64_t) b << SHM_BLOCK_SHIFT), g), 0,
            g->bitmap_off - g->tags_off);
     for (uint32_t i = 0; i < g->bitmap_words; i++)
         bits[i] = ~UINT64_C(0);
@@ -500,7 +500,7 @@ static bool slab_return_one(struct heap *h, struct seg_map *m, uint64_t off, boo
     }
     /* A free object has no owner; frees clear the tag already, this covers
      * a reclaimer's replay of a dead thread's half-done free. */
-    store_relaxed((uint16_t *) (m->base + ((uint64_t) head << SHM_BLOCK_SHIFT) + g.tags_off) + idx,
+    store_relaxed(slab_tags(m->base + ((uint64_t) head << SHM_BLOCK_SHIFT), &g) + idx,
                   (uint16_t) 0);
     bits[idx / 64] |= UINT64_C(1) << (idx % 64);
     nfree = meta_nfree(w) + 1;

@@ -52,33 +52,40 @@ static bool slot_reclaim(struct heap *h, struct cache_slot *s)
     return true;
 }
 
-int heap_reclaim_client(struct heap *h, uint64_t client_id)
+/* Reclaims the slots of client_id (of process pid only, unless pid is 0);
+ * *ret_left counts those someone else held (a trimmer, verify). */
+static int reclaim_slots(struct heap *h, uint64_t client_id, uint32_t pid, int *ret_left)
 {
-    int n = 0;
+    int n = 0, left = 0;
 
-    if (!h)
-        return -EINVAL;
     for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &h->ctl->slots[i];
 
-        if (load_acquire(&s->state) == SLOT_OWNED && load_relaxed(&s->client_id) == client_id &&
-            slot_reclaim(h, s))
+        if (load_acquire(&s->state) != SLOT_OWNED || load_relaxed(&s->client_id) != client_id ||
+            (pid && load_relaxed(&s->pid) != pid))
+            continue;
+        if (slot_reclaim(h, s))
             n++;
+        else
+            left++;
     }
+    if (ret_left)
+        *ret_left = left;
     return n;
+}
+
+int heap_reclaim_client(struct heap *h, uint64_t client_id)
+{
+    if (!h)
+        return -EINVAL;
+    return reclaim_slots(h, client_id, 0, NULL);
 }
 
 int tcache_reclaim_process(struct heap *h, uint64_t client_id, uint32_t pid)
 {
-    int left = 0;
+    int left;
 
-    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
-        struct cache_slot *s = &h->ctl->slots[i];
-
-        if (load_acquire(&s->state) == SLOT_OWNED && load_relaxed(&s->client_id) == client_id &&
-            load_relaxed(&s->pid) == pid && !slot_reclaim(h, s))
-            left++; /* someone else holds it (a trimmer, verify) */
-    }
+    (void) reclaim_slots(h, client_id, pid, &left);
     return left;
 }
 

@@ -164,7 +164,7 @@ static void verify_segment(struct verify_ctx *v, struct seg_map *m, uint64_t *ou
                 problem(v, "segment %u block %u: empty slab not released", m->index, b);
             out[cls] += g.capacity - nfree;
             /* A free object has no owner; an owned one's owner is known. */
-            tags = (const uint16_t *) (m->base + ((uint64_t) b << SHM_BLOCK_SHIFT) + g.tags_off);
+            tags = slab_tags(m->base + ((uint64_t) b << SHM_BLOCK_SHIFT), &g);
             for (uint32_t i = 0; i < g.capacity; i++) {
                 uint16_t t = load_relaxed(&tags[i]);
 
