@@ -371,6 +371,8 @@ enum shm_fault_point {
     FAULT_CARVE_MID,  /* inside a carve, block half formatted */
     FAULT_DECOMMIT_MID,
     FAULT_PUNCH_MID, /* in a trim, objects reserved for a punch inside a slab */
+    FAULT_PUNCH_RESERVE_MID, /* a punch's reservation, lock held: a bit cleared, not recorded */
+    FAULT_PUNCH_RESTORE_MID, /* a punch's restore, lock held: a bit set, still recorded */
 };
 void shm_fault(enum shm_fault_point p);
 

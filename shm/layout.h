@@ -66,6 +66,7 @@
 #define SHM_SMALL_MAX       32768u
 #define SHM_MIN_OBJECT      16u
 #define SHM_SLAB_MAX_BLOCKS 5u
+#define SHM_SLAB_MAX_OBJECTS 4096u /* no slab holds more (sizeclass.c checks) */
 
 #define SHM_MAX_SLOTS  1024u /* thread caches across all processes */
 #define SHM_MAX_OWNERS 8192u /* tracked attachments at once; tags 1..SHM_MAX_OWNERS */
@@ -99,6 +100,12 @@ struct seg_entry {
     uint64_t size;      /* bytes; 0 while not yet published */
     uint32_t page_size; /* bytes of the backing page: 4096, 2 MiB or 1 GiB */
     uint32_t state;     /* enum seg_state */
+};
+
+enum punch_phase {
+    PUNCH_OUTSIDE = 0, /* no punch, or its puncher is outside the lock */
+    PUNCH_RESERVING,   /* reserving objects under the lock */
+    PUNCH_RESTORING,   /* restoring them under the lock */
 };
 
 enum seg_state {
@@ -270,10 +277,17 @@ struct seg_header {
     uint32_t punch_pid;
     uint32_t punch_block;
     uint64_t punch_mask[2]; /* pages of the slab, 16 per block, up to 5 blocks */
+    /* The objects that punch reserved, exactly: a restore frees these and
+     * no others (an object of a masked page the puncher had not reached
+     * when it died may be allocated since). */
+    uint64_t punch_reserved[SHM_SLAB_MAX_OBJECTS / 64];
     /* Bytes in RUN_LARGE runs: under the lock, and recounted from the
      * metadata by recovery, so a death never leaves it wrong. */
     uint64_t large_bytes;
-    uint64_t pad[1];
+    /* enum punch_phase: what the puncher is doing under the lock, so that
+     * a recovering holder can finish it (segment.c). */
+    uint32_t punch_phase;
+    uint32_t pad;
 };
 
 _Static_assert(sizeof(struct cache_bin) == 64, "cache_bin is one cache line");

@@ -592,6 +592,7 @@ void seg_return_handoff(struct heap *h, uint64_t *handoff)
 }
 
 static void punch_restore(struct seg_map *m);
+static void punch_recover(struct seg_map *m);
 
 void seg_reap_busy(struct heap *h, struct seg_map *m)
 {
@@ -661,14 +662,44 @@ static bool punch_mask_test(const uint64_t *mask, uint32_t p)
 
 /* Sets (restore) or clears (reserve) the free bits of every object that
  * overlaps a masked page; returns how many bits changed. */
-static uint32_t punch_objects(struct seg_map *m, uint32_t sb, const uint64_t *mask, bool restore)
+enum punch_op {
+    PUNCH_RESERVE,       /* clear the free bits of the masked pages' objects, recording them */
+    PUNCH_FREE_RECORDED, /* set the bits of the recorded objects, forgetting them */
+    PUNCH_FREE_MASKED,   /* set the bits of every masked page's object (recovery of a
+                          * reservation cut short: the lock was held throughout, so every
+                          * such object with its bit clear is one the puncher reserved) */
+};
+
+/* Moves the objects of a punch on slab sb; returns how many free bits
+ * changed. A reservation clears a bit before recording it, a restore sets
+ * a bit before forgetting it; a death between the two, under the lock, is
+ * finished by punch_recover(). */
+static uint32_t punch_objects(struct seg_map *m, uint32_t sb, const uint64_t *mask,
+                              enum punch_op op)
 {
-    uint64_t w = meta_get(m, sb), *bits;
+    uint64_t w = meta_get(m, sb), *bits, *rsv = m->hdr->punch_reserved;
     struct slab_geometry g;
     uint32_t changed = 0;
 
     sizeclass_geometry(meta_class(w), &g);
     bits = slab_bitmap(m, sb, &g);
+    if (op == PUNCH_FREE_RECORDED) {
+        for (uint32_t i = 0; i < g.capacity; i++) {
+            uint64_t bit = UINT64_C(1) << (i % 64);
+
+            if (!(load_relaxed(&rsv[i / 64]) & bit))
+                continue;
+            if (!(bits[i / 64] & bit)) {
+                bits[i / 64] |= bit;
+                changed++;
+            }
+            if (changed == 2)
+                shm_fault(FAULT_PUNCH_RESTORE_MID);
+            compiler_barrier();
+            store_relaxed(&rsv[i / 64], rsv[i / 64] & ~bit);
+        }
+        return changed;
+    }
     for (uint32_t p = 0; p < 128; p++) {
         uint64_t lo, hi;
 
@@ -679,13 +710,21 @@ static uint32_t punch_objects(struct seg_map *m, uint32_t sb, const uint64_t *ma
         for (uint64_t i = lo; i <= hi && i < g.capacity; i++) {
             uint64_t bit = UINT64_C(1) << (i % 64);
 
-            if (restore && !(bits[i / 64] & bit)) {
-                bits[i / 64] |= bit;
-                changed++;
-            } else if (!restore && (bits[i / 64] & bit)) {
-                bits[i / 64] &= ~bit;
-                changed++;
+            if (op == PUNCH_FREE_MASKED) {
+                if (!(bits[i / 64] & bit)) {
+                    bits[i / 64] |= bit;
+                    changed++;
+                }
+                continue;
             }
+            if (!(bits[i / 64] & bit))
+                continue;
+            bits[i / 64] &= ~bit;
+            if (changed == 2)
+                shm_fault(FAULT_PUNCH_RESERVE_MID);
+            compiler_barrier();
+            store_relaxed(&rsv[i / 64], rsv[i / 64] | bit);
+            changed++;
         }
     }
     return changed;
@@ -719,9 +758,30 @@ static void punch_restore(struct seg_map *m)
     struct seg_header *hdr = m->hdr;
     uint32_t sb = hdr->punch_block;
 
+    store_relaxed(&hdr->punch_phase, PUNCH_RESTORING);
     if (sb < m->nblocks && meta_state(meta_get(m, sb)) == BLK_SLAB)
-        slab_adjust(m, sb, punch_objects(m, sb, hdr->punch_mask, true));
+        slab_adjust(m, sb, punch_objects(m, sb, hdr->punch_mask, PUNCH_FREE_RECORDED));
     store_relaxed(&hdr->punch_pid, 0);
+    store_relaxed(&hdr->punch_phase, PUNCH_OUTSIDE);
+}
+
+/* Recovery: a holder died inside a punch's reservation or restore. Nobody
+ * took an object since (the lock was held), so the punch is undone
+ * exactly: a reservation through the mask, a restore through the record.
+ * Free counts are rebuilt by seg_repair() afterwards. */
+static void punch_recover(struct seg_map *m)
+{
+    struct seg_header *hdr = m->hdr;
+    uint32_t phase = hdr->punch_phase, sb = hdr->punch_block;
+
+    if (phase == PUNCH_OUTSIDE)
+        return;
+    if (sb < m->nblocks && meta_state(meta_get(m, sb)) == BLK_SLAB && hdr->punch_pid)
+        (void) punch_objects(m, sb, hdr->punch_mask,
+                             phase == PUNCH_RESERVING ? PUNCH_FREE_MASKED : PUNCH_FREE_RECORDED);
+    memset(hdr->punch_reserved, 0, sizeof(hdr->punch_reserved));
+    store_relaxed(&hdr->punch_pid, 0);
+    store_relaxed(&hdr->punch_phase, PUNCH_OUTSIDE);
 }
 
 /* Pages of slab sb wholly covered by free objects, below its owner tags. */
@@ -784,12 +844,15 @@ uint64_t seg_punch_slabs(struct heap *h, struct seg_map *m)
             break;
         }
         /* The record first, the reservation second: a reaper restores
-         * every object of the masked pages, idempotently. */
+         * the objects recorded as reserved, idempotently. */
+        memset(hdr->punch_reserved, 0, sizeof(hdr->punch_reserved));
         store_relaxed(&hdr->punch_block, sb);
         store_relaxed(&hdr->punch_mask[0], mask[0]);
         store_relaxed(&hdr->punch_mask[1], mask[1]);
+        store_relaxed(&hdr->punch_phase, PUNCH_RESERVING);
         store_relaxed(&hdr->punch_pid, pid);
-        slab_adjust(m, sb, -(int64_t) punch_objects(m, sb, mask, false));
+        slab_adjust(m, sb, -(int64_t) punch_objects(m, sb, mask, PUNCH_RESERVE));
+        store_relaxed(&hdr->punch_phase, PUNCH_OUTSIDE);
         seg_unlock(m);
         shm_fault(FAULT_PUNCH_MID);
         seg_base = (uint64_t) sb << SHM_BLOCK_SHIFT;
@@ -820,20 +883,12 @@ uint32_t seg_punch_reserved(struct seg_map *m, unsigned *ret_cls)
 {
     struct seg_header *hdr = m->hdr;
     uint32_t n = 0, sb = hdr->punch_block;
-    struct slab_geometry g;
     uint64_t w;
 
     if (!hdr->punch_pid || sb >= m->nblocks || meta_state(w = meta_get(m, sb)) != BLK_SLAB)
         return 0;
-    sizeclass_geometry(meta_class(w), &g);
-    for (uint64_t i = 0; i < g.capacity; i++) {
-        uint64_t lo = i * g.size / PUNCH_PAGE, hi = ((i + 1) * g.size - 1) / PUNCH_PAGE;
-        bool in = false;
-
-        for (uint64_t p = lo; p <= hi && p < 128; p++)
-            in = in || punch_mask_test(hdr->punch_mask, (uint32_t) p);
-        n += in;
-    }
+    for (unsigned k = 0; k < SHM_SLAB_MAX_OBJECTS / 64; k++)
+        n += (uint32_t) __builtin_popcountll(load_relaxed(&hdr->punch_reserved[k]));
     *ret_cls = meta_class(w);
     return n;
 }
@@ -1053,6 +1108,8 @@ static void seg_recover(struct seg_map *m, struct heap *h)
         for (uint32_t i = 0; i < j->n; i++)
             meta_put(m, j->block + i, meta_make(BLK_FREE, 0, 0, 0, RUN_LARGE));
     }
+    /* A punch it was reserving or restoring under the lock. */
+    punch_recover(m);
     /* The dead holder's free counts may lag its bitmaps (a take counts
      * after a slab's loop): recount them before the replay adds to them,
      * or a slab could look empty while objects in it are in use. */

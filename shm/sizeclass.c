@@ -50,7 +50,7 @@ void sizeclass_geometry(unsigned cls, struct slab_geometry *ret)
             break;
         blocks++; /* the bitmap took the eighth object's room */
     }
-    assert(cap >= 8);
+    assert(cap >= 8 && cap <= SHM_SLAB_MAX_OBJECTS);
     ret->size = (uint32_t) size;
     ret->blocks = (uint32_t) blocks;
     ret->capacity = (uint32_t) cap;

@@ -543,7 +543,12 @@ START_TEST(trim_punches_pages_inside_slabs)
 }
 END_TEST
 
-/* A trimmer killed with objects reserved for a punch: a reaper puts them back. */
+/* A trimmer killed with objects reserved for a punch (outside the lock: a
+ * reaper puts them back), or inside the lock halfway through reserving or
+ * restoring them (the next holder's recovery finishes the job). */
+static const int puncher_faults[] = {FAULT_PUNCH_MID, FAULT_PUNCH_RESERVE_MID,
+                                     FAULT_PUNCH_RESTORE_MID};
+
 START_TEST(trim_puncher_killed)
 {
     struct shm_config cfg;
@@ -564,7 +569,7 @@ START_TEST(trim_puncher_killed)
     if (pid == 0) {
         struct heap *h = th_attach_child(&t, 77);
 
-        shm_fault_at = FAULT_PUNCH_MID;
+        shm_fault_at = puncher_faults[_i];
         (void) heap_trim(h, 0, NULL);
         _exit(3); /* the fault point was not reached */
     }
@@ -598,7 +603,8 @@ Suite *trim_suite(void)
     tcase_add_test(tc, trim_idle_thread);
     tcase_add_test(tc, trim_dead_child);
     tcase_add_test(tc, trim_punches_pages_inside_slabs);
-    tcase_add_test(tc, trim_puncher_killed);
+    tcase_add_loop_test(tc, trim_puncher_killed, 0,
+                        (int) (sizeof(puncher_faults) / sizeof(puncher_faults[0])));
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
     return s;
