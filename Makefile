@@ -87,6 +87,7 @@ CONFIG_SRCS  := $(wildcard config/*.c)
 CLIENT_SRCS  := $(wildcard client/*.c)
 DAEMON_SRCS  := $(wildcard daemon/*.c)
 CTL_SRCS     := $(wildcard ctl/*.c)
+PROM_SRCS    := $(wildcard prom/*.c)
 TEST_COMMON  := $(wildcard tests/common/*.c)
 UNIT_SRCS    := $(if $(wildcard tests/run_unit.c),tests/run_unit.c $(wildcard tests/unit/*.c))
 MP_SRCS      := $(if $(wildcard tests/run_mp.c),tests/run_mp.c $(wildcard tests/mp/*.c))
@@ -97,6 +98,7 @@ CONFIG_OBJS  := $(call obj,$(CONFIG_SRCS))
 CLIENT_OBJS  := $(call obj,$(CLIENT_SRCS))
 DAEMON_OBJS  := $(call obj,$(DAEMON_SRCS))
 CTL_OBJS     := $(call obj,$(CTL_SRCS))
+PROM_OBJS    := $(call obj,$(PROM_SRCS))
 COMMON_OBJS  := $(call obj,$(TEST_COMMON))
 UNIT_OBJS    := $(call obj,$(UNIT_SRCS))
 MP_OBJS      := $(call obj,$(MP_SRCS))
@@ -105,6 +107,7 @@ SERVICE_OBJS := $(call obj,$(SERVICE_SRCS))
 # Each artifact is empty when its sources do not exist (yet).
 SHMCORE     := $(if $(SHM_SRCS),$(B)/libshmcore.a)
 SHMCONFIG   := $(if $(CONFIG_SRCS),$(B)/libshmconfig.a)
+SHMPROM     := $(if $(PROM_SRCS),$(B)/libshmprom.a)
 CLIENT_SO   := $(if $(CLIENT_SRCS),$(B)/libshmheap.so)
 CLIENT_A    := $(if $(CLIENT_SRCS),$(B)/libshmheap.a)
 CLIENT_PC   := $(if $(CLIENT_SRCS),$(B)/shmheap.pc)
@@ -115,7 +118,7 @@ RUN_MP      := $(if $(MP_SRCS),$(B)/tests/run_mp)
 RUN_SERVICE := $(if $(SERVICE_SRCS),$(B)/tests/run_service)
 TESTS       := $(RUN_UNIT) $(RUN_MP) $(RUN_SERVICE)
 
-ALL_OBJS := $(sort $(SHM_OBJS) $(CONFIG_OBJS) $(CLIENT_OBJS) $(DAEMON_OBJS) $(CTL_OBJS) \
+ALL_OBJS := $(sort $(SHM_OBJS) $(CONFIG_OBJS) $(PROM_OBJS) $(CLIENT_OBJS) $(DAEMON_OBJS) $(CTL_OBJS) \
               $(COMMON_OBJS) $(UNIT_OBJS) $(MP_OBJS) $(SERVICE_OBJS))
 
 # ---------------------------------------------------------------------------
@@ -123,7 +126,7 @@ ALL_OBJS := $(sort $(SHM_OBJS) $(CONFIG_OBJS) $(CLIENT_OBJS) $(DAEMON_OBJS) $(CT
 
 .PHONY: all deps check-atomics test test-run test-run-mp run soak format install clean bench
 
-all: $(SHMCORE) $(SHMCONFIG) $(CLIENT_SO) $(CLIENT_A) $(CLIENT_PC) $(DAEMON) $(CTL) $(TESTS) \
+all: $(SHMCORE) $(SHMCONFIG) $(SHMPROM) $(CLIENT_SO) $(CLIENT_A) $(CLIENT_PC) $(DAEMON) $(CTL) $(TESTS) \
      check-atomics
 
 # `make test` and `make run` install missing packages before compiling anything.
@@ -147,6 +150,7 @@ $(B)/obj/client/%.o: DIR_CFLAGS = -fvisibility=hidden $(CLIENT_CFLAGS)
 $(B)/obj/config/%.o: DIR_CFLAGS = $(CJSON_CFLAGS)
 $(B)/obj/daemon/%.o: DIR_CFLAGS = $(DAEMON_CFLAGS)
 $(B)/obj/ctl/%.o:    DIR_CFLAGS = $(CJSON_CFLAGS)
+$(B)/obj/prom/%.o:   DIR_CFLAGS = $(CJSON_CFLAGS)
 $(B)/obj/tests/%.o:  DIR_CFLAGS = $(CHECK_CFLAGS) $(CJSON_CFLAGS)
 
 $(B)/obj/%.o: %.c $(B)/.flags
@@ -166,10 +170,11 @@ endef
 inputs = $(filter-out $(B)/.inputs/%,$^)
 $(if $(SHMCORE),$(eval $(call inputs_of,libshmcore.a,$(SHM_OBJS))))
 $(if $(SHMCONFIG),$(eval $(call inputs_of,libshmconfig.a,$(CONFIG_OBJS))))
+$(if $(SHMPROM),$(eval $(call inputs_of,libshmprom.a,$(PROM_OBJS))))
 $(if $(CLIENT_A),$(eval $(call inputs_of,libshmheap.a,$(CLIENT_OBJS) $(SHM_OBJS))))
 $(if $(CLIENT_SO),$(eval $(call inputs_of,libshmheap.so,$(CLIENT_OBJS) $(SHMCORE))))
-$(if $(DAEMON),$(eval $(call inputs_of,shmheapd,$(DAEMON_OBJS) $(SHMCONFIG) $(SHMCORE))))
-$(if $(CTL),$(eval $(call inputs_of,shmheapctl,$(CTL_OBJS) $(SHMCONFIG) $(SHMCORE))))
+$(if $(DAEMON),$(eval $(call inputs_of,shmheapd,$(DAEMON_OBJS) $(SHMPROM) $(SHMCONFIG) $(SHMCORE))))
+$(if $(CTL),$(eval $(call inputs_of,shmheapctl,$(CTL_OBJS) $(SHMPROM) $(SHMCONFIG) $(SHMCORE))))
 $(if $(RUN_UNIT),$(eval $(call inputs_of,tests/run_unit,$(UNIT_OBJS) $(COMMON_OBJS) $(SHMCONFIG) $(SHMCORE))))
 $(if $(RUN_MP),$(eval $(call inputs_of,tests/run_mp,$(MP_OBJS) $(COMMON_OBJS) $(SHMCONFIG) $(SHMCORE))))
 $(if $(RUN_SERVICE),$(eval $(call inputs_of,tests/run_service,\
@@ -185,6 +190,10 @@ $(B)/libshmcore.a: $(SHM_OBJS)
 	$(archive)
 
 $(B)/libshmconfig.a: $(CONFIG_OBJS)
+	$(archive)
+
+# The Prometheus text generator (prom/), shared by shmheapd and shmheapctl.
+$(B)/libshmprom.a: $(PROM_OBJS)
 	$(archive)
 
 # The client library: client objects plus the shm objects. In the shared library
@@ -223,10 +232,10 @@ $(B)/shmheap.pc: Makefile
 	@mkdir -p $(@D)
 	$(call msg,GEN,$@)$(file >$@,$(PC_TEMPLATE))
 
-$(B)/shmheapd: $(DAEMON_OBJS) $(SHMCONFIG) $(SHMCORE)
+$(B)/shmheapd: $(DAEMON_OBJS) $(SHMPROM) $(SHMCONFIG) $(SHMCORE)
 	$(call msg,LD,$@)$(LINK) -o $@ $(inputs) $(DAEMON_LIBS) $(LDLIBS)
 
-$(B)/shmheapctl: $(CTL_OBJS) $(SHMCONFIG) $(SHMCORE)
+$(B)/shmheapctl: $(CTL_OBJS) $(SHMPROM) $(SHMCONFIG) $(SHMCORE)
 	$(call msg,LD,$@)$(LINK) -o $@ $(inputs) $(CJSON_LIBS) $(LDLIBS)
 
 TEST_LIBS = $(if $(SHMCONFIG),$(CJSON_LIBS)) $(CHECK_LIBS) $(LDLIBS)

@@ -38,8 +38,19 @@ struct config_key {
     uint64_t min_nonzero;                 /* if not 0: values 1..min_nonzero-1 are refused */
     uint64_t multiple;                    /* if not 0: values must be multiples of it */
     const struct config_enum *enum_names; /* CONFIG_ENUM: NULL-terminated */
+    /* CONFIG_STRING: the default, and a check of a value that fits (0 or
+     * a negative errno with a message). */
+    const char *def_str;
+    int (*check_str)(const char *s, char *err, size_t errlen);
     const char *help;
 };
+
+static int check_metrics_listen(const char *s, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+
+    return config_listen_parse(s, &ss, err, errlen);
+}
 
 static const struct config_enum huge_pages_names[] = {
         {"auto", SHM_PAGES_AUTO},
@@ -182,6 +193,14 @@ static const struct config_key keys[] = {
          .min_nonzero = 100,
          .help = "milliseconds a connection without hello may stay idle: 0 (forever) or "
                  "100..86400000 (default 300000)"},
+        {.name = "metrics_listen",
+         .type = CONFIG_STRING,
+         .scope = CONFIG_SCOPE_DAEMON,
+         FIELD(metrics_listen),
+         .def_str = "",
+         .check_str = check_metrics_listen,
+         .help = "ADDR:PORT of the Prometheus endpoint GET /metrics (a port alone: loopback); "
+                 "\"\" is off (default); a change restarts the endpoint"},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -402,6 +421,8 @@ static const char *type_expected(const struct config_key *k, char *buf, size_t l
     case CONFIG_ID_LIST:
         return strstr(k->name, "gid") ? "an array of gids (whole numbers)"
                                       : "an array of uids (whole numbers)";
+    case CONFIG_STRING:
+        return "a string";
     case CONFIG_ENUM:
         o = (size_t) snprintf(buf, len, "one of");
         for (const struct config_enum *e = k->enum_names; e->name && o < len; e++)
@@ -549,6 +570,31 @@ static int parse_id_list(const struct config_key *k,
     return 0;
 }
 
+/* A string that fits the key's char array (NUL included) and passes its
+ * check, copied to field. */
+static int
+parse_string(const struct config_key *k, const cJSON *v, char *field, char *err, size_t errlen)
+{
+    size_t n;
+    int r;
+
+    if (!cJSON_IsString(v) || !v->valuestring)
+        return type_error(k, v, err, errlen);
+    n = strlen(v->valuestring);
+    if (n >= k->width) {
+        errf(err, errlen, "%s must be at most %zu bytes long, got %zu", k->name, k->width - 1, n);
+        return -ERANGE;
+    }
+    if (k->check_str) {
+        r = k->check_str(v->valuestring, err, errlen);
+        if (r < 0)
+            return r;
+    }
+    memset(field, 0, k->width);
+    memcpy(field, v->valuestring, n);
+    return 0;
+}
+
 /* ---- the table's API ---- */
 
 size_t config_key_count(void)
@@ -595,6 +641,8 @@ bool config_key_equal(const struct config_key *k, const struct config *a, const 
 {
     uint32_t n;
 
+    if (k->type == CONFIG_STRING)
+        return strncmp((const char *) a + k->offset, (const char *) b + k->offset, k->width) == 0;
     if (k->type != CONFIG_ID_LIST)
         return field_get(a, k) == field_get(b, k);
     n = list_count_get(a, k);
@@ -607,7 +655,9 @@ void config_default(struct config *ret)
 {
     memset(ret, 0, sizeof(*ret));
     for (size_t i = 0; i < NKEYS; i++)
-        if (keys[i].type != CONFIG_ID_LIST)
+        if (keys[i].type == CONFIG_STRING)
+            (void) snprintf((char *) ret + keys[i].offset, keys[i].width, "%s", keys[i].def_str);
+        else if (keys[i].type != CONFIG_ID_LIST)
             field_set(ret, &keys[i], keys[i].def);
 }
 
@@ -685,6 +735,9 @@ int config_set_one(struct config *c,
         if (r == 0)
             field_set(&next, k, v);
         break;
+    case CONFIG_STRING:
+        r = parse_string(k, value, (char *) &next + k->offset, err, errlen);
+        break;
     case CONFIG_ID_LIST: {
         uint32_t ids[CONFIG_MAX_IDS], n = 0;
 
@@ -718,6 +771,8 @@ cJSON *config_get_json(const struct config *c, const struct config_key *k)
     uint64_t v;
 
     switch (k->type) {
+    case CONFIG_STRING:
+        return cJSON_CreateString((const char *) c + k->offset);
     case CONFIG_ENUM:
         v = field_get(c, k);
         for (const struct config_enum *e = k->enum_names; e->name; e++)
@@ -769,6 +824,9 @@ char *config_format_text(const struct config *c, const struct config_key *k, cha
         return buf;
     buf[0] = 0;
     switch (k->type) {
+    case CONFIG_STRING:
+        (void) snprintf(buf, len, "\"%s\"", (const char *) c + k->offset);
+        return buf;
     case CONFIG_ENUM:
         v = field_get(c, k);
         for (const struct config_enum *e = k->enum_names; e->name; e++)
@@ -823,6 +881,7 @@ int config_value_from_text(
         break;
     }
     case CONFIG_ENUM:
+    case CONFIG_STRING:
         v = cJSON_CreateString(text);
         break;
     case CONFIG_ID_LIST: {

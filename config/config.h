@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include <cjson/cJSON.h>
 
@@ -31,6 +32,7 @@
 #define CONFIG_MAX_FILE     (1u << 20) /* bytes of a config file */
 #define CONFIG_MAX_DEPTH    16u        /* nesting of a config file or a request */
 #define CONFIG_ERR_MAX      256u       /* a good size for error buffers */
+#define CONFIG_LISTEN_MAX   64u        /* bytes of metrics_listen, NUL included */
 
 struct config {
     struct shm_config shm;       /* what clients read from the control segment */
@@ -41,6 +43,7 @@ struct config {
     uint32_t n_allowed_gids;
     uint32_t allowed_uids[CONFIG_MAX_IDS];
     uint32_t allowed_gids[CONFIG_MAX_IDS];
+    char metrics_listen[CONFIG_LISTEN_MAX]; /* "ADDR:PORT" of GET /metrics; "" off */
 };
 
 enum config_type {
@@ -49,6 +52,7 @@ enum config_type {
     CONFIG_MS,      /* u32 milliseconds */
     CONFIG_ENUM,    /* one of a few strings */
     CONFIG_ID_LIST, /* an array of uids or gids (numbers) */
+    CONFIG_STRING,  /* a string that fits its char array, checked by the key */
     _CONFIG_TYPE_MAX,
 };
 
@@ -103,6 +107,14 @@ int config_value_from_text(
 /* Checks the rules between keys (segment_size against the huge_pages page
  * size). */
 int config_check(const struct config *c, char *err, size_t errlen);
+
+/* ---- the metrics endpoint's address (listen.c) ---- */
+
+/* Parses a metrics_listen value: "ADDR:PORT", "[IPv6]:PORT",
+ * "localhost:PORT", "PORT" or ":PORT" (loopback), "" (off: ss_family
+ * AF_UNSPEC). Returns 0 or -EINVAL with a message that says what is
+ * accepted; *ret is written only on success. */
+int config_listen_parse(const char *s, struct sockaddr_storage *ret, char *err, size_t errlen);
 
 /* ---- files (load.c) ---- */
 

@@ -3,8 +3,8 @@
  *   args.c        the command line -> struct ctl_args (usage errors: exit 2)
  *   conn.c        the socket: connect (exit 3 on failure), one request/reply
  *   render.c      replies -> human-readable tables
- *   prometheus.c  the stats reply -> Prometheus text exposition format
- *   main.c        ties them together, builds requests, picks the exit status */
+ *   main.c        ties them together, builds requests, picks the exit status
+ * The Prometheus text comes from prom/, the generator shmheapd serves too. */
 #ifndef CTL_CTL_H
 #define CTL_CTL_H
 
@@ -98,9 +98,5 @@ char *render_bytes(uint64_t n, char *buf, size_t len);
 uint64_t json_u64(const cJSON *obj, const char *name);
 /* A reply member as a string, or "-" when missing. */
 const char *json_str(const cJSON *obj, const char *name);
-
-/* ---- prometheus.c ---- */
-/* Converts the stats reply to the text exposition format (version 0.0.4). */
-bool prometheus_render(FILE *f, const cJSON *reply);
 
 #endif

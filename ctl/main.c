@@ -1,11 +1,13 @@
 /* shmheapctl: builds the request for the command, sends it, renders the
  * reply and picks the exit status (ctl.h). */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "shmheap.h"
 
 #include "ctl/ctl.h"
+#include "prom/prom.h"
 
 #define CTL_TIMEOUT_MS        30000u
 #define CTL_VERIFY_TIMEOUT_MS 300000u /* walks the whole heap */
@@ -73,11 +75,21 @@ static void print_refusal(const cJSON *reply)
         fprintf(stderr, "shmheapctl: shmheapd refused: %s\n", msg);
 }
 
+/* The daemon's own generator (prom/): the same text as its GET /metrics. */
+static bool render_prometheus(FILE *f, const cJSON *reply)
+{
+    int r = prom_render(f, cJSON_GetObjectItemCaseSensitive(reply, "stats"));
+
+    if (r == -EINVAL)
+        fputs("shmheapctl: the reply has no \"stats\" object\n", stderr);
+    return r == 0;
+}
+
 static bool render(const struct ctl_args *a, const cJSON *reply)
 {
     switch (a->command) {
     case CMD_STATS:
-        return a->format == FMT_PROMETHEUS ? prometheus_render(stdout, reply)
+        return a->format == FMT_PROMETHEUS ? render_prometheus(stdout, reply)
                                            : render_stats(stdout, reply);
     case CMD_TRIM:
         return render_trim(stdout, reply);

@@ -75,6 +75,7 @@ static void client_exited(struct client *cl, bool seen)
         link_remove(&cl->link);
         client_maybe_free(cl);
     }
+    metrics_clients_changed(d);
 }
 
 static void pidfd_cb(uv_poll_t *h, int status, int events)
@@ -120,6 +121,7 @@ int clients_attach(struct daemon *d, struct conn *c, struct client **ret)
     c->client = cl;
     link_insert(&d->clients, &cl->link);
     d->nclients++;
+    metrics_clients_changed(d);
     log_info("client %" PRIu64 " attached: pid %d, uid %u (connection %" PRIu64 ")", cl->id,
              (int) cl->peer.pid, (unsigned) cl->peer.uid, c->serial);
     *ret = cl;
@@ -135,6 +137,7 @@ void clients_detach(struct client *cl)
         return;
     cl->conn = NULL;
     d->nclients--;
+    metrics_clients_changed(d);
     if (cl->exited)
         return;
     /* Without a pidfd the hang-up is all we will ever know: reclaim now.
@@ -173,6 +176,7 @@ void clients_reclaimed(struct client *cl,
                  "shared",
                  cl->id, (int) cl->peer.pid, slots, arenas, owned->objects, owned->bytes);
     link_remove(&cl->link);
+    metrics_clients_changed(cl->d);
     client_maybe_free(cl);
 }
 
@@ -195,6 +199,7 @@ void clients_close_all(struct daemon *d)
         link_remove(&cl->link);
         client_maybe_free(cl);
     }
+    metrics_clients_changed(d);
 }
 
 void clients_slot_usage(struct daemon *d,

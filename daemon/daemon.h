@@ -39,6 +39,7 @@
 struct daemon;
 struct conn;
 struct client;
+struct metrics;
 
 /* Doubly linked list links, kept by hand (no list library). */
 struct link {
@@ -121,7 +122,7 @@ struct client {
     int pidfd;         /* -1 if none could be had */
     uv_poll_t pidfd_poll;
     bool pidfd_polling;
-    bool exited; /* reclamation started */
+    bool exited;    /* reclamation started */
     bool exit_seen; /* its pidfd said so (else only its hang-up did) */
     unsigned handles;
 };
@@ -144,6 +145,9 @@ struct daemon {
     uv_signal_t sig_hup, sig_term, sig_int;
     bool stopping;
     int exit_status;
+    uv_timer_t status_timer;        /* refreshes STATUS= for systemd */
+    const char *metrics_listen_arg; /* --metrics-listen: wins over the file on reload */
+    struct metrics *metrics;        /* the /metrics endpoint (metrics.c), NULL until started */
 
     /* The heap (owner.c). */
     int ctl_fd;
@@ -261,7 +265,20 @@ void op_config_get(struct conn *c, const cJSON *req);
 void op_config_set(struct conn *c, const cJSON *req);
 /* A "segment" object {index, size, page_size}; page_size in bytes. */
 cJSON *segment_json(struct daemon *d, uint32_t index);
-/* The stats and segments objects (also for the metrics endpoint, later). */
+/* What the stats report of one client: a copy of the loop thread's
+ * struct client that another thread may read. */
+struct client_view {
+    uint64_t id;
+    pid_t pid;
+    bool attached; /* its connection is open */
+};
+/* A copy of the client list (loop thread). Returns 0 or -ENOMEM; *ret_views
+ * is malloc'd. */
+int client_views(struct daemon *d, struct client_view **ret_views, size_t *ret_n);
+/* The stats object from the heap and a client list: safe on any thread.
+ * NULL when out of memory or the heap cannot be read. */
+cJSON *stats_json_build(struct heap *heap, const struct client_view *views, size_t nviews);
+/* The same on the loop thread, from d's own client list. */
 cJSON *stats_json(struct daemon *d);
 cJSON *segments_json(const struct heap_stats *st);
 
@@ -300,10 +317,27 @@ void work_trim_timer_update(struct daemon *d);
 
 /* ---- settings.c ---- */
 /* Makes *next the running config: writes the heap's keys to the control
- * segment, re-arms timers, logs each change with `why`. */
-void settings_apply(struct daemon *d, const struct config *next, const char *why);
+ * segment, re-arms timers, restarts the metrics endpoint, logs each change
+ * with `why`. Returns 0, or a negative errno with a message in err when
+ * the metrics endpoint cannot move to the new metrics_listen: that key then
+ * keeps the address still served (the other keys are applied). */
+int settings_apply(
+        struct daemon *d, const struct config *next, const char *why, char *err, size_t errlen);
 /* SIGHUP: reloads the config file (a broken file keeps the old config). */
 void settings_reload(struct daemon *d);
+
+/* ---- metrics.c: GET /metrics ---- */
+/* Starts, moves or stops the endpoint to match d->cfg.metrics_listen
+ * (loop thread). Returns 0 or a negative errno with a message in err; on
+ * failure the previous endpoint (if any) is serving again. */
+int metrics_apply(struct daemon *d, char *err, size_t errlen);
+/* The loop's client list changed (attach, detach, exit, reclaim): the
+ * scrapes' copy is refreshed. Cheap when the endpoint is off. */
+void metrics_clients_changed(struct daemon *d);
+/* The metrics_listen value served now, "" when off. */
+const char *metrics_address(struct daemon *d);
+/* Stops the endpoint (joins its thread) and frees it. */
+void metrics_fini(struct daemon *d);
 
 /* ---- service.c: systemd and signals ---- */
 int service_init(struct daemon *d);

@@ -5,7 +5,6 @@
  * control socket (or systemd's), then READY=1 and the libuv loop. Stop
  * (SIGTERM, SIGINT): STOPPING=1, close the socket and every connection,
  * let running jobs finish, detach, exit 0. */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -32,7 +31,8 @@ static void help(void)
            "                            $XDG_RUNTIME_DIR/shmheap.sock or /tmp/shmheap-$UID.sock)\n"
            "  --config PATH             JSON config file (default %s;\n"
            "                            a missing default file means built-in defaults)\n"
-           "  --metrics-listen ADDR:PORT  Prometheus endpoint (accepted; not served yet)\n"
+           "  --metrics-listen ADDR:PORT  serve GET /metrics (Prometheus) there; a port alone\n"
+           "                            means loopback; overrides metrics_listen\n"
            "  --foreground              run in the foreground (the default and only mode)\n"
            "  --help                    show this help\n"
            "  --version                 show the version\n"
@@ -44,39 +44,6 @@ static void help(void)
 
         printf("  %-21s %s\n", config_key_name(k), config_key_help(k));
     }
-}
-
-/* ADDR:PORT with ADDR an IPv4 address, [IPv6] or localhost. */
-static int check_listen_address(const char *s)
-{
-    char host[64];
-    unsigned char addr[16];
-    const char *colon = strrchr(s, ':'), *port;
-    size_t hl;
-    char *end;
-    unsigned long p;
-
-    if (!colon || colon == s)
-        return -EINVAL;
-    port = colon + 1;
-    hl = (size_t) (colon - s);
-    if (hl >= sizeof(host))
-        return -EINVAL;
-    memcpy(host, s, hl);
-    host[hl] = 0;
-    errno = 0;
-    p = strtoul(port, &end, 10);
-    if (!*port || *end || errno || p == 0 || p > 65535)
-        return -EINVAL;
-    if (host[0] == '[') {
-        if (hl < 3 || host[hl - 1] != ']')
-            return -EINVAL;
-        host[hl - 1] = 0;
-        return inet_pton(AF_INET6, host + 1, addr) == 1 ? 0 : -EINVAL;
-    }
-    if (strcmp(host, "localhost") == 0)
-        return 0;
-    return inet_pton(AF_INET, host, addr) == 1 ? 0 : -EINVAL;
 }
 
 /* 0 to run, 1 to exit 0 (help, version), or -2 for a usage error. */
@@ -109,16 +76,19 @@ static int parse_argv(int argc, char **argv)
         case ARG_CONFIG:
             arg_config_path = optarg;
             break;
-        case ARG_METRICS:
-            if (check_listen_address(optarg) < 0) {
-                fprintf(stderr,
-                        "shmheapd: --metrics-listen wants ADDR:PORT (such as "
-                        "127.0.0.1:9464 or [::1]:9464), got \"%s\"\n",
-                        optarg);
+        case ARG_METRICS: {
+            struct sockaddr_storage ss;
+            char err[CONFIG_ERR_MAX];
+
+            if (strlen(optarg) >= CONFIG_LISTEN_MAX ||
+                config_listen_parse(optarg, &ss, err, sizeof(err)) < 0) {
+                fprintf(stderr, "shmheapd: --metrics-listen: %s\n",
+                        strlen(optarg) >= CONFIG_LISTEN_MAX ? "the address is too long" : err);
                 return -2;
             }
             arg_metrics_listen = optarg;
             break;
+        }
         case ARG_FOREGROUND:
             break;
         default:
@@ -154,6 +124,9 @@ void daemon_shutdown(struct daemon *d, int status)
     d->stopping = true;
     d->exit_status = status;
     service_stopping(d);
+    /* Stop the scrapes first: they read the heap, which owner_fini unmaps
+     * after the loop ends. */
+    metrics_fini(d);
     listen_close(d);
     conn_close_all(d);
     clients_close_all(d);
@@ -192,6 +165,11 @@ int main(int argc, char **argv)
         return EXIT_FAILURE;
     }
     log_set_level(d->cfg.log_level);
+    if (arg_metrics_listen) {
+        d->metrics_listen_arg = arg_metrics_listen;
+        (void) snprintf(d->cfg.metrics_listen, sizeof(d->cfg.metrics_listen), "%s",
+                        arg_metrics_listen);
+    }
     r = listen_socket_path(arg_socket, d->socket_path, sizeof(d->socket_path));
     if (r < 0) {
         log_error("the socket path is longer than a Unix socket address allows (107 bytes)");
@@ -224,12 +202,17 @@ int main(int argc, char **argv)
              SHMHEAP_VERSION, d->socket_path, d->socket_activated ? " (from systemd)" : "",
              bytes_name(size, b1, sizeof(b1)), page_size_name(page, b2, sizeof(b2)),
              d->cfg.shm.max_segments);
-    if (arg_metrics_listen)
-        log_notice("--metrics-listen %s: the metrics endpoint is not served yet; ignoring it",
-                   arg_metrics_listen);
+    r = metrics_apply(d, err, sizeof(err));
+    if (r < 0) {
+        /* Asked for metrics and cannot serve them: say so and stop. */
+        log_error("%s", err);
+        daemon_shutdown(d, EXIT_FAILURE);
+        goto run;
+    }
     service_ready(d);
 run:
     (void) uv_run(&loop, UV_RUN_DEFAULT);
+    metrics_fini(d);
     owner_fini(d);
     r = uv_loop_close(&loop);
     if (r < 0)

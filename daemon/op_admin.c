@@ -97,6 +97,9 @@ void op_config_set(struct conn *c, const cJSON *req)
     }
     (void) snprintf(why, sizeof(why), "config.set by pid %d, uid %u", (int) c->peer.pid,
                     (unsigned) c->peer.uid);
-    settings_apply(d, &next, why);
+    if (settings_apply(d, &next, why, err, sizeof(err)) < 0) {
+        reply_error(c, "unavailable", "%s", err);
+        return;
+    }
     reply_config(c, config_key_find(key));
 }

@@ -1,6 +1,10 @@
 /* The ops that report: stats, clients, segments. They read the heap's
- * counters with relaxed loads (heap_stats) on the loop thread: a snapshot
- * that costs the clients' fast paths nothing. */
+ * counters with relaxed loads (heap_stats): a snapshot that costs the
+ * clients' fast paths nothing. The stats object is built by
+ * stats_json_build() from the heap (shared memory, safe from any thread)
+ * and a copy of the daemon's client list (struct client_view), so the
+ * metrics thread (metrics.c) builds the very same object without touching
+ * what the loop thread owns. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -78,19 +82,77 @@ static bool add_classes(cJSON *stats, const struct heap_stats *st)
            json_add_u64(rec, "cas_retries", retries);
 }
 
-cJSON *stats_json(struct daemon *d)
+int client_views(struct daemon *d, struct client_view **ret_views, size_t *ret_n)
+{
+    struct client_view *v;
+    size_t n = 0, i = 0;
+
+    for (struct link *l = d->clients.next; l != &d->clients; l = l->next)
+        n++;
+    v = calloc(n ? n : 1, sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    for (struct link *l = d->clients.next; l != &d->clients && i < n; l = l->next, i++) {
+        const struct client *cl = container_of(l, struct client, link);
+
+        v[i] = (struct client_view){
+                .id = cl->id, .pid = cl->peer.pid, .attached = cl->conn != NULL};
+    }
+    *ret_views = v;
+    *ret_n = n;
+    return 0;
+}
+
+/* "per_client": [{client_id, pid, threads, bytes_allocated}], the rows
+ * the clients op shows (a detached client with nothing left is not one). */
+static bool add_per_client(cJSON *stats,
+                           struct heap *heap,
+                           const struct client_view *views,
+                           size_t nviews,
+                           unsigned *ret_attached)
+{
+    cJSON *a = cJSON_AddArrayToObject(stats, "per_client");
+    unsigned attached = 0;
+
+    if (!a)
+        return false;
+    for (size_t i = 0; i < nviews; i++) {
+        struct heap_client_usage u = {0};
+        cJSON *o;
+
+        attached += views[i].attached;
+        (void) heap_client_usage(heap, views[i].id, 0, &u);
+        if (!views[i].attached && u.threads == 0)
+            continue;
+        o = cJSON_CreateObject();
+        if (!o || !cJSON_AddItemToArray(a, o)) {
+            cJSON_Delete(o);
+            return false;
+        }
+        /* Net bytes: a client that frees more than it allocates (others'
+         * objects) counts 0, as in the clients op. */
+        if (!json_add_u64(o, "client_id", views[i].id) ||
+            !cJSON_AddNumberToObject(o, "pid", views[i].pid) ||
+            !cJSON_AddNumberToObject(o, "threads", u.threads) ||
+            !json_add_u64(o, "bytes_allocated", u.bytes_in_use > 0 ? (uint64_t) u.bytes_in_use : 0))
+            return false;
+    }
+    *ret_attached = attached;
+    return true;
+}
+
+cJSON *stats_json_build(struct heap *heap, const struct client_view *views, size_t nviews)
 {
     struct heap_stats *st = malloc(sizeof(*st));
     cJSON *o = NULL, *segs;
+    unsigned attached = 0;
     int r;
 
     if (!st)
         return NULL;
-    r = heap_stats(d->heap, st);
-    if (r < 0) {
-        log_error("heap_stats failed: %s", strerror(-r));
+    r = heap_stats(heap, st);
+    if (r < 0)
         goto out;
-    }
     o = cJSON_CreateObject();
     if (!o)
         goto out;
@@ -106,7 +168,8 @@ cJSON *stats_json(struct daemon *d)
         !json_add_u64(o, "lost_objects", st->lost_objects) ||
         !json_add_u64(o, "reclaimed_objects", st->reclaimed_objects) ||
         !json_add_u64(o, "reclaimed_bytes", st->reclaimed_bytes) ||
-        !cJSON_AddNumberToObject(o, "clients", d->nclients) ||
+        !add_per_client(o, heap, views, nviews, &attached) ||
+        !cJSON_AddNumberToObject(o, "clients", attached) ||
         !cJSON_AddNumberToObject(o, "thread_caches", st->slots_in_use) || !add_classes(o, st))
         goto fail;
     segs = segments_json(st);
@@ -121,6 +184,19 @@ fail:
     cJSON_Delete(o);
     free(st);
     return NULL;
+}
+
+cJSON *stats_json(struct daemon *d)
+{
+    struct client_view *views;
+    size_t n;
+    cJSON *o;
+
+    if (client_views(d, &views, &n) < 0)
+        return NULL;
+    o = stats_json_build(d->heap, views, n);
+    free(views);
+    return o;
 }
 
 void op_stats(struct conn *c, const cJSON *req)

@@ -1,12 +1,27 @@
 /* systemd integration and signals: socket activation (sd_listen_fds),
- * READY=1 / STOPPING=1 / WATCHDOG=1 (sd_notify), SIGHUP reloads the config,
- * SIGTERM and SIGINT stop the daemon. Without systemd the sd_* calls do
- * nothing. */
+ * sd_notify messages, SIGHUP reloads the config, SIGTERM and SIGINT stop
+ * the daemon. Without systemd (no $NOTIFY_SOCKET) the sd_* calls do
+ * nothing.
+ *
+ * The notify sequence, each message from the loop thread:
+ *   READY=1 + STATUS=   once the control socket accepts (main.c calls
+ *                       service_ready after listen_open and the metrics
+ *                       endpoint), never before;
+ *   STATUS=             every SERVICE_STATUS_MS: clients attached, bytes
+ *                       in use (heap_stats, shared memory);
+ *   WATCHDOG=1          from a loop timer at half of $WATCHDOG_USEC, so a
+ *                       loop that is stuck stops pinging and systemd
+ *                       restarts the daemon (sd_watchdog_enabled(3));
+ *   RELOADING=1 + MONOTONIC_USEC=, then READY=1   around a SIGHUP reload
+ *                       (systemd 253+ wants the timestamp; 252 ignores it);
+ *   STOPPING=1          when the daemon starts to stop. */
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <systemd/sd-daemon.h>
@@ -34,15 +49,48 @@ int service_listen_fd(void)
     return SD_LISTEN_FDS_START;
 }
 
+#define SERVICE_STATUS_MS 5000u
+
+/* "Serving 3 clients, 1.5M in use on /run/shmheap/shmheap.sock" */
+static void status_text(struct daemon *d, char *buf, size_t len)
+{
+    struct heap_stats *st = malloc(sizeof(*st));
+    char b[32];
+
+    if (st && heap_stats(d->heap, st) == 0)
+        (void) snprintf(buf, len, "Serving %u client%s, %s bytes in use on %s", d->nclients,
+                        d->nclients == 1 ? "" : "s", bytes_name(st->bytes_in_use, b, sizeof(b)),
+                        d->socket_path);
+    else
+        (void) snprintf(buf, len, "Serving %u client%s on %s", d->nclients,
+                        d->nclients == 1 ? "" : "s", d->socket_path);
+    free(st);
+}
+
+static void status_cb(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    char status[256];
+
+    status_text(d, status, sizeof(status));
+    (void) sd_notifyf(0, "STATUS=%s", status);
+}
+
 static void signal_cb(uv_signal_t *h, int signum)
 {
     struct daemon *d = h->data;
 
     if (signum == SIGHUP) {
+        struct timespec ts;
+        char status[256];
+
         log_info("SIGHUP: reloading the config");
-        (void) sd_notify(0, "RELOADING=1");
+        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        (void) sd_notifyf(0, "RELOADING=1\nSTATUS=Reloading the config\nMONOTONIC_USEC=%" PRIu64,
+                          (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u);
         settings_reload(d);
-        (void) sd_notify(0, "READY=1");
+        status_text(d, status, sizeof(status));
+        (void) sd_notifyf(0, "READY=1\nSTATUS=%s", status);
         return;
     }
     log_info("%s: stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -75,6 +123,8 @@ int service_init(struct daemon *d)
     }
     (void) uv_timer_init(d->loop, &d->watchdog_timer);
     d->watchdog_timer.data = d;
+    (void) uv_timer_init(d->loop, &d->status_timer);
+    d->status_timer.data = d;
     if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
         /* Twice per period, as sd_watchdog_enabled(3) advises. */
         uint64_t ms = usec / 2000 ? usec / 2000 : 1;
@@ -87,22 +137,28 @@ int service_init(struct daemon *d)
 
 void service_ready(struct daemon *d)
 {
-    (void) sd_notifyf(0, "READY=1\nSTATUS=Serving the heap on %s\nMAINPID=%d", d->socket_path,
-                      (int) getpid());
+    char status[256];
+
+    status_text(d, status, sizeof(status));
+    (void) sd_notifyf(0, "READY=1\nSTATUS=%s\nMAINPID=%d", status, (int) getpid());
+    /* Only under systemd (or whoever set $NOTIFY_SOCKET) is it worth it. */
+    if (getenv("NOTIFY_SOCKET"))
+        (void) uv_timer_start(&d->status_timer, status_cb, SERVICE_STATUS_MS, SERVICE_STATUS_MS);
 }
 
 void service_stopping(struct daemon *d)
 {
     (void) d;
-    (void) sd_notify(0, "STOPPING=1");
+    (void) sd_notify(0, "STOPPING=1\nSTATUS=Stopping");
 }
 
 void service_close(struct daemon *d)
 {
     uv_handle_t *hs[] = {(uv_handle_t *) &d->sig_hup, (uv_handle_t *) &d->sig_term,
-                         (uv_handle_t *) &d->sig_int, (uv_handle_t *) &d->watchdog_timer};
+                         (uv_handle_t *) &d->sig_int, (uv_handle_t *) &d->watchdog_timer,
+                         (uv_handle_t *) &d->status_timer};
 
-    for (unsigned i = 0; i < 4; i++)
+    for (unsigned i = 0; i < sizeof(hs) / sizeof(hs[0]); i++)
         if (hs[i]->loop && !uv_is_closing(hs[i]))
             uv_close(hs[i], NULL);
 }

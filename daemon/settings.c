@@ -7,9 +7,10 @@
 
 #include "daemon/daemon.h"
 
-void settings_apply(struct daemon *d, const struct config *next, const char *why)
+int settings_apply(
+        struct daemon *d, const struct config *next, const char *why, char *err, size_t errlen)
 {
-    bool heap = false, trim = false, timers = false;
+    bool heap = false, trim = false, timers = false, metrics = false;
     struct config old = d->cfg;
     unsigned changed = 0;
 
@@ -29,10 +30,12 @@ void settings_apply(struct daemon *d, const struct config *next, const char *why
             trim = true;
         if (strstr(config_key_name(k), "timeout_ms"))
             timers = true;
+        if (strcmp(config_key_name(k), "metrics_listen") == 0)
+            metrics = true;
     }
     d->cfg = *next;
     if (!changed)
-        return;
+        return 0;
     log_set_level(d->cfg.log_level);
     if (heap)
         owner_publish_config(d);
@@ -40,6 +43,18 @@ void settings_apply(struct daemon *d, const struct config *next, const char *why
         work_trim_timer_update(d);
     if (timers)
         conn_timers_reconfigure(d);
+    if (metrics) {
+        int r = metrics_apply(d, err, errlen);
+
+        if (r < 0) {
+            /* The config says what is served: the old address, or off. */
+            (void) snprintf(d->cfg.metrics_listen, sizeof(d->cfg.metrics_listen), "%s",
+                            metrics_address(d));
+            log_error("config: %s; metrics_listen stays \"%s\"", err, d->cfg.metrics_listen);
+            return r;
+        }
+    }
+    return 0;
 }
 
 void settings_reload(struct daemon *d)
@@ -54,7 +69,13 @@ void settings_reload(struct daemon *d)
         log_error("config reload failed, keeping the running config: %s", err);
         return;
     }
+    /* --metrics-listen wins over the file, at start and on reload. */
+    if (d->metrics_listen_arg)
+        (void) snprintf(next.metrics_listen, sizeof(next.metrics_listen), "%s",
+                        d->metrics_listen_arg);
     (void) snprintf(why, sizeof(why), "reload of %s", path);
-    settings_apply(d, &next, why);
-    log_info("config reloaded from %s", path);
+    if (settings_apply(d, &next, why, err, sizeof(err)) < 0)
+        log_error("config reloaded from %s, except metrics_listen", path);
+    else
+        log_info("config reloaded from %s", path);
 }

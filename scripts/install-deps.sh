@@ -12,6 +12,7 @@ PACKAGES=(
     libuv1-dev libcjson-dev libsystemd-dev libmicrohttpd-dev
     check libsubunit-dev
     clang-format
+    prometheus
     libmimalloc-dev libjemalloc-dev libgoogle-perftools-dev libboost-dev
 )
 

@@ -195,8 +195,8 @@ START_TEST(ctl_stats)
     has(r->out, "_total ");
     has(r->out, "shmheap_in_use_bytes ");
     has(r->out, "shmheap_allocations_total ");
-    has(r->out, "{size=\"1024\"}");
-    has(r->out, "shmheap_segment_size_bytes{index=\"1\",page_size=\"4K\"}");
+    has(r->out, "{class=\"1024\"}");
+    has(r->out, "shmheap_segment_size_bytes{segment=\"1\",page_size=\"4K\"}");
     /* Every sample line names a metric declared by a TYPE line before it. */
     for (char *line = strtok(r->out, "\n"); line; line = strtok(NULL, "\n")) {
         if (line[0] == '#')

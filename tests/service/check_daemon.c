@@ -17,6 +17,7 @@
 #include "config/config.h"
 #include "shm/layout.h"
 #include "tests/service/daemon_fixture.h"
+#include "tests/service/http_client.h"
 #include "tests/service/suites.h"
 
 /* A small heap on normal pages: cheap and the same on every machine. */
@@ -398,13 +399,15 @@ START_TEST(daemon_options)
     static const char *const bad[] = {"--frobnicate", NULL};
     static const char *const extra[] = {"stray", NULL};
     static const char *const bad_metrics[] = {"--metrics-listen", "nowhere", NULL};
-    static const char *const metrics[] = {"--metrics-listen", "127.0.0.1:9464", "--foreground",
-                                          NULL};
-    static const char *const metrics6[] = {"--metrics-listen", "[::1]:9464", NULL};
+    char a4[32], a6[32];
+    const char *const metrics[] = {"--metrics-listen", a4, "--foreground", NULL};
+    const char *const metrics6[] = {"--metrics-listen", a6, NULL};
     struct daemon_fixture f;
     char out[8192];
     int st;
 
+    (void) snprintf(a4, sizeof(a4), "127.0.0.1:%d", http_free_port(0));
+    (void) snprintf(a6, sizeof(a6), "[::1]:%d", http_free_port(1));
     st = run_daemon(version, out, sizeof(out));
     ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     ck_assert_ptr_nonnull(strstr(out, "shmheapd 0."));
@@ -420,10 +423,11 @@ START_TEST(daemon_options)
     ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2);
     ck_assert_ptr_nonnull(strstr(out, "ADDR:PORT"));
     ck_assert_int_eq(daemon_start_args(&f, "{" SMALL "}", metrics), 0);
-    ck_assert(daemon_log_wait(&f, "not served yet", 1000));
+    ck_assert(daemon_log_wait(&f, "metrics: serving GET /metrics on 127.0.0.1:", 1000));
     daemon_stop(&f);
     ck_assert(f.clean_exit);
     ck_assert_int_eq(daemon_start_args(&f, "{" SMALL "}", metrics6), 0);
+    ck_assert(daemon_log_wait(&f, "metrics: serving GET /metrics on [::1]:", 1000));
     daemon_stop(&f);
     ck_assert(f.clean_exit);
 }

@@ -30,6 +30,7 @@ static const struct {
         {"max_segments", "20"},          {"allowed_uids", "[1000,1002]"},
         {"allowed_gids", "[1001]"},      {"log_level", "\"debug\""},
         {"request_timeout_ms", "5000"},  {"idle_timeout_ms", "0"},
+        {"metrics_listen", "\"\""}, /* the default: check_metrics.c moves the endpoint */
 };
 
 struct ctl_map {
@@ -176,6 +177,9 @@ START_TEST(dconfig_set_refused)
             {"huge_pages", "\"1G\"", "bad_value", "multiple of 1073741824"}, /* segment 64M */
             {"allowed_uids", "\"1000\"", "bad_value", "an array of uids"},
             {"max_clients", "-3", "bad_value", "between 1 and 4096"},
+            {"metrics_listen", "\"nowhere\"", "bad_value", "must be ADDR:PORT"},
+            {"metrics_listen", "\"127.0.0.1:70000\"", "bad_value", "must be ADDR:PORT"},
+            {"metrics_listen", "9464", "bad_value", "a string"},
             {"nope", "1", "unknown_key", "nope"},
     };
     struct daemon_fixture f;

@@ -1,0 +1,287 @@
+/* The Prometheus endpoint: GET (or HEAD) /metrics on metrics_listen
+ * (--metrics-listen or the config key), served by libmicrohttpd.
+ *
+ * Threads. MHD runs one thread of its own (internal polling with epoll)
+ * that accepts, reads requests and calls metrics_request() for each; the
+ * libuv loop never waits on a scraper, and a scraper never waits on the
+ * loop. The scrape builds the stats object with stats_json_build(), the
+ * same function the stats op uses, and renders it with prom/ (the
+ * generator `shmheapctl stats --prometheus` uses): the heap's figures
+ * come from shared memory (heap_stats and heap_client_usage are safe on
+ * any thread: relaxed loads, and segment mapping under the heap's and
+ * seg_lock's locks); the one thing the loop thread owns that a scrape
+ * needs, the client list, is copied by the loop into `views` whenever it
+ * changes (metrics_clients_changed), under `lock`, which the scrape holds
+ * only to copy it back out.
+ *
+ * Hostile scrapers. At most METRICS_CONN_LIMIT connections in all and
+ * METRICS_PER_IP_LIMIT per client address (Prometheus keeps one
+ * keep-alive connection per target); a connection idle for
+ * METRICS_TIMEOUT_S seconds, such as one that sent half a request, is
+ * closed. Extra connections are refused at accept, so a slow scraper
+ * cannot starve other addresses, and never reaches the control socket,
+ * which the loop serves.
+ *
+ * Changing metrics_listen (config.set, SIGHUP) restarts the endpoint on
+ * the new address; if the new address cannot be bound the old endpoint is
+ * started again and the change is refused. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "daemon/daemon.h"
+#include "prom/prom.h"
+
+#define METRICS_CONN_LIMIT   64u
+#define METRICS_PER_IP_LIMIT 8u
+#define METRICS_TIMEOUT_S    10u
+#define METRICS_PATH         "/metrics"
+
+struct metrics {
+    struct daemon *d;
+    struct MHD_Daemon *mhd;
+    char addr[CONFIG_LISTEN_MAX]; /* the metrics_listen value it serves */
+    struct heap *heap;            /* d->heap: fixed while the endpoint runs */
+    pthread_mutex_t lock;         /* views, nviews */
+    struct client_view *views;
+    size_t nviews;
+};
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char buf[512];
+
+    (void) cls;
+    (void) vsnprintf(buf, sizeof(buf), fmt, ap);
+    /* MHD's messages end with a newline of their own. */
+    buf[strcspn(buf, "\n")] = 0;
+    log_warning("metrics endpoint: %s", buf);
+}
+
+static enum MHD_Result
+respond_text(struct MHD_Connection *conn, unsigned status, const char *text, const char *allow)
+{
+    struct MHD_Response *resp =
+            MHD_create_response_from_buffer(strlen(text), (void *) text, MHD_RESPMEM_PERSISTENT);
+    enum MHD_Result r;
+
+    if (!resp)
+        return MHD_NO;
+    (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+    if (allow)
+        (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    r = MHD_queue_response(conn, status, resp);
+    MHD_destroy_response(resp);
+    return r;
+}
+
+/* The exposition text of the heap now, malloc'd; NULL when out of memory
+ * or the heap cannot be read. */
+static char *scrape(struct metrics *m, size_t *ret_len)
+{
+    struct client_view *views;
+    size_t n;
+    char *text = NULL;
+    cJSON *st;
+
+    pthread_mutex_lock(&m->lock);
+    n = m->nviews;
+    views = malloc((n ? n : 1) * sizeof(*views));
+    if (views && n)
+        memcpy(views, m->views, n * sizeof(*views));
+    pthread_mutex_unlock(&m->lock);
+    if (!views)
+        return NULL;
+    st = stats_json_build(m->heap, views, n);
+    free(views);
+    if (st && prom_render_text(st, &text, ret_len) < 0)
+        text = NULL;
+    cJSON_Delete(st);
+    return text;
+}
+
+static enum MHD_Result metrics_request(void *cls,
+                                       struct MHD_Connection *conn,
+                                       const char *url,
+                                       const char *method,
+                                       const char *version,
+                                       const char *upload_data,
+                                       size_t *upload_data_size,
+                                       void **req_cls)
+{
+    struct metrics *m = cls;
+    struct MHD_Response *resp;
+    enum MHD_Result r;
+    size_t len = 0;
+    char *text;
+
+    (void) version;
+    (void) upload_data;
+    (void) upload_data_size;
+    (void) req_cls;
+    /* Answered on the first call, before any body: a request with a body
+     * is refused (405) and MHD discards the body and closes. */
+    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+        return respond_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+                            "405 method not allowed: use GET or HEAD\n", "GET, HEAD");
+    if (strcmp(url, METRICS_PATH) != 0)
+        return respond_text(conn, MHD_HTTP_NOT_FOUND,
+                            "404 not found: the metrics are at " METRICS_PATH "\n", NULL);
+    text = scrape(m, &len);
+    if (!text)
+        return respond_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+                            "500 cannot read the heap's figures\n", NULL);
+    /* HEAD: MHD sends the headers (Content-Length included) without the body. */
+    resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, PROM_CONTENT_TYPE);
+    r = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return r;
+}
+
+/* Binds and listens on addr ourselves, so that a failure says exactly why
+ * (MHD_start_daemon only returns NULL). Returns the fd or a negative errno. */
+static int metrics_socket(const struct sockaddr_storage *ss)
+{
+    socklen_t len =
+            ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    int fd, one = 1, r;
+
+    fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -errno;
+    /* A restarted daemon must not wait for TIME_WAIT connections of the old one. */
+    (void) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss->ss_family == AF_INET6)
+        (void) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *) ss, len) < 0 || listen(fd, 64) < 0) {
+        r = -errno;
+        (void) close(fd);
+        return r;
+    }
+    return fd;
+}
+
+static int metrics_start(struct metrics *m, const char *addr, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+    int fd, r;
+
+    r = config_listen_parse(addr, &ss, err, errlen);
+    if (r < 0)
+        return r;
+    if (ss.ss_family == AF_UNSPEC)
+        return 0; /* off */
+    fd = metrics_socket(&ss);
+    if (fd < 0) {
+        (void) snprintf(err, errlen, "cannot listen on %s for metrics: %s", addr, strerror(-fd));
+        return fd;
+    }
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    /* The logger goes first: MHD reports options given before it on stderr. */
+    m->mhd = MHD_start_daemon(flags, 0, NULL, NULL, metrics_request, m, MHD_OPTION_EXTERNAL_LOGGER,
+                              mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, (MHD_socket) fd,
+                              MHD_OPTION_CONNECTION_LIMIT, METRICS_CONN_LIMIT,
+                              MHD_OPTION_PER_IP_CONNECTION_LIMIT, METRICS_PER_IP_LIMIT,
+                              MHD_OPTION_CONNECTION_TIMEOUT, METRICS_TIMEOUT_S, MHD_OPTION_END);
+    if (!m->mhd) {
+        (void) close(fd);
+        (void) snprintf(err, errlen, "cannot start the metrics endpoint on %s", addr);
+        return -EIO;
+    }
+    (void) snprintf(m->addr, sizeof(m->addr), "%s", addr);
+    log_info("metrics: serving GET " METRICS_PATH " on %s", addr);
+    return 0;
+}
+
+/* Joins MHD's thread: a scrape in progress finishes first. */
+static void metrics_stop(struct metrics *m)
+{
+    if (!m->mhd)
+        return;
+    MHD_stop_daemon(m->mhd); /* closes the listening socket too */
+    m->mhd = NULL;
+    log_info("metrics: stopped serving on %s", m->addr);
+    m->addr[0] = 0;
+}
+
+void metrics_clients_changed(struct daemon *d)
+{
+    struct metrics *m = d->metrics;
+    struct client_view *views;
+    size_t n;
+
+    if (!m || !m->mhd)
+        return;
+    if (client_views(d, &views, &n) < 0) {
+        log_warning("metrics: out of memory; the per-client series may be stale");
+        return;
+    }
+    pthread_mutex_lock(&m->lock);
+    free(m->views);
+    m->views = views;
+    m->nviews = n;
+    pthread_mutex_unlock(&m->lock);
+}
+
+int metrics_apply(struct daemon *d, char *err, size_t errlen)
+{
+    struct metrics *m = d->metrics;
+    char old[CONFIG_LISTEN_MAX], ignored[CONFIG_ERR_MAX];
+    int r;
+
+    if (!m) {
+        m = calloc(1, sizeof(*m));
+        if (!m) {
+            (void) snprintf(err, errlen, "out of memory");
+            return -ENOMEM;
+        }
+        m->d = d;
+        pthread_mutex_init(&m->lock, NULL);
+        d->metrics = m;
+    }
+    if (m->mhd && strcmp(m->addr, d->cfg.metrics_listen) == 0)
+        return 0;
+    if (!m->mhd && !d->cfg.metrics_listen[0])
+        return 0;
+    (void) snprintf(old, sizeof(old), "%s", m->addr);
+    metrics_stop(m);
+    m->heap = d->heap;
+    r = metrics_start(m, d->cfg.metrics_listen, err, errlen);
+    if (r < 0 && old[0] && metrics_start(m, old, ignored, sizeof(ignored)) < 0)
+        log_error("metrics: cannot serve on %s again either: %s", old, ignored);
+    metrics_clients_changed(d);
+    return r;
+}
+
+const char *metrics_address(struct daemon *d)
+{
+    return d->metrics && d->metrics->mhd ? d->metrics->addr : "";
+}
+
+void metrics_fini(struct daemon *d)
+{
+    struct metrics *m = d->metrics;
+
+    if (!m)
+        return;
+    metrics_stop(m);
+    pthread_mutex_destroy(&m->lock);
+    free(m->views);
+    free(m);
+    d->metrics = NULL;
+}
