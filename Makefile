@@ -117,6 +117,11 @@ RUN_UNIT    := $(if $(UNIT_SRCS),$(B)/tests/run_unit)
 RUN_MP      := $(if $(MP_SRCS),$(B)/tests/run_mp)
 RUN_SERVICE := $(if $(SERVICE_SRCS),$(B)/tests/run_service)
 TESTS       := $(RUN_UNIT) $(RUN_MP) $(RUN_SERVICE)
+# The installed units: systemd/*.in with the install paths filled in. The
+# committed systemd/shmheapd.service is the same for the default PREFIX
+# (tests/service/check_systemd.c checks that they agree).
+UNIT_TEMPLATES := $(wildcard systemd/*.in)
+UNITS          := $(patsubst systemd/%.in,$(B)/systemd/%,$(UNIT_TEMPLATES))
 
 ALL_OBJS := $(sort $(SHM_OBJS) $(CONFIG_OBJS) $(PROM_OBJS) $(CLIENT_OBJS) $(DAEMON_OBJS) $(CTL_OBJS) \
               $(COMMON_OBJS) $(UNIT_OBJS) $(MP_OBJS) $(SERVICE_OBJS))
@@ -127,6 +132,7 @@ ALL_OBJS := $(sort $(SHM_OBJS) $(CONFIG_OBJS) $(PROM_OBJS) $(CLIENT_OBJS) $(DAEM
 .PHONY: all deps check-atomics test test-run test-run-mp run soak format install clean bench
 
 all: $(SHMCORE) $(SHMCONFIG) $(SHMPROM) $(CLIENT_SO) $(CLIENT_A) $(CLIENT_PC) $(DAEMON) $(CTL) $(TESTS) \
+     $(UNITS) \
      check-atomics
 
 # `make test` and `make run` install missing packages before compiling anything.
@@ -213,6 +219,10 @@ LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+DOCDIR     ?= $(PREFIX)/share/doc/shmheap
+# The daemon reads /etc/shmheap/shmheapd.json whatever the prefix (CONFIG_DEFAULT_PATH).
+CONFDIR    ?= /etc/shmheap
 
 define PC_TEMPLATE
 prefix=$(PREFIX)
@@ -231,6 +241,12 @@ endef
 $(B)/shmheap.pc: Makefile
 	@mkdir -p $(@D)
 	$(call msg,GEN,$@)$(file >$@,$(PC_TEMPLATE))
+
+# The installed units (see UNITS above).
+$(call stamp,$(B)/.install-paths,$(BINDIR) $(DOCDIR))
+$(B)/systemd/%: systemd/%.in $(B)/.install-paths
+	@mkdir -p $(@D)
+	$(call msg,GEN,$@)sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' $< >$@
 
 $(B)/shmheapd: $(DAEMON_OBJS) $(SHMPROM) $(SHMCONFIG) $(SHMCORE)
 	$(call msg,LD,$@)$(LINK) -o $@ $(inputs) $(DAEMON_LIBS) $(LDLIBS)
@@ -372,9 +388,24 @@ ifneq ($(CLIENT_SRCS),)
 	    >$(DESTDIR)$(PKGCONFIGDIR)/shmheap.pc
 	@if [ -z '$(DESTDIR)' ] && [ "$$(id -u)" -eq 0 ]; then ldconfig; fi
 endif
-ifneq ($(wildcard systemd/*.service systemd/*.socket),)
-	install -d $(DESTDIR)$(UNITDIR)
-	install -m 644 $(wildcard systemd/*.service systemd/*.socket) $(DESTDIR)$(UNITDIR)/
+ifneq ($(UNITS),)
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(CONFDIR)
+	install -m 644 $(UNITS) systemd/shmheapd.socket $(DESTDIR)$(UNITDIR)/
+	install -m 644 systemd/shmheap.sysusers $(DESTDIR)$(SYSUSERSDIR)/shmheap.conf
+	install -m 644 README.md systemd/metrics.conf etc/shmheapd.json.example $(DESTDIR)$(DOCDIR)/
+	install -m 644 etc/shmheapd.json.example $(DESTDIR)$(CONFDIR)/shmheapd.json.example
+	@# The user and group shmheap: systemd-sysusers if there is one, else the shadow tools.
+	@if [ -z '$(DESTDIR)' ] && [ "$$(id -u)" -eq 0 ]; then \
+	    if command -v systemd-sysusers >/dev/null 2>&1; then \
+	        echo "systemd-sysusers $(SYSUSERSDIR)/shmheap.conf"; \
+	        systemd-sysusers $(SYSUSERSDIR)/shmheap.conf; \
+	    else \
+	        getent group shmheap >/dev/null || groupadd --system shmheap; \
+	        getent passwd shmheap >/dev/null || useradd --system -g shmheap -d / \
+	            -s /usr/sbin/nologin -c "shmheap shared-memory heap daemon" shmheap; \
+	    fi; \
+	    if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	fi
 endif
 
 clean:

@@ -3,7 +3,10 @@
  * The text is parsed with an explicit length from a NUL-terminated buffer,
  * after a scan that caps nesting (cJSON's own cap is 1000 levels). Errors
  * name the file and the line: for malformed JSON, the line and column of
- * cJSON's error position; for a bad key or value, the line of the key. */
+ * cJSON's error position; for a bad key or value, the line of the key.
+ *
+ * JSON has no comments, so a key that starts with '#' is one: its value is
+ * ignored, whatever it is (shmheapd.json.example is written that way). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -204,6 +207,8 @@ int config_parse_text(const char *text,
         char msg[CONFIG_ERR_MAX];
         size_t idx = 0;
 
+        if (it->string && it->string[0] == '#')
+            continue; /* a comment */
         if (!k) {
             errf(err, errlen, "%s:%u: unknown key \"%.64s\"", name,
                  key_line(text, len, it->string ? it->string : "", 0),

@@ -1,7 +1,9 @@
 /* Who is on the other end of a connection, and whether they may use us.
  *
  * Allowed: root, the daemon's own uid, allowed_uids, and anyone whose
- * primary or supplementary group is in allowed_gids. Credentials come from
+ * primary or supplementary group is the daemon's own gid (under systemd
+ * the group shmheap, which also owns the socket: SocketGroup=) or in
+ * allowed_gids. Credentials come from
  * the socket (SO_PEERCRED, SO_PEERGROUPS): what the peer was when it
  * connected, with no race against pid reuse, unlike reading /proc. */
 #include <errno.h>
@@ -77,12 +79,10 @@ bool peer_allowed(const struct daemon *d, int fd, const struct peer *p, const ch
         return true;
     if (id_listed(c->allowed_uids, c->n_allowed_uids, p->uid))
         return true;
-    if (id_listed(c->allowed_gids, c->n_allowed_gids, p->gid))
+    if (p->gid == getegid() || id_listed(c->allowed_gids, c->n_allowed_gids, p->gid))
         return true;
-    *ret_why = "its uid is not root, the daemon's or in allowed_uids, and no group of it is in "
-               "allowed_gids";
-    if (c->n_allowed_gids == 0)
-        return false;
+    *ret_why = "its uid is not root, the daemon's or in allowed_uids, and no group of it is the "
+               "daemon's or in allowed_gids";
     groups = calloc(PEER_MAX_GROUPS, sizeof(*groups));
     if (!groups) {
         *ret_why = "out of memory while reading its groups";
@@ -90,7 +90,7 @@ bool peer_allowed(const struct daemon *d, int fd, const struct peer *p, const ch
     }
     n = peer_groups(fd, p, groups, PEER_MAX_GROUPS);
     for (int i = 0; i < n; i++)
-        if (id_listed(c->allowed_gids, c->n_allowed_gids, groups[i])) {
+        if (groups[i] == getegid() || id_listed(c->allowed_gids, c->n_allowed_gids, groups[i])) {
             free(groups);
             return true;
         }

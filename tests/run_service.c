@@ -19,6 +19,7 @@ int main(void)
             client_suite,
             ctl_suite,
             metrics_suite,
+            systemd_suite,
     };
     /* clang-format on */
     /* ---- end of the suite list ---- */

@@ -15,5 +15,6 @@ Suite *daemon_clients_suite(void); /* check_daemon_clients.c: attach, death, rec
 Suite *client_suite(void);         /* check_client.c: libshmheap against the daemon */
 Suite *ctl_suite(void);            /* check_ctl.c: shmheapctl against the daemon */
 Suite *metrics_suite(void);        /* check_metrics.c: GET /metrics, Prometheus, promtool */
+Suite *systemd_suite(void);        /* check_systemd.c: notify, activation, the units */
 
 #endif
