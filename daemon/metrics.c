@@ -125,13 +125,24 @@ static enum MHD_Result metrics_request(void *cls,
 
     (void) version;
     (void) upload_data;
-    (void) upload_data_size;
-    (void) req_cls;
-    /* Answered on the first call, before any body: a request with a body
-     * is refused (405) and MHD discards the body and closes. */
+    /* A request with a body is refused (405) on the first call, before
+     * its body: MHD discards the body and closes. */
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
         return respond_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
                             "405 method not allowed: use GET or HEAD\n", "GET, HEAD");
+    /* GET and HEAD are answered on the second call, once MHD has the
+     * whole request (any body drained): a response queued earlier makes
+     * MHD close the connection, and Prometheus keeps it alive. */
+    if (!*req_cls) {
+        static int seen;
+
+        *req_cls = &seen;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        *upload_data_size = 0; /* a GET with a body: ignore the body */
+        return MHD_YES;
+    }
     if (strcmp(url, METRICS_PATH) != 0)
         return respond_text(conn, MHD_HTTP_NOT_FOUND,
                             "404 not found: the metrics are at " METRICS_PATH "\n", NULL);
