@@ -98,3 +98,14 @@ bench-quick: $(BENCH_NEEDS)
 	$(Q)$(BENCH_ENV) BENCH_QUICK=1 bash bench/run_bench.sh
 
 -include $(wildcard $(BENCH_OBJDIR)/*.d)
+
+# The /metrics figures (scripts/metrics-bench.sh): scrape latency with busy
+# clients, body size, and the service's systemd-analyze security exposure.
+.PHONY: bench-metrics
+$(B)/bench/scrape-bench: bench/scrape_bench.c $(CLIENT_A)
+	@mkdir -p $(@D)
+	$(call msg,CC,$@)$(CC) $(BASE) $(WARN) -pthread -Iclient/include $(CPPFLAGS) $(CFLAGS) \
+	    -o $@ $< $(CLIENT_A) $(CLIENT_LIBS) $(LDFLAGS) $(LDLIBS)
+
+bench-metrics: $(B)/bench/scrape-bench $(DAEMON)
+	$(Q)B='$(B)' bash scripts/metrics-bench.sh
