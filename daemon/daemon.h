@@ -127,6 +127,20 @@ struct client {
     unsigned handles;
 };
 
+/* The per-uid quota's tick (quota.c): what it summed last time. */
+struct quota_tick {
+    uv_timer_t timer;
+    struct uid_sum *uids; /* one per uid with clients, or still refused */
+    size_t nuids, uids_cap;
+    struct client_over *clients; /* sorted by client id for the owner-table walk */
+    size_t nclients, clients_cap;
+    bool refusing; /* some owner entry has OWNER_REFUSE_UID set */
+    /* Owner entries refused at the last tick. Stored with a relaxed atomic
+     * store: the metrics thread reads it (relaxed load in metrics.c) for
+     * clients_refused_uid_quota; no other data is published with it. */
+    uint32_t refused;
+};
+
 struct daemon {
     uv_loop_t *loop;
     struct config cfg;       /* the truth; the control segment holds a copy of cfg.shm */
@@ -141,6 +155,7 @@ struct daemon {
     uv_timer_t listen_retry; /* restarts accepting after EMFILE */
     bool listening;
     uv_timer_t trim_timer;
+    struct quota_tick quota;
     uv_timer_t watchdog_timer;
     uv_signal_t sig_hup, sig_term, sig_int;
     bool stopping;
@@ -275,9 +290,13 @@ struct client_view {
 /* A copy of the client list (loop thread). Returns 0 or -ENOMEM; *ret_views
  * is malloc'd. */
 int client_views(struct daemon *d, struct client_view **ret_views, size_t *ret_n);
-/* The stats object from the heap and a client list: safe on any thread.
- * NULL when out of memory or the heap cannot be read. */
-cJSON *stats_json_build(struct heap *heap, const struct client_view *views, size_t nviews);
+/* The stats object from the heap, a client list and the loop's other
+ * figures (quota_refused: d->quota.refused): safe on any thread. NULL when
+ * out of memory or the heap cannot be read. */
+cJSON *stats_json_build(struct heap *heap,
+                        const struct client_view *views,
+                        size_t nviews,
+                        uint32_t quota_refused);
 /* The same on the loop thread, from d's own client list. */
 cJSON *stats_json(struct daemon *d);
 cJSON *segments_json(const struct heap_stats *st);
@@ -295,6 +314,12 @@ void clients_reclaimed(struct client *cl,
                        int arenas,
                        int owned_r,
                        const struct heap_owned_reclaim *owned);
+/* ---- quota.c ---- */
+void quota_start(struct daemon *d);
+void quota_stop(struct daemon *d);
+/* True if uid was over max_uid_bytes at the last tick; *ret_bytes: its sum then. */
+bool quota_uid_over(struct daemon *d, uid_t uid, uint64_t *ret_bytes);
+
 /* Slots owned by a client id and their bytes in use. */
 void clients_slot_usage(struct daemon *d,
                         uint64_t client_id,

@@ -12,7 +12,8 @@
  * seg_lock's locks); the one thing the loop thread owns that a scrape
  * needs, the client list, is copied by the loop into `views` whenever it
  * changes (metrics_clients_changed), under `lock`, which the scrape holds
- * only to copy it back out.
+ * only to copy it back out; the quota tick's refused count is one word
+ * read with a relaxed atomic load.
  *
  * Hostile scrapers. At most METRICS_CONN_LIMIT connections in all and
  * METRICS_PER_IP_LIMIT per client address (Prometheus keeps one
@@ -100,7 +101,9 @@ static char *scrape(struct metrics *m, size_t *ret_len)
     pthread_mutex_unlock(&m->lock);
     if (!views)
         return NULL;
-    st = stats_json_build(m->heap, views, n);
+    /* relaxed: pairs with the relaxed store in quota.c; a number, nothing else. */
+    st = stats_json_build(m->heap, views, n,
+                          __atomic_load_n(&m->d->quota.refused, __ATOMIC_RELAXED));
     free(views);
     if (st && prom_render_text(st, &text, ret_len) < 0)
         text = NULL;

@@ -2,7 +2,8 @@
  *
  * Allowed: root, the daemon's own uid, allowed_uids, and anyone whose
  * primary or supplementary group is the daemon's own gid (under systemd
- * the group shmheap, which also owns the socket: SocketGroup=) or in
+ * the group shmheap, which also owns the socket: SocketGroup=; not when
+ * that is group 0, which grants nothing more than it did) or in
  * allowed_gids. Credentials come from
  * the socket (SO_PEERCRED, SO_PEERGROUPS): what the peer was when it
  * connected, with no race against pid reuse, unlike reading /proc. */
@@ -69,6 +70,12 @@ static int peer_groups(int fd, const struct peer *p, gid_t *groups, int max)
     return n;
 }
 
+/* The daemon's own group, if it admits its members (not group 0). */
+static bool own_group(gid_t g)
+{
+    return g != 0 && g == getegid();
+}
+
 bool peer_allowed(const struct daemon *d, int fd, const struct peer *p, const char **ret_why)
 {
     const struct config *c = &d->cfg;
@@ -79,10 +86,12 @@ bool peer_allowed(const struct daemon *d, int fd, const struct peer *p, const ch
         return true;
     if (id_listed(c->allowed_uids, c->n_allowed_uids, p->uid))
         return true;
-    if (p->gid == getegid() || id_listed(c->allowed_gids, c->n_allowed_gids, p->gid))
+    if (own_group(p->gid) || id_listed(c->allowed_gids, c->n_allowed_gids, p->gid))
         return true;
     *ret_why = "its uid is not root, the daemon's or in allowed_uids, and no group of it is the "
                "daemon's or in allowed_gids";
+    if (c->n_allowed_gids == 0 && !own_group(getegid()))
+        return false;
     groups = calloc(PEER_MAX_GROUPS, sizeof(*groups));
     if (!groups) {
         *ret_why = "out of memory while reading its groups";
@@ -90,7 +99,7 @@ bool peer_allowed(const struct daemon *d, int fd, const struct peer *p, const ch
     }
     n = peer_groups(fd, p, groups, PEER_MAX_GROUPS);
     for (int i = 0; i < n; i++)
-        if (groups[i] == getegid() || id_listed(c->allowed_gids, c->n_allowed_gids, groups[i])) {
+        if (own_group(groups[i]) || id_listed(c->allowed_gids, c->n_allowed_gids, groups[i])) {
             free(groups);
             return true;
         }

@@ -43,6 +43,8 @@ static const struct family heap_families[] = {
          "Private objects of exited or detached clients, freed by the daemon.", NULL},
         {"reclaimed_bytes", "reclaimed_bytes_total", "counter", "Bytes of those objects.", NULL},
         {"clients", "clients", "gauge", "Attached client processes.", NULL},
+        {"clients_refused_uid_quota", "clients_refused_uid_quota", "gauge",
+         "Clients refused memory because their uid is over max_uid_bytes.", NULL},
         {"thread_caches", "thread_caches", "gauge", "Thread caches in use, all processes.", NULL},
         {"trim_gen", "trim_generation", "gauge", "Current trim generation.", NULL},
         {"trims", "trims_total", "counter", "Trims run.", NULL},
