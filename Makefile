@@ -244,6 +244,14 @@ $(B)/shmheap.pc: Makefile
 
 # The installed units (see UNITS above).
 $(call stamp,$(B)/.install-paths,$(BINDIR) $(DOCDIR))
+# `make units` rewrites the committed units from their templates for the
+# default PREFIX (after editing a template).
+.PHONY: units
+units:
+	$(Q)for t in $(UNIT_TEMPLATES); do \
+	    sed -e 's|@BINDIR@|/usr/local/bin|g' -e 's|@DOCDIR@|/usr/local/share/doc/shmheap|g' \
+	        "$$t" >"$${t%.in}"; echo "  GEN     $${t%.in}"; done
+
 $(B)/systemd/%: systemd/%.in $(B)/.install-paths
 	@mkdir -p $(@D)
 	$(call msg,GEN,$@)sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' $< >$@

@@ -201,7 +201,11 @@ static int metrics_start(struct metrics *m, const char *addr, char *err, size_t 
         return 0; /* off */
     fd = metrics_socket(&ss);
     if (fd < 0) {
-        (void) snprintf(err, errlen, "cannot listen on %s for metrics: %s", addr, strerror(-fd));
+        /* shmheapd.service allows AF_UNIX only until metrics.conf says otherwise. */
+        (void) snprintf(err, errlen, "cannot listen on %s for metrics: %s%s", addr, strerror(-fd),
+                        fd == -EAFNOSUPPORT || fd == -EPERM
+                                ? " (under systemd, install the drop-in metrics.conf: see README)"
+                                : "");
         return fd;
     }
     if (ss.ss_family == AF_INET6)

@@ -10,6 +10,7 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <libgen.h>
 #include <poll.h>
 #include <signal.h>
@@ -117,8 +118,7 @@ START_TEST(systemd_unit_in_step)
     have = slurp(path);
     ck_assert_msg(strcmp(want, have) == 0,
                   "systemd/shmheapd.service differs from systemd/shmheapd.service.in for "
-                  "PREFIX=/usr/local: regenerate it with `sed -e s,@BINDIR@,/usr/local/bin, "
-                  "-e s,@DOCDIR@,/usr/local/share/doc/shmheap, systemd/shmheapd.service.in`");
+                  "PREFIX=/usr/local: edit the template, then `make units`");
     ck_assert_ptr_nonnull(strstr(have, "ExecStart=/usr/local/bin/shmheapd"));
     free(want);
     free(have);
@@ -465,6 +465,77 @@ START_TEST(systemd_socket_activation)
 }
 END_TEST
 
+/* A child that becomes uid nobody with primary group gid and says hello:
+ * exits 0 if the daemon's answer was `want_ok`. */
+static void hello_as(const char *sock, gid_t gid, bool want_ok)
+{
+    pid_t pid = fork();
+    int st;
+
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        cJSON *r;
+
+        if (setgroups(0, NULL) != 0 || setgid(gid) != 0 || setuid(65534) != 0)
+            _exit(90);
+        r = daemon_call_once(sock, "{\"op\":\"hello\",\"version\":1,\"pid\":1}");
+        if (!r)
+            _exit(91);
+        if (reply_is_ok(r) != want_ok)
+            _exit(92);
+        if (!want_ok && strcmp(reply_error_code(r), "permission_denied") != 0)
+            _exit(93);
+        _exit(0);
+    }
+    ck_assert(prog_wait(pid, daemon_test_ms(30000), &st));
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "gid %u: child exit %d (want %s)",
+                  (unsigned) gid, WIFEXITED(st) ? WEXITSTATUS(st) : -1,
+                  want_ok ? "admitted" : "permission_denied");
+}
+
+/* Under systemd the daemon runs as group shmheap, the socket's group: its
+ * members are admitted. Here: the daemon's gid is 4242 (setpriv). */
+START_TEST(systemd_socket_group_admitted)
+{
+    const char *setpriv = prog_find("setpriv");
+    char dir[] = "/tmp/shmheap-group-XXXXXX", sock[128], log[128];
+    const char *pre[] = {setpriv, "--regid", "4242", "--clear-groups", NULL};
+    struct stat st;
+    int status, tries = 0;
+    bool started = false;
+    pid_t pid;
+    char *text;
+
+    if (geteuid() != 0 || !setpriv) {
+        fprintf(stderr, "SKIP systemd_socket_group_admitted: needs root and setpriv\n");
+        return;
+    }
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    ck_assert_int_eq(chmod(dir, 0755), 0);
+    (void) snprintf(sock, sizeof(sock), "%s/shmheap.sock", dir);
+    (void) snprintf(log, sizeof(log), "%s/daemon.log", dir);
+    pid = spawn_daemon(dir, NULL, pre);
+    ck_assert_int_gt(pid, 0);
+    while (!started) {
+        ck_assert_msg(tries++ < daemon_test_ms(10000) / 20, "the daemon did not start");
+        (void) usleep(20000);
+        text = slurp(log);
+        started = strstr(text, "shmheapd " SHMHEAP_VERSION " started") != NULL;
+        free(text);
+    }
+    ck_assert_int_eq(stat(sock, &st), 0);
+    ck_assert_uint_eq(st.st_gid, 4242); /* the socket is the daemon's group's */
+    /* Past the file's mode, the daemon's own check decides. */
+    ck_assert_int_eq(chmod(sock, 0666), 0);
+    hello_as(sock, 4242, true);
+    hello_as(sock, 4343, false);
+    ck_assert_int_eq(kill(pid, SIGTERM), 0);
+    ck_assert(prog_wait(pid, daemon_test_ms(30000), &status));
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+    rm_rf(dir);
+}
+END_TEST
+
 Suite *systemd_suite(void)
 {
     Suite *s = suite_create("systemd");
@@ -478,6 +549,7 @@ Suite *systemd_suite(void)
     tcase_set_timeout(daemon, 120);
     tcase_add_test(daemon, systemd_notify_sequence);
     tcase_add_test(daemon, systemd_socket_activation);
+    tcase_add_test(daemon, systemd_socket_group_admitted);
     suite_add_tcase(s, units);
     suite_add_tcase(s, daemon);
     return s;
