@@ -237,14 +237,11 @@ static void metrics_stop(struct metrics *m)
     m->addr[0] = 0;
 }
 
-void metrics_clients_changed(struct daemon *d)
+static void refresh_views(struct daemon *d, struct metrics *m)
 {
-    struct metrics *m = d->metrics;
     struct client_view *views;
     size_t n;
 
-    if (!m || !m->mhd)
-        return;
     if (client_views(d, &views, &n) < 0) {
         log_warning("metrics: out of memory; the per-client series may be stale");
         return;
@@ -254,6 +251,12 @@ void metrics_clients_changed(struct daemon *d)
     m->views = views;
     m->nviews = n;
     pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_clients_changed(struct daemon *d)
+{
+    if (d->metrics && d->metrics->mhd)
+        refresh_views(d, d->metrics);
 }
 
 int metrics_apply(struct daemon *d, char *err, size_t errlen)
@@ -279,10 +282,11 @@ int metrics_apply(struct daemon *d, char *err, size_t errlen)
     (void) snprintf(old, sizeof(old), "%s", m->addr);
     metrics_stop(m);
     m->heap = d->heap;
+    /* The first scrape already sees the clients attached so far. */
+    refresh_views(d, m);
     r = metrics_start(m, d->cfg.metrics_listen, err, errlen);
     if (r < 0 && old[0] && metrics_start(m, old, ignored, sizeof(ignored)) < 0)
         log_error("metrics: cannot serve on %s again either: %s", old, ignored);
-    metrics_clients_changed(d);
     return r;
 }
 

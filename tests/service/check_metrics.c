@@ -530,6 +530,19 @@ START_TEST(metrics_moves)
         busy_port = ntohs(((struct sockaddr_in *) &ss)->sin_port);
     }
     (void) snprintf(addr, sizeof(addr), "127.0.0.1:%d", busy_port);
+    {
+        /* A daemon asked to serve there does not start, and says why. */
+        const char *args[] = {"--metrics-listen", addr, NULL};
+        struct daemon_fixture g;
+        char *log;
+
+        ck_assert_int_eq(daemon_start_args(&g, "{" SMALL "}", args), -ECHILD);
+        ck_assert(WIFEXITED(g.status) && WEXITSTATUS(g.status) == 1);
+        log = daemon_log(&g);
+        ck_assert_msg(strstr(log, "for metrics: Address already in use"), "log:\n%s", log);
+        free(log);
+        daemon_stop(&g);
+    }
     r = set_listen(f.socket_path, addr);
     ck_assert(r && !reply_is_ok(r));
     ck_assert_str_eq(reply_error_code(r), "unavailable");
