@@ -51,7 +51,7 @@ int service_listen_fd(void)
 
 #define SERVICE_STATUS_MS 5000u
 
-/* "Serving 3 clients, 1.5M in use on /run/shmheap/shmheap.sock" */
+/* "Serving 3 clients, 64M bytes in use on /run/shmheap/shmheap.sock" */
 static void status_text(struct daemon *d, char *buf, size_t len)
 {
     struct heap_stats *st = malloc(sizeof(*st));
