@@ -84,6 +84,7 @@ obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
 
 SHM_SRCS     := $(wildcard shm/*.c)
 CONFIG_SRCS  := $(wildcard config/*.c)
+WIRE_SRCS    := $(wildcard wire/*.c)
 CLIENT_SRCS  := $(wildcard client/*.c)
 DAEMON_SRCS  := $(wildcard daemon/*.c)
 CTL_SRCS     := $(wildcard ctl/*.c)
@@ -94,6 +95,7 @@ SERVICE_SRCS := $(if $(wildcard tests/run_service.c),tests/run_service.c $(wildc
 
 SHM_OBJS     := $(call obj,$(SHM_SRCS))
 CONFIG_OBJS  := $(call obj,$(CONFIG_SRCS))
+WIRE_OBJS    := $(call obj,$(WIRE_SRCS))
 CLIENT_OBJS  := $(call obj,$(CLIENT_SRCS))
 DAEMON_OBJS  := $(call obj,$(DAEMON_SRCS))
 CTL_OBJS     := $(call obj,$(CTL_SRCS))
@@ -105,6 +107,7 @@ SERVICE_OBJS := $(call obj,$(SERVICE_SRCS))
 # Each artifact is empty when its sources do not exist (yet).
 SHMCORE     := $(if $(SHM_SRCS),$(B)/libshmcore.a)
 SHMCONFIG   := $(if $(CONFIG_SRCS),$(B)/libshmconfig.a)
+SHMWIRE     := $(if $(WIRE_SRCS),$(B)/libshmwire.a)
 CLIENT_SO   := $(if $(CLIENT_SRCS),$(B)/libshmheap.so)
 CLIENT_A    := $(if $(CLIENT_SRCS),$(B)/libshmheap.a)
 CLIENT_PC   := $(if $(CLIENT_SRCS),$(B)/shmheap.pc)
@@ -115,7 +118,7 @@ RUN_MP      := $(if $(MP_SRCS),$(B)/tests/run_mp)
 RUN_SERVICE := $(if $(SERVICE_SRCS),$(B)/tests/run_service)
 TESTS       := $(RUN_UNIT) $(RUN_MP) $(RUN_SERVICE)
 
-ALL_OBJS := $(sort $(SHM_OBJS) $(CONFIG_OBJS) $(CLIENT_OBJS) $(DAEMON_OBJS) $(CTL_OBJS) \
+ALL_OBJS := $(sort $(SHM_OBJS) $(CONFIG_OBJS) $(WIRE_OBJS) $(CLIENT_OBJS) $(DAEMON_OBJS) $(CTL_OBJS) \
               $(COMMON_OBJS) $(UNIT_OBJS) $(MP_OBJS) $(SERVICE_OBJS))
 
 # ---------------------------------------------------------------------------
@@ -123,7 +126,7 @@ ALL_OBJS := $(sort $(SHM_OBJS) $(CONFIG_OBJS) $(CLIENT_OBJS) $(DAEMON_OBJS) $(CT
 
 .PHONY: all deps check-atomics test test-run test-run-mp run soak format install clean bench
 
-all: $(SHMCORE) $(SHMCONFIG) $(CLIENT_SO) $(CLIENT_A) $(CLIENT_PC) $(DAEMON) $(CTL) $(TESTS) \
+all: $(SHMCORE) $(SHMCONFIG) $(SHMWIRE) $(CLIENT_SO) $(CLIENT_A) $(CLIENT_PC) $(DAEMON) $(CTL) $(TESTS) \
      check-atomics
 
 # `make test` and `make run` install missing packages before compiling anything.
@@ -139,10 +142,12 @@ stamp = $(if $(subst $(file <$(1)),,$(2))$(subst $(2),,$(file <$(1))),$(shell \
 # Rebuild everything when the compiler or flags change (e.g. `make SAN=thread` in $(B)).
 $(call stamp,$(B)/.flags,$(CC) $(BASE) $(WARN) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) $(LDLIBS))
 
-# Per-directory include paths and package flags. shm/ is libc only and sees no
-# client header; everything else also gets client/include (the public header).
+# Per-directory include paths and package flags. shm/ and wire/ are libc only
+# and see no client header; everything else also gets client/include (the
+# public header).
 DIR_CPPFLAGS = -I. -Iclient/include
 $(B)/obj/shm/%.o:    DIR_CPPFLAGS = -I.
+$(B)/obj/wire/%.o:   DIR_CPPFLAGS = -I.
 $(B)/obj/client/%.o: DIR_CFLAGS = -fvisibility=hidden $(CLIENT_CFLAGS)
 $(B)/obj/config/%.o: DIR_CFLAGS = $(CJSON_CFLAGS)
 $(B)/obj/daemon/%.o: DIR_CFLAGS = $(DAEMON_CFLAGS)
@@ -166,11 +171,13 @@ endef
 inputs = $(filter-out $(B)/.inputs/%,$^)
 $(if $(SHMCORE),$(eval $(call inputs_of,libshmcore.a,$(SHM_OBJS))))
 $(if $(SHMCONFIG),$(eval $(call inputs_of,libshmconfig.a,$(CONFIG_OBJS))))
-$(if $(CLIENT_A),$(eval $(call inputs_of,libshmheap.a,$(CLIENT_OBJS) $(SHM_OBJS))))
-$(if $(CLIENT_SO),$(eval $(call inputs_of,libshmheap.so,$(CLIENT_OBJS) $(SHMCORE))))
-$(if $(DAEMON),$(eval $(call inputs_of,shmheapd,$(DAEMON_OBJS) $(SHMCONFIG) $(SHMCORE))))
-$(if $(CTL),$(eval $(call inputs_of,shmheapctl,$(CTL_OBJS) $(SHMCONFIG) $(SHMCORE))))
-$(if $(RUN_UNIT),$(eval $(call inputs_of,tests/run_unit,$(UNIT_OBJS) $(COMMON_OBJS) $(SHMCONFIG) $(SHMCORE))))
+$(if $(SHMWIRE),$(eval $(call inputs_of,libshmwire.a,$(WIRE_OBJS))))
+$(if $(CLIENT_A),$(eval $(call inputs_of,libshmheap.a,$(CLIENT_OBJS) $(WIRE_OBJS) $(SHM_OBJS))))
+$(if $(CLIENT_SO),$(eval $(call inputs_of,libshmheap.so,$(CLIENT_OBJS) $(SHMWIRE) $(SHMCORE))))
+$(if $(DAEMON),$(eval $(call inputs_of,shmheapd,$(DAEMON_OBJS) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE))))
+$(if $(CTL),$(eval $(call inputs_of,shmheapctl,$(CTL_OBJS) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE))))
+$(if $(RUN_UNIT),$(eval $(call inputs_of,tests/run_unit,\
+    $(UNIT_OBJS) $(COMMON_OBJS) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE))))
 $(if $(RUN_MP),$(eval $(call inputs_of,tests/run_mp,$(MP_OBJS) $(COMMON_OBJS) $(SHMCONFIG) $(SHMCORE))))
 $(if $(RUN_SERVICE),$(eval $(call inputs_of,tests/run_service,\
     $(SERVICE_OBJS) $(COMMON_OBJS) $(CLIENT_A) $(SHMCONFIG) $(SHMCORE))))
@@ -187,15 +194,20 @@ $(B)/libshmcore.a: $(SHM_OBJS)
 $(B)/libshmconfig.a: $(CONFIG_OBJS)
 	$(archive)
 
-# The client library: client objects plus the shm objects. In the shared library
-# only SHMHEAP_EXPORT symbols are visible: client objects are built with
-# -fvisibility=hidden and the symbols taken from libshmcore.a are not exported.
-$(B)/libshmheap.a: $(CLIENT_OBJS) $(SHM_OBJS)
+$(B)/libshmwire.a: $(WIRE_OBJS)
 	$(archive)
 
-$(B)/libshmheap.so: $(CLIENT_OBJS) $(SHMCORE)
+# The client library: client objects plus the wire and shm objects. In the
+# shared library only SHMHEAP_EXPORT symbols are visible: client objects are
+# built with -fvisibility=hidden and the symbols taken from libshmwire.a and
+# libshmcore.a are not exported.
+$(B)/libshmheap.a: $(CLIENT_OBJS) $(WIRE_OBJS) $(SHM_OBJS)
+	$(archive)
+
+$(B)/libshmheap.so: $(CLIENT_OBJS) $(SHMWIRE) $(SHMCORE)
 	$(call msg,LD,$@)$(LINK) -shared -Wl,-soname,libshmheap.so.$(SOVERSION) -Wl,-z,defs \
-	    -Wl,--exclude-libs,libshmcore.a -o $@ $(CLIENT_OBJS) $(SHMCORE) $(CLIENT_LIBS) $(LDLIBS)
+	    -Wl,--exclude-libs,libshmwire.a:libshmcore.a -o $@ $(CLIENT_OBJS) $(SHMWIRE) $(SHMCORE) \
+	    $(CLIENT_LIBS) $(LDLIBS)
 	$(Q)ln -sf libshmheap.so $@.$(SOVERSION)
 
 PREFIX     ?= /usr/local
@@ -223,15 +235,15 @@ $(B)/shmheap.pc: Makefile
 	@mkdir -p $(@D)
 	$(call msg,GEN,$@)$(file >$@,$(PC_TEMPLATE))
 
-$(B)/shmheapd: $(DAEMON_OBJS) $(SHMCONFIG) $(SHMCORE)
+$(B)/shmheapd: $(DAEMON_OBJS) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE)
 	$(call msg,LD,$@)$(LINK) -o $@ $(inputs) $(DAEMON_LIBS) $(LDLIBS)
 
-$(B)/shmheapctl: $(CTL_OBJS) $(SHMCONFIG) $(SHMCORE)
+$(B)/shmheapctl: $(CTL_OBJS) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE)
 	$(call msg,LD,$@)$(LINK) -o $@ $(inputs) $(CJSON_LIBS) $(LDLIBS)
 
 TEST_LIBS = $(if $(SHMCONFIG),$(CJSON_LIBS)) $(CHECK_LIBS) $(LDLIBS)
 
-$(B)/tests/run_unit: $(UNIT_OBJS) $(COMMON_OBJS) $(SHMCONFIG) $(SHMCORE)
+$(B)/tests/run_unit: $(UNIT_OBJS) $(COMMON_OBJS) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE)
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)$(LINK) -o $@ $(inputs) $(TEST_LIBS)
 
