@@ -21,6 +21,8 @@ SOVERSION  := 0
 B          ?= build
 PKG_CONFIG ?= pkg-config
 AR         ?= ar
+LD         ?= ld
+OBJCOPY    ?= objcopy
 comma      := ,
 
 # ---------------------------------------------------------------------------
@@ -92,6 +94,7 @@ TEST_COMMON  := $(wildcard tests/common/*.c)
 UNIT_SRCS    := $(if $(wildcard tests/run_unit.c),tests/run_unit.c $(wildcard tests/unit/*.c))
 MP_SRCS      := $(if $(wildcard tests/run_mp.c),tests/run_mp.c $(wildcard tests/mp/*.c))
 SERVICE_SRCS := $(if $(wildcard tests/run_service.c),tests/run_service.c $(wildcard tests/service/*.c))
+STATIC_SRCS  := $(wildcard tests/static/*.c)
 
 SHM_OBJS     := $(call obj,$(SHM_SRCS))
 CONFIG_OBJS  := $(call obj,$(CONFIG_SRCS))
@@ -103,6 +106,7 @@ COMMON_OBJS  := $(call obj,$(TEST_COMMON))
 UNIT_OBJS    := $(call obj,$(UNIT_SRCS))
 MP_OBJS      := $(call obj,$(MP_SRCS))
 SERVICE_OBJS := $(call obj,$(SERVICE_SRCS))
+STATIC_OBJS  := $(call obj,$(STATIC_SRCS))
 
 # Each artifact is empty when its sources do not exist (yet).
 SHMCORE     := $(if $(SHM_SRCS),$(B)/libshmcore.a)
@@ -116,18 +120,19 @@ CTL         := $(if $(CTL_SRCS),$(B)/shmheapctl)
 RUN_UNIT    := $(if $(UNIT_SRCS),$(B)/tests/run_unit)
 RUN_MP      := $(if $(MP_SRCS),$(B)/tests/run_mp)
 RUN_SERVICE := $(if $(SERVICE_SRCS),$(B)/tests/run_service)
+STATIC_USER := $(if $(CLIENT_A),$(if $(STATIC_SRCS),$(B)/tests/static_user))
 TESTS       := $(RUN_UNIT) $(RUN_MP) $(RUN_SERVICE)
 
 ALL_OBJS := $(sort $(SHM_OBJS) $(CONFIG_OBJS) $(WIRE_OBJS) $(CLIENT_OBJS) $(DAEMON_OBJS) $(CTL_OBJS) \
-              $(COMMON_OBJS) $(UNIT_OBJS) $(MP_OBJS) $(SERVICE_OBJS))
+              $(COMMON_OBJS) $(UNIT_OBJS) $(MP_OBJS) $(SERVICE_OBJS) $(STATIC_OBJS))
 
 # ---------------------------------------------------------------------------
 # Build
 
-.PHONY: all deps check-atomics test test-run test-run-mp run soak format install clean bench
+.PHONY: all deps check-atomics check-exports test test-run test-run-mp run soak format install clean bench
 
 all: $(SHMCORE) $(SHMCONFIG) $(SHMWIRE) $(CLIENT_SO) $(CLIENT_A) $(CLIENT_PC) $(DAEMON) $(CTL) $(TESTS) \
-     check-atomics
+     check-atomics check-exports
 
 # `make test` and `make run` install missing packages before compiling anything.
 ifneq ($(filter deps test run,$(MAKECMDGOALS)),)
@@ -172,7 +177,9 @@ inputs = $(filter-out $(B)/.inputs/%,$^)
 $(if $(SHMCORE),$(eval $(call inputs_of,libshmcore.a,$(SHM_OBJS))))
 $(if $(SHMCONFIG),$(eval $(call inputs_of,libshmconfig.a,$(CONFIG_OBJS))))
 $(if $(SHMWIRE),$(eval $(call inputs_of,libshmwire.a,$(WIRE_OBJS))))
-$(if $(CLIENT_A),$(eval $(call inputs_of,libshmheap.a,$(CLIENT_OBJS) $(WIRE_OBJS) $(SHM_OBJS))))
+# "ld-r": the archive's recipe changed (one object, symbols localised); the
+# word in its stamp rebuilds archives made by the old recipe.
+$(if $(CLIENT_A),$(eval $(call inputs_of,libshmheap.a,ld-r $(CLIENT_OBJS) $(WIRE_OBJS) $(SHM_OBJS))))
 $(if $(CLIENT_SO),$(eval $(call inputs_of,libshmheap.so,$(CLIENT_OBJS) $(SHMWIRE) $(SHMCORE))))
 $(if $(DAEMON),$(eval $(call inputs_of,shmheapd,$(DAEMON_OBJS) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE))))
 $(if $(CTL),$(eval $(call inputs_of,shmheapctl,$(CTL_OBJS) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE))))
@@ -201,8 +208,21 @@ $(B)/libshmwire.a: $(WIRE_OBJS)
 # shared library only SHMHEAP_EXPORT symbols are visible: client objects are
 # built with -fvisibility=hidden and the symbols taken from libshmwire.a and
 # libshmcore.a are not exported.
+#
+# The static library holds the same code as one relocatable object (ld -r) in
+# which only the SHMHEAP_EXPORT shmheap_* symbols stay global: objcopy makes
+# local every hidden symbol (--localize-hidden) and every other one not named
+# shmheap_* (-G, the shm and wire objects are not built hidden). So a static
+# user's own conn_open or os_commit cannot clash with (or silently replace)
+# the library's, and the archive exports what the .so exports; check-exports
+# holds the two together. Undefined symbols (libc, cJSON) stay global.
 $(B)/libshmheap.a: $(CLIENT_OBJS) $(WIRE_OBJS) $(SHM_OBJS)
-	$(archive)
+	@mkdir -p $(@D)
+	$(call msg,LD,$@)rm -f $@ $(B)/obj/libshmheap.o && \
+	    $(LD) -r -o $(B)/obj/libshmheap.o $(inputs) && \
+	    $(OBJCOPY) --localize-hidden --wildcard --keep-global-symbol='shmheap_*' \
+	        $(B)/obj/libshmheap.o && \
+	    $(AR) rcs $@ $(B)/obj/libshmheap.o
 
 $(B)/libshmheap.so: $(CLIENT_OBJS) $(SHMWIRE) $(SHMCORE)
 	$(call msg,LD,$@)$(LINK) -shared -Wl,-soname,libshmheap.so.$(SOVERSION) -Wl,-z,defs \
@@ -251,9 +271,15 @@ $(B)/tests/run_mp: $(MP_OBJS) $(COMMON_OBJS) $(SHMCONFIG) $(SHMCORE)
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)$(LINK) -o $@ $(inputs) $(TEST_LIBS)
 
+# A static user of libshmheap.a whose own globals carry the library's internal
+# names (tests/static/static_user.c): it links only if the archive hides them.
+$(B)/tests/static_user: $(STATIC_OBJS) $(CLIENT_A)
+	@mkdir -p $(@D)
+	$(call msg,LD,$@)$(LINK) -o $@ $(STATIC_OBJS) $(CLIENT_A) $(CLIENT_LIBS) $(LDLIBS)
+
 # The service suite drives the real programs, so they must be built first.
 $(B)/tests/run_service: $(SERVICE_OBJS) $(COMMON_OBJS) $(CLIENT_A) $(SHMCONFIG) $(SHMCORE) \
-                        | $(DAEMON) $(CTL)
+                        | $(DAEMON) $(CTL) $(STATIC_USER)
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)$(LINK) -o $@ $(inputs) $(CLIENT_LIBS) $(CJSON_LIBS) $(CHECK_LIBS) $(LDLIBS)
 
@@ -267,6 +293,25 @@ $(B)/.atomics-ok: $(ATOMIC_LIBS)
 	    echo 'check-atomics: error: the symbols above are 16-byte atomics that go through' >&2; \
 	    echo '  libatomic, whose lock-based fallback is not atomic between processes.' >&2; \
 	    echo '  Use cmpxchg16b itself (-mcx16 with the __sync builtins, or inline asm).' >&2; \
+	    exit 1; \
+	fi
+	@touch $@
+
+# libshmheap.a must export exactly what libshmheap.so exports, and that only
+# shmheap_* names: any other global name in the archive can clash with a static
+# user's own (issue 7). Run by `make` (so in every build and stage of `make test`).
+check-exports: $(if $(CLIENT_A),$(B)/.exports-ok)
+$(B)/.exports-ok: $(CLIENT_A) $(CLIENT_SO)
+	@mkdir -p $(@D)
+	@a=$$(nm -g --defined-only $(CLIENT_A) | awk 'NF == 3 { print $$3 }' | sort); \
+	so=$$(nm -D --defined-only $(CLIENT_SO) | awk 'NF == 3 { print $$3 }' | sort); \
+	other=$$(printf '%s\n' "$$a" | grep -v '^shmheap_' | grep .); \
+	if [ -z "$$a" ] || [ -n "$$other" ] || [ "$$a" != "$$so" ]; then \
+	    echo 'check-exports: error: libshmheap.a must export exactly the shmheap_* symbols' >&2; \
+	    echo '  that libshmheap.so exports. Other globals in the archive:' >&2; \
+	    printf '    %s\n' $$other >&2; \
+	    echo '  Only in the archive (<) or only in the shared library (>):' >&2; \
+	    diff <(printf '%s\n' "$$a") <(printf '%s\n' "$$so") | grep '^[<>]' | sed 's/^/    /' >&2; \
 	    exit 1; \
 	fi
 	@touch $@
@@ -307,7 +352,7 @@ RUN_TESTS_SH = run_tests() { \
 test-run: all
 	@$(RUN_TESTS_SH); run_tests $(TESTS)
 
-test-run-mp: $(RUN_MP) check-atomics
+test-run-mp: $(RUN_MP) check-atomics check-exports
 	@$(RUN_TESTS_SH); run_tests $(RUN_MP)
 
 # The whole gate: plain build, then ASan+UBSan, then TSan on the concurrency
