@@ -14,10 +14,9 @@
 
 #include "shmheap.h"
 #include "tests/service/daemon_fixture.h"
+#include "tests/service/fixture.h"
 #include "tests/service/program.h"
 #include "tests/service/suites.h"
-
-#define CFG "{\"huge_pages\": \"off\", \"segment_size\": \"64M\"}"
 
 static struct daemon_fixture fx;
 
@@ -66,9 +65,7 @@ static cJSON *json_line(const struct program_run *r)
 
 static void start(void)
 {
-    int r = daemon_start(&fx, CFG);
-
-    ck_assert_msg(r == 0, "daemon_start: %s", strerror(-r));
+    fixture_start(&fx, NULL);
 }
 
 static void finish(void)
@@ -76,8 +73,7 @@ static void finish(void)
     struct program_run *r = ctl("--socket", S, "verify", NULL);
 
     expect(r, 0, "verify");
-    daemon_stop(&fx);
-    ck_assert(fx.clean_exit);
+    fixture_stop(&fx);
 }
 
 START_TEST(ctl_stats)

@@ -5,27 +5,23 @@
  * daemon with the library's own internals and its own globals intact. That
  * it links at all is the first half of the test (the build); this runs it.
  * `make check-exports` compares the archive's symbols with the .so's. */
-#include <check.h>
-#include <string.h>
-
-#include "tests/service/daemon_fixture.h"
+#include "tests/service/fixture.h"
 #include "tests/service/program.h"
 #include "tests/service/suites.h"
+#include <check.h>
 
 START_TEST(static_user_links_and_runs)
 {
     static struct program_run r;
     struct daemon_fixture f;
     const char *argv[] = {"static_user", f.socket_path, NULL};
-    int e = daemon_start(&f, "{\"segment_size\": 67108864, \"huge_pages\": \"off\"}");
 
-    ck_assert_msg(e == 0, "daemon_start: %s", strerror(-e));
+    fixture_start(&f, NULL);
     program_run(program_path("tests/static_user", NULL), argv, &r);
     ck_assert_msg(r.status == 0, "static_user: exit %d\nstdout: %s\nstderr: %s", r.status, r.out,
                   r.err);
     ck_assert_str_eq(r.out, "static user: ok\n");
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_finish(&f);
 }
 END_TEST
 
