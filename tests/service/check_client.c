@@ -82,11 +82,7 @@ static void finish(void)
 
 static shmheap_t *attach_ok(void)
 {
-    shmheap_t *h = NULL;
-    int r = shmheap_attach(fx.socket_path, &h);
-
-    ck_assert_msg(r == 0, "attach: %s: %s", shmheap_strerror(r), shmheap_last_error());
-    return h;
+    return fixture_attach(&fx);
 }
 
 /* In a child: attach or exit failing. */

@@ -84,7 +84,7 @@ START_TEST(ctl_stats)
     cJSON *j, *st;
 
     start();
-    ck_assert_int_eq(shmheap_attach(S, &h), 0);
+    h = fixture_attach(&fx);
     p = shmheap_malloc(h, 1000);
     ck_assert_ptr_nonnull(p);
 
@@ -137,7 +137,7 @@ START_TEST(ctl_trim_clients_segments_verify)
     cJSON *j;
 
     start();
-    ck_assert_int_eq(shmheap_attach(S, &h), 0);
+    h = fixture_attach(&fx);
     shmheap_free(h, shmheap_malloc(h, 64));
     snprintf(pid, sizeof(pid), "%d", (int) getpid());
 

@@ -54,6 +54,15 @@ void fixture_finish(struct daemon_fixture *f)
     fixture_stop(f);
 }
 
+shmheap_t *fixture_attach(const struct daemon_fixture *f)
+{
+    shmheap_t *h = NULL;
+    int r = shmheap_attach(f->socket_path, &h);
+
+    ck_assert_msg(r == 0, "attach: %s: %s", shmheap_strerror(r), shmheap_last_error());
+    return h;
+}
+
 cJSON *fixture_hello(int fd, int *ret_fds, int *ret_nfds)
 {
     char line[64];

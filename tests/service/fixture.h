@@ -6,6 +6,7 @@
  * Usage:
  *     struct daemon_fixture f;
  *     fixture_start(&f, "\"max_segments\": 3");   // NULL: FIXTURE_SMALL alone
+ *     h = fixture_attach(&f);                      // libshmheap, or a raw connection:
  *     fd = daemon_connect(f.socket_path);
  *     expect_reply(fixture_hello(fd, fds, &nfds), NULL);
  *     expect_reply(daemon_call(fd, "{\"op\":\"nope\"}", NULL, NULL), "unknown_op");
@@ -15,6 +16,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "shmheap.h"
 #include "tests/service/daemon_fixture.h"
 
 /* Config members for a test daemon: 4K pages (the huge page pool is for the
@@ -35,6 +37,10 @@ void fixture_stop(struct daemon_fixture *f);
 void fixture_verify(const struct daemon_fixture *f);
 /* fixture_verify, then fixture_stop. */
 void fixture_finish(struct daemon_fixture *f);
+
+/* A libshmheap attachment to f's daemon; a failure fails the test with
+ * shmheap_last_error(). (In a forked child, use MP_REQUIRE instead.) */
+shmheap_t *fixture_attach(const struct daemon_fixture *f);
 
 /* hello (protocol version 1, this process's pid) on fd: the reply, NULL on
  * a transport failure; fds as daemon_call (NULL: closed). */
