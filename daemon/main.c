@@ -67,7 +67,7 @@ static int parse_argv(int argc, char **argv)
             help();
             return 1;
         case ARG_VERSION:
-            printf("shmheapd %s (protocol %d, layout %u)\n", SHMHEAP_VERSION, PROTO_VERSION,
+            printf("shmheapd %s (protocol %d, layout %u)\n", SHMHEAP_VERSION, WIRE_VERSION,
                    SHM_LAYOUT_VERSION);
             return 1;
         case ARG_SOCKET:
@@ -171,7 +171,7 @@ int main(int argc, char **argv)
         (void) snprintf(d->cfg.metrics_listen, sizeof(d->cfg.metrics_listen), "%s",
                         arg_metrics_listen);
     }
-    r = listen_socket_path(arg_socket, d->socket_path, sizeof(d->socket_path));
+    r = wire_socket_path(arg_socket, d->socket_path, sizeof(d->socket_path));
     if (r < 0) {
         log_error("the socket path is longer than a Unix socket address allows (107 bytes)");
         return EXIT_FAILURE;
