@@ -6,6 +6,7 @@
 
 #include "shmheap.h"
 
+#include "config/config.h"
 #include "ctl/ctl.h"
 #include "prom/prom.h"
 
@@ -19,11 +20,18 @@ static const char *const ops[_CMD_MAX] = {
 };
 
 /* VALUE as JSON if the whole text parses (number, string, array, ...),
- * else as a string: `config set huge_pages 2M` needs no quotes. */
-static cJSON *config_value(const char *text)
+ * else as a string: `config set huge_pages 2M` needs no quotes. A key that
+ * takes a string takes the text as is unless it is quoted JSON:
+ * `config set metrics_listen 9464` means the string "9464". */
+static cJSON *config_value(const char *key, const char *text)
 {
+    const struct config_key *k = config_key_find(key);
     const char *end = NULL;
-    cJSON *v = cJSON_ParseWithOpts(text, &end, 1);
+    cJSON *v;
+
+    if (k && config_key_type(k) == CONFIG_STRING && text[0] != '"')
+        return cJSON_CreateString(text);
+    v = cJSON_ParseWithOpts(text, &end, 1);
 
     if (v)
         return v;
@@ -48,7 +56,7 @@ static cJSON *build_request(const struct ctl_args *a)
     case CMD_CONFIG_SET:
         if (!cJSON_AddStringToObject(req, "key", a->key))
             goto fail;
-        v = config_value(a->value);
+        v = config_value(a->key, a->value);
         if (!v || !cJSON_AddItemToObject(req, "value", v)) {
             cJSON_Delete(v);
             goto fail;

@@ -188,10 +188,26 @@ static int metrics_socket(const struct sockaddr_storage *ss)
     return fd;
 }
 
+/* The bound address as text: "127.0.0.1:9464", "[::1]:9464". */
+static void address_text(const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+    char host[INET6_ADDRSTRLEN];
+    const void *a = ss->ss_family == AF_INET6
+                            ? (const void *) &((const struct sockaddr_in6 *) ss)->sin6_addr
+                            : (const void *) &((const struct sockaddr_in *) ss)->sin_addr;
+    unsigned port = ntohs(ss->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *) ss)->sin6_port
+                                                    : ((const struct sockaddr_in *) ss)->sin_port);
+
+    if (!inet_ntop(ss->ss_family, a, host, sizeof(host)))
+        (void) snprintf(host, sizeof(host), "?");
+    (void) snprintf(buf, len, ss->ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
+}
+
 static int metrics_start(struct metrics *m, const char *addr, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+    char bound[INET6_ADDRSTRLEN + 16];
     int fd, r;
 
     r = config_listen_parse(addr, &ss, err, errlen);
@@ -222,7 +238,12 @@ static int metrics_start(struct metrics *m, const char *addr, char *err, size_t 
         return -EIO;
     }
     (void) snprintf(m->addr, sizeof(m->addr), "%s", addr);
-    log_info("metrics: serving GET " METRICS_PATH " on %s", addr);
+    address_text(&ss, bound, sizeof(bound));
+    /* "9464" says less than the address it means: log both. */
+    if (strcmp(bound, addr) == 0)
+        log_info("metrics: serving GET " METRICS_PATH " on %s", addr);
+    else
+        log_info("metrics: serving GET " METRICS_PATH " on %s (%s)", addr, bound);
     return 0;
 }
 
