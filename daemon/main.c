@@ -2,9 +2,11 @@
  *
  * Start: options, the config (defaults, then the file), the control
  * segment and the first heap segment, the daemon's own attachment, the
- * control socket (or systemd's), then READY=1 and the libuv loop. Stop
- * (SIGTERM, SIGINT): STOPPING=1, close the socket and every connection,
- * let running jobs finish, detach, exit 0. */
+ * control socket (or systemd's), the metrics endpoint if metrics_listen
+ * asks for one (a failure there stops the daemon), then READY=1 and the
+ * libuv loop. Stop (SIGTERM, SIGINT): STOPPING=1, stop the metrics
+ * endpoint, close the socket and every connection, let running jobs
+ * finish, detach, exit 0. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
