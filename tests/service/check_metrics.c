@@ -590,6 +590,26 @@ START_TEST(metrics_moves)
 }
 END_TEST
 
+/* --metrics-listen wins over the file, at start and on reload. */
+START_TEST(metrics_option_wins)
+{
+    struct daemon_fixture f;
+    char cfg[256];
+    int in_file = http_free_port(0);
+
+    (void) snprintf(cfg, sizeof(cfg), "{" SMALL ", \"metrics_listen\": \"127.0.0.1:%d\"}", in_file);
+    start_with_metrics(&f, cfg);
+    ck_assert(serves(metrics_port));
+    ck_assert(!serves(in_file));
+    ck_assert_int_eq(kill(f.pid, SIGHUP), 0);
+    ck_assert(daemon_log_wait(&f, "config reloaded from", daemon_test_ms(10000)));
+    ck_assert(serves(metrics_port));
+    ck_assert(!serves(in_file));
+    daemon_stop(&f);
+    ck_assert(f.clean_exit);
+}
+END_TEST
+
 Suite *metrics_suite(void)
 {
     Suite *s = suite_create("metrics");
@@ -600,6 +620,7 @@ Suite *metrics_suite(void)
     tcase_add_test(tc, metrics_prometheus_scrapes);
     tcase_add_test(tc, metrics_slow_scrapers);
     tcase_add_test(tc, metrics_moves);
+    tcase_add_test(tc, metrics_option_wins);
     suite_add_tcase(s, tc);
     return s;
 }
