@@ -102,7 +102,7 @@ struct seg_map *heap_seg_for(struct heap *h, uint64_t off)
 
 void heap_count_bad_free(struct heap *h)
 {
-    (void) fetch_add_relaxed(&h->ctl->bad_frees, 1);
+    ctl_count_bad_free(h->ctl);
 }
 
 int heap_attach(int ctl_fd,

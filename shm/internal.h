@@ -56,7 +56,7 @@ struct heap {
     uint32_t bundle_objects;
     uint32_t recycler_cap;
     uint32_t retain_empty_blocks;
-    uint32_t bin_cap[SHM_NCLASSES];  /* objects a bin holds before it gives a bundle away */
+    uint32_t bin_cap[SHM_NCLASSES]; /* objects a bin holds before it gives a bundle away */
     /* Per class, for the fast paths' owner tags (heap.c): the tags' offset
      * in a slab, and 2^32 / size + 1, so that an object's index is
      * (bytes into its block * mul) >> 32 (exact: a block is 2^16 bytes and
@@ -108,6 +108,47 @@ static inline void *off_ptr(struct heap *h, uint64_t off)
 static inline uint64_t ptr_off(struct heap *h, const void *p)
 {
     return (uint64_t) ((const char *) p - h->base);
+}
+
+/* A block's metadata word (meta.h), read or written under the segment's
+ * lock. relaxed: writers hold the lock; the lock-free reader (free's fast
+ * path) only reads blocks that hold its live object, whose class cannot
+ * change. */
+static inline uint64_t seg_meta_get(struct seg_map *m, uint32_t b)
+{
+    return load_relaxed(&m->meta[b]);
+}
+
+static inline void seg_meta_put(struct seg_map *m, uint32_t b, uint64_t w)
+{
+    store_relaxed(&m->meta[b], w);
+}
+
+/* The free bitmap of the slab whose head block is b. */
+static inline uint64_t *slab_bitmap(struct seg_map *m, uint32_t b, const struct slab_geometry *g)
+{
+    return (uint64_t *) (m->base + ((uint64_t) b << SHM_BLOCK_SHIFT) + g->bitmap_off);
+}
+
+/* The one check of an object offset read from shared memory (a link, a
+ * journal entry): its address if it names 16 bytes, 16-aligned, inside
+ * segment m past the segment's first page; else NULL. Callers treat NULL
+ * from a non-zero offset as a broken link. */
+static inline void *seg_obj_at(struct seg_map *m, uint64_t off)
+{
+    uint64_t rel = off & SHM_OFF_MASK;
+
+    if ((off >> SHM_SEG_SHIFT) != m->index || rel < 4096 || rel + SHM_MIN_OBJECT > m->size ||
+        (off & (SHM_MIN_OBJECT - 1)))
+        return NULL;
+    return m->base + rel;
+}
+
+/* A free the heap refused (not an object, or not ours): counted in the
+ * control segment, for stats and the daemon's reports. */
+static inline void ctl_count_bad_free(struct ctl_header *c)
+{
+    (void) fetch_add_relaxed(&c->bad_frees, 1);
 }
 
 /* Link words inside free objects: word 0 links objects of one list or
@@ -202,10 +243,15 @@ void owned_share(struct heap *h, uint64_t off);
 void owned_attach(struct heap *h);
 /* Marks it detached: its private objects are unreachable from now on. */
 void owned_detach(struct heap *h);
-/* Reclaims the cache slots of client_id held by process pid, which is
- * gone (trim.c). Returns how many it could not take (held meanwhile by a
- * trimmer or verify). */
-int tcache_reclaim_process(struct heap *h, uint64_t client_id, uint32_t pid);
+
+/* ---- reclaim.c ---- */
+/* Takes back a slot whose owner is gone: drain, then free the slot. False
+ * if someone else holds it (a trimmer, verify) or it is not OWNED. */
+bool reclaim_slot(struct heap *h, struct cache_slot *s);
+/* Frees the blocks left BUSY, and puts back the objects a punch reserved,
+ * by processes that are gone: in segment m, or in every mapped segment. */
+void reclaim_busy(struct heap *h, struct seg_map *m);
+void reclaim_busy_all(struct heap *h);
 
 /* ---- segment.c ---- */
 int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_size);
@@ -214,57 +260,87 @@ int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_
 int seg_metadata_bytes(uint64_t size, uint32_t page_size, uint64_t *ret_bytes);
 int seg_check_header(const struct seg_header *hdr, uint32_t index, uint64_t size);
 void seg_map_init(struct seg_map *m, void *base, int fd, uint32_t index);
+/* Takes the segment's lock, finishing a dead holder's work first: 0, or a
+ * negative errno (the lock is then not held). */
 int seg_lock(struct seg_map *m, struct heap *h);
 void seg_unlock(struct seg_map *m);
 struct bittree_chain *seg_free_tree(struct seg_map *m);
 struct bittree_chain *seg_class_tree(struct seg_map *m, unsigned cls);
 uint64_t *seg_commit_map(struct seg_map *m);
+/* Block states, lock held. The first of n consecutive FREE blocks whose
+ * index is a multiple of align, or -1. */
+int64_t seg_find_run(struct seg_map *m, uint32_t n, uint32_t align);
+/* Marks [b, b+n) as a slab of cls (head nfree = field) or a run of kind
+ * (head owner = field, meta.h); journal.block/n name the blocks until the
+ * caller clears journal.n. */
+void seg_blocks_claim(struct seg_map *m,
+                      uint32_t b,
+                      uint32_t n,
+                      bool slab,
+                      unsigned cls,
+                      unsigned field,
+                      enum run_kind kind);
+/* Marks [b, b+n) FREE and puts them back in the free tree. */
+void seg_blocks_release(struct seg_map *m, uint32_t b, uint32_t n);
+/* Rebuilds nfree and trees from the metadata and slab bitmaps. Lock held. */
+void seg_repair(struct seg_map *m);
+
+/* ---- slab.c ---- */
 /* Takes up to n objects of class cls from this segment's slabs and links
  * them (word 0) into a chain, carving a fresh slab if needed. Delivers the
  * chain into *bin (a cache bin) if bin is not NULL, else into *ret_chain.
  * Returns the number taken (0: the segment is full), or -ENOMEM when the
  * backing pages could not be committed. */
-int seg_take(struct heap *h,
-             struct seg_map *m,
-             unsigned cls,
-             uint32_t n,
-             struct cache_bin *bin,
-             uint64_t *ret_chain);
-/* Returns the chain of objects starting at *handoff (word 0 links, 0
- * ends) to their slabs, whatever their segments, moving *handoff past each
- * object as it goes. *handoff is a cache slot's handoff word (so that the
- * reclaimer of a dead process can finish the job) or the caller's own
- * variable. Counts double and bad frees into the control segment. */
-void seg_return_handoff(struct heap *h, uint64_t *handoff);
+int slab_take(struct heap *h,
+              struct seg_map *m,
+              unsigned cls,
+              uint32_t n,
+              struct cache_bin *bin,
+              uint64_t *ret_chain);
 /* Returns one object to its slab; the segment's lock is held. False (and
  * counted) if it is not an object of m or is already free. */
-bool seg_return_object_locked(struct heap *h, struct seg_map *m, uint64_t off);
-/* Frees blocks left BUSY by a decommitter that died outside the lock, and
- * puts back the objects a dead puncher had reserved. */
-void seg_reap_busy(struct heap *h, struct seg_map *m);
+bool slab_return_object_locked(struct heap *h, struct seg_map *m, uint64_t off);
+/* Returns the objects of *handoff's chain that lie in m, journaled as
+ * JOP_RETURN (shared: *handoff is a cache slot's word, which the journal
+ * names for a recovery); lock held. Stops at another segment's object. */
+void slab_return_handoff_locked(struct heap *h, struct seg_map *m, uint64_t *handoff, bool shared);
+/* The same without the journal's set-up: the replay of a JOP_RETURN or of
+ * an undelivered JOP_TAKE (recovering: nothing counted as a bad free). */
+void slab_return_chain_locked(struct heap *h,
+                              struct seg_map *m,
+                              uint64_t *handoff,
+                              bool recovering);
+
+/* ---- punch.c ---- */
 /* Gives back the 4K pages inside slabs that hold only free objects (normal
  * pages only); returns the bytes punched. */
-uint64_t seg_punch_slabs(struct heap *h, struct seg_map *m);
+uint64_t punch_slabs(struct heap *h, struct seg_map *m);
 /* Objects reserved by a punch in flight (their class in *ret_cls); lock
  * held. */
-uint32_t seg_punch_reserved(struct seg_map *m, unsigned *ret_cls);
-/* Runs of blocks. */
-/* owner: the tag a RUN_LARGE run starts with (meta_owner), else 0.
- * count: the slot whose large-object counters count the run (NULL: none);
- * they move under the lock, so that a death cannot part the run from its
- * count by more than a couple of stores. */
-int seg_alloc_run(struct heap *h, struct seg_map *m, uint32_t nblocks, uint32_t align_blocks,
-                  enum run_kind kind, uint16_t owner, struct cache_slot *count,
-                  uint32_t *ret_block);
-/* Clears the owner of the RUN_LARGE run whose head block is b. */
-int seg_share_run(struct heap *h, struct seg_map *m, uint32_t b);
-int seg_free_run(struct heap *h, struct seg_map *m, uint32_t block, enum run_kind kind,
-                 struct cache_slot *count);
+uint32_t punch_reserved(struct seg_map *m, unsigned *ret_cls);
+/* Puts back the objects of a punch whose puncher is gone; lock held. */
+void punch_restore(struct seg_map *m);
+/* Undoes a punch's reservation or restore cut short under the lock (from
+ * seg_recover); lock held. */
+void punch_recover(struct seg_map *m);
+
+/* ---- commit.c ---- */
+/* True if blocks [b, b+n) are backed. On segments whose pages come on first
+ * touch (normal memfd) that is always so: the units are simply marked
+ * committed. Lock held. */
+bool commit_ready(struct seg_map *m, uint32_t b, uint32_t n);
+/* Called with the lock held and blocks [b, b+n) not backed: drops the lock,
+ * reserves the backing pages, retakes the lock. The pages count as
+ * committed only if no decommit ran in between (it could have punched them
+ * again). Returns 0 with the lock held (the caller searches again), or a
+ * negative errno (-ENOMEM: no pages; or the lock could not be retaken)
+ * with the lock NOT held. */
+int commit_unlocked(struct heap *h, struct seg_map *m, uint32_t b, uint32_t n);
+/* Sets or clears unit u's commit bit, keeping committed_units. Lock held. */
+void commit_mark_unit(struct seg_map *m, uint64_t u, bool on);
 /* Decommits free units beyond `retain` free blocks; returns bytes released. */
-uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
-/* Rebuilds nfree and trees from the metadata and slab bitmaps. Lock held. */
-void seg_repair(struct seg_map *m);
-uint64_t seg_committed_bytes(struct seg_map *m);
+uint64_t commit_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
+uint64_t commit_bytes(struct seg_map *m);
 
 /* ---- heap.c ---- */
 int heap_map_segment(struct heap *h, uint32_t index);
@@ -290,8 +366,14 @@ int tcache_attach(struct heap *h);
 void tcache_detach(struct heap *h);
 void tcache_reload_config(struct heap *h);
 void tcache_flush_all(struct heap *h);
+/* Returns the chain of objects starting at *handoff (word 0 links, 0
+ * ends) to their slabs, whatever their segments, moving *handoff past each
+ * object as it goes. *handoff is a cache slot's handoff word (so that the
+ * reclaimer of a dead process can finish the job) or the caller's own
+ * variable. Counts double and bad frees into the control segment. */
+void tcache_return_handoff(struct heap *h, uint64_t *handoff);
 /* Returns a chain of objects to their blocks, whatever segments they are in. */
-void heap_return_chain(struct heap *h, uint64_t chain);
+void tcache_return_chain(struct heap *h, uint64_t chain);
 /* Settles a slot's handoff word left by a thread that stopped midway: the
  * chain goes back to the blocks unless it is still a bin's list. The caller
  * owns the slot (steal held, or the owner itself). */
@@ -316,11 +398,25 @@ void tcache_tick(struct heap *h, struct tcache *tc);
 void tcache_release_cached(struct heap *h, struct tcache *tc, bool entered);
 /* The trimming thread flushes its own cache for generation gen. */
 void tcache_trim_self(struct heap *h, uint64_t gen);
+
+/* ---- slot.c ---- */
+/* Claims a free cache slot for h's calling thread: 0 and *ret_index, or
+ * -EMFILE when every slot is taken. */
+int slot_claim(struct heap *h, uint32_t *ret_index);
+/* Frees the caller's slot, its bins drained. */
+void slot_release(struct heap *h, uint32_t index);
+/* Slots at or past slot_high() have never been claimed: loops over the
+ * slots stop there (the bound only grows). */
+void slot_raise_high(struct ctl_header *c, uint32_t n);
+uint32_t slot_high(const struct ctl_header *c);
 /* Bytes this slot allocated minus bytes it freed (may be negative), and
  * its allocation and free counts, over the slot's whole life. */
 int64_t slot_bytes_in_use(const struct cache_slot *s);
 uint64_t slot_allocs(const struct cache_slot *s);
 uint64_t slot_frees(const struct cache_slot *s);
+/* Adds what the slot's in-use bytes moved since its last report to the
+ * heap-wide sample, and raises the heap's peak if it passed it. */
+void slot_sample_peak(struct heap *h, struct cache_slot *s);
 
 /* ---- run.c ---- */
 /* Allocates a run of blocks for `bytes` (first block a multiple of
@@ -334,6 +430,26 @@ int run_create(struct heap *h,
                uint64_t *ret_off);
 /* Frees the run at off if it is a run of `kind`; -EINVAL otherwise. */
 int run_destroy(struct heap *h, uint64_t off, enum run_kind kind);
+/* Inside segment m (each takes its lock). owner: the tag a RUN_LARGE run
+ * starts with (meta_owner), else 0. count: the slot whose large-object
+ * counters count the run (NULL: none); they move under the lock, so that a
+ * death cannot part the run from its count by more than a couple of
+ * stores. */
+int run_alloc_in(struct heap *h,
+                 struct seg_map *m,
+                 uint32_t nblocks,
+                 uint32_t align_blocks,
+                 enum run_kind kind,
+                 uint16_t owner,
+                 struct cache_slot *count,
+                 uint32_t *ret_block);
+/* Clears the owner of the RUN_LARGE run whose head block is b. */
+int run_share_in(struct heap *h, struct seg_map *m, uint32_t b);
+int run_free_in(struct heap *h,
+                struct seg_map *m,
+                uint32_t block,
+                enum run_kind kind,
+                struct cache_slot *count);
 
 /* ---- alloc.c ---- */
 void *large_alloc(struct heap *h, size_t size, size_t align);
@@ -351,12 +467,6 @@ int shm_mutex_init(pthread_mutex_t *m);
 int ctl_check_header(const struct ctl_header *c, uint64_t size);
 int ctl_lock(struct ctl_header *c);
 void ctl_unlock(struct ctl_header *c);
-int ctl_slot_claim(struct heap *h, uint32_t *ret_index);
-void ctl_slot_release(struct heap *h, uint32_t index);
-/* Slots at or past ctl_slots_high() have never been claimed: loops over the
- * slots stop there (the bound only grows). */
-void ctl_raise_slots_high(struct ctl_header *c, uint32_t n);
-uint32_t ctl_slots_high(const struct ctl_header *c);
 /* Raises the heap's peak of bytes in use to `bytes` if it is higher;
  * returns the peak. */
 uint64_t ctl_raise_peak(struct ctl_header *c, uint64_t bytes);
@@ -366,11 +476,11 @@ uint64_t ctl_raise_peak(struct ctl_header *c, uint64_t bytes);
 extern int shm_fault_at;
 enum shm_fault_point {
     FAULT_NONE = 0,
-    FAULT_TAKE_MID,   /* inside seg_take, objects half moved */
-    FAULT_RETURN_MID, /* inside seg_return, objects half returned */
+    FAULT_TAKE_MID,   /* inside slab_take, objects half moved */
+    FAULT_RETURN_MID, /* inside a slab return, objects half returned */
     FAULT_CARVE_MID,  /* inside a carve, block half formatted */
     FAULT_DECOMMIT_MID,
-    FAULT_PUNCH_MID, /* in a trim, objects reserved for a punch inside a slab */
+    FAULT_PUNCH_MID,         /* in a trim, objects reserved for a punch inside a slab */
     FAULT_PUNCH_RESERVE_MID, /* a punch's reservation, lock held: a bit cleared, not recorded */
     FAULT_PUNCH_RESTORE_MID, /* a punch's restore, lock held: a bit set, still recorded */
 };

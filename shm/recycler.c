@@ -41,8 +41,13 @@ static bool off_readable(struct heap *h, uint64_t off)
     return load_acquire(&h->segs[i].meta) && (off & SHM_OFF_MASK) + 16 <= h->segs[i].size;
 }
 
-bool recycler_push(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint64_t first,
-                   uint32_t count, uint32_t maxseg, bool force)
+bool recycler_push(struct heap *h,
+                   struct cache_bin *stats_bin,
+                   unsigned cls,
+                   uint64_t first,
+                   uint32_t count,
+                   uint32_t maxseg,
+                   bool force)
 {
     struct recycler *r = &h->ctl->rec[cls];
     tagged_head_t old, nw;
@@ -69,8 +74,8 @@ bool recycler_push(struct heap *h, struct cache_bin *stats_bin, unsigned cls, ui
     return true;
 }
 
-uint64_t recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls,
-                      uint32_t *ret_count)
+uint64_t
+recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint32_t *ret_count)
 {
     struct recycler *r = &h->ctl->rec[cls];
     tagged_head_t old, nw;
@@ -119,6 +124,6 @@ void recycler_drain_all(struct heap *h)
         uint32_t count;
 
         while ((first = recycler_pop(h, NULL, cls, &count)) != 0)
-            heap_return_chain(h, first);
+            tcache_return_chain(h, first);
     }
 }

@@ -30,7 +30,7 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
                 load_relaxed(&c->rec[cls].refused) - load_relaxed(&c->rec[cls].reclaimed);
         ret->frees += load_relaxed(&c->rec[cls].reclaimed);
     }
-    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
+    for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++) {
         const struct cache_slot *s = &c->slots[i];
         bool owned = load_relaxed(&s->state) == SLOT_OWNED;
 
@@ -73,7 +73,7 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
         ss->index = i;
         ss->page_size = m->page_size;
         ss->size = m->size;
-        ss->committed_bytes = seg_committed_bytes(m);
+        ss->committed_bytes = commit_bytes(m);
         /* On normal pages the kernel's count is the truth: trim also
          * punches pages inside slabs, and untouched pages of a used block
          * were never there. */
@@ -113,7 +113,7 @@ int heap_client_usage(struct heap *h,
         return -EINVAL;
     c = h->ctl;
     memset(ret, 0, sizeof(*ret));
-    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
+    for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++) {
         const struct cache_slot *s = &c->slots[i];
 
         /* Relaxed snapshots: a slot changing hands meanwhile is counted or

@@ -118,7 +118,7 @@ struct tcache *tcache_get(struct heap *h)
         errno = EMFILE;
         return NULL;
     }
-    r = ctl_slot_claim(h, &index);
+    r = slot_claim(h, &index);
     if (r < 0) {
         errno = -r;
         return NULL;
@@ -231,8 +231,12 @@ void tcache_steal_end(struct cache_slot *s)
  * leave a cache for the recycler; its objects' owner tags are cleared on
  * the way (an object freed into a cache keeps its freer's tag until it
  * leaves: see obj_tag() in internal.h). */
-static uint64_t chain_len(struct heap *h, uint64_t chain, uint64_t max, uint64_t *ret_last,
-                          uint32_t *ret_maxseg, unsigned clear_cls)
+static uint64_t chain_len(struct heap *h,
+                          uint64_t chain,
+                          uint64_t max,
+                          uint64_t *ret_last,
+                          uint32_t *ret_maxseg,
+                          unsigned clear_cls)
 {
     uint64_t n = 0, last = 0;
     uint32_t maxseg = 0;
@@ -255,11 +259,36 @@ static uint64_t chain_len(struct heap *h, uint64_t chain, uint64_t max, uint64_t
     return n;
 }
 
-void heap_return_chain(struct heap *h, uint64_t chain)
+void tcache_return_handoff(struct heap *h, uint64_t *handoff)
+{
+    bool shared = (char *) handoff >= h->base && (char *) handoff < h->base + h->ctl->ctl_size;
+
+    for (;;) {
+        uint64_t x = load_relaxed(handoff);
+        struct seg_map *m;
+
+        if (!x)
+            return;
+        m = heap_seg_for(h, x);
+        if (!m || seg_lock(m, h) < 0) {
+            heap_count_bad_free(h);
+            (void) fetch_add_relaxed(&h->ctl->lost_objects, 1);
+            store_relaxed(handoff, 0);
+            return;
+        }
+        /* Read again under the lock: a recovery may have moved it. */
+        x = load_relaxed(handoff);
+        if (x && (x >> SHM_SEG_SHIFT) == m->index)
+            slab_return_handoff_locked(h, m, handoff, shared);
+        seg_unlock(m);
+    }
+}
+
+void tcache_return_chain(struct heap *h, uint64_t chain)
 {
     uint64_t handoff = chain;
 
-    seg_return_handoff(h, &handoff);
+    tcache_return_handoff(h, &handoff);
 }
 
 void tcache_settle_handoff(struct heap *h, struct cache_slot *s)
@@ -274,7 +303,7 @@ void tcache_settle_handoff(struct heap *h, struct cache_slot *s)
             store_relaxed(&s->handoff, 0);
             return;
         }
-    seg_return_handoff(h, &s->handoff);
+    tcache_return_handoff(h, &s->handoff);
 }
 
 int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
@@ -300,7 +329,7 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
 
             if (!load_acquire(&m->meta))
                 continue;
-            r = seg_take(h, m, cls, n, bin, NULL);
+            r = slab_take(h, m, cls, n, bin, NULL);
             if (r > 0) {
                 store_relaxed(&h->seg_hint, i); /* a hint: any value works */
                 return 0;
@@ -346,7 +375,7 @@ void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls)
         /* The recycler is at its cap: to the blocks, through the slot's
          * handoff word so a death midway loses nothing. */
         store_relaxed(&tc->slot->handoff, first);
-        seg_return_handoff(h, &tc->slot->handoff);
+        tcache_return_handoff(h, &tc->slot->handoff);
     }
 }
 
@@ -358,8 +387,8 @@ void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls)
  * bundle is pushed (so a death between the two loses that bundle rather
  * than leaving it in two places). tcache_settle_handoff() finishes the job
  * for a thread that stopped midway. */
-static uint64_t bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls, bool to_blocks,
-                              bool count_stats)
+static uint64_t
+bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls, bool to_blocks, bool count_stats)
 {
     struct cache_bin *bin = &s->bins[cls];
     uint64_t w = load_relaxed(&bin->head), chain = bin_off(w), total = 0;
@@ -389,7 +418,7 @@ static uint64_t bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls
         chain = rest;
     }
     total += chain_len(h, load_relaxed(&s->handoff), UINT64_MAX, NULL, NULL, SHM_NCLASSES);
-    seg_return_handoff(h, &s->handoff);
+    tcache_return_handoff(h, &s->handoff);
     return total;
 }
 
@@ -451,56 +480,6 @@ void tcache_release_cached(struct heap *h, struct tcache *tc, bool entered)
     recycler_drain_all(h);
 }
 
-/* Objects of cls allocated through this slot and not freed through it
- * (negative when it freed others' objects). */
-static int64_t bin_in_use(const struct cache_bin *b)
-{
-    return (int64_t) (load_relaxed(&b->net) - bin_count(load_relaxed(&b->head)));
-}
-
-uint64_t slot_allocs(const struct cache_slot *s)
-{
-    return load_relaxed(&s->large_allocs) + load_relaxed(&s->allocs) + load_relaxed(&s->ops);
-}
-
-uint64_t slot_frees(const struct cache_slot *s)
-{
-    int64_t small_in_use = 0;
-
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
-        small_in_use += bin_in_use(&s->bins[cls]);
-    /* Frees are what was allocated and is no longer in use. */
-    return load_relaxed(&s->large_frees) + load_relaxed(&s->allocs) + load_relaxed(&s->ops) -
-           (uint64_t) small_in_use;
-}
-
-int64_t slot_bytes_in_use(const struct cache_slot *s)
-{
-    int64_t bytes = (int64_t) (load_relaxed(&s->large_bytes_alloc) -
-                               load_relaxed(&s->large_bytes_freed));
-
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
-        bytes += bin_in_use(&s->bins[cls]) * (int64_t) sizeclass_size(cls);
-    return bytes;
-}
-
-/* Adds what this slot's in-use bytes moved since its last report to the
- * heap-wide sample and raises the heap's peak if it passed it. */
-static void tcache_sample_peak(struct heap *h, struct cache_slot *s)
-{
-    int64_t cur = slot_bytes_in_use(s), delta = cur - load_relaxed(&s->reported_bytes);
-    uint64_t total;
-
-    if ((uint64_t) cur > load_relaxed(&s->peak_bytes) && cur > 0)
-        store_relaxed(&s->peak_bytes, (uint64_t) cur);
-    if (delta == 0)
-        return;
-    store_relaxed(&s->reported_bytes, cur);
-    total = fetch_add_relaxed(&h->ctl->bytes_sampled, (uint64_t) delta) + (uint64_t) delta;
-    if ((int64_t) total > 0)
-        (void) ctl_raise_peak(h->ctl, total);
-}
-
 void tcache_tick(struct heap *h, struct tcache *tc)
 {
     struct ctl_header *c = h->ctl;
@@ -521,16 +500,16 @@ void tcache_tick(struct heap *h, struct tcache *tc)
     if (load_relaxed(&c->config_gen) != load_relaxed(&h->cfg_gen))
         tcache_reload_config(h);
     (void) heap_sync_segments(h);
-    tcache_sample_peak(h, tc->slot);
+    slot_sample_peak(h, tc->slot);
 }
 
 static void tcache_release(struct heap *h, struct tcache *tc, bool unlink)
 {
     tcache_enter(tc);
     tcache_flush(h, tc, false);
-    tcache_sample_peak(h, tc->slot);
+    slot_sample_peak(h, tc->slot);
     tcache_leave(tc);
-    ctl_slot_release(h, tc->slot_index);
+    slot_release(h, tc->slot_index);
     if (unlink) {
         pthread_mutex_lock(&h->local_lock);
         for (struct tcache **pp = &h->caches; *pp; pp = &(*pp)->next)
@@ -562,7 +541,7 @@ void heap_thread_flush(struct heap *h)
         return;
     tcache_enter(tc);
     tcache_flush(h, tc, false);
-    tcache_sample_peak(h, tc->slot);
+    slot_sample_peak(h, tc->slot);
     tcache_leave(tc);
 }
 

@@ -81,8 +81,7 @@ static uint64_t *bitmap_of(struct seg_map *m, uint32_t b, const struct slab_geom
  * the entry only after its tag is gone from the heap). */
 static bool owner_claimed(struct verify_ctx *v, uint16_t tag)
 {
-    return tag <= SHM_MAX_OWNERS &&
-           load_relaxed(&v->h->ctl->owners[tag - 1].state) != OWNER_FREE;
+    return tag <= SHM_MAX_OWNERS && load_relaxed(&v->h->ctl->owners[tag - 1].state) != OWNER_FREE;
 }
 
 /* Part 1 for one segment; adds each class's objects out of slabs to out[]. */
@@ -169,8 +168,8 @@ static void verify_segment(struct verify_ctx *v, struct seg_map *m, uint64_t *ou
                 uint16_t t = load_relaxed(&tags[i]);
 
                 if (t && (bits[i / 64] >> (i % 64) & 1))
-                    problem(v, "segment %u block %u: free object %u has owner %u", m->index, b,
-                            i, t);
+                    problem(v, "segment %u block %u: free object %u has owner %u", m->index, b, i,
+                            t);
                 else if (t && !owner_claimed(v, t))
                     problem(v, "segment %u block %u: object %u of owner %u, which is gone",
                             m->index, b, i, t);
@@ -198,7 +197,7 @@ static void verify_segment(struct verify_ctx *v, struct seg_map *m, uint64_t *ou
     }
     {
         unsigned cls = 0;
-        uint32_t reserved = seg_punch_reserved(m, &cls);
+        uint32_t reserved = punch_reserved(m, &cls);
 
         /* A live trimmer's punch holds these out of their slab for a while. */
         if (reserved && cls < SHM_NCLASSES)
@@ -297,7 +296,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
     ret->consistent = true;
     (void) heap_sync_segments(h);
     /* Freeze the caches: take every slot (dead owners' too). */
-    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
+    for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &c->slots[i];
         bool dead;
 
@@ -362,7 +361,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
             continue;
         /* Blocks a dead decommitter left BUSY are reclaimed, not faults:
          * the same happens at every trim and reclaim. */
-        seg_reap_busy(h, m);
+        reclaim_busy(h, m);
         if (seg_lock(m, h) < 0) {
             problem(&v, "segment %u: lock not recoverable", i);
             continue;
@@ -381,7 +380,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
                 problem(&v, "object %#lx is in two places at once", (unsigned long) v.offs[k]);
     }
     /* Counts. */
-    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++)
+    for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++)
         for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
             in_use += load_relaxed(&c->slots[i].bins[cls].net) -
                       bin_count(load_relaxed(&c->slots[i].bins[cls].head));
