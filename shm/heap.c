@@ -147,12 +147,10 @@ int heap_attach(int ctl_fd,
     h->hooks = *hooks;
     h->nmapped = 1;
     h->seg_hint = 1;
+    sizeclass_init();
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
-        struct slab_geometry g;
-
-        sizeclass_geometry(cls, &g);
-        h->tag_geo[cls].off = g.tags_off;
-        h->tag_geo[cls].mul = g.blocks == 1 ? (uint32_t) ((UINT64_C(1) << 32) / g.size + 1) : 0;
+        h->tag_geo[cls].off = sizeclass_info[cls].geo.tags_off;
+        h->tag_geo[cls].mul = sizeclass_info[cls].tag_mul;
     }
     pthread_mutex_init(&h->local_lock, NULL);
     r = heap_sync_segments(h);

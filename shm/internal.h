@@ -57,12 +57,11 @@ struct heap {
     uint32_t recycler_cap;
     uint32_t retain_empty_blocks;
     uint32_t bin_cap[SHM_NCLASSES]; /* objects a bin holds before it gives a bundle away */
-    /* Per class, for the fast paths' owner tags (heap.c): the tags' offset
-     * in a slab, and 2^32 / size + 1, so that an object's index is
-     * (bytes into its block * mul) >> 32 (exact: a block is 2^16 bytes and
-     * such a class is at most 2^13); mul is 0 for classes whose slabs span
-     * blocks, which take the slow path. Here, not in a global, so the fast
-     * path reaches them from h without a GOT load. */
+    /* Per class, for the fast paths' owner tags: sizeclass_info's tag
+     * offset and tag_mul (an object's index is (bytes into its block *
+     * mul) >> 32; 0 for classes whose slabs span blocks, which take the
+     * slow path), copied at attach. Here, not only in the table, so the
+     * fast path reaches them from h without a GOT load. */
     struct {
         uint32_t mul;
         uint32_t off;
@@ -232,7 +231,7 @@ static inline uint16_t *slab_tags(char *slab, const struct slab_geometry *g)
 /* Same, knowing the slab's start (slab_off) and rel = off - slab_off. */
 static inline uint16_t *slab_obj_tag(struct heap *h, uint64_t slab_off, uint64_t rel, unsigned cls)
 {
-    return (uint16_t *) (h->base + slab_off + sizeclass_checks[cls].tags_off) +
+    return (uint16_t *) (h->base + slab_off + sizeclass_info[cls].geo.tags_off) +
            sizeclass_index(cls, rel);
 }
 

@@ -66,7 +66,7 @@ static uint16_t *obj_tag_checked(
     if (meta_state(w) != BLK_SLAB || (cls = meta_class(w)) >= SHM_NCLASSES)
         return NULL;
     slab_off = (off & ~SHM_OFF_MASK) | (uint64_t) b << SHM_BLOCK_SHIFT;
-    if (off - slab_off >= sizeclass_checks[cls].span)
+    if (off - slab_off >= sizeclass_info[cls].span)
         return NULL; /* the slab's tags or bitmap */
     return slab_obj_tag(h, slab_off, off - slab_off, cls);
 }
