@@ -93,8 +93,7 @@ void *heap_arena_alloc(struct heap *h, uint64_t arena, size_t size, size_t align
         }
         end = start + size;
         /* relaxed: the bytes handed out are the caller's to publish. */
-    } while (!__atomic_compare_exchange_n(&a->used, &used, end, true, __ATOMIC_RELAXED,
-                                          __ATOMIC_RELAXED));
+    } while (!cas_weak_relaxed(&a->used, &used, end));
     (void) fetch_add_relaxed(&a->count, 1);
     return off_ptr(h, data + start);
 }

@@ -77,12 +77,6 @@ void ctl_unlock(struct ctl_header *c)
 
 uint64_t ctl_raise_peak(struct ctl_header *c, uint64_t bytes)
 {
-    uint64_t peak = load_relaxed(&c->peak_bytes);
-
-    /* relaxed: the peak publishes nothing; a lost race retries with the
-     * value that won. */
-    while (bytes > peak && !__atomic_compare_exchange_n(&c->peak_bytes, &peak, bytes, true,
-                                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED))
-        ;
-    return bytes > peak ? bytes : peak;
+    /* relaxed: the peak publishes nothing. */
+    return raise_max64_relaxed(&c->peak_bytes, bytes);
 }

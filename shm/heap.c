@@ -100,6 +100,20 @@ struct seg_map *heap_seg_for(struct heap *h, uint64_t off)
     return &h->segs[i];
 }
 
+void *heap_at(struct heap *h, uint64_t off, uint64_t len, uint64_t align)
+{
+    struct seg_map *m = heap_seg_for(h, off);
+
+    return m ? seg_at(m, off, len, align) : NULL;
+}
+
+void *heap_obj_at(struct heap *h, uint64_t off)
+{
+    struct seg_map *m = heap_seg_for(h, off);
+
+    return m ? seg_obj_at(m, off) : NULL;
+}
+
 void heap_count_bad_free(struct heap *h)
 {
     ctl_count_bad_free(h->ctl);
@@ -220,7 +234,5 @@ uint64_t heap_to_off(struct heap *h, const void *p)
 
 void *heap_from_off(struct heap *h, uint64_t off)
 {
-    if (off == 0 || !heap_seg_for(h, off))
-        return NULL;
-    return off_ptr(h, off);
+    return heap_at(h, off, 1, 1);
 }

@@ -129,18 +129,28 @@ static inline uint64_t *slab_bitmap(struct seg_map *m, uint32_t b, const struct 
     return (uint64_t *) (m->base + ((uint64_t) b << SHM_BLOCK_SHIFT) + g->bitmap_off);
 }
 
-/* The one check of an object offset read from shared memory (a link, a
- * journal entry): its address if it names 16 bytes, 16-aligned, inside
- * segment m past the segment's first page; else NULL. Callers treat NULL
- * from a non-zero offset as a broken link. */
-static inline void *seg_obj_at(struct seg_map *m, uint64_t off)
+/* The one check of an offset read from shared memory or given by a caller:
+ * the address of the len bytes at off if they lie inside segment m and off
+ * is a multiple of align (a power of two); NULL otherwise. Callers treat
+ * NULL from a non-zero offset as a broken link or a bad argument.
+ * heap_at() (heap.c) finds and maps the segment first. */
+static inline void *seg_at(const struct seg_map *m, uint64_t off, uint64_t len, uint64_t align)
 {
     uint64_t rel = off & SHM_OFF_MASK;
 
-    if ((off >> SHM_SEG_SHIFT) != m->index || rel < 4096 || rel + SHM_MIN_OBJECT > m->size ||
-        (off & (SHM_MIN_OBJECT - 1)))
+    if ((off >> SHM_SEG_SHIFT) != m->index || len > m->size || rel > m->size - len ||
+        (off & (align - 1)))
         return NULL;
     return m->base + rel;
+}
+
+/* An object's offset (a link in a free object, a list's head): 16 bytes,
+ * 16-aligned, past the segment's header page (no object lies there). */
+static inline void *seg_obj_at(const struct seg_map *m, uint64_t off)
+{
+    if ((off & SHM_OFF_MASK) < SHM_META_OFF)
+        return NULL;
+    return seg_at(m, off, SHM_MIN_OBJECT, SHM_MIN_OBJECT);
 }
 
 /* A free the heap refused (not an object, or not ours): counted in the
@@ -156,40 +166,6 @@ static inline void ctl_count_bad_free(struct ctl_header *c)
 static inline uint64_t *obj_words(struct heap *h, uint64_t off)
 {
     return (uint64_t *) off_ptr(h, off);
-}
-
-/* A cache bin's head word: the first object's offset and the number of
- * objects on the list, so a pop or a push is one store (offsets fit in
- * 39 bits). */
-#define BIN_COUNT_SHIFT 48
-#define BIN_OFF_MASK    ((UINT64_C(1) << BIN_COUNT_SHIFT) - 1)
-static inline uint64_t bin_word(uint64_t off, uint32_t count)
-{
-    return off | (uint64_t) count << BIN_COUNT_SHIFT;
-}
-
-static inline uint64_t bin_off(uint64_t w)
-{
-    return w & BIN_OFF_MASK;
-}
-
-static inline uint32_t bin_count(uint64_t w)
-{
-    return (uint32_t) (w >> BIN_COUNT_SHIFT);
-}
-
-/* Moves objects into (n > 0) or out of (n < 0) a bin's accounting: in use
- * = net - count, so only objects crossing the bin's edge are counted. */
-static inline void bin_net_add(struct cache_bin *b, int64_t n)
-{
-    bump_relaxed(&b->net, (uint64_t) n);
-}
-
-#define BUNDLE_COUNT_SHIFT 48
-#define BUNDLE_SEG_SHIFT   40
-static inline uint64_t bundle_link(uint64_t next, uint32_t count, uint32_t maxseg)
-{
-    return next | (uint64_t) count << BUNDLE_COUNT_SHIFT | (uint64_t) maxseg << BUNDLE_SEG_SHIFT;
 }
 
 /* ---- owner tags (owned.c) ----
@@ -269,16 +245,11 @@ uint64_t *seg_commit_map(struct seg_map *m);
 /* Block states, lock held. The first of n consecutive FREE blocks whose
  * index is a multiple of align, or -1. */
 int64_t seg_find_run(struct seg_map *m, uint32_t n, uint32_t align);
-/* Marks [b, b+n) as a slab of cls (head nfree = field) or a run of kind
- * (head owner = field, meta.h); journal.block/n name the blocks until the
- * caller clears journal.n. */
-void seg_blocks_claim(struct seg_map *m,
-                      uint32_t b,
-                      uint32_t n,
-                      bool slab,
-                      unsigned cls,
-                      unsigned field,
-                      enum run_kind kind);
+/* Takes the blocks of head (a meta_make_slab() or meta_make_run() word,
+ * meta_len(head) blocks from b) out of the free tree and writes their
+ * words; journal.block/n name the blocks until the caller clears
+ * journal.n. */
+void seg_blocks_claim(struct seg_map *m, uint32_t b, uint64_t head);
 /* Marks [b, b+n) FREE and puts them back in the free tree. */
 void seg_blocks_release(struct seg_map *m, uint32_t b, uint32_t n);
 /* Rebuilds nfree and trees from the metadata and slab bitmaps. Lock held. */
@@ -344,6 +315,10 @@ uint64_t commit_bytes(struct seg_map *m);
 /* ---- heap.c ---- */
 int heap_map_segment(struct heap *h, uint32_t index);
 struct seg_map *heap_seg_for(struct heap *h, uint64_t off); /* maps on demand */
+/* seg_at() and seg_obj_at() (above) in the heap segment off names, mapped
+ * on demand; NULL for the control segment's offsets (0 among them). */
+void *heap_at(struct heap *h, uint64_t off, uint64_t len, uint64_t align);
+void *heap_obj_at(struct heap *h, uint64_t off);
 void heap_count_bad_free(struct heap *h);
 
 /* ---- recycler.c ---- */

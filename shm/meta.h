@@ -85,6 +85,19 @@ static inline uint64_t meta_with_nfree(uint64_t w, unsigned nfree)
     return (w & ~(UINT64_C(0xffff) << 16)) | (uint64_t) (nfree & 0xffff) << 16;
 }
 
+/* The head word of a slab of cls, `blocks` long, with nfree free objects. */
+static inline uint64_t meta_make_slab(unsigned cls, unsigned nfree, uint32_t blocks)
+{
+    return meta_make(BLK_SLAB, cls, nfree, blocks, RUN_LARGE);
+}
+
+/* The head word of a run of kind, len blocks long; owner: a RUN_LARGE
+ * run's owner tag (0: shared, and for every other kind). */
+static inline uint64_t meta_make_run(uint32_t len, enum run_kind kind, uint16_t owner)
+{
+    return meta_make(BLK_RUN, 0, owner, len, kind);
+}
+
 /* A large object's owner (RUN_LARGE head blocks); 0: shared. */
 static inline uint64_t meta_with_owner(uint64_t w, uint16_t owner)
 {

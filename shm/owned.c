@@ -96,7 +96,6 @@ void owned_attach(struct heap *h)
     for (uint32_t i = 0; i < SHM_MAX_OWNERS; i++) {
         struct owner_entry *e = &c->owners[i];
         uint32_t expected = OWNER_FREE;
-        uint32_t high;
 
         /* acq_rel: acquire pairs with the last sweeper's release of FREE
          * (no object carries this tag any more); the CAS makes it ours. */
@@ -107,11 +106,9 @@ void owned_attach(struct heap *h)
          * (a freed entry is zeroed before its state): it skips us. */
         store_relaxed(&e->client_id, h->client_id);
         store_relaxed(&e->pid, (uint32_t) h->pid);
-        high = load_relaxed(&c->owners_high);
-        /* release: a reader that loads the new bound sees this claim. */
-        while (i + 1 > high && !__atomic_compare_exchange_n(&c->owners_high, &high, i + 1, true,
-                                                            __ATOMIC_RELEASE, __ATOMIC_RELAXED))
-            ;
+        /* release: a reader that loads the new bound (the sweep's acquire
+         * in reclaim.c) sees this claim. */
+        (void) raise_max32_release(&c->owners_high, i + 1);
         h->owner_index = i;
         h->owner_tag = (uint16_t) (i + 1);
         return;

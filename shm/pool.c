@@ -29,8 +29,8 @@ struct pool_header {
     uint64_t chunks; /* newest chunk */
     uint64_t allocs, frees;
     uint64_t pad1[3];
-    tagged_head_t free;      /* {first free object, tag} */
-    tagged_head_t bump;      /* {next fresh offset, end of the chunk} */
+    tagged_head_t free;        /* {first free object, tag} */
+    tagged_head_t bump;        /* {next fresh offset, end of the chunk} */
     pthread_mutex_t grow_lock; /* robust: adding a chunk */
 };
 
@@ -91,7 +91,7 @@ int heap_pool_create(struct heap *h, size_t object_size, uint64_t *ret_pool)
 
 __attribute__((no_sanitize("thread"))) static uint64_t link_read(struct heap *h, uint64_t off)
 {
-    return __atomic_load_n(&obj_words(h, off)[0], __ATOMIC_RELAXED);
+    return load_relaxed(&obj_words(h, off)[0]);
 }
 
 /* Adds a chunk unless another thread already did (bump moved). */
@@ -142,7 +142,7 @@ void *heap_pool_alloc(struct heap *h, uint64_t pool)
     }
     old = head_read(&p->free);
     while (old.s.off) {
-        if (!heap_seg_for(h, old.s.off))
+        if (!heap_obj_at(h, old.s.off))
             break; /* corrupt head: fall back to fresh objects */
         nw.s.off = link_read(h, old.s.off);
         nw.s.tag = old.s.tag + 1;
@@ -205,7 +205,7 @@ int heap_pool_free(struct heap *h, uint64_t pool, void *ptr)
         return -EFAULT; /* in the newest chunk, past what was ever handed out */
     old = head_read(&p->free);
     do {
-        __atomic_store_n(&obj_words(h, off)[0], old.s.off, __ATOMIC_RELAXED);
+        store_relaxed(&obj_words(h, off)[0], old.s.off);
         nw.s.off = off;
         nw.s.tag = old.s.tag;
     } while (!cas128(&p->free, &old, nw));

@@ -111,7 +111,7 @@ int run_alloc_in(struct heap *h,
         if (r < 0)
             return r; /* the lock is dropped */
     }
-    seg_blocks_claim(m, (uint32_t) b, nblocks, false, 0, kind == RUN_LARGE ? owner : 0, kind);
+    seg_blocks_claim(m, (uint32_t) b, meta_make_run(nblocks, kind, kind == RUN_LARGE ? owner : 0));
     if (kind == RUN_LARGE)
         store_relaxed(&m->hdr->large_bytes,
                       m->hdr->large_bytes + ((uint64_t) nblocks << SHM_BLOCK_SHIFT));

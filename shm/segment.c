@@ -236,23 +236,19 @@ int64_t seg_find_run(struct seg_map *m, uint32_t n, uint32_t align)
 
 /* Marks [b, b+n) as a slab of cls or a run of kind; the journal names the
  * blocks until the caller clears journal.n. */
-void seg_blocks_claim(struct seg_map *m,
-                      uint32_t b,
-                      uint32_t n,
-                      bool slab,
-                      unsigned cls,
-                      unsigned nfree,
-                      enum run_kind kind)
+void seg_blocks_claim(struct seg_map *m, uint32_t b, uint64_t head)
 {
     struct seg_header *hdr = m->hdr;
+    uint32_t n = meta_len(head);
+    enum blk_state tail = meta_state(head) == BLK_SLAB ? BLK_SLAB_TAIL : BLK_RUN_TAIL;
 
     store_relaxed(&hdr->journal.block, b);
     store_relaxed(&hdr->journal.n, n);
     bittree_clear_range(seg_free_tree(m), b, n);
     store_relaxed(&hdr->free_blocks, hdr->free_blocks - n);
     for (uint32_t i = 1; i < n; i++)
-        seg_meta_put(m, b + i, meta_make(slab ? BLK_SLAB_TAIL : BLK_RUN_TAIL, cls, 0, i, kind));
-    seg_meta_put(m, b, meta_make(slab ? BLK_SLAB : BLK_RUN, cls, nfree, n, kind));
+        seg_meta_put(m, b + i, meta_make(tail, meta_class(head), 0, i, meta_kind(head)));
+    seg_meta_put(m, b, head);
 }
 
 void seg_blocks_release(struct seg_map *m, uint32_t b, uint32_t n)

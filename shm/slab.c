@@ -27,7 +27,7 @@ static void slab_format(struct seg_map *m, uint32_t b, unsigned cls, const struc
         bits[i] = ~UINT64_C(0);
     if (g->capacity % 64)
         bits[g->bitmap_words - 1] = (UINT64_C(1) << (g->capacity % 64)) - 1;
-    seg_blocks_claim(m, b, g->blocks, true, cls, g->capacity, RUN_LARGE);
+    seg_blocks_claim(m, b, meta_make_slab(cls, g->capacity, g->blocks));
     shm_fault(FAULT_CARVE_MID);
     bittree_set(seg_class_tree(m, cls), b);
     store_relaxed(&m->hdr->journal.n, 0);

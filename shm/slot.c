@@ -58,13 +58,9 @@ void slot_release(struct heap *h, uint32_t index)
 
 void slot_raise_high(struct ctl_header *c, uint32_t n)
 {
-    uint32_t high = load_relaxed(&c->slots_high);
-
-    /* release: a reader that loads the new bound (acquire) sees the claim
-     * of every slot below it. */
-    while (n > high && !__atomic_compare_exchange_n(&c->slots_high, &high, n, true,
-                                                    __ATOMIC_RELEASE, __ATOMIC_RELAXED))
-        ;
+    /* release: a reader that loads the new bound (slot_high's acquire)
+     * sees the claim of every slot below it. */
+    (void) raise_max32_release(&c->slots_high, n);
 }
 
 uint32_t slot_high(const struct ctl_header *c)

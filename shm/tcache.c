@@ -242,7 +242,7 @@ static uint64_t chain_len(struct heap *h,
     uint32_t maxseg = 0;
 
     while (chain && n < max) {
-        if (!heap_seg_for(h, chain) || (chain & 15))
+        if (!heap_obj_at(h, chain))
             break;
         if (clear_cls < SHM_NCLASSES)
             store_relaxed(obj_tag(h, chain, clear_cls), (uint16_t) 0);

@@ -187,7 +187,7 @@ static void verify_segment(struct verify_ctx *v, struct seg_map *m, uint64_t *ou
             break;
         }
         case BLK_BUSY:
-            if (!os_pid_alive((pid_t) ((w >> 8) & 0xffffff)))
+            if (!os_pid_alive((pid_t) meta_busy_pid(w)))
                 problem(v, "segment %u block %u: busy for a dead process", m->index, b);
             break;
         default:
@@ -251,7 +251,7 @@ static uint64_t collect_list(struct verify_ctx *v, uint64_t chain, unsigned cls,
     uint64_t n = 0;
 
     while (chain) {
-        if (!heap_seg_for(v->h, chain) || (chain & 15)) {
+        if (!heap_obj_at(v->h, chain)) {
             problem(v, "%s: bad link %#lx", where, (unsigned long) chain);
             break;
         }
