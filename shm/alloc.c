@@ -237,8 +237,9 @@ void heap_free(struct heap *h, void *p)
      * slow path's block_of() does the same with its checks spelled out).
      * Its address comes from the offset alone (the array is at
      * SHM_META_OFF in every segment), off the chain of dependent loads;
-     * a mapped segment (meta set) is at least 64 MiB, so even a block
-     * index past nblocks reads inside the mapping before it is refused. */
+     * a mapped segment (meta set) is at least SHM_SEG_MIN_SIZE, so even a
+     * block index past nblocks reads inside the mapping before it is
+     * refused. */
     if (likely(off < SHM_VA_SPAN) &&
         likely(load_acquire(&(m = &h->segs[off >> SHM_SEG_SHIFT])->meta) != NULL) &&
         (w = load_relaxed((uint64_t *) (h->base + (off & ~SHM_OFF_MASK) + SHM_META_OFF) +

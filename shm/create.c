@@ -39,19 +39,22 @@ static uint64_t ctl_bytes(void)
     return (sizeof(struct ctl_header) + 4095) & ~UINT64_C(4095);
 }
 
+/* The owner's limits on segments: whole blocks, at least the layout's
+ * floor, at most what an offset spans; 1..SHM_MAX_SEGMENTS - 1 of them. */
+static bool limits_valid(const struct shm_config *cfg)
+{
+    return cfg->max_segments >= 1 && cfg->max_segments < SHM_MAX_SEGMENTS &&
+           cfg->segment_size % SHM_BLOCK_SIZE == 0 && cfg->segment_size >= SHM_SEG_MIN_SIZE &&
+           cfg->segment_size <= SHM_SEG_SPAN;
+}
+
 int heap_ctl_create(const struct shm_config *cfg, int *ret_fd)
 {
     uint64_t size = ctl_bytes();
     struct ctl_header *c;
     int fd, r;
 
-    if (!cfg || !ret_fd)
-        return -EINVAL;
-    if (cfg->max_segments < 1 || cfg->max_segments >= SHM_MAX_SEGMENTS)
-        return -EINVAL;
-    /* Segments are whole blocks, and hold their metadata plus some. */
-    if (cfg->segment_size % SHM_BLOCK_SIZE || cfg->segment_size < 4 * MiB ||
-        cfg->segment_size > SHM_SEG_SPAN)
+    if (!cfg || !ret_fd || !limits_valid(cfg))
         return -EINVAL;
     fd = os_memfd("shmheap-ctl", 0);
     if (fd < 0)
@@ -127,8 +130,12 @@ fail:
     return r;
 }
 
-int heap_segment_create(
-        int ctl_fd, uint64_t min_bytes, int policy, int *ret_fd, uint32_t *ret_index)
+int heap_segment_create(int ctl_fd,
+                        const struct shm_config *cfg,
+                        uint64_t min_bytes,
+                        int policy,
+                        int *ret_fd,
+                        uint32_t *ret_index)
 {
     static const uint64_t pages_auto[] = {GiB, 2 * MiB, 4096};
     uint64_t ctl_size, size, page = 0;
@@ -139,7 +146,8 @@ int heap_segment_create(
     int fd = -1, r;
     void *base;
 
-    if (!ret_fd || !ret_index || policy < 0 || policy >= _SHM_PAGES_MAX)
+    if (!cfg || !limits_valid(cfg) || !ret_fd || !ret_index || policy < 0 ||
+        policy >= _SHM_PAGES_MAX)
         return -EINVAL;
     r = os_fstat_size(ctl_fd, &ctl_size, NULL);
     if (r < 0)
@@ -150,12 +158,16 @@ int heap_segment_create(
     r = ctl_check_header(c, ctl_size);
     if (r < 0)
         goto out;
+    /* The limits are the caller's, never the control segment's copy of
+     * the config, which any attacher can write. nsegments is only read:
+     * max_segments < SHM_MAX_SEGMENTS keeps the entry written below inside
+     * the table whatever it says. */
     index = load_acquire(&c->nsegments);
-    if (index > c->config.max_segments) {
+    if (index > cfg->max_segments) {
         r = -ENOSPC;
         goto out;
     }
-    size = c->config.segment_size;
+    size = cfg->segment_size;
     /* Room for the metadata (well under 1%) on top of what was asked. */
     if (min_bytes + min_bytes / 64 + 4 * MiB > size)
         size = min_bytes + min_bytes / 64 + 4 * MiB;

@@ -42,7 +42,7 @@ int heap_map_segment(struct heap *h, uint32_t index)
             store_release(&h->nmapped, i + 1); /* retired: stays unmapped */
             continue;
         }
-        if (size == 0 || size > SHM_SEG_SPAN) {
+        if (size < SHM_SEG_MIN_SIZE || size > SHM_SEG_SPAN) {
             r = -EBADMSG;
             break;
         }

@@ -41,17 +41,26 @@ struct heap_hooks {
 void heap_config_default(struct shm_config *ret);
 
 /* Creates and initialises a control segment; returns its fd (O_CLOEXEC)
- * in *ret_fd. */
+ * in *ret_fd. -EINVAL if cfg's segment_size is not whole blocks in
+ * SHM_SEG_MIN_SIZE..SHM_SEG_SPAN or max_segments not in
+ * 1..SHM_MAX_SEGMENTS - 1. */
 int heap_ctl_create(const struct shm_config *cfg, int *ret_fd);
 
 /* Creates heap segment number ctl->nsegments with at least min_bytes of
- * data space (0: config.segment_size), backed by pages by `policy`
+ * data space (0: cfg->segment_size), backed by pages by `policy`
  * (SHM_PAGES_AUTO: 1G, then 2M, then 4K), initialises it and publishes it.
- * Returns its fd and index. -ENOMEM with SHM_PAGES_1G/2M when no huge page
- * of that size is free; -ENOSPC when max_segments are in use. Callers
- * serialise calls (one owner). */
-int heap_segment_create(
-        int ctl_fd, uint64_t min_bytes, int policy, int *ret_fd, uint32_t *ret_index);
+ * cfg is the owner's own config: its segment_size and max_segments are the
+ * limits (never the control segment's copy, which any attacher can write).
+ * Returns its fd and index. -EINVAL for limits heap_ctl_create would
+ * refuse; -ENOMEM with SHM_PAGES_1G/2M when no huge page of that size is
+ * free; -ENOSPC when max_segments are in use. Callers serialise calls (one
+ * owner). */
+int heap_segment_create(int ctl_fd,
+                        const struct shm_config *cfg,
+                        uint64_t min_bytes,
+                        int policy,
+                        int *ret_fd,
+                        uint32_t *ret_index);
 
 /* ---- attachment (heap.c) ---- */
 

@@ -57,6 +57,16 @@
 #define SHM_BLOCK_SHIFT 16u
 #define SHM_BLOCK_SIZE  (UINT64_C(1) << SHM_BLOCK_SHIFT)
 
+/* The smallest heap segment the layout allows. free's fast path reads a
+ * block's metadata word before it compares the block index with nblocks,
+ * at up to SHM_META_OFF + 8 * 2^18 bytes into the segment: that read must
+ * stay inside the mapping. The config's bound on segment_size
+ * (config/config.c) is a policy above this floor, checked against it
+ * there at compile time. */
+#define SHM_SEG_MIN_SIZE (UINT64_C(4) << 20)
+_Static_assert(SHM_SEG_MIN_SIZE >= SHM_META_OFF + 8 * (SHM_SEG_SPAN >> SHM_BLOCK_SHIFT),
+               "free's fast path reads up to 2 MiB + 4 KiB of metadata");
+
 /* Size classes: 16..128 in steps of 16, then 8 classes per doubling up to
  * 32 KiB, so a class is at most 12.5% larger than any request above 128
  * bytes it serves. Every class is a multiple of 16, so every small object
