@@ -26,6 +26,8 @@
 #    define tsan_object_handoff(p) ((void) (p))
 #endif
 
+static void *large_alloc(struct heap *h, size_t size, size_t align);
+
 static inline struct tcache *tcache_fast(struct heap *h)
 {
     struct tcache *tc = tl_last;
@@ -387,7 +389,7 @@ void *heap_aligned_alloc(struct heap *h, size_t align, size_t size)
 
 /* ---- large objects: runs of whole blocks ---- */
 
-void *large_alloc(struct heap *h, size_t size, size_t align)
+static void *large_alloc(struct heap *h, size_t size, size_t align)
 {
     uint64_t off;
     int r;

@@ -76,7 +76,7 @@ int heap_ctl_create(const struct shm_config *cfg, int *ret_fd)
     c->segs[0].size = size;
     c->segs[0].page_size = 4096;
     c->segs[0].state = SEG_LIVE;
-    r = shm_mutex_init(&c->lock);
+    r = os_mutex_init_robust(&c->lock);
     if (r == 0)
         /* release: the magic is written last; see seg_format(). */
         store_release(&c->magic, SHM_CTL_MAGIC);

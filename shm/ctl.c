@@ -5,37 +5,9 @@
  * Lock order: the control segment's lock is taken with no segment lock
  * held. */
 #include <errno.h>
-#include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "shm/internal.h"
-#include "shm/os.h"
-
-int shm_mutex_init(pthread_mutex_t *m)
-{
-    pthread_mutexattr_t attr;
-    int r;
-
-    r = pthread_mutexattr_init(&attr);
-    if (r)
-        return -r;
-    r = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    if (!r)
-        r = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    /* Priority inheritance makes the kernel track the owner: a plain
-     * robust futex can strand a sleeping waiter when the thread it woke is
-     * killed before taking the lock while another takes it on the fast
-     * path (found by death_random_kill_trimmer). Uncontended, a PI lock is
-     * still one CAS and no system call. */
-    if (!r)
-        r = pthread_mutexattr_setprotocol(&attr, PTHREAD_PRIO_INHERIT);
-    if (!r)
-        r = pthread_mutex_init(m, &attr);
-    (void) pthread_mutexattr_destroy(&attr);
-    return -r;
-}
 
 int ctl_check_header(const struct ctl_header *c, uint64_t size)
 {

@@ -168,66 +168,6 @@ static inline uint64_t *obj_words(struct heap *h, uint64_t off)
     return (uint64_t *) off_ptr(h, off);
 }
 
-/* ---- owner tags (owned.c) ----
- * An object carries owner X's tag while X's malloc has handed it out and
- * it has not been shared (heap_to_off), and while it sits in one of X's
- * caches after X freed it; anywhere else (recyclers, slabs) it carries 0.
- * So free does not touch the tag: a bundle leaving a cache for the
- * recycler has its tags cleared (tcache.c), and a return to a slab clears
- * them (segment.c). Malloc writes the tag before the pop, so a thread
- * killed between the two leaves the object in its cache (drained to the
- * slabs before a sweep) or out of it and tagged (the sweep frees it):
- * never lost, never freed twice. */
-uint16_t *obj_tag_multi(struct heap *h, uint64_t off, unsigned cls);
-
-/* The tag of the object at p, of class cls with h->tag_geo[cls].mul != 0
- * (slabs of one block). The reservation is 1 GiB-aligned, so p's block
- * starts at p rounded down to the block size. */
-static inline uint16_t *obj_tag_at(struct heap *h, const void *p, unsigned cls)
-{
-    uintptr_t a = (uintptr_t) p, rel = a & (SHM_BLOCK_SIZE - 1);
-
-    return (uint16_t *) (a - rel + h->tag_geo[cls].off) + ((rel * h->tag_geo[cls].mul) >> 32);
-}
-
-/* The tag of the small object at offset off, of class cls. */
-static inline uint16_t *obj_tag(struct heap *h, uint64_t off, unsigned cls)
-{
-    if (likely(h->tag_geo[cls].mul))
-        return obj_tag_at(h, off_ptr(h, off), cls);
-    return obj_tag_multi(h, off, cls);
-}
-
-/* The tag array of the slab whose first byte is at `slab`. */
-static inline uint16_t *slab_tags(char *slab, const struct slab_geometry *g)
-{
-    return (uint16_t *) (slab + g->tags_off);
-}
-
-/* Same, knowing the slab's start (slab_off) and rel = off - slab_off. */
-static inline uint16_t *slab_obj_tag(struct heap *h, uint64_t slab_off, uint64_t rel, unsigned cls)
-{
-    return (uint16_t *) (h->base + slab_off + sizeclass_info[cls].geo.tags_off) +
-           sizeclass_index(cls, rel);
-}
-
-/* Clears the owner of the object containing off (a small object's or a
- * large one's): it is shared now. */
-void owned_share(struct heap *h, uint64_t off);
-/* Claims this attachment's owner entry (none if the table is full). */
-void owned_attach(struct heap *h);
-/* Marks it detached: its private objects are unreachable from now on. */
-void owned_detach(struct heap *h);
-
-/* ---- reclaim.c ---- */
-/* Takes back a slot whose owner is gone: drain, then free the slot. False
- * if someone else holds it (a trimmer, verify) or it is not OWNED. */
-bool reclaim_slot(struct heap *h, struct cache_slot *s);
-/* Frees the blocks left BUSY, and puts back the objects a punch reserved,
- * by processes that are gone: in segment m, or in every mapped segment. */
-void reclaim_busy(struct heap *h, struct seg_map *m);
-void reclaim_busy_all(struct heap *h);
-
 /* ---- segment.c ---- */
 int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_size);
 /* Bytes at the start of a segment of this geometry taken by its header and
@@ -312,28 +252,117 @@ void commit_mark_unit(struct seg_map *m, uint64_t u, bool on);
 uint64_t commit_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
 uint64_t commit_bytes(struct seg_map *m);
 
-/* ---- heap.c ---- */
-int heap_map_segment(struct heap *h, uint32_t index);
-struct seg_map *heap_seg_for(struct heap *h, uint64_t off); /* maps on demand */
-/* seg_at() and seg_obj_at() (above) in the heap segment off names, mapped
- * on demand; NULL for the control segment's offsets (0 among them). */
-void *heap_at(struct heap *h, uint64_t off, uint64_t len, uint64_t align);
-void *heap_obj_at(struct heap *h, uint64_t off);
-void heap_count_bad_free(struct heap *h);
+/* ---- run.c ---- */
+/* Allocates a run of blocks for `bytes` (first block a multiple of
+ * align_blocks), growing the heap if need be, and counts it in the calling
+ * thread's slot. */
+int run_create(struct heap *h,
+               uint64_t bytes,
+               uint32_t align_blocks,
+               enum run_kind kind,
+               uint16_t owner,
+               uint64_t *ret_off);
+/* Frees the run at off if it is a run of `kind`; -EINVAL otherwise. */
+int run_destroy(struct heap *h, uint64_t off, enum run_kind kind);
+/* Inside segment m (each takes its lock). owner: the tag a RUN_LARGE run
+ * starts with (meta_owner), else 0. count: the slot whose large-object
+ * counters count the run (NULL: none); they move under the lock, so that a
+ * death cannot part the run from its count by more than a couple of
+ * stores. */
+int run_alloc_in(struct heap *h,
+                 struct seg_map *m,
+                 uint32_t nblocks,
+                 uint32_t align_blocks,
+                 enum run_kind kind,
+                 uint16_t owner,
+                 struct cache_slot *count,
+                 uint32_t *ret_block);
+/* Clears the owner of the RUN_LARGE run whose head block is b. */
+int run_share_in(struct heap *h, struct seg_map *m, uint32_t b);
+int run_free_in(struct heap *h,
+                struct seg_map *m,
+                uint32_t block,
+                enum run_kind kind,
+                struct cache_slot *count);
 
-/* ---- recycler.c ---- */
-bool recycler_push(struct heap *h,
-                   struct cache_bin *stats_bin,
-                   unsigned cls,
-                   uint64_t first,
-                   uint32_t count,
-                   uint32_t maxseg,
-                   bool force);
-/* Pops a bundle; returns its first object's offset (0: empty). */
-uint64_t
-recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint32_t *ret_count);
-/* Pops every bundle of every class and returns its objects to the blocks. */
-void recycler_drain_all(struct heap *h);
+/* ---- owner tags (owned.c) ----
+ * An object carries owner X's tag while X's malloc has handed it out and
+ * it has not been shared (heap_to_off), and while it sits in one of X's
+ * caches after X freed it; anywhere else (recyclers, slabs) it carries 0.
+ * So free does not touch the tag: a bundle leaving a cache for the
+ * recycler has its tags cleared (tcache.c), and a return to a slab clears
+ * them (segment.c). Malloc writes the tag before the pop, so a thread
+ * killed between the two leaves the object in its cache (drained to the
+ * slabs before a sweep) or out of it and tagged (the sweep frees it):
+ * never lost, never freed twice. */
+uint16_t *owned_tag_multi(struct heap *h, uint64_t off, unsigned cls);
+
+/* The tag of the object at p, of class cls with h->tag_geo[cls].mul != 0
+ * (slabs of one block). The reservation is 1 GiB-aligned, so p's block
+ * starts at p rounded down to the block size. */
+static inline uint16_t *obj_tag_at(struct heap *h, const void *p, unsigned cls)
+{
+    uintptr_t a = (uintptr_t) p, rel = a & (SHM_BLOCK_SIZE - 1);
+
+    return (uint16_t *) (a - rel + h->tag_geo[cls].off) + ((rel * h->tag_geo[cls].mul) >> 32);
+}
+
+/* The tag of the small object at offset off, of class cls. */
+static inline uint16_t *obj_tag(struct heap *h, uint64_t off, unsigned cls)
+{
+    if (likely(h->tag_geo[cls].mul))
+        return obj_tag_at(h, off_ptr(h, off), cls);
+    return owned_tag_multi(h, off, cls);
+}
+
+/* The tag array of the slab whose first byte is at `slab`. */
+static inline uint16_t *slab_tags(char *slab, const struct slab_geometry *g)
+{
+    return (uint16_t *) (slab + g->tags_off);
+}
+
+/* Same, knowing the slab's start (slab_off) and rel = off - slab_off. */
+static inline uint16_t *slab_obj_tag(struct heap *h, uint64_t slab_off, uint64_t rel, unsigned cls)
+{
+    return (uint16_t *) (h->base + slab_off + sizeclass_info[cls].geo.tags_off) +
+           sizeclass_index(cls, rel);
+}
+
+/* Clears the owner of the object containing off (a small object's or a
+ * large one's): it is shared now. */
+void owned_share(struct heap *h, uint64_t off);
+/* Claims this attachment's owner entry (none if the table is full). */
+void owned_attach(struct heap *h);
+/* Marks it detached: its private objects are unreachable from now on. */
+void owned_detach(struct heap *h);
+
+/* ---- reclaim.c ---- */
+/* Takes back a slot whose owner is gone: drain, then free the slot. False
+ * if someone else holds it (a trimmer, verify) or it is not OWNED. */
+bool reclaim_slot(struct heap *h, struct cache_slot *s);
+/* Frees the blocks left BUSY, and puts back the objects a punch reserved,
+ * by processes that are gone: in segment m, or in every mapped segment. */
+void reclaim_busy(struct heap *h, struct seg_map *m);
+void reclaim_busy_all(struct heap *h);
+
+/* ---- slot.c ---- */
+/* Claims a free cache slot for h's calling thread: 0 and *ret_index, or
+ * -EMFILE when every slot is taken. */
+int slot_claim(struct heap *h, uint32_t *ret_index);
+/* Frees the caller's slot, its bins drained. */
+void slot_release(struct heap *h, uint32_t index);
+/* Slots at or past slot_high() have never been claimed: loops over the
+ * slots stop there (the bound only grows). */
+void slot_raise_high(struct ctl_header *c, uint32_t n);
+uint32_t slot_high(const struct ctl_header *c);
+/* Bytes this slot allocated minus bytes it freed (may be negative), and
+ * its allocation and free counts, over the slot's whole life. */
+int64_t slot_bytes_in_use(const struct cache_slot *s);
+uint64_t slot_allocs(const struct cache_slot *s);
+uint64_t slot_frees(const struct cache_slot *s);
+/* Adds what the slot's in-use bytes moved since its last report to the
+ * heap-wide sample, and raises the heap's peak if it passed it. */
+void slot_sample_peak(struct heap *h, struct cache_slot *s);
 
 /* ---- tcache.c ---- */
 int tcache_attach(struct heap *h);
@@ -372,62 +401,7 @@ void tcache_tick(struct heap *h, struct tcache *tc);
 void tcache_release_cached(struct heap *h, struct tcache *tc, bool entered);
 /* The trimming thread flushes its own cache for generation gen. */
 void tcache_trim_self(struct heap *h, uint64_t gen);
-
-/* ---- slot.c ---- */
-/* Claims a free cache slot for h's calling thread: 0 and *ret_index, or
- * -EMFILE when every slot is taken. */
-int slot_claim(struct heap *h, uint32_t *ret_index);
-/* Frees the caller's slot, its bins drained. */
-void slot_release(struct heap *h, uint32_t index);
-/* Slots at or past slot_high() have never been claimed: loops over the
- * slots stop there (the bound only grows). */
-void slot_raise_high(struct ctl_header *c, uint32_t n);
-uint32_t slot_high(const struct ctl_header *c);
-/* Bytes this slot allocated minus bytes it freed (may be negative), and
- * its allocation and free counts, over the slot's whole life. */
-int64_t slot_bytes_in_use(const struct cache_slot *s);
-uint64_t slot_allocs(const struct cache_slot *s);
-uint64_t slot_frees(const struct cache_slot *s);
-/* Adds what the slot's in-use bytes moved since its last report to the
- * heap-wide sample, and raises the heap's peak if it passed it. */
-void slot_sample_peak(struct heap *h, struct cache_slot *s);
-
-/* ---- run.c ---- */
-/* Allocates a run of blocks for `bytes` (first block a multiple of
- * align_blocks), growing the heap if need be, and counts it in the calling
- * thread's slot. */
-int run_create(struct heap *h,
-               uint64_t bytes,
-               uint32_t align_blocks,
-               enum run_kind kind,
-               uint16_t owner,
-               uint64_t *ret_off);
-/* Frees the run at off if it is a run of `kind`; -EINVAL otherwise. */
-int run_destroy(struct heap *h, uint64_t off, enum run_kind kind);
-/* Inside segment m (each takes its lock). owner: the tag a RUN_LARGE run
- * starts with (meta_owner), else 0. count: the slot whose large-object
- * counters count the run (NULL: none); they move under the lock, so that a
- * death cannot part the run from its count by more than a couple of
- * stores. */
-int run_alloc_in(struct heap *h,
-                 struct seg_map *m,
-                 uint32_t nblocks,
-                 uint32_t align_blocks,
-                 enum run_kind kind,
-                 uint16_t owner,
-                 struct cache_slot *count,
-                 uint32_t *ret_block);
-/* Clears the owner of the RUN_LARGE run whose head block is b. */
-int run_share_in(struct heap *h, struct seg_map *m, uint32_t b);
-int run_free_in(struct heap *h,
-                struct seg_map *m,
-                uint32_t block,
-                enum run_kind kind,
-                struct cache_slot *count);
-
-/* ---- alloc.c ---- */
-void *large_alloc(struct heap *h, size_t size, size_t align);
-
+/* Leaves a cache operation begun with tcache_enter(). */
 static inline void tcache_leave(struct tcache *tc)
 {
     compiler_barrier();
@@ -435,9 +409,30 @@ static inline void tcache_leave(struct tcache *tc)
     store_release(&tc->slot->busy, 0);
 }
 
+/* ---- recycler.c ---- */
+bool recycler_push(struct heap *h,
+                   struct cache_bin *stats_bin,
+                   unsigned cls,
+                   uint64_t first,
+                   uint32_t count,
+                   uint32_t maxseg,
+                   bool force);
+/* Pops a bundle; returns its first object's offset (0: empty). */
+uint64_t
+recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint32_t *ret_count);
+/* Pops every bundle of every class and returns its objects to the blocks. */
+void recycler_drain_all(struct heap *h);
+
+/* ---- heap.c ---- */
+int heap_map_segment(struct heap *h, uint32_t index);
+struct seg_map *heap_seg_for(struct heap *h, uint64_t off); /* maps on demand */
+/* seg_at() and seg_obj_at() (above) in the heap segment off names, mapped
+ * on demand; NULL for the control segment's offsets (0 among them). */
+void *heap_at(struct heap *h, uint64_t off, uint64_t len, uint64_t align);
+void *heap_obj_at(struct heap *h, uint64_t off);
+void heap_count_bad_free(struct heap *h);
+
 /* ---- ctl.c ---- */
-/* A process-shared, robust, priority-inheriting mutex for shared memory. */
-int shm_mutex_init(pthread_mutex_t *m);
 int ctl_check_header(const struct ctl_header *c, uint64_t size);
 int ctl_lock(struct ctl_header *c);
 void ctl_unlock(struct ctl_header *c);
@@ -445,6 +440,7 @@ void ctl_unlock(struct ctl_header *c);
  * returns the peak. */
 uint64_t ctl_raise_peak(struct ctl_header *c, uint64_t bytes);
 
+/* ---- fault.c ---- */
 /* Fault injection for the death tests: when shm_fault_at equals a point's
  * number, that point raises SIGKILL. Only on cold paths. */
 extern int shm_fault_at;

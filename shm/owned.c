@@ -24,7 +24,7 @@
 #include "shm/internal.h"
 #include "shm/os.h"
 
-uint16_t *obj_tag_multi(struct heap *h, uint64_t off, unsigned cls)
+uint16_t *owned_tag_multi(struct heap *h, uint64_t off, unsigned cls)
 {
     uint64_t *meta = (uint64_t *) (h->base + (off & ~SHM_OFF_MASK) + SHM_META_OFF);
     uint64_t b = (off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT, w = load_relaxed(&meta[b]);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "shm/internal.h"
+#include "shm/os.h"
 
 #define POOL_MAGIC       UINT64_C(0x4c4f4f5048534850) /* "PHSHPOOL" */
 #define POOL_CHUNK_BYTES (UINT64_C(1) << 20)
@@ -78,7 +79,7 @@ int heap_pool_create(struct heap *h, size_t object_size, uint64_t *ret_pool)
     p->chunks = off;
     p->bump.s.off = off + ((sizeof(*p) + 63) & ~UINT64_C(63));
     p->bump.s.tag = off + (((bytes + SHM_BLOCK_SIZE - 1) >> SHM_BLOCK_SHIFT) << SHM_BLOCK_SHIFT);
-    r = shm_mutex_init(&p->grow_lock);
+    r = os_mutex_init_robust(&p->grow_lock);
     if (r < 0) {
         (void) run_destroy(h, off, RUN_POOL);
         return r;

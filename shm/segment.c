@@ -46,22 +46,11 @@
  *
  * Lock order: a segment lock is never held while taking another segment's
  * lock or the control segment's lock. */
-#include <assert.h>
 #include <errno.h>
-#include <signal.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "shm/internal.h"
 #include "shm/os.h"
-
-int shm_fault_at;
-
-void shm_fault(enum shm_fault_point p)
-{
-    if (unlikely(shm_fault_at == (int) p))
-        (void) raise(SIGKILL);
-}
 
 static uint64_t align_up(uint64_t v, uint64_t a)
 {
@@ -147,7 +136,7 @@ int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_
     unit_shift = hdr->unit_shift;
     hdr->index = index;
 
-    r = shm_mutex_init(&hdr->lock);
+    r = os_mutex_init_robust(&hdr->lock);
     if (r < 0)
         return r;
 
