@@ -130,6 +130,48 @@ fail:
     return r;
 }
 
+/* Makes the memfd of a segment of at least `size` bytes by `policy`:
+ * the first page size that works, the size rounded up to whole pages and
+ * blocks. */
+static int
+segment_make(uint64_t size, int policy, int *ret_fd, uint64_t *ret_size, uint64_t *ret_page)
+{
+    static const uint64_t pages_auto[] = {GiB, 2 * MiB, 4096};
+    const uint64_t *try;
+    unsigned ntry;
+    int r = -ENOMEM;
+
+    switch (policy) {
+    case SHM_PAGES_1G:
+        try = &pages_auto[0], ntry = 1;
+        break;
+    case SHM_PAGES_2M:
+        try = &pages_auto[1], ntry = 1;
+        break;
+    case SHM_PAGES_OFF:
+        try = &pages_auto[2], ntry = 1;
+        break;
+    default:
+        try = pages_auto, ntry = 3;
+        break;
+    }
+    for (unsigned i = 0; i < ntry; i++) {
+        /* Whole pages, and whole blocks. */
+        uint64_t unit = try[i] > SHM_BLOCK_SIZE ? try[i] : SHM_BLOCK_SIZE;
+        uint64_t sz = (size + unit - 1) & ~(unit - 1);
+
+        if (sz > SHM_SEG_SPAN)
+            continue;
+        r = segment_try(sz, try[i], ret_fd);
+        if (r == 0) {
+            *ret_page = try[i];
+            *ret_size = sz;
+            return 0;
+        }
+    }
+    return r;
+}
+
 int heap_segment_create(int ctl_fd,
                         const struct shm_config *cfg,
                         uint64_t min_bytes,
@@ -137,11 +179,8 @@ int heap_segment_create(int ctl_fd,
                         int *ret_fd,
                         uint32_t *ret_index)
 {
-    static const uint64_t pages_auto[] = {GiB, 2 * MiB, 4096};
     uint64_t ctl_size, size, page = 0;
     struct ctl_header *c;
-    const uint64_t *try;
-    unsigned ntry;
     uint32_t index;
     int fd = -1, r;
     void *base;
@@ -171,35 +210,7 @@ int heap_segment_create(int ctl_fd,
     /* Room for the metadata (well under 1%) on top of what was asked. */
     if (min_bytes + min_bytes / 64 + 4 * MiB > size)
         size = min_bytes + min_bytes / 64 + 4 * MiB;
-    switch (policy) {
-    case SHM_PAGES_1G:
-        try = &pages_auto[0], ntry = 1;
-        break;
-    case SHM_PAGES_2M:
-        try = &pages_auto[1], ntry = 1;
-        break;
-    case SHM_PAGES_OFF:
-        try = &pages_auto[2], ntry = 1;
-        break;
-    default:
-        try = pages_auto, ntry = 3;
-        break;
-    }
-    r = -ENOMEM;
-    for (unsigned i = 0; i < ntry; i++) {
-        /* Whole pages, and whole blocks. */
-        uint64_t unit = try[i] > SHM_BLOCK_SIZE ? try[i] : SHM_BLOCK_SIZE;
-        uint64_t sz = (size + unit - 1) & ~(unit - 1);
-
-        if (sz > SHM_SEG_SPAN)
-            continue;
-        r = segment_try(sz, try[i], &fd);
-        if (r == 0) {
-            page = try[i];
-            size = sz;
-            break;
-        }
-    }
+    r = segment_make(size, policy, &fd, &size, &page);
     if (r < 0)
         goto out;
     base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);

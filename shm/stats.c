@@ -8,29 +8,10 @@
 #include "shm/internal.h"
 #include "shm/os.h"
 
-int heap_stats(struct heap *h, struct heap_stats *ret)
+/* Adds every slot's counters and bins to the figures. */
+static void stats_add_slots(struct ctl_header *c, struct heap_stats *ret)
 {
-    struct ctl_header *c;
-    int64_t in_use;
-
-    if (!h || !ret)
-        return -EINVAL;
-    c = h->ctl;
-    (void) heap_sync_segments(h);
-    memset(ret, 0, sizeof(*ret));
-    in_use = 0;
-    ret->frees = load_relaxed(&c->owned_reclaimed_large);
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
-        ret->classes[cls].object_size = sizeclass_size(cls);
-        ret->classes[cls].in_recycler = load_relaxed(&c->rec[cls].objects);
-        /* Frees a slab refused were counted by the cache that took them;
-         * objects a sweep freed were counted by no cache (owned.c). Sums
-         * wrap back to the truth. */
-        ret->classes[cls].in_use =
-                load_relaxed(&c->rec[cls].refused) - load_relaxed(&c->rec[cls].reclaimed);
-        ret->frees += load_relaxed(&c->rec[cls].reclaimed);
-    }
-    for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++) {
+    for (uint32_t i = 0, high = slot_high(c); i < high; i++) {
         const struct cache_slot *s = &c->slots[i];
         bool owned = load_relaxed(&s->state) == SLOT_OWNED;
 
@@ -52,18 +33,11 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
             cs->rec_retries += load_relaxed(&b->rec_retries);
         }
     }
-    /* A free a slab refused was counted by the cache that took it: it is
-     * not a free. */
-    ret->frees -= load_relaxed(&c->refused_frees);
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
-        ret->frees -= load_relaxed(&c->rec[cls].refused);
-        in_use += (int64_t) ret->classes[cls].in_use * (int64_t) ret->classes[cls].object_size;
-    }
-    ret->bytes_in_use = in_use > 0 ? (uint64_t) in_use : 0;
-    /* The control segment's pages as the kernel counts them: most of its
-     * 1024 cache slots are never touched. */
-    if (os_fstat_size(h->ctl_fd, NULL, &ret->bytes_committed) < 0)
-        ret->bytes_committed = c->ctl_size;
+}
+
+/* Adds every mapped segment's figures. */
+static void stats_add_segments(struct heap *h, struct heap_stats *ret)
+{
     for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++) {
         struct seg_map *m = &h->segs[i];
         struct heap_seg_stats *ss = &ret->segs[ret->nsegments];
@@ -88,6 +62,44 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
         ret->bytes_committed += ss->committed_bytes;
         ret->nsegments++;
     }
+}
+
+int heap_stats(struct heap *h, struct heap_stats *ret)
+{
+    struct ctl_header *c;
+    int64_t in_use;
+
+    if (!h || !ret)
+        return -EINVAL;
+    c = h->ctl;
+    (void) heap_sync_segments(h);
+    memset(ret, 0, sizeof(*ret));
+    in_use = 0;
+    ret->frees = load_relaxed(&c->owned_reclaimed_large);
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        ret->classes[cls].object_size = sizeclass_size(cls);
+        ret->classes[cls].in_recycler = load_relaxed(&c->rec[cls].objects);
+        /* Frees a slab refused were counted by the cache that took them;
+         * objects a sweep freed were counted by no cache (owned.c). Sums
+         * wrap back to the truth. */
+        ret->classes[cls].in_use =
+                load_relaxed(&c->rec[cls].refused) - load_relaxed(&c->rec[cls].reclaimed);
+        ret->frees += load_relaxed(&c->rec[cls].reclaimed);
+    }
+    stats_add_slots(c, ret);
+    /* A free a slab refused was counted by the cache that took it: it is
+     * not a free. */
+    ret->frees -= load_relaxed(&c->refused_frees);
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        ret->frees -= load_relaxed(&c->rec[cls].refused);
+        in_use += (int64_t) ret->classes[cls].in_use * (int64_t) ret->classes[cls].object_size;
+    }
+    ret->bytes_in_use = in_use > 0 ? (uint64_t) in_use : 0;
+    /* The control segment's pages as the kernel counts them: most of its
+     * 1024 cache slots are never touched. */
+    if (os_fstat_size(h->ctl_fd, NULL, &ret->bytes_committed) < 0)
+        ret->bytes_committed = c->ctl_size;
+    stats_add_segments(h, ret);
     /* The peak is sampled by threads every TCACHE_TICK operations and on
      * flushes; the snapshot taken here counts too. */
     ret->peak_bytes_in_use = ctl_raise_peak(c, ret->bytes_in_use);
