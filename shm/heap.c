@@ -1,5 +1,6 @@
-/* One process's attachment to a heap: the address-space reservation, the
- * mapping of segments, offsets and pointers.
+/* One process's mapping of a heap: the segments, offsets and pointers, and
+ * the one check of an offset (heap_at). Attaching and detaching, which set
+ * up every other module, are attach.c.
  *
  * Each attachment reserves SHM_VA_SPAN bytes (PROT_NONE) and maps segment
  * i at base + (i << SHM_SEG_SHIFT); the control segment is segment 0. So
@@ -15,8 +16,6 @@
 
 #include "shm/internal.h"
 #include "shm/os.h"
-
-static uint64_t attach_serial;
 
 int heap_map_segment(struct heap *h, uint32_t index)
 {
@@ -119,117 +118,12 @@ void heap_count_bad_free(struct heap *h)
     ctl_count_bad_free(h->ctl);
 }
 
-int heap_attach(int ctl_fd,
-                const struct heap_hooks *hooks,
-                uint64_t client_id,
-                struct heap **ret_heap)
-{
-    uint64_t size;
-    struct heap *h;
-    void *base;
-    int r;
-
-    if (ctl_fd < 0 || !hooks || !hooks->open_segment || !ret_heap)
-        return -EINVAL;
-    r = os_fstat_size(ctl_fd, &size, NULL);
-    if (r < 0)
-        return r;
-    if (size < sizeof(struct ctl_header) || size > SHM_SEG_SPAN)
-        return -EBADF;
-    h = calloc(1, sizeof(*h));
-    if (!h)
-        return -ENOMEM;
-    r = os_reserve(SHM_VA_SPAN, UINT64_C(1) << 30, &base);
-    if (r < 0)
-        goto fail_free;
-    h->base = base;
-    h->ctl = base;
-    r = os_map_at(base, size, ctl_fd);
-    if (r < 0)
-        goto fail_unreserve;
-    r = ctl_check_header(h->ctl, size);
-    if (r < 0)
-        goto fail_unreserve;
-    h->ctl_fd = fcntl(ctl_fd, F_DUPFD_CLOEXEC, 3);
-    if (h->ctl_fd < 0) {
-        r = -errno;
-        goto fail_unreserve;
-    }
-    h->pid = getpid();
-    h->serial = fetch_add_relaxed(&attach_serial, 1) + 1;
-    h->client_id = client_id;
-    h->hooks = *hooks;
-    h->nmapped = 1;
-    h->seg_hint = 1;
-    sizeclass_init();
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
-        h->tag_geo[cls].off = sizeclass_info[cls].geo.tags_off;
-        h->tag_geo[cls].mul = sizeclass_info[cls].tag_mul;
-    }
-    pthread_mutex_init(&h->local_lock, NULL);
-    r = heap_sync_segments(h);
-    if (r < 0)
-        goto fail_close;
-    r = tcache_attach(h);
-    if (r < 0)
-        goto fail_close;
-    owned_attach(h);
-    /* Lets a trimmer's membarrier reach this process's threads; without
-     * it, idle caches here are only drained when their thread runs. */
-    (void) os_membarrier_register();
-    *ret_heap = h;
-    return 0;
-fail_close:
-    for (uint32_t i = 1; i < h->nmapped; i++)
-        if (h->segs[i].meta)
-            (void) close(h->segs[i].fd);
-    (void) close(h->ctl_fd);
-    pthread_mutex_destroy(&h->local_lock);
-fail_unreserve:
-    os_unreserve(base, SHM_VA_SPAN);
-fail_free:
-    free(h);
-    return r;
-}
-
-void heap_detach(struct heap *h)
-{
-    if (!h)
-        return;
-    if (h->pid == getpid()) {
-        tcache_detach(h);
-        owned_detach(h);
-    }
-    for (uint32_t i = 1; i < h->nmapped; i++)
-        if (h->segs[i].meta)
-            (void) close(h->segs[i].fd);
-    (void) close(h->ctl_fd);
-    os_unreserve(h->base, SHM_VA_SPAN);
-    pthread_mutex_destroy(&h->local_lock);
-    free(h);
-}
-
-struct ctl_header *heap_ctl(struct heap *h)
-{
-    return h->ctl;
-}
-
 bool heap_contains(struct heap *h, const void *p)
 {
     uint64_t off = ptr_off(h, p);
 
     return (uintptr_t) p >= (uintptr_t) h->base && heap_seg_for(h, off) != NULL &&
            (off & SHM_OFF_MASK) >= h->segs[off >> SHM_SEG_SHIFT].hdr->first_block * SHM_BLOCK_SIZE;
-}
-
-uint64_t heap_to_off(struct heap *h, const void *p)
-{
-    if (!p || !heap_contains(h, p))
-        return 0;
-    /* An offset is how an object leaves its process: from now on it may be
-     * anyone's, and its owner's death must not free it. */
-    owned_share(h, ptr_off(h, p));
-    return ptr_off(h, p);
 }
 
 void *heap_from_off(struct heap *h, uint64_t off)

@@ -221,6 +221,42 @@ void slab_return_chain_locked(struct heap *h,
                               uint64_t *handoff,
                               bool recovering);
 
+/* Where an object's owner tag is (owned.c says what it means): the u16 at
+ * the slab's g.tags_off plus the object's index. slab_tag_multi: for a
+ * class whose slabs span blocks (found through the head block's word). */
+uint16_t *slab_tag_multi(struct heap *h, uint64_t off, unsigned cls);
+
+/* The tag of the object at p, of class cls with h->tag_geo[cls].mul != 0
+ * (slabs of one block). The reservation is 1 GiB-aligned, so p's block
+ * starts at p rounded down to the block size. */
+static inline uint16_t *obj_tag_at(struct heap *h, const void *p, unsigned cls)
+{
+    uintptr_t a = (uintptr_t) p, rel = a & (SHM_BLOCK_SIZE - 1);
+
+    return (uint16_t *) (a - rel + h->tag_geo[cls].off) + ((rel * h->tag_geo[cls].mul) >> 32);
+}
+
+/* The tag of the small object at offset off, of class cls. */
+static inline uint16_t *obj_tag(struct heap *h, uint64_t off, unsigned cls)
+{
+    if (likely(h->tag_geo[cls].mul))
+        return obj_tag_at(h, off_ptr(h, off), cls);
+    return slab_tag_multi(h, off, cls);
+}
+
+/* The tag array of the slab whose first byte is at `slab`. */
+static inline uint16_t *slab_tags(char *slab, const struct slab_geometry *g)
+{
+    return (uint16_t *) (slab + g->tags_off);
+}
+
+/* Same, knowing the slab's start (slab_off) and rel = off - slab_off. */
+static inline uint16_t *slab_obj_tag(struct heap *h, uint64_t slab_off, uint64_t rel, unsigned cls)
+{
+    return (uint16_t *) (h->base + slab_off + sizeclass_info[cls].geo.tags_off) +
+           sizeclass_index(cls, rel);
+}
+
 /* ---- punch.c ---- */
 /* Gives back the 4K pages inside slabs that hold only free objects (normal
  * pages only); returns the bytes punched. */
@@ -291,46 +327,10 @@ int run_free_in(struct heap *h,
  * caches after X freed it; anywhere else (recyclers, slabs) it carries 0.
  * So free does not touch the tag: a bundle leaving a cache for the
  * recycler has its tags cleared (tcache.c), and a return to a slab clears
- * them (segment.c). Malloc writes the tag before the pop, so a thread
+ * them (slab.c). Malloc writes the tag before the pop, so a thread
  * killed between the two leaves the object in its cache (drained to the
  * slabs before a sweep) or out of it and tagged (the sweep frees it):
  * never lost, never freed twice. */
-uint16_t *owned_tag_multi(struct heap *h, uint64_t off, unsigned cls);
-
-/* The tag of the object at p, of class cls with h->tag_geo[cls].mul != 0
- * (slabs of one block). The reservation is 1 GiB-aligned, so p's block
- * starts at p rounded down to the block size. */
-static inline uint16_t *obj_tag_at(struct heap *h, const void *p, unsigned cls)
-{
-    uintptr_t a = (uintptr_t) p, rel = a & (SHM_BLOCK_SIZE - 1);
-
-    return (uint16_t *) (a - rel + h->tag_geo[cls].off) + ((rel * h->tag_geo[cls].mul) >> 32);
-}
-
-/* The tag of the small object at offset off, of class cls. */
-static inline uint16_t *obj_tag(struct heap *h, uint64_t off, unsigned cls)
-{
-    if (likely(h->tag_geo[cls].mul))
-        return obj_tag_at(h, off_ptr(h, off), cls);
-    return owned_tag_multi(h, off, cls);
-}
-
-/* The tag array of the slab whose first byte is at `slab`. */
-static inline uint16_t *slab_tags(char *slab, const struct slab_geometry *g)
-{
-    return (uint16_t *) (slab + g->tags_off);
-}
-
-/* Same, knowing the slab's start (slab_off) and rel = off - slab_off. */
-static inline uint16_t *slab_obj_tag(struct heap *h, uint64_t slab_off, uint64_t rel, unsigned cls)
-{
-    return (uint16_t *) (h->base + slab_off + sizeclass_info[cls].geo.tags_off) +
-           sizeclass_index(cls, rel);
-}
-
-/* Clears the owner of the object containing off (a small object's or a
- * large one's): it is shared now. */
-void owned_share(struct heap *h, uint64_t off);
 /* Claims this attachment's owner entry (none if the table is full). */
 void owned_attach(struct heap *h);
 /* Marks it detached: its private objects are unreachable from now on. */
@@ -369,14 +369,15 @@ int tcache_attach(struct heap *h);
 void tcache_detach(struct heap *h);
 void tcache_reload_config(struct heap *h);
 void tcache_flush_all(struct heap *h);
+/* Pops every bundle of every recycler and returns its objects to the
+ * blocks. */
+void tcache_drain_recyclers(struct heap *h);
 /* Returns the chain of objects starting at *handoff (word 0 links, 0
  * ends) to their slabs, whatever their segments, moving *handoff past each
  * object as it goes. *handoff is a cache slot's handoff word (so that the
  * reclaimer of a dead process can finish the job) or the caller's own
  * variable. Counts double and bad frees into the control segment. */
 void tcache_return_handoff(struct heap *h, uint64_t *handoff);
-/* Returns a chain of objects to their blocks, whatever segments they are in. */
-void tcache_return_chain(struct heap *h, uint64_t chain);
 /* Settles a slot's handoff word left by a thread that stopped midway: the
  * chain goes back to the blocks unless it is still a bin's list. The caller
  * owns the slot (steal held, or the owner itself). */
@@ -420,8 +421,6 @@ bool recycler_push(struct heap *h,
 /* Pops a bundle; returns its first object's offset (0: empty). */
 uint64_t
 recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint32_t *ret_count);
-/* Pops every bundle of every class and returns its objects to the blocks. */
-void recycler_drain_all(struct heap *h);
 
 /* ---- heap.c ---- */
 int heap_map_segment(struct heap *h, uint32_t index);

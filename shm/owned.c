@@ -24,20 +24,6 @@
 #include "shm/internal.h"
 #include "shm/os.h"
 
-uint16_t *owned_tag_multi(struct heap *h, uint64_t off, unsigned cls)
-{
-    uint64_t *meta = (uint64_t *) (h->base + (off & ~SHM_OFF_MASK) + SHM_META_OFF);
-    uint64_t b = (off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT, w = load_relaxed(&meta[b]);
-    uint64_t slab_off;
-
-    /* relaxed: the object is live or in our cache, so its slab cannot
-     * change (see meta.h). */
-    if (meta_state(w) == BLK_SLAB_TAIL)
-        b -= meta_len(w);
-    slab_off = (off & ~SHM_OFF_MASK) | b << SHM_BLOCK_SHIFT;
-    return slab_obj_tag(h, slab_off, off - slab_off, cls);
-}
-
 /* The tag of the object containing off, checked against the metadata (off
  * may come from anywhere); NULL if off is not inside a slab's object. */
 static uint16_t *obj_tag_checked(
@@ -71,7 +57,9 @@ static uint16_t *obj_tag_checked(
     return slab_obj_tag(h, slab_off, off - slab_off, cls);
 }
 
-void owned_share(struct heap *h, uint64_t off)
+/* Clears the owner of the object containing off (a small object's or a
+ * large one's): it is shared now. */
+static void owned_share(struct heap *h, uint64_t off)
 {
     struct seg_map *m = NULL;
     uint64_t w = 0;
@@ -126,4 +114,14 @@ void owned_detach(struct heap *h)
         return;
     /* acq_rel: the sweeper that sees DETACHED sees every tag we wrote. */
     (void) cas_strong_acq_rel(&h->ctl->owners[h->owner_index].state, &expected, OWNER_DETACHED);
+}
+
+uint64_t heap_to_off(struct heap *h, const void *p)
+{
+    if (!p || !heap_contains(h, p))
+        return 0;
+    /* An offset is how an object leaves its process: from now on it may be
+     * anyone's, and its owner's death must not free it. */
+    owned_share(h, ptr_off(h, p));
+    return ptr_off(h, p);
 }

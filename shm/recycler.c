@@ -104,14 +104,3 @@ recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint32_t
     *ret_count = count;
     return old.s.off;
 }
-
-void recycler_drain_all(struct heap *h)
-{
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
-        uint64_t first;
-        uint32_t count;
-
-        while ((first = recycler_pop(h, NULL, cls, &count)) != 0)
-            tcache_return_chain(h, first);
-    }
-}

@@ -45,7 +45,12 @@
  * hugetlb) happens between an unlock and a relock (commit.c).
  *
  * Lock order: a segment lock is never held while taking another segment's
- * lock or the control segment's lock. */
+ * lock or the control segment's lock.
+ *
+ * The one circle among shm/'s files is here, on purpose: slab.c, punch.c
+ * and commit.c take this lock, and taking it after a holder died replays
+ * the dead holder's journal, whose steps belong to slab.c (a take or a
+ * return) and punch.c (a reservation or a restore). */
 #include <errno.h>
 #include <string.h>
 

@@ -16,6 +16,22 @@
 
 #include "shm/internal.h"
 
+/* Lock-free: the object is live or in the caller's cache, so its slab
+ * cannot change under us. */
+uint16_t *slab_tag_multi(struct heap *h, uint64_t off, unsigned cls)
+{
+    uint64_t *meta = (uint64_t *) (h->base + (off & ~SHM_OFF_MASK) + SHM_META_OFF);
+    uint64_t b = (off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT, w = load_relaxed(&meta[b]);
+    uint64_t slab_off;
+
+    /* relaxed: the object is live or in our cache, so its slab cannot
+     * change (see meta.h). */
+    if (meta_state(w) == BLK_SLAB_TAIL)
+        b -= meta_len(w);
+    slab_off = (off & ~SHM_OFF_MASK) | b << SHM_BLOCK_SHIFT;
+    return slab_obj_tag(h, slab_off, off - slab_off, cls);
+}
+
 static void slab_format(struct seg_map *m, uint32_t b, unsigned cls, const struct slab_geometry *g)
 {
     uint64_t *bits = slab_bitmap(m, b, g);

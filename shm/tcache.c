@@ -284,11 +284,24 @@ void tcache_return_handoff(struct heap *h, uint64_t *handoff)
     }
 }
 
-void tcache_return_chain(struct heap *h, uint64_t chain)
+/* Returns a chain of objects to their blocks, whatever segments they are
+ * in. */
+static void tcache_return_chain(struct heap *h, uint64_t chain)
 {
     uint64_t handoff = chain;
 
     tcache_return_handoff(h, &handoff);
+}
+
+void tcache_drain_recyclers(struct heap *h)
+{
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        uint64_t first;
+        uint32_t count;
+
+        while ((first = recycler_pop(h, NULL, cls, &count)) != 0)
+            tcache_return_chain(h, first);
+    }
 }
 
 void tcache_settle_handoff(struct heap *h, struct cache_slot *s)
@@ -477,7 +490,7 @@ void tcache_release_cached(struct heap *h, struct tcache *tc, bool entered)
         if (!entered)
             tcache_leave(tc);
     }
-    recycler_drain_all(h);
+    tcache_drain_recyclers(h);
 }
 
 void tcache_tick(struct heap *h, struct tcache *tc)
