@@ -35,7 +35,7 @@ struct heap_hooks {
     int (*grow)(void *ctx, uint64_t min_bytes);
 };
 
-/* ---- owner side (ctl.c, segment.c) ---- */
+/* ---- owner side (create.c) ---- */
 
 /* Built-in defaults of every tunable. */
 void heap_config_default(struct shm_config *ret);
@@ -62,7 +62,7 @@ int heap_segment_create(int ctl_fd,
                         int *ret_fd,
                         uint32_t *ret_index);
 
-/* ---- attachment (heap.c) ---- */
+/* ---- attachment (attach.c, heap.c) ---- */
 
 /* Maps the control segment behind ctl_fd (which it dups) and every
  * published heap segment. client_id tags this attachment's cache slots.
@@ -119,7 +119,7 @@ void *heap_pool_alloc(struct heap *h, uint64_t pool);
 int heap_pool_free(struct heap *h, uint64_t pool, void *p);
 int heap_pool_destroy(struct heap *h, uint64_t pool);
 
-/* ---- trim and reclamation (trim.c) ---- */
+/* ---- trim (trim.c) and reclamation (reclaim.c) ---- */
 struct trim_result {
     uint64_t trim_gen;
     uint64_t bytes_released;
@@ -135,10 +135,11 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret);
  * detached or died). Returns the number of slots reclaimed. */
 int heap_reclaim_client(struct heap *h, uint64_t client_id);
 /* Same for every slot whose owning process no longer exists, then frees
- * the private objects of every owner that is gone (heap_reclaim_owned_gone). */
+ * the private objects of every owner that is gone (heap_reclaim_owned_gone),
+ * then the blocks dead decommitters and punchers left (reclaim.c). */
 int heap_reclaim_dead(struct heap *h);
 
-/* ---- owners (owned.c) ----
+/* ---- owners (owned.c; the sweep: reclaim.c) ----
  * An object from heap_malloc & co. is private to its attachment until
  * heap_to_off() is called on it (or on a pointer into it): that is how an
  * object reaches another process. When the attachment is gone, its private

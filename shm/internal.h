@@ -41,7 +41,7 @@ struct heap {
     struct ctl_header *ctl;
     int ctl_fd;
     pid_t pid;       /* the process that attached; a fork's copy is refused */
-    uint64_t serial; /* unique per attachment in this process (tcache.c) */
+    uint64_t serial; /* unique per attachment in this process (attach.c) */
     uint64_t client_id;
     uint32_t owner_index; /* entry in ctl->owners; owner_tag 0: none (untracked) */
     uint16_t owner_tag;

@@ -20,7 +20,7 @@
  *              objects of an owner that dies or detaches can be freed.
  *   run        consecutive blocks for one large object, arena or pool chunk.
  *   cache slot a thread cache's shared state: per class a list of free
- *              objects and the owner's counters (tcache.c).
+ *              objects and the owner's counters (slot.c, tcache.c).
  *   recycler   per class, a Treiber stack of bundles of free objects.
  *
  * Nothing here holds a pointer. Every field another process may write is
@@ -205,7 +205,8 @@ enum owner_state {
 };
 
 /* An attachment's entry in the owner table; its tag is index + 1. Claimed
- * by CAS on state (owned.c), freed by whoever sweeps its objects. */
+ * by CAS on state (owned.c), freed by whoever sweeps its objects
+ * (reclaim.c). */
 struct owner_entry {
     uint32_t state; /* enum owner_state */
     uint32_t pid;
@@ -221,7 +222,7 @@ struct __attribute__((aligned(64))) recycler {
     uint64_t objects;   /* objects in those bundles, likewise approximate */
     uint64_t refused;   /* frees of this class counted by a cache but refused by the slab */
     uint64_t reclaimed; /* objects a dead or detached owner left, freed by a sweep
-                         * (owned.c) straight to their slabs */
+                         * (reclaim.c) straight to their slabs */
     uint64_t pad[2];
 };
 
@@ -336,7 +337,7 @@ struct seg_header {
     uint64_t committed_units; /* under lock; lock-free readers snapshot */
     uint64_t free_blocks;
     uint64_t decommits;
-    /* A punch of free pages inside a slab in flight (segment.c): the
+    /* A punch of free pages inside a slab in flight (punch.c): the
      * objects on those pages are reserved until the puncher puts them
      * back; a reaper does it if the puncher (pid) died. Under the lock. */
     uint32_t punch_pid;
@@ -350,7 +351,7 @@ struct seg_header {
      * metadata by recovery, so a death never leaves it wrong. */
     uint64_t large_bytes;
     /* enum punch_phase: what the puncher is doing under the lock, so that
-     * a recovering holder can finish it (segment.c). */
+     * a recovering holder can finish it (punch.c). */
     uint32_t punch_phase;
     uint32_t pad;
 };

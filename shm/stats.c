@@ -80,7 +80,7 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
         ret->classes[cls].object_size = sizeclass_size(cls);
         ret->classes[cls].in_recycler = load_relaxed(&c->rec[cls].objects);
         /* Frees a slab refused were counted by the cache that took them;
-         * objects a sweep freed were counted by no cache (owned.c). Sums
+         * objects a sweep freed were counted by no cache (reclaim.c). Sums
          * wrap back to the truth. */
         ret->classes[cls].in_use =
                 load_relaxed(&c->rec[cls].refused) - load_relaxed(&c->rec[cls].reclaimed);
