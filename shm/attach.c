@@ -3,8 +3,9 @@
  * mapping, heap.c; the thread caches, tcache.c; the owner entry, owned.c),
  * and the same in reverse at detach.
  *
- * Each attachment reserves SHM_VA_SPAN bytes (PROT_NONE) and maps segment
- * i at base + (i << SHM_SEG_SHIFT); the control segment is segment 0. */
+ * Each attachment reserves SHM_VA_SPAN bytes (PROT_NONE; fewer segment
+ * slots where that much cannot be had) and maps segment i at base +
+ * (i << SHM_SEG_SHIFT); the control segment is segment 0. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -14,6 +15,28 @@
 #include "shm/os.h"
 
 static uint64_t attach_serial; /* unique per attachment in this process */
+
+/* Reserves the address space for every segment slot (SHM_VA_SPAN). Where
+ * that much cannot be had (valgrind's address-space manager stops near
+ * 64 GiB; a tight RLIMIT_AS), takes the most slots that fit, down to the
+ * control segment and one heap segment: the offset of each byte stays what
+ * it is everywhere, and segments past the cut cannot be mapped here
+ * (heap_map_segment says -ENOMEM, which malloc reports as ENOMEM). */
+static int heap_reserve(struct heap *h, void **ret_base)
+{
+    int r = -ENOMEM;
+
+    for (uint32_t slots = SHM_MAX_SEGMENTS; slots >= 2; slots--) {
+        r = os_reserve((uint64_t) slots << SHM_SEG_SHIFT, UINT64_C(1) << 30, ret_base);
+        if (r == 0) {
+            h->va_slots = slots;
+            return 0;
+        }
+        if (r != -ENOMEM && r != -EINVAL)
+            return r;
+    }
+    return r;
+}
 
 int heap_attach(int ctl_fd,
                 const struct heap_hooks *hooks,
@@ -35,7 +58,7 @@ int heap_attach(int ctl_fd,
     h = calloc(1, sizeof(*h));
     if (!h)
         return -ENOMEM;
-    r = os_reserve(SHM_VA_SPAN, UINT64_C(1) << 30, &base);
+    r = heap_reserve(h, &base);
     if (r < 0)
         goto fail_free;
     h->base = base;
@@ -82,7 +105,7 @@ fail_close:
     (void) close(h->ctl_fd);
     pthread_mutex_destroy(&h->local_lock);
 fail_unreserve:
-    os_unreserve(base, SHM_VA_SPAN);
+    os_unreserve(base, (uint64_t) h->va_slots << SHM_SEG_SHIFT);
 fail_free:
     free(h);
     return r;
@@ -100,7 +123,7 @@ void heap_detach(struct heap *h)
         if (h->segs[i].meta)
             (void) close(h->segs[i].fd);
     (void) close(h->ctl_fd);
-    os_unreserve(h->base, SHM_VA_SPAN);
+    os_unreserve(h->base, (uint64_t) h->va_slots << SHM_SEG_SHIFT);
     pthread_mutex_destroy(&h->local_lock);
     free(h);
 }

@@ -23,6 +23,8 @@ int heap_map_segment(struct heap *h, uint32_t index)
 
     if (index >= SHM_MAX_SEGMENTS)
         return -EINVAL;
+    if (index >= h->va_slots)
+        return -ENOMEM; /* beyond a reservation cut short (heap_reserve) */
     pthread_mutex_lock(&h->local_lock);
     while (h->nmapped <= index) {
         uint32_t i = h->nmapped;

@@ -47,6 +47,7 @@ struct heap {
     uint16_t owner_tag;
     uint32_t nmapped;  /* segments 0..nmapped-1 are mapped; release/acquire */
     uint32_t seg_hint; /* the segment to try first for fresh blocks */
+    uint32_t va_slots; /* segment slots the reservation covers (attach.c) */
     struct heap_hooks hooks;
     pthread_mutex_t local_lock; /* mapping new segments, the tcache list */
     pthread_key_t key;          /* flushes a thread's cache when it exits */
@@ -363,6 +364,11 @@ uint64_t slot_frees(const struct cache_slot *s);
 /* Adds what the slot's in-use bytes moved since its last report to the
  * heap-wide sample, and raises the heap's peak if it passed it. */
 void slot_sample_peak(struct heap *h, struct cache_slot *s);
+
+/* ---- quota.c ---- */
+/* 0 if this attachment may take `bytes` more from the shared heap, else
+ * -ENOMEM (over max_client_bytes, or the daemon refuses its uid). */
+int quota_admit(struct heap *h, uint64_t bytes);
 
 /* ---- tcache.c ---- */
 int tcache_attach(struct heap *h);

@@ -18,6 +18,9 @@ int main(void)
             daemon_clients_suite,
             client_suite,
             ctl_suite,
+            static_suite,
+            quota_suite,
+            debuggers_suite,
     };
     /* clang-format on */
     /* ---- end of the suite list ---- */
