@@ -78,7 +78,8 @@ int heap_ctl_create(const struct shm_config *cfg, int *ret_fd)
     c->segs[0].state = SEG_LIVE;
     r = os_mutex_init_robust(&c->lock);
     if (r == 0)
-        /* release: the magic is written last; see seg_format(). */
+        /* release: the magic is written last; an attacher that sees it
+         * (ctl_check_header's acquire pairs with this) sees the rest. */
         store_release(&c->magic, SHM_CTL_MAGIC);
     (void) munmap(c, size);
     if (r < 0)
@@ -201,7 +202,7 @@ int heap_segment_create(int ctl_fd,
      * the config, which any attacher can write. nsegments is only read:
      * max_segments < SHM_MAX_SEGMENTS keeps the entry written below inside
      * the table whatever it says. */
-    index = load_acquire(&c->nsegments);
+    index = ctl_nsegments(c);
     if (index > cfg->max_segments) {
         r = -ENOSPC;
         goto out;
@@ -225,8 +226,8 @@ int heap_segment_create(int ctl_fd,
     store_relaxed(&c->segs[index].size, size);
     store_relaxed(&c->segs[index].page_size, (uint32_t) page);
     store_relaxed(&c->segs[index].state, SEG_LIVE);
-    /* release: an attacher that reads the new count (acquire) sees the
-     * entry filled in and the segment formatted. */
+    /* release: an attacher that reads the new count sees the entry filled
+     * in and the segment formatted (pairs with ctl_nsegments()). */
     store_release(&c->nsegments, index + 1);
     *ret_fd = fd;
     *ret_index = index;

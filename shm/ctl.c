@@ -13,6 +13,7 @@ int ctl_check_header(const struct ctl_header *c, uint64_t size)
 {
     if (size < sizeof(*c))
         return -EBADF;
+    /* acquire: pairs with heap_ctl_create's release of the magic. */
     if (load_acquire(&c->magic) != SHM_CTL_MAGIC)
         return -EBADF;
     if (c->version != SHM_LAYOUT_VERSION || c->header_size != sizeof(*c))

@@ -35,12 +35,13 @@ int heap_map_segment(struct heap *h, uint32_t index)
         uint64_t *meta;
         int fd;
 
-        if (i >= load_acquire(&h->ctl->nsegments)) {
+        if (i >= ctl_nsegments(h->ctl)) {
             r = -ENOENT;
             break;
         }
         if (load_relaxed(&e->state) != SEG_LIVE) {
-            store_release(&h->nmapped, i + 1); /* retired: stays unmapped */
+            /* Retired: stays unmapped. release: pairs with heap_nmapped(). */
+            store_release(&h->nmapped, i + 1);
             continue;
         }
         if (size < SHM_SEG_MIN_SIZE || size > SHM_SEG_SPAN) {
@@ -72,6 +73,8 @@ int heap_map_segment(struct heap *h, uint32_t index)
         meta = m.meta;
         m.meta = NULL;
         h->segs[i] = m;
+        /* release, meta last: pairs with heap_mapped() and heap_nmapped()
+         * (internal.h) and with free's fast path (alloc.c). */
         store_release(&h->segs[i].meta, meta);
         store_release(&h->nmapped, i + 1);
     }
@@ -81,9 +84,9 @@ int heap_map_segment(struct heap *h, uint32_t index)
 
 int heap_sync_segments(struct heap *h)
 {
-    uint32_t n = load_acquire(&h->ctl->nsegments);
+    uint32_t n = ctl_nsegments(h->ctl);
 
-    if (n <= load_acquire(&h->nmapped))
+    if (n <= heap_nmapped(h))
         return 0;
     return heap_map_segment(h, n - 1);
 }
@@ -94,9 +97,9 @@ struct seg_map *heap_seg_for(struct heap *h, uint64_t off)
 
     if (i == 0 || i >= SHM_MAX_SEGMENTS)
         return NULL;
-    if (i >= load_acquire(&h->nmapped) && heap_map_segment(h, i) < 0)
+    if (i >= heap_nmapped(h) && heap_map_segment(h, i) < 0)
         return NULL;
-    if (!load_acquire(&h->segs[i].meta) || (off & SHM_OFF_MASK) >= h->segs[i].size)
+    if (!heap_mapped(h, i) || (off & SHM_OFF_MASK) >= h->segs[i].size)
         return NULL;
     return &h->segs[i];
 }

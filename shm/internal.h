@@ -91,11 +91,35 @@ extern __thread struct tcache *tl_last __attribute__((tls_model("initial-exec"))
 /* Operations between looks at the trim and config generations. */
 #define TCACHE_TICK 4096u
 
+/* How many segment slots this process has been through (mapped, or
+ * skipped as retired). acquire: pairs with heap_map_segment's release of
+ * nmapped (heap.c), so every seg_map below the count is complete. */
+static inline uint32_t heap_nmapped(struct heap *h)
+{
+    return load_acquire(&h->nmapped);
+}
+
+/* Segment i's map if this process has mapped it, else NULL. acquire: pairs
+ * with heap_map_segment's release of segs[i].meta, stored after the rest of
+ * the seg_map. */
+static inline struct seg_map *heap_mapped(struct heap *h, uint32_t i)
+{
+    return load_acquire(&h->segs[i].meta) ? &h->segs[i] : NULL;
+}
+
+/* Segments the owner has published. acquire: pairs with
+ * heap_segment_create's release of nsegments (create.c): the table entry
+ * and the formatted segment come with it. */
+static inline uint32_t ctl_nsegments(const struct ctl_header *c)
+{
+    return load_acquire(&c->nsegments);
+}
+
 static inline struct seg_map *heap_seg(struct heap *h, uint64_t off)
 {
     uint32_t i = (uint32_t) (off >> SHM_SEG_SHIFT);
 
-    if (i == 0 || i >= load_acquire(&h->nmapped))
+    if (i == 0 || i >= heap_nmapped(h))
         return NULL;
     return &h->segs[i];
 }
@@ -347,6 +371,13 @@ void reclaim_busy(struct heap *h, struct seg_map *m);
 void reclaim_busy_all(struct heap *h);
 
 /* ---- slot.c ---- */
+/* Whether slot s is OWNED. acquire: pairs with slot_claim()'s CAS and with
+ * the release of FREE (slot_release, reclaim_slot), which publishes the
+ * drained bins. */
+static inline bool slot_is_owned(const struct cache_slot *s)
+{
+    return load_acquire(&s->state) == SLOT_OWNED;
+}
 /* Claims a free cache slot for h's calling thread: 0 and *ret_index, or
  * -EMFILE when every slot is taken. */
 int slot_claim(struct heap *h, uint32_t *ret_index);
@@ -412,7 +443,8 @@ void tcache_trim_self(struct heap *h, uint64_t gen);
 static inline void tcache_leave(struct tcache *tc)
 {
     compiler_barrier();
-    /* release: publishes our bin updates to a trimmer that sees busy == 0. */
+    /* release: publishes our bin updates to a trimmer that sees busy == 0
+     * (pairs with tcache_steal_begin's acquire of busy). */
     store_release(&tc->slot->busy, 0);
 }
 

@@ -94,8 +94,8 @@ void owned_attach(struct heap *h)
          * (a freed entry is zeroed before its state): it skips us. */
         store_relaxed(&e->client_id, h->client_id);
         store_relaxed(&e->pid, (uint32_t) h->pid);
-        /* release: a reader that loads the new bound (the sweep's acquire
-         * in reclaim.c) sees this claim. */
+        /* release: a reader that loads the new bound sees this claim
+         * (pairs with the acquire of owners_high in reclaim.c, quota.c). */
         (void) raise_max32_release(&c->owners_high, i + 1);
         h->owner_index = i;
         h->owner_tag = (uint16_t) (i + 1);
@@ -112,7 +112,8 @@ void owned_detach(struct heap *h)
 
     if (!h->owner_tag)
         return;
-    /* acq_rel: the sweeper that sees DETACHED sees every tag we wrote. */
+    /* acq_rel: the sweeper that sees DETACHED sees every tag we wrote
+     * (pairs with the acquire of state in reclaim.c's owner_take). */
     (void) cas_strong_acq_rel(&h->ctl->owners[h->owner_index].state, &expected, OWNER_DETACHED);
 }
 

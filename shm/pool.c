@@ -47,6 +47,7 @@ static struct pool_header *pool_at(struct heap *h, uint64_t off)
     if (meta_state(w) != BLK_RUN || meta_kind(w) != RUN_POOL)
         return NULL;
     p = off_ptr(h, off);
+    /* acquire: pairs with heap_pool_create's release of the magic. */
     if (load_acquire(&p->magic) != POOL_MAGIC || p->chunk.pool != off)
         return NULL;
     return p;
@@ -84,7 +85,8 @@ int heap_pool_create(struct heap *h, size_t object_size, uint64_t *ret_pool)
         (void) run_destroy(h, off, RUN_POOL);
         return r;
     }
-    /* release: see arena_create. */
+    /* release: a process that sees the magic sees the header (pairs with
+     * the acquire in pool_at). */
     store_release(&p->magic, POOL_MAGIC);
     *ret_pool = off;
     return 0;
@@ -219,6 +221,8 @@ int heap_pool_destroy(struct heap *h, uint64_t pool)
     struct pool_header *p = h ? pool_at(h, pool) : NULL;
     uint64_t magic = POOL_MAGIC, chunk;
 
+    /* One destroyer wins. acq_rel: pairs with the creator's release of the
+     * magic, and with other destroyers. */
     if (!p || !cas_strong_acq_rel(&p->magic, &magic, 0))
         return -EINVAL;
     chunk = p->chunks;

@@ -39,7 +39,7 @@ bool reclaim_slot(struct heap *h, struct cache_slot *s)
 {
     if (tcache_steal_begin(h, s, true) < 0)
         return false;
-    if (load_acquire(&s->state) != SLOT_OWNED) {
+    if (!slot_is_owned(s)) {
         tcache_steal_end(s);
         return false;
     }
@@ -54,7 +54,8 @@ bool reclaim_slot(struct heap *h, struct cache_slot *s)
     store_relaxed(&s->pid, 0);
     store_relaxed(&s->client_id, 0);
     (void) fetch_add_relaxed(&h->ctl->caches_reclaimed, 1);
-    /* release: the next claimer sees the drained bins. */
+    /* release: the next claimer sees the drained bins (pairs with
+     * slot_claim()'s CAS). */
     store_release(&s->state, SLOT_FREE);
     tcache_steal_end(s);
     return true;
@@ -69,7 +70,7 @@ static int reclaim_slots(struct heap *h, uint64_t client_id, uint32_t pid, int *
     for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &h->ctl->slots[i];
 
-        if (load_acquire(&s->state) != SLOT_OWNED || load_relaxed(&s->client_id) != client_id ||
+        if (!slot_is_owned(s) || load_relaxed(&s->client_id) != client_id ||
             (pid && load_relaxed(&s->pid) != pid))
             continue;
         if (reclaim_slot(h, s))
@@ -180,25 +181,29 @@ static int sweep_owner(struct heap *h, uint32_t index, struct heap_owned_reclaim
          * draining carry the dead one's tag too. */
         for (unsigned tries = 0; reclaim_process(h, load_relaxed(&e->client_id), pid); tries++) {
             if (tries == 1000) {
-                store_release(&e->sweeper, 0); /* the next sweep tries again */
+                /* The next sweep tries again. release: pairs with owner_take's
+                 * acquire of sweeper. */
+                store_release(&e->sweeper, 0);
                 return -EAGAIN;
             }
             (void) usleep(1000);
         }
     }
     (void) heap_sync_segments(h);
-    for (uint32_t i = 1; i < load_acquire(&h->nmapped) && r == 0; i++)
-        if (load_acquire(&h->segs[i].meta))
+    for (uint32_t i = 1; i < heap_nmapped(h) && r == 0; i++)
+        if (heap_mapped(h, i))
             r = sweep_segment(h, &h->segs[i], (uint16_t) (index + 1), ret);
     if (r < 0) {
-        /* Still SWEEPING with no sweeper: the next sweep takes it. */
+        /* Still SWEEPING with no sweeper: the next sweep takes it
+         * (release: pairs with owner_take's acquire of sweeper). */
         store_release(&e->sweeper, 0);
         return r;
     }
     store_relaxed(&e->pid, 0);
     store_relaxed(&e->client_id, 0);
     store_relaxed(&e->sweeper, 0);
-    /* release: the next claimer sees no object tagged with this index. */
+    /* release: the next claimer sees no object tagged with this index
+     * (pairs with owned_attach's CAS of state). */
     store_release(&e->state, OWNER_FREE);
     ret->owners++;
     return 0;
@@ -208,6 +213,8 @@ static int sweep_owner(struct heap *h, uint32_t index, struct heap_owned_reclaim
 static bool
 owner_take(struct owner_entry *e, bool (*want)(const struct owner_entry *, void *), void *arg)
 {
+    /* acquire: state pairs with owned_detach's CAS (the owner's tags come
+     * with it) and sweeper with a former sweeper's release of it. */
     uint32_t st = load_acquire(&e->state), sw = load_acquire(&e->sweeper);
 
     if (st == OWNER_FREE || !load_relaxed(&e->pid) || (st != OWNER_SWEEPING && !want(e, arg)))
@@ -217,7 +224,9 @@ owner_take(struct owner_entry *e, bool (*want)(const struct owner_entry *, void 
     if (sw && os_pid_alive((pid_t) sw))
         return false;
     /* acq_rel: the owner's tag writes happen before its detach or death;
-     * the CAS makes this process the only sweeper. */
+     * the CAS makes this process the only sweeper (it pairs with a former
+     * sweeper's release of the word, and the CAS of state below with
+     * owned_detach's). */
     if (!cas_strong_acq_rel(&e->sweeper, &sw, (uint32_t) getpid()))
         return false;
     st = load_acquire(&e->state);
@@ -225,7 +234,9 @@ owner_take(struct owner_entry *e, bool (*want)(const struct owner_entry *, void 
         return true;
     if (st != OWNER_FREE && want(e, arg) && cas_strong_acq_rel(&e->state, &st, OWNER_SWEEPING))
         return true;
-    store_release(&e->sweeper, 0); /* it changed hands meanwhile */
+    /* It changed hands meanwhile. release: pairs with the next
+     * owner_take's acquire of sweeper. */
+    store_release(&e->sweeper, 0);
     return false;
 }
 
@@ -235,6 +246,7 @@ static int sweep_where(struct heap *h,
                        struct heap_owned_reclaim *ret)
 {
     struct ctl_header *c = h->ctl;
+    /* acquire: pairs with owned_attach's raise (release) of the bound. */
     uint32_t high = load_acquire(&c->owners_high);
     uint64_t objects, bytes;
     int r = 0;
@@ -352,8 +364,8 @@ void reclaim_busy(struct heap *h, struct seg_map *m)
 
 void reclaim_busy_all(struct heap *h)
 {
-    for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++)
-        if (load_acquire(&h->segs[i].meta))
+    for (uint32_t i = 1; i < heap_nmapped(h); i++)
+        if (heap_mapped(h, i))
             reclaim_busy(h, &h->segs[i]);
 }
 
@@ -367,8 +379,7 @@ int heap_reclaim_dead(struct heap *h)
     for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &h->ctl->slots[i];
 
-        if (load_acquire(&s->state) == SLOT_OWNED && !os_pid_alive((pid_t) load_relaxed(&s->pid)) &&
-            reclaim_slot(h, s))
+        if (slot_is_owned(s) && !os_pid_alive((pid_t) load_relaxed(&s->pid)) && reclaim_slot(h, s))
             n++;
     }
     /* After the slots: see sweep_owner(). */

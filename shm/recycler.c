@@ -95,7 +95,7 @@ recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint32_t
     maxseg = bundle_maxseg(link);
     (void) fetch_sub_relaxed(&r->nbundles, 1);
     (void) fetch_sub_relaxed(&r->objects, count);
-    if (maxseg >= load_acquire(&h->nmapped))
+    if (maxseg >= heap_nmapped(h))
         (void) heap_map_segment(h, maxseg);
     if (stats_bin) {
         bump_relaxed(&stats_bin->rec_pops, 1);

@@ -35,12 +35,12 @@ int run_create(struct heap *h,
     if (r < 0)
         return r;
     for (int attempt = 0; attempt < 4; attempt++) {
-        uint32_t nmapped = load_acquire(&h->nmapped), block;
+        uint32_t nmapped = heap_nmapped(h), block;
 
         for (uint32_t i = 1; i < nmapped; i++) {
             struct seg_map *m = &h->segs[i];
 
-            if (!load_acquire(&m->meta) || m->nblocks < nblocks)
+            if (!heap_mapped(h, i) || m->nblocks < nblocks)
                 continue;
             r = run_alloc_in(h, m, (uint32_t) nblocks, align_blocks, kind, owner, tc->slot, &block);
             if (r == 0) {
@@ -50,7 +50,7 @@ int run_create(struct heap *h,
         }
         /* No segment has room: one may have been added meanwhile, else ask
          * the owner for one big enough (with slack for the alignment). */
-        if (load_acquire(&h->ctl->nsegments) > nmapped) {
+        if (ctl_nsegments(h->ctl) > nmapped) {
             (void) heap_sync_segments(h);
             continue;
         }

@@ -166,13 +166,15 @@ int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_
     }
     hdr->version = SHM_LAYOUT_VERSION;
     /* release: the magic is the last word written; an attacher that sees it
-     * (after the fd reached it through a socket or fork) sees the rest. */
+     * (after the fd reached it through a socket or fork) sees the rest
+     * (pairs with the acquire in seg_check_header). */
     store_release(&hdr->magic, SHM_SEG_MAGIC);
     return 0;
 }
 
 int seg_check_header(const struct seg_header *hdr, uint32_t index, uint64_t size)
 {
+    /* acquire: pairs with seg_format's release of the magic. */
     if (load_acquire(&hdr->magic) != SHM_SEG_MAGIC)
         return -EBADF;
     if (hdr->version != SHM_LAYOUT_VERSION)

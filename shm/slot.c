@@ -33,6 +33,8 @@ int slot_claim(struct heap *h, uint32_t *ret_index)
 
         if (load_relaxed(&s->state) != SLOT_FREE)
             continue;
+        /* acq_rel: acquires the bins as the last releaser of FREE left
+         * them (slot_release, reclaim_slot); pairs with slot_is_owned(). */
         if (!cas_strong_acq_rel(&s->state, &expected, SLOT_OWNED))
             continue;
         store_relaxed(&s->pid, (uint32_t) h->pid);
@@ -52,19 +54,21 @@ int slot_claim(struct heap *h, uint32_t *ret_index)
 
 void slot_release(struct heap *h, uint32_t index)
 {
-    /* release: the drained bins are published with the state. */
+    /* release: the drained bins are published with the state (pairs with
+     * the next claimer's CAS and with slot_is_owned()). */
     store_release(&h->ctl->slots[index].state, SLOT_FREE);
 }
 
 void slot_raise_high(struct ctl_header *c, uint32_t n)
 {
-    /* release: a reader that loads the new bound (slot_high's acquire)
-     * sees the claim of every slot below it. */
+    /* release: a reader that loads the new bound sees the claim of every
+     * slot below it (pairs with slot_high()'s acquire). */
     (void) raise_max32_release(&c->slots_high, n);
 }
 
 uint32_t slot_high(const struct ctl_header *c)
 {
+    /* acquire: pairs with slot_raise_high()'s release. */
     uint32_t n = load_acquire(&c->slots_high);
 
     return n < SHM_MAX_SLOTS ? n : SHM_MAX_SLOTS;

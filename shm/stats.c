@@ -38,11 +38,11 @@ static void stats_add_slots(struct ctl_header *c, struct heap_stats *ret)
 /* Adds every mapped segment's figures. */
 static void stats_add_segments(struct heap *h, struct heap_stats *ret)
 {
-    for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++) {
+    for (uint32_t i = 1; i < heap_nmapped(h); i++) {
         struct seg_map *m = &h->segs[i];
         struct heap_seg_stats *ss = &ret->segs[ret->nsegments];
 
-        if (!load_acquire(&m->meta))
+        if (!heap_mapped(h, i))
             continue;
         ss->index = i;
         ss->page_size = m->page_size;
@@ -130,7 +130,7 @@ int heap_client_usage(struct heap *h,
 
         /* Relaxed snapshots: a slot changing hands meanwhile is counted or
          * missed, never misread as a pointer. */
-        if (load_acquire(&s->state) != SLOT_OWNED || load_relaxed(&s->client_id) != client_id ||
+        if (!slot_is_owned(s) || load_relaxed(&s->client_id) != client_id ||
             (pid && load_relaxed(&s->pid) != pid))
             continue;
         ret->threads++;

@@ -149,15 +149,19 @@ static void tcache_wait_steal(struct tcache *tc)
     struct cache_slot *s = tc->slot;
     uint32_t thief, spins = 0;
 
+    /* acquire: pairs with the trimmer's release of steal, so its drain is
+     * visible when it lets go. */
     while ((thief = load_acquire(&s->steal)) != 0) {
         sched_yield();
         /* Taken back under our own pid, not 0: until the settle is done no
          * other trimmer may steal the slot (it would settle the same
-         * handoff, or see it half done, beside us). */
+         * handoff, or see it half done, beside us). acq_rel: pairs with the
+         * dead trimmer's CAS, so what it wrote is visible. */
         if (++spins % 1024 == 0 && !os_pid_alive((pid_t) thief) &&
             cas_strong_acq_rel(&s->steal, &thief, (uint32_t) getpid())) {
             tcache_settle_handoff(tc->h, s);
-            /* release: the settled bins and handoff go with it. */
+            /* release: the settled bins and handoff go with it (pairs with
+             * the acquire of steal in a trimmer's CAS or tcache_enter). */
             store_release(&s->steal, 0);
             return;
         }
@@ -186,11 +190,13 @@ int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead)
     bool took_over = false;
     int r;
 
-    /* The trimmer's pid: an owner that finds it dead takes the slot back. */
+    /* The trimmer's pid: an owner that finds it dead takes the slot back.
+     * acq_rel: acquires what a former holder released with steal = 0. */
     if (!cas_strong_acq_rel(&s->steal, &expected, (uint32_t) getpid())) {
         /* Another trimmer has it; if that one died (and the owner has not
          * taken the slot back), we take its place: the caller drains,
          * which settles whatever it left half done first. */
+        /* acq_rel: pairs with the dead holder's CAS, as above. */
         if (!owner_dead || expected == (uint32_t) getpid() || os_pid_alive((pid_t) expected) ||
             !cas_strong_acq_rel(&s->steal, &expected, (uint32_t) getpid()))
             return -EBUSY;
@@ -203,6 +209,7 @@ int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead)
     }
     r = os_membarrier();
     if (r < 0) {
+        /* release: pairs with tcache_enter's acquire of steal. */
         store_release(&s->steal, 0);
         return r;
     }
@@ -215,13 +222,16 @@ int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead)
         }
         sched_yield();
     }
+    /* The owner stayed busy: give the slot back untouched (release: pairs
+     * with tcache_enter's acquire of steal). */
     store_release(&s->steal, 0);
     return -EBUSY;
 }
 
 void tcache_steal_end(struct cache_slot *s)
 {
-    /* release: the owner's acquire of steal sees the drained bins. */
+    /* release: pairs with the owner's acquire of steal (tcache_enter,
+     * free's fast path): it sees the drained bins. */
     store_release(&s->steal, 0);
 }
 
@@ -338,14 +348,14 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
         return 0;
     }
     for (int attempt = 0; attempt < 4; attempt++) {
-        uint32_t nmapped = load_acquire(&h->nmapped), start = load_relaxed(&h->seg_hint);
+        uint32_t nmapped = heap_nmapped(h), start = load_relaxed(&h->seg_hint);
 
         for (uint32_t k = 0; k + 1 < nmapped; k++) {
             uint32_t i = 1 + (start - 1 + k) % (nmapped - 1);
             struct seg_map *m = &h->segs[i];
             int r;
 
-            if (!load_acquire(&m->meta))
+            if (!heap_mapped(h, i))
                 continue;
             r = slab_take(h, m, cls, n, bin, NULL);
             if (r > 0) {
@@ -358,7 +368,7 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
         /* Every segment is full: a new one may already be there; else the
          * cached objects may be what keeps slabs from emptying; else ask
          * the owner for a segment. */
-        if (load_acquire(&h->ctl->nsegments) > nmapped) {
+        if (ctl_nsegments(h->ctl) > nmapped) {
             (void) heap_sync_segments(h);
             continue;
         }
@@ -481,6 +491,7 @@ void tcache_trim_self(struct heap *h, uint64_t gen)
         return;
     tcache_enter(tc);
     tcache_flush(h, tc, true);
+    /* release: pairs with heap_trim's acquire of trim_gen_seen. */
     store_release(&tc->slot->trim_gen_seen, gen);
     tcache_leave(tc);
     tc->trim_gen_seen = gen;
@@ -510,7 +521,8 @@ void tcache_tick(struct heap *h, struct tcache *tc)
     if (gen != tc->trim_gen_seen) {
         tcache_enter(tc);
         tcache_flush(h, tc, true);
-        /* release: the trimmer waiting on trim_gen_seen sees the flush. */
+        /* release: the trimmer waiting on trim_gen_seen sees the flush
+         * (pairs with heap_trim's acquire of it). */
         store_release(&tc->slot->trim_gen_seen, gen);
         tcache_leave(tc);
         tc->trim_gen_seen = gen;

@@ -22,7 +22,8 @@ static bool slot_steal_drain(struct heap *h, struct cache_slot *s, uint64_t gen)
     if (tcache_steal_begin(h, s, false) < 0)
         return false;
     (void) tcache_drain_slot(h, s);
-    /* release: the owner, and a trimmer waiting on it, see the drain. */
+    /* release: the owner, and a trimmer waiting on it, see the drain
+     * (pairs with the acquire of trim_gen_seen below). */
     store_release(&s->trim_gen_seen, gen);
     tcache_steal_end(s);
     return true;
@@ -45,15 +46,15 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
         return -EINVAL;
     c = h->ctl;
     (void) heap_sync_segments(h);
-    /* acq_rel: threads that load the new generation (acquire) flush; the
-     * bump itself publishes nothing else. */
+    /* acq_rel: threads that load the new generation flush (pairs with the
+     * acquire in tcache_tick); the bump itself publishes nothing else. */
     gen = fetch_add_acq_rel(&c->trim_gen, 1) + 1;
     /* Our own cache needs no steal. */
     tcache_trim_self(h, gen);
     for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &c->slots[i];
 
-        if (load_acquire(&s->state) != SLOT_OWNED)
+        if (!slot_is_owned(s))
             continue;
         total++;
         if (!os_pid_alive((pid_t) load_relaxed(&s->pid))) {
@@ -75,7 +76,9 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
         for (uint32_t k = 0; k < npending; k++) {
             struct cache_slot *s = &c->slots[pending[k]];
 
-            if (load_acquire(&s->state) != SLOT_OWNED || load_acquire(&s->trim_gen_seen) >= gen ||
+            /* acquire: pairs with the release of trim_gen_seen after a
+             * flush (tcache.c) or a drain (slot_steal_drain). */
+            if (!slot_is_owned(s) || load_acquire(&s->trim_gen_seen) >= gen ||
                 slot_steal_drain(h, s, gen)) {
                 flushed++;
                 continue;
@@ -90,12 +93,12 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
     tcache_drain_recyclers(h);
     reclaim_busy_all(h);
     retain = load_relaxed(&c->config.retain_empty_blocks);
-    for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++)
-        if (load_acquire(&h->segs[i].meta))
+    for (uint32_t i = 1; i < heap_nmapped(h); i++)
+        if (heap_mapped(h, i))
             released += commit_decommit_free(h, &h->segs[i], &retain);
     /* Then the free pages inside slabs that still hold live objects. */
-    for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++)
-        if (load_acquire(&h->segs[i].meta))
+    for (uint32_t i = 1; i < heap_nmapped(h); i++)
+        if (heap_mapped(h, i))
             released += punch_slabs(h, &h->segs[i]);
     (void) fetch_add_relaxed(&c->trim_bytes_released, released);
     (void) fetch_add_relaxed(&c->trims, 1);

@@ -300,7 +300,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
         struct cache_slot *s = &c->slots[i];
         bool dead;
 
-        if (load_acquire(&s->state) != SLOT_OWNED)
+        if (!slot_is_owned(s))
             continue;
         dead = !os_pid_alive((pid_t) load_relaxed(&s->pid));
         if (tcache_steal_begin(h, s, dead) < 0) {
@@ -334,8 +334,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
                 struct popped *p = realloc(pops, (popcap ? popcap * 2 : 64) * sizeof(*p));
 
                 if (!p) {
-                    (void) recycler_push(h, NULL, cls, first, count, load_acquire(&h->nmapped) - 1,
-                                         true);
+                    (void) recycler_push(h, NULL, cls, first, count, heap_nmapped(h) - 1, true);
                     v.oom = true;
                     break;
                 }
@@ -354,10 +353,10 @@ int heap_verify(struct heap *h, struct verify_report *ret)
         }
     }
     /* Blocks, then objects, one segment at a time under its lock. */
-    for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++) {
+    for (uint32_t i = 1; i < heap_nmapped(h); i++) {
         struct seg_map *m = &h->segs[i];
 
-        if (!load_acquire(&m->meta))
+        if (!heap_mapped(h, i))
             continue;
         /* Blocks a dead decommitter left BUSY are reclaimed, not faults:
          * the same happens at every trim and reclaim. */
@@ -400,7 +399,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
     /* Put everything back. */
     for (size_t k = 0; k < npops; k++)
         (void) recycler_push(h, NULL, pops[k].count >> 24, pops[k].first, pops[k].count & 0xffffff,
-                             load_acquire(&h->nmapped) - 1, true);
+                             heap_nmapped(h) - 1, true);
     for (uint32_t k = 0; k < ntaken; k++)
         tcache_steal_end(&c->slots[taken[k]]);
     free(pops);
