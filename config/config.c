@@ -68,15 +68,22 @@ static const struct config_enum log_level_names[] = {
 #define IDLIST(f) \
     .offset = offsetof(struct config, f), .count_offset = offsetof(struct config, n_##f)
 
+/* segment_size's lower bound: this table is its one home (the daemon
+ * refuses anything below it). shm's SHM_SEG_MIN_SIZE is the layout's
+ * floor under it, which heap_ctl_create() enforces for local heaps and
+ * tests. */
+#define SEGMENT_SIZE_MIN (64 * MiB)
+_Static_assert(SEGMENT_SIZE_MIN >= SHM_SEG_MIN_SIZE, "segment_size's bound is above the layout's floor");
+
 /* The defaults of the heap's keys are those of heap_config_default()
- * (shm/ctl.c); check_config.c holds the two together. */
+ * (shm/create.c); check_config.c holds the two together. */
 static const struct config_key keys[] = {
         {.name = "segment_size",
          .type = CONFIG_BYTES,
          .scope = CONFIG_SCOPE_HEAP,
          FIELD(shm.segment_size),
          .def = GiB,
-         .min = 64 * MiB,
+         .min = SEGMENT_SIZE_MIN,
          .max = 16 * GiB,
          .multiple = 64 * KiB,
          .help = "bytes of each new heap segment: 64M..16G, a multiple of 64K and of the huge "

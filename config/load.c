@@ -130,25 +130,17 @@ static const char *json_kind(const cJSON *v)
     return "something else";
 }
 
-int config_parse_text(const char *text,
-                      size_t len,
-                      const char *name,
-                      struct config *ret,
-                      char *err,
-                      size_t errlen)
+/* Parses text as one JSON document: 0 and *ret_root, or -EBADMSG with a
+ * message that says where (a NUL byte, nesting too deep, malformed JSON,
+ * trailing bytes, an early end). */
+static int parse_json(
+        const char *text, size_t len, const char *name, cJSON **ret_root, char *err, size_t errlen)
 {
-    unsigned seen[64] = {0}, line, col;
     const char *end = NULL;
-    struct config c;
-    const cJSON *it;
+    unsigned line, col;
     cJSON *root;
-    size_t pos;
-    int r = 0;
+    size_t pos, rest;
 
-    if (!text || !ret)
-        return -EINVAL;
-    if (!name)
-        name = "config";
     pos = strnlen(text, len);
     if (pos < len) {
         config_text_position(text, len, pos, &line, &col);
@@ -168,39 +160,44 @@ int config_parse_text(const char *text,
         pos = (size_t) (end - text);
         while (pos < len && strchr(" \t\r\n", text[pos]))
             pos++;
-        if (pos < len) {
-            cJSON_Delete(root);
-            root = NULL;
-            end = text + pos;
+        if (pos == len) {
+            *ret_root = root;
+            return 0;
         }
-    }
-    if (!root) {
-        size_t rest;
-
-        pos = end && end >= text ? (size_t) (end - text) : 0;
-        if (pos > len)
-            pos = len;
-        /* cJSON points at the last byte when the text ends too early. */
-        rest = pos;
-        while (rest < len && strchr(" \t\r\n", text[rest]))
-            rest++;
-        if (rest >= len)
-            pos = len;
-        config_text_position(text, len, pos, &line, &col);
-        if (pos >= len)
-            errf(err, errlen, "%s:%u:%u: malformed JSON: unexpected end of file", name, line, col);
-        else
-            errf(err, errlen, "%s:%u:%u: malformed JSON near \"%.16s\"", name, line, col,
-                 text + pos);
-        return -EBADMSG;
-    }
-    if (!cJSON_IsObject(root)) {
-        errf(err, errlen, "%s:1: the top level must be a JSON object of keys, got %s", name,
-             json_kind(root));
         cJSON_Delete(root);
-        return -EINVAL;
+        end = text + pos;
     }
-    config_default(&c);
+    pos = end && end >= text ? (size_t) (end - text) : 0;
+    if (pos > len)
+        pos = len;
+    /* cJSON points at the last byte when the text ends too early. */
+    rest = pos;
+    while (rest < len && strchr(" \t\r\n", text[rest]))
+        rest++;
+    if (rest >= len)
+        pos = len;
+    config_text_position(text, len, pos, &line, &col);
+    if (pos >= len)
+        errf(err, errlen, "%s:%u:%u: malformed JSON: unexpected end of file", name, line, col);
+    else
+        errf(err, errlen, "%s:%u:%u: malformed JSON near \"%.16s\"", name, line, col, text + pos);
+    return -EBADMSG;
+}
+
+/* Sets every key of the object root on c, in order; stops at the first
+ * unknown (-ENOENT), duplicate (-EINVAL) or bad value, saying which line. */
+static int apply_keys(const cJSON *root,
+                      const char *text,
+                      size_t len,
+                      const char *name,
+                      struct config *c,
+                      char *err,
+                      size_t errlen)
+{
+    unsigned seen[64] = {0};
+    const cJSON *it;
+    int r = 0;
+
     cJSON_ArrayForEach(it, root)
     {
         const struct config_key *k = config_key_find(it->string);
@@ -213,24 +210,51 @@ int config_parse_text(const char *text,
             errf(err, errlen, "%s:%u: unknown key \"%.64s\"", name,
                  key_line(text, len, it->string ? it->string : "", 0),
                  it->string ? it->string : "");
-            r = -ENOENT;
-            break;
+            return -ENOENT;
         }
         while (config_key_at(idx) != k)
             idx++;
         if (seen[idx]++) {
             errf(err, errlen, "%s:%u: duplicate key \"%s\"", name,
                  key_line(text, len, it->string, seen[idx] - 1), it->string);
-            r = -EINVAL;
-            break;
+            return -EINVAL;
         }
         /* Rules between keys are judged once every key is read. */
-        r = config_set_one(&c, k, it, false, msg, sizeof(msg));
+        r = config_set_one(c, k, it, false, msg, sizeof(msg));
         if (r < 0) {
             errf(err, errlen, "%s:%u: %s", name, key_line(text, len, it->string, 0), msg);
-            break;
+            return r;
         }
     }
+    return 0;
+}
+
+int config_parse_text(const char *text,
+                      size_t len,
+                      const char *name,
+                      struct config *ret,
+                      char *err,
+                      size_t errlen)
+{
+    struct config c;
+    cJSON *root;
+    int r;
+
+    if (!text || !ret)
+        return -EINVAL;
+    if (!name)
+        name = "config";
+    r = parse_json(text, len, name, &root, err, errlen);
+    if (r < 0)
+        return r;
+    if (!cJSON_IsObject(root)) {
+        errf(err, errlen, "%s:1: the top level must be a JSON object of keys, got %s", name,
+             json_kind(root));
+        cJSON_Delete(root);
+        return -EINVAL;
+    }
+    config_default(&c);
+    r = apply_keys(root, text, len, name, &c, err, errlen);
     if (r == 0) {
         char msg[CONFIG_ERR_MAX];
 

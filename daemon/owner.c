@@ -53,7 +53,9 @@ int owner_grow(struct daemon *d, uint64_t min_bytes, uint32_t *ret_index)
     policy = load_relaxed(&ctl->config.huge_pages);
     if (policy >= _SHM_PAGES_MAX)
         policy = SHM_PAGES_AUTO;
-    r = heap_segment_create(d->ctl_fd, min_bytes, (int) policy, &fd, &index);
+    /* The limits are the daemon's own config, never the control segment's
+     * copy (any client can write it). */
+    r = heap_segment_create(d->ctl_fd, &d->cfg.shm, min_bytes, (int) policy, &fd, &index);
     if (r < 0) {
         uint32_t n = d->nsegs;
 

@@ -26,6 +26,8 @@
 #    define tsan_object_handoff(p) ((void) (p))
 #endif
 
+static void *large_alloc(struct heap *h, size_t size, size_t align);
+
 static inline struct tcache *tcache_fast(struct heap *h)
 {
     struct tcache *tc = tl_last;
@@ -100,7 +102,8 @@ void *heap_malloc(struct heap *h, size_t size)
 
         store_relaxed(&s->busy, 1);
         compiler_barrier();
-        /* acquire: see tcache_enter(). */
+        /* acquire: pairs with a trimmer's release of steal
+         * (tcache_steal_end), as in tcache_enter(). */
         /* Classes whose slabs span blocks find their tags through the
          * metadata: the slow path (a call here would cost every malloc
          * its registers). */
@@ -146,6 +149,7 @@ block_of(struct heap *h, const void *p, struct seg_map **ret_m, uint32_t *ret_b)
     if (off >= SHM_VA_SPAN)
         return 0;
     m = &h->segs[off >> SHM_SEG_SHIFT];
+    /* acquire: pairs with heap_map_segment's release of meta (heap.c). */
     meta = load_acquire(&m->meta);
     if (!meta)
         return 0;
@@ -237,8 +241,10 @@ void heap_free(struct heap *h, void *p)
      * slow path's block_of() does the same with its checks spelled out).
      * Its address comes from the offset alone (the array is at
      * SHM_META_OFF in every segment), off the chain of dependent loads;
-     * a mapped segment (meta set) is at least 64 MiB, so even a block
-     * index past nblocks reads inside the mapping before it is refused. */
+     * a mapped segment (meta set) is at least SHM_SEG_MIN_SIZE, so even a
+     * block index past nblocks reads inside the mapping before it is
+     * refused. The acquire of meta pairs with heap_map_segment's release
+     * (heap.c); that of steal, with a trimmer's release (tcache.c). */
     if (likely(off < SHM_VA_SPAN) &&
         likely(load_acquire(&(m = &h->segs[off >> SHM_SEG_SHIFT])->meta) != NULL) &&
         (w = load_relaxed((uint64_t *) (h->base + (off & ~SHM_OFF_MASK) + SHM_META_OFF) +
@@ -260,6 +266,7 @@ void heap_free(struct heap *h, void *p)
         store_relaxed(&s->busy, 1);
         compiler_barrier();
         head = load_relaxed(&bin->head);
+        /* acquire: pairs with a trimmer's release of steal (tcache.c). */
         if (likely(!load_acquire(&s->steal)) && likely(bin_off(head) != off) &&
             likely(bin_count(head) < load_relaxed(&h->bin_cap[cls]))) {
             /* One store pushes; the free is counted by the count itself
@@ -386,7 +393,7 @@ void *heap_aligned_alloc(struct heap *h, size_t align, size_t size)
 
 /* ---- large objects: runs of whole blocks ---- */
 
-void *large_alloc(struct heap *h, size_t size, size_t align)
+static void *large_alloc(struct heap *h, size_t size, size_t align)
 {
     uint64_t off;
     int r;

@@ -39,6 +39,7 @@ static struct arena_header *arena_at(struct heap *h, uint64_t off, struct seg_ma
     if (meta_state(w) != BLK_RUN || meta_kind(w) != RUN_ARENA)
         return NULL;
     a = off_ptr(h, off);
+    /* acquire: pairs with arena_create's release of the magic. */
     if (load_acquire(&a->magic) != ARENA_MAGIC ||
         load_relaxed(&a->capacity) + sizeof(*a) > (uint64_t) meta_len(w) << SHM_BLOCK_SHIFT)
         return NULL;
@@ -66,7 +67,7 @@ int heap_arena_create(struct heap *h, size_t capacity, unsigned flags, uint64_t 
     a->owner = h->client_id;
     a->flags = flags;
     /* release: a process that finds the arena by offset and sees the
-     * magic (acquire) sees the header. */
+     * magic sees the header (pairs with the acquire in arena_at). */
     store_release(&a->magic, ARENA_MAGIC);
     *ret_arena = off;
     return 0;
@@ -93,8 +94,7 @@ void *heap_arena_alloc(struct heap *h, uint64_t arena, size_t size, size_t align
         }
         end = start + size;
         /* relaxed: the bytes handed out are the caller's to publish. */
-    } while (!__atomic_compare_exchange_n(&a->used, &used, end, true, __ATOMIC_RELAXED,
-                                          __ATOMIC_RELAXED));
+    } while (!cas_weak_relaxed(&a->used, &used, end));
     (void) fetch_add_relaxed(&a->count, 1);
     return off_ptr(h, data + start);
 }
@@ -132,7 +132,8 @@ int heap_arena_destroy(struct heap *h, uint64_t arena)
 
     if (!a)
         return -EINVAL;
-    /* Exactly one destroyer wins; the others see -EINVAL. */
+    /* Exactly one destroyer wins; the others see -EINVAL. acq_rel: pairs
+     * with the creator's release of the magic, and with other destroyers. */
     if (!cas_strong_acq_rel(&a->magic, &magic, 0))
         return -EINVAL;
     (void) m;
@@ -146,10 +147,10 @@ int heap_arena_destroy_session(struct heap *h, uint64_t client_id)
     if (!h)
         return -EINVAL;
     (void) heap_sync_segments(h);
-    for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++) {
+    for (uint32_t i = 1; i < heap_nmapped(h); i++) {
         struct seg_map *m = &h->segs[i];
 
-        if (!load_acquire(&m->meta))
+        if (!heap_mapped(h, i))
             continue;
         for (uint32_t b = m->hdr->first_block; b < m->nblocks; b++) {
             uint64_t w = load_relaxed(&m->meta[b]), off;

@@ -23,25 +23,54 @@ _Static_assert(__atomic_always_lock_free(8, 0), "8-byte atomics must be lock-fre
 #    error "shmheap needs x86-64 with cmpxchg16b (build with -mcx16)"
 #endif
 
-#define load_relaxed(p)       __atomic_load_n((p), __ATOMIC_RELAXED)
-#define load_acquire(p)       __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define store_relaxed(p, v)   __atomic_store_n((p), (v), __ATOMIC_RELAXED)
-#define store_release(p, v)   __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define load_relaxed(p)         __atomic_load_n((p), __ATOMIC_RELAXED)
+#define load_acquire(p)         __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define store_relaxed(p, v)     __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define store_release(p, v)     __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define fetch_add_relaxed(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
 #define fetch_add_acq_rel(p, v) __atomic_fetch_add((p), (v), __ATOMIC_ACQ_REL)
 #define fetch_sub_relaxed(p, v) __atomic_fetch_sub((p), (v), __ATOMIC_RELAXED)
-#define exchange_acq_rel(p, v) __atomic_exchange_n((p), (v), __ATOMIC_ACQ_REL)
-#define cas_strong_acq_rel(p, expp, v)                                                             \
+#define exchange_acq_rel(p, v)  __atomic_exchange_n((p), (v), __ATOMIC_ACQ_REL)
+#define cas_strong_acq_rel(p, expp, v) \
     __atomic_compare_exchange_n((p), (expp), (v), false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
-#define cas_weak_acq_rel(p, expp, v)                                                               \
+#define cas_weak_acq_rel(p, expp, v) \
     __atomic_compare_exchange_n((p), (expp), (v), true, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+/* Weak CASes for retry loops that publish with the new value (release) or
+ * publish nothing (relaxed); a failure only refreshes *expp (relaxed). */
+#define cas_weak_release(p, expp, v) \
+    __atomic_compare_exchange_n((p), (expp), (v), true, __ATOMIC_RELEASE, __ATOMIC_RELAXED)
+#define cas_weak_relaxed(p, expp, v) \
+    __atomic_compare_exchange_n((p), (expp), (v), true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)
 /* Owner-only counters: one writer, lock-free readers. A relaxed load and
  * store (not an atomic read-modify-write) is a plain add on x86-64 and costs
  * the fast path nothing; readers only ever want a snapshot. */
-#define bump_relaxed(p, v)    store_relaxed((p), load_relaxed(p) + (v))
+#define bump_relaxed(p, v) store_relaxed((p), load_relaxed(p) + (v))
 /* Keeps the compiler from moving memory accesses across this point; the
  * hardware needs nothing more for same-thread ordering (see tcache.c). */
-#define compiler_barrier()    __atomic_signal_fence(__ATOMIC_SEQ_CST)
+#define compiler_barrier() __atomic_signal_fence(__ATOMIC_SEQ_CST)
+
+/* Raises the maximum *p to v if v is higher, and returns the maximum. A
+ * bound that only grows. _release: a reader that loads the new value with
+ * acquire sees what the raiser wrote before (the caller says what, and
+ * which acquire pairs with it). _relaxed: the value publishes nothing; a
+ * lost race retries with the value that won. */
+static inline uint32_t raise_max32_release(uint32_t *p, uint32_t v)
+{
+    uint32_t seen = load_relaxed(p);
+
+    while (v > seen && !cas_weak_release(p, &seen, v))
+        ;
+    return v > seen ? v : seen;
+}
+
+static inline uint64_t raise_max64_relaxed(uint64_t *p, uint64_t v)
+{
+    uint64_t seen = load_relaxed(p);
+
+    while (v > seen && !cas_weak_relaxed(p, &seen, v))
+        ;
+    return v > seen ? v : seen;
+}
 
 /* A Treiber stack head: {offset, tag}. Every successful pop bumps the tag,
  * so a head that was popped and pushed back between another process's read

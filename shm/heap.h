@@ -35,25 +35,34 @@ struct heap_hooks {
     int (*grow)(void *ctx, uint64_t min_bytes);
 };
 
-/* ---- owner side (ctl.c, segment.c) ---- */
+/* ---- owner side (create.c) ---- */
 
 /* Built-in defaults of every tunable. */
 void heap_config_default(struct shm_config *ret);
 
 /* Creates and initialises a control segment; returns its fd (O_CLOEXEC)
- * in *ret_fd. */
+ * in *ret_fd. -EINVAL if cfg's segment_size is not whole blocks in
+ * SHM_SEG_MIN_SIZE..SHM_SEG_SPAN or max_segments not in
+ * 1..SHM_MAX_SEGMENTS - 1. */
 int heap_ctl_create(const struct shm_config *cfg, int *ret_fd);
 
 /* Creates heap segment number ctl->nsegments with at least min_bytes of
- * data space (0: config.segment_size), backed by pages by `policy`
+ * data space (0: cfg->segment_size), backed by pages by `policy`
  * (SHM_PAGES_AUTO: 1G, then 2M, then 4K), initialises it and publishes it.
- * Returns its fd and index. -ENOMEM with SHM_PAGES_1G/2M when no huge page
- * of that size is free; -ENOSPC when max_segments are in use. Callers
- * serialise calls (one owner). */
-int heap_segment_create(
-        int ctl_fd, uint64_t min_bytes, int policy, int *ret_fd, uint32_t *ret_index);
+ * cfg is the owner's own config: its segment_size and max_segments are the
+ * limits (never the control segment's copy, which any attacher can write).
+ * Returns its fd and index. -EINVAL for limits heap_ctl_create would
+ * refuse; -ENOMEM with SHM_PAGES_1G/2M when no huge page of that size is
+ * free; -ENOSPC when max_segments are in use. Callers serialise calls (one
+ * owner). */
+int heap_segment_create(int ctl_fd,
+                        const struct shm_config *cfg,
+                        uint64_t min_bytes,
+                        int policy,
+                        int *ret_fd,
+                        uint32_t *ret_index);
 
-/* ---- attachment (heap.c) ---- */
+/* ---- attachment (attach.c, heap.c) ---- */
 
 /* Maps the control segment behind ctl_fd (which it dups) and every
  * published heap segment. client_id tags this attachment's cache slots.
@@ -110,7 +119,7 @@ void *heap_pool_alloc(struct heap *h, uint64_t pool);
 int heap_pool_free(struct heap *h, uint64_t pool, void *p);
 int heap_pool_destroy(struct heap *h, uint64_t pool);
 
-/* ---- trim and reclamation (trim.c) ---- */
+/* ---- trim (trim.c) and reclamation (reclaim.c) ---- */
 struct trim_result {
     uint64_t trim_gen;
     uint64_t bytes_released;
@@ -126,10 +135,11 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret);
  * detached or died). Returns the number of slots reclaimed. */
 int heap_reclaim_client(struct heap *h, uint64_t client_id);
 /* Same for every slot whose owning process no longer exists, then frees
- * the private objects of every owner that is gone (heap_reclaim_owned_gone). */
+ * the private objects of every owner that is gone (heap_reclaim_owned_gone),
+ * then the blocks dead decommitters and punchers left (reclaim.c). */
 int heap_reclaim_dead(struct heap *h);
 
-/* ---- owners (owned.c) ----
+/* ---- owners (owned.c; the sweep: reclaim.c) ----
  * An object from heap_malloc & co. is private to its attachment until
  * heap_to_off() is called on it (or on a pointer into it): that is how an
  * object reaches another process. When the attachment is gone, its private

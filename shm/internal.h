@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include "shm/bittree.h"
+#include "shm/fault.h"
 #include "shm/heap.h"
 #include "shm/layout.h"
 #include "shm/meta.h"
@@ -41,13 +42,13 @@ struct heap {
     struct ctl_header *ctl;
     int ctl_fd;
     pid_t pid;       /* the process that attached; a fork's copy is refused */
-    uint64_t serial; /* unique per attachment in this process (tcache.c) */
+    uint64_t serial; /* unique per attachment in this process (attach.c) */
     uint64_t client_id;
     uint32_t owner_index; /* entry in ctl->owners; owner_tag 0: none (untracked) */
     uint16_t owner_tag;
     uint32_t nmapped;  /* segments 0..nmapped-1 are mapped; release/acquire */
     uint32_t seg_hint; /* the segment to try first for fresh blocks */
-    uint32_t va_slots; /* segment slots the reservation covers (heap.c) */
+    uint32_t va_slots; /* segment slots the reservation covers (attach.c) */
     struct heap_hooks hooks;
     pthread_mutex_t local_lock; /* mapping new segments, the tcache list */
     pthread_key_t key;          /* flushes a thread's cache when it exits */
@@ -58,12 +59,11 @@ struct heap {
     uint32_t recycler_cap;
     uint32_t retain_empty_blocks;
     uint32_t bin_cap[SHM_NCLASSES]; /* objects a bin holds before it gives a bundle away */
-    /* Per class, for the fast paths' owner tags (heap.c): the tags' offset
-     * in a slab, and 2^32 / size + 1, so that an object's index is
-     * (bytes into its block * mul) >> 32 (exact: a block is 2^16 bytes and
-     * such a class is at most 2^13); mul is 0 for classes whose slabs span
-     * blocks, which take the slow path. Here, not in a global, so the fast
-     * path reaches them from h without a GOT load. */
+    /* Per class, for the fast paths' owner tags: sizeclass_info's tag
+     * offset and tag_mul (an object's index is (bytes into its block *
+     * mul) >> 32; 0 for classes whose slabs span blocks, which take the
+     * slow path), copied at attach. Here, not only in the table, so the
+     * fast path reaches them from h without a GOT load. */
     struct {
         uint32_t mul;
         uint32_t off;
@@ -92,11 +92,35 @@ extern __thread struct tcache *tl_last __attribute__((tls_model("initial-exec"))
 /* Operations between looks at the trim and config generations. */
 #define TCACHE_TICK 4096u
 
+/* How many segment slots this process has been through (mapped, or
+ * skipped as retired). acquire: pairs with heap_map_segment's release of
+ * nmapped (heap.c), so every seg_map below the count is complete. */
+static inline uint32_t heap_nmapped(struct heap *h)
+{
+    return load_acquire(&h->nmapped);
+}
+
+/* Segment i's map if this process has mapped it, else NULL. acquire: pairs
+ * with heap_map_segment's release of segs[i].meta, stored after the rest of
+ * the seg_map. */
+static inline struct seg_map *heap_mapped(struct heap *h, uint32_t i)
+{
+    return load_acquire(&h->segs[i].meta) ? &h->segs[i] : NULL;
+}
+
+/* Segments the owner has published. acquire: pairs with
+ * heap_segment_create's release of nsegments (create.c): the table entry
+ * and the formatted segment come with it. */
+static inline uint32_t ctl_nsegments(const struct ctl_header *c)
+{
+    return load_acquire(&c->nsegments);
+}
+
 static inline struct seg_map *heap_seg(struct heap *h, uint64_t off)
 {
     uint32_t i = (uint32_t) (off >> SHM_SEG_SHIFT);
 
-    if (i == 0 || i >= load_acquire(&h->nmapped))
+    if (i == 0 || i >= heap_nmapped(h))
         return NULL;
     return &h->segs[i];
 }
@@ -111,6 +135,57 @@ static inline uint64_t ptr_off(struct heap *h, const void *p)
     return (uint64_t) ((const char *) p - h->base);
 }
 
+/* A block's metadata word (meta.h), read or written under the segment's
+ * lock. relaxed: writers hold the lock; the lock-free reader (free's fast
+ * path) only reads blocks that hold its live object, whose class cannot
+ * change. */
+static inline uint64_t seg_meta_get(struct seg_map *m, uint32_t b)
+{
+    return load_relaxed(&m->meta[b]);
+}
+
+static inline void seg_meta_put(struct seg_map *m, uint32_t b, uint64_t w)
+{
+    store_relaxed(&m->meta[b], w);
+}
+
+/* The free bitmap of the slab whose head block is b. */
+static inline uint64_t *slab_bitmap(struct seg_map *m, uint32_t b, const struct slab_geometry *g)
+{
+    return (uint64_t *) (m->base + ((uint64_t) b << SHM_BLOCK_SHIFT) + g->bitmap_off);
+}
+
+/* The one check of an offset read from shared memory or given by a caller:
+ * the address of the len bytes at off if they lie inside segment m and off
+ * is a multiple of align (a power of two); NULL otherwise. Callers treat
+ * NULL from a non-zero offset as a broken link or a bad argument.
+ * heap_at() (heap.c) finds and maps the segment first. */
+static inline void *seg_at(const struct seg_map *m, uint64_t off, uint64_t len, uint64_t align)
+{
+    uint64_t rel = off & SHM_OFF_MASK;
+
+    if ((off >> SHM_SEG_SHIFT) != m->index || len > m->size || rel > m->size - len ||
+        (off & (align - 1)))
+        return NULL;
+    return m->base + rel;
+}
+
+/* An object's offset (a link in a free object, a list's head): 16 bytes,
+ * 16-aligned, past the segment's header page (no object lies there). */
+static inline void *seg_obj_at(const struct seg_map *m, uint64_t off)
+{
+    if ((off & SHM_OFF_MASK) < SHM_META_OFF)
+        return NULL;
+    return seg_at(m, off, SHM_MIN_OBJECT, SHM_MIN_OBJECT);
+}
+
+/* A free the heap refused (not an object, or not ours): counted in the
+ * control segment, for stats and the daemon's reports. */
+static inline void ctl_count_bad_free(struct ctl_header *c)
+{
+    (void) fetch_add_relaxed(&c->bad_frees, 1);
+}
+
 /* Link words inside free objects: word 0 links objects of one list or
  * bundle; word 1 of a bundle's first object links bundles in a recycler
  * and carries the bundle's object count and highest segment index. */
@@ -119,51 +194,63 @@ static inline uint64_t *obj_words(struct heap *h, uint64_t off)
     return (uint64_t *) off_ptr(h, off);
 }
 
-/* A cache bin's head word: the first object's offset and the number of
- * objects on the list, so a pop or a push is one store (offsets fit in
- * 39 bits). */
-#define BIN_COUNT_SHIFT 48
-#define BIN_OFF_MASK    ((UINT64_C(1) << BIN_COUNT_SHIFT) - 1)
-static inline uint64_t bin_word(uint64_t off, uint32_t count)
-{
-    return off | (uint64_t) count << BIN_COUNT_SHIFT;
-}
+/* ---- segment.c ---- */
+int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_size);
+/* Bytes at the start of a segment of this geometry taken by its header and
+ * metadata (they are committed when the segment is made). */
+int seg_metadata_bytes(uint64_t size, uint32_t page_size, uint64_t *ret_bytes);
+int seg_check_header(const struct seg_header *hdr, uint32_t index, uint64_t size);
+void seg_map_init(struct seg_map *m, void *base, int fd, uint32_t index);
+/* Takes the segment's lock, finishing a dead holder's work first: 0, or a
+ * negative errno (the lock is then not held). */
+int seg_lock(struct seg_map *m, struct heap *h);
+void seg_unlock(struct seg_map *m);
+struct bittree_chain *seg_free_tree(struct seg_map *m);
+struct bittree_chain *seg_class_tree(struct seg_map *m, unsigned cls);
+uint64_t *seg_commit_map(struct seg_map *m);
+/* Block states, lock held. The first of n consecutive FREE blocks whose
+ * index is a multiple of align, or -1. */
+int64_t seg_find_run(struct seg_map *m, uint32_t n, uint32_t align);
+/* Takes the blocks of head (a meta_make_slab() or meta_make_run() word,
+ * meta_len(head) blocks from b) out of the free tree and writes their
+ * words; journal.block/n name the blocks until the caller clears
+ * journal.n. */
+void seg_blocks_claim(struct seg_map *m, uint32_t b, uint64_t head);
+/* Marks [b, b+n) FREE and puts them back in the free tree. */
+void seg_blocks_release(struct seg_map *m, uint32_t b, uint32_t n);
+/* Rebuilds nfree and trees from the metadata and slab bitmaps. Lock held. */
+void seg_repair(struct seg_map *m);
 
-static inline uint64_t bin_off(uint64_t w)
-{
-    return w & BIN_OFF_MASK;
-}
+/* ---- slab.c ---- */
+/* Takes up to n objects of class cls from this segment's slabs and links
+ * them (word 0) into a chain, carving a fresh slab if needed. Delivers the
+ * chain into *bin (a cache bin) if bin is not NULL, else into *ret_chain.
+ * Returns the number taken (0: the segment is full), or -ENOMEM when the
+ * backing pages could not be committed. */
+int slab_take(struct heap *h,
+              struct seg_map *m,
+              unsigned cls,
+              uint32_t n,
+              struct cache_bin *bin,
+              uint64_t *ret_chain);
+/* Returns one object to its slab; the segment's lock is held. False (and
+ * counted) if it is not an object of m or is already free. */
+bool slab_return_object_locked(struct heap *h, struct seg_map *m, uint64_t off);
+/* Returns the objects of *handoff's chain that lie in m, journaled as
+ * JOP_RETURN (shared: *handoff is a cache slot's word, which the journal
+ * names for a recovery); lock held. Stops at another segment's object. */
+void slab_return_handoff_locked(struct heap *h, struct seg_map *m, uint64_t *handoff, bool shared);
+/* The same without the journal's set-up: the replay of a JOP_RETURN or of
+ * an undelivered JOP_TAKE (recovering: nothing counted as a bad free). */
+void slab_return_chain_locked(struct heap *h,
+                              struct seg_map *m,
+                              uint64_t *handoff,
+                              bool recovering);
 
-static inline uint32_t bin_count(uint64_t w)
-{
-    return (uint32_t) (w >> BIN_COUNT_SHIFT);
-}
-
-/* Moves objects into (n > 0) or out of (n < 0) a bin's accounting: in use
- * = net - count, so only objects crossing the bin's edge are counted. */
-static inline void bin_net_add(struct cache_bin *b, int64_t n)
-{
-    bump_relaxed(&b->net, (uint64_t) n);
-}
-
-#define BUNDLE_COUNT_SHIFT 48
-#define BUNDLE_SEG_SHIFT   40
-static inline uint64_t bundle_link(uint64_t next, uint32_t count, uint32_t maxseg)
-{
-    return next | (uint64_t) count << BUNDLE_COUNT_SHIFT | (uint64_t) maxseg << BUNDLE_SEG_SHIFT;
-}
-
-/* ---- owner tags (owned.c) ----
- * An object carries owner X's tag while X's malloc has handed it out and
- * it has not been shared (heap_to_off), and while it sits in one of X's
- * caches after X freed it; anywhere else (recyclers, slabs) it carries 0.
- * So free does not touch the tag: a bundle leaving a cache for the
- * recycler has its tags cleared (tcache.c), and a return to a slab clears
- * them (segment.c). Malloc writes the tag before the pop, so a thread
- * killed between the two leaves the object in its cache (drained to the
- * slabs before a sweep) or out of it and tagged (the sweep frees it):
- * never lost, never freed twice. */
-uint16_t *obj_tag_multi(struct heap *h, uint64_t off, unsigned cls);
+/* Where an object's owner tag is (owned.c says what it means): the u16 at
+ * the slab's g.tags_off plus the object's index. slab_tag_multi: for a
+ * class whose slabs span blocks (found through the head block's word). */
+uint16_t *slab_tag_multi(struct heap *h, uint64_t off, unsigned cls);
 
 /* The tag of the object at p, of class cls with h->tag_geo[cls].mul != 0
  * (slabs of one block). The reservation is 1 GiB-aligned, so p's block
@@ -180,7 +267,7 @@ static inline uint16_t *obj_tag(struct heap *h, uint64_t off, unsigned cls)
 {
     if (likely(h->tag_geo[cls].mul))
         return obj_tag_at(h, off_ptr(h, off), cls);
-    return obj_tag_multi(h, off, cls);
+    return slab_tag_multi(h, off, cls);
 }
 
 /* The tag array of the slab whose first byte is at `slab`. */
@@ -192,115 +279,143 @@ static inline uint16_t *slab_tags(char *slab, const struct slab_geometry *g)
 /* Same, knowing the slab's start (slab_off) and rel = off - slab_off. */
 static inline uint16_t *slab_obj_tag(struct heap *h, uint64_t slab_off, uint64_t rel, unsigned cls)
 {
-    return (uint16_t *) (h->base + slab_off + sizeclass_checks[cls].tags_off) +
+    return (uint16_t *) (h->base + slab_off + sizeclass_info[cls].geo.tags_off) +
            sizeclass_index(cls, rel);
 }
 
-/* Clears the owner of the object containing off (a small object's or a
- * large one's): it is shared now. */
-void owned_share(struct heap *h, uint64_t off);
+/* ---- punch.c ---- */
+/* Gives back the 4K pages inside slabs that hold only free objects (normal
+ * pages only); returns the bytes punched. */
+uint64_t punch_slabs(struct heap *h, struct seg_map *m);
+/* Objects reserved by a punch in flight (their class in *ret_cls); lock
+ * held. */
+uint32_t punch_reserved(struct seg_map *m, unsigned *ret_cls);
+/* Puts back the objects of a punch whose puncher is gone; lock held. */
+void punch_restore(struct seg_map *m);
+/* Undoes a punch's reservation or restore cut short under the lock (from
+ * seg_recover); lock held. */
+void punch_recover(struct seg_map *m);
+
+/* ---- commit.c ---- */
+/* True if blocks [b, b+n) are backed. On segments whose pages come on first
+ * touch (normal memfd) that is always so: the units are simply marked
+ * committed. Lock held. */
+bool commit_ready(struct seg_map *m, uint32_t b, uint32_t n);
+/* Called with the lock held and blocks [b, b+n) not backed: drops the lock,
+ * reserves the backing pages, retakes the lock. The pages count as
+ * committed only if no decommit ran in between (it could have punched them
+ * again). Returns 0 with the lock held (the caller searches again), or a
+ * negative errno (-ENOMEM: no pages; or the lock could not be retaken)
+ * with the lock NOT held. */
+int commit_unlocked(struct heap *h, struct seg_map *m, uint32_t b, uint32_t n);
+/* Sets or clears unit u's commit bit, keeping committed_units. Lock held. */
+void commit_mark_unit(struct seg_map *m, uint64_t u, bool on);
+/* Decommits free units beyond `retain` free blocks; returns bytes released. */
+uint64_t commit_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
+uint64_t commit_bytes(struct seg_map *m);
+
+/* ---- run.c ---- */
+/* Allocates a run of blocks for `bytes` (first block a multiple of
+ * align_blocks), growing the heap if need be, and counts it in the calling
+ * thread's slot. */
+int run_create(struct heap *h,
+               uint64_t bytes,
+               uint32_t align_blocks,
+               enum run_kind kind,
+               uint16_t owner,
+               uint64_t *ret_off);
+/* Frees the run at off if it is a run of `kind`; -EINVAL otherwise. */
+int run_destroy(struct heap *h, uint64_t off, enum run_kind kind);
+/* Inside segment m (each takes its lock). owner: the tag a RUN_LARGE run
+ * starts with (meta_owner), else 0. count: the slot whose large-object
+ * counters count the run (NULL: none); they move under the lock, so that a
+ * death cannot part the run from its count by more than a couple of
+ * stores. */
+int run_alloc_in(struct heap *h,
+                 struct seg_map *m,
+                 uint32_t nblocks,
+                 uint32_t align_blocks,
+                 enum run_kind kind,
+                 uint16_t owner,
+                 struct cache_slot *count,
+                 uint32_t *ret_block);
+/* Clears the owner of the RUN_LARGE run whose head block is b. */
+int run_share_in(struct heap *h, struct seg_map *m, uint32_t b);
+int run_free_in(struct heap *h,
+                struct seg_map *m,
+                uint32_t block,
+                enum run_kind kind,
+                struct cache_slot *count);
+
+/* ---- owner tags (owned.c) ----
+ * An object carries owner X's tag while X's malloc has handed it out and
+ * it has not been shared (heap_to_off), and while it sits in one of X's
+ * caches after X freed it; anywhere else (recyclers, slabs) it carries 0.
+ * So free does not touch the tag: a bundle leaving a cache for the
+ * recycler has its tags cleared (tcache.c), and a return to a slab clears
+ * them (slab.c). Malloc writes the tag before the pop, so a thread
+ * killed between the two leaves the object in its cache (drained to the
+ * slabs before a sweep) or out of it and tagged (the sweep frees it):
+ * never lost, never freed twice. */
 /* Claims this attachment's owner entry (none if the table is full). */
 void owned_attach(struct heap *h);
 /* Marks it detached: its private objects are unreachable from now on. */
 void owned_detach(struct heap *h);
-/* Reclaims the cache slots of client_id held by process pid, which is
- * gone (trim.c). Returns how many it could not take (held meanwhile by a
- * trimmer or verify). */
-int tcache_reclaim_process(struct heap *h, uint64_t client_id, uint32_t pid);
 
-/* ---- segment.c ---- */
-int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_size);
-/* Bytes at the start of a segment of this geometry taken by its header and
- * metadata (they are committed when the segment is made). */
-int seg_metadata_bytes(uint64_t size, uint32_t page_size, uint64_t *ret_bytes);
-int seg_check_header(const struct seg_header *hdr, uint32_t index, uint64_t size);
-void seg_map_init(struct seg_map *m, void *base, int fd, uint32_t index);
-int seg_lock(struct seg_map *m, struct heap *h);
-void seg_unlock(struct seg_map *m);
-struct bittree_chain *seg_free_tree(struct seg_map *m);
-struct bittree_chain *seg_class_tree(struct seg_map *m, unsigned cls);
-uint64_t *seg_commit_map(struct seg_map *m);
-/* Takes up to n objects of class cls from this segment's slabs and links
- * them (word 0) into a chain, carving a fresh slab if needed. Delivers the
- * chain into *bin (a cache bin) if bin is not NULL, else into *ret_chain.
- * Returns the number taken (0: the segment is full), or -ENOMEM when the
- * backing pages could not be committed. */
-int seg_take(struct heap *h,
-             struct seg_map *m,
-             unsigned cls,
-             uint32_t n,
-             struct cache_bin *bin,
-             uint64_t *ret_chain);
-/* Returns the chain of objects starting at *handoff (word 0 links, 0
- * ends) to their slabs, whatever their segments, moving *handoff past each
- * object as it goes. *handoff is a cache slot's handoff word (so that the
- * reclaimer of a dead process can finish the job) or the caller's own
- * variable. Counts double and bad frees into the control segment. */
-void seg_return_handoff(struct heap *h, uint64_t *handoff);
-/* Returns one object to its slab; the segment's lock is held. False (and
- * counted) if it is not an object of m or is already free. */
-bool seg_return_object_locked(struct heap *h, struct seg_map *m, uint64_t off);
-/* Frees blocks left BUSY by a decommitter that died outside the lock, and
- * puts back the objects a dead puncher had reserved. */
-void seg_reap_busy(struct heap *h, struct seg_map *m);
-/* Gives back the 4K pages inside slabs that hold only free objects (normal
- * pages only); returns the bytes punched. */
-uint64_t seg_punch_slabs(struct heap *h, struct seg_map *m);
-/* Objects reserved by a punch in flight (their class in *ret_cls); lock
- * held. */
-uint32_t seg_punch_reserved(struct seg_map *m, unsigned *ret_cls);
-/* Runs of blocks. */
-/* owner: the tag a RUN_LARGE run starts with (meta_owner), else 0.
- * count: the slot whose large-object counters count the run (NULL: none);
- * they move under the lock, so that a death cannot part the run from its
- * count by more than a couple of stores. */
-int seg_alloc_run(struct heap *h,
-                  struct seg_map *m,
-                  uint32_t nblocks,
-                  uint32_t align_blocks,
-                  enum run_kind kind,
-                  uint16_t owner,
-                  struct cache_slot *count,
-                  uint32_t *ret_block);
-/* Clears the owner of the RUN_LARGE run whose head block is b. */
-int seg_share_run(struct heap *h, struct seg_map *m, uint32_t b);
-int seg_free_run(struct heap *h,
-                 struct seg_map *m,
-                 uint32_t block,
-                 enum run_kind kind,
-                 struct cache_slot *count);
-/* Decommits free units beyond `retain` free blocks; returns bytes released. */
-uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
-/* Rebuilds nfree and trees from the metadata and slab bitmaps. Lock held. */
-void seg_repair(struct seg_map *m);
-uint64_t seg_committed_bytes(struct seg_map *m);
+/* ---- reclaim.c ---- */
+/* Takes back a slot whose owner is gone: drain, then free the slot. False
+ * if someone else holds it (a trimmer, verify) or it is not OWNED. */
+bool reclaim_slot(struct heap *h, struct cache_slot *s);
+/* Frees the blocks left BUSY, and puts back the objects a punch reserved,
+ * by processes that are gone: in segment m, or in every mapped segment. */
+void reclaim_busy(struct heap *h, struct seg_map *m);
+void reclaim_busy_all(struct heap *h);
 
-/* ---- heap.c ---- */
-int heap_map_segment(struct heap *h, uint32_t index);
-struct seg_map *heap_seg_for(struct heap *h, uint64_t off); /* maps on demand */
-void heap_count_bad_free(struct heap *h);
+/* ---- slot.c ---- */
+/* Whether slot s is OWNED. acquire: pairs with slot_claim()'s CAS and with
+ * the release of FREE (slot_release, reclaim_slot), which publishes the
+ * drained bins. */
+static inline bool slot_is_owned(const struct cache_slot *s)
+{
+    return load_acquire(&s->state) == SLOT_OWNED;
+}
+/* Claims a free cache slot for h's calling thread: 0 and *ret_index, or
+ * -EMFILE when every slot is taken. */
+int slot_claim(struct heap *h, uint32_t *ret_index);
+/* Frees the caller's slot, its bins drained. */
+void slot_release(struct heap *h, uint32_t index);
+/* Slots at or past slot_high() have never been claimed: loops over the
+ * slots stop there (the bound only grows). */
+void slot_raise_high(struct ctl_header *c, uint32_t n);
+uint32_t slot_high(const struct ctl_header *c);
+/* Bytes this slot allocated minus bytes it freed (may be negative), and
+ * its allocation and free counts, over the slot's whole life. */
+int64_t slot_bytes_in_use(const struct cache_slot *s);
+uint64_t slot_allocs(const struct cache_slot *s);
+uint64_t slot_frees(const struct cache_slot *s);
+/* Adds what the slot's in-use bytes moved since its last report to the
+ * heap-wide sample, and raises the heap's peak if it passed it. */
+void slot_sample_peak(struct heap *h, struct cache_slot *s);
 
-/* ---- recycler.c ---- */
-bool recycler_push(struct heap *h,
-                   struct cache_bin *stats_bin,
-                   unsigned cls,
-                   uint64_t first,
-                   uint32_t count,
-                   uint32_t maxseg,
-                   bool force);
-/* Pops a bundle; returns its first object's offset (0: empty). */
-uint64_t
-recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint32_t *ret_count);
-/* Pops every bundle of every class and returns its objects to the blocks. */
-void recycler_drain_all(struct heap *h);
+/* ---- quota.c ---- */
+/* 0 if this attachment may take `bytes` more from the shared heap, else
+ * -ENOMEM (over max_client_bytes, or the daemon refuses its uid). */
+int quota_admit(struct heap *h, uint64_t bytes);
 
 /* ---- tcache.c ---- */
 int tcache_attach(struct heap *h);
 void tcache_detach(struct heap *h);
 void tcache_reload_config(struct heap *h);
 void tcache_flush_all(struct heap *h);
-/* Returns a chain of objects to their blocks, whatever segments they are in. */
-void heap_return_chain(struct heap *h, uint64_t chain);
+/* Pops every bundle of every recycler and returns its objects to the
+ * blocks. */
+void tcache_drain_recyclers(struct heap *h);
+/* Returns the chain of objects starting at *handoff (word 0 links, 0
+ * ends) to their slabs, whatever their segments, moving *handoff past each
+ * object as it goes. *handoff is a cache slot's handoff word (so that the
+ * reclaimer of a dead process can finish the job) or the caller's own
+ * variable. Counts double and bad frees into the control segment. */
+void tcache_return_handoff(struct heap *h, uint64_t *handoff);
 /* Settles a slot's handoff word left by a thread that stopped midway: the
  * chain goes back to the blocks unless it is still a bin's list. The caller
  * owns the slot (steal held, or the owner itself). */
@@ -325,69 +440,42 @@ void tcache_tick(struct heap *h, struct tcache *tc);
 void tcache_release_cached(struct heap *h, struct tcache *tc, bool entered);
 /* The trimming thread flushes its own cache for generation gen. */
 void tcache_trim_self(struct heap *h, uint64_t gen);
-/* Bytes this slot allocated minus bytes it freed (may be negative), and
- * its allocation and free counts, over the slot's whole life. */
-int64_t slot_bytes_in_use(const struct cache_slot *s);
-uint64_t slot_allocs(const struct cache_slot *s);
-uint64_t slot_frees(const struct cache_slot *s);
-
-/* ---- quota.c ---- */
-/* 0 if this attachment may take `bytes` more from the shared heap, else
- * -ENOMEM (over max_client_bytes, or the daemon refuses its uid). */
-int quota_admit(struct heap *h, uint64_t bytes);
-
-/* ---- run.c ---- */
-/* Allocates a run of blocks for `bytes` (first block a multiple of
- * align_blocks), growing the heap if need be, and counts it in the calling
- * thread's slot. */
-int run_create(struct heap *h,
-               uint64_t bytes,
-               uint32_t align_blocks,
-               enum run_kind kind,
-               uint16_t owner,
-               uint64_t *ret_off);
-/* Frees the run at off if it is a run of `kind`; -EINVAL otherwise. */
-int run_destroy(struct heap *h, uint64_t off, enum run_kind kind);
-
-/* ---- alloc.c ---- */
-void *large_alloc(struct heap *h, size_t size, size_t align);
-
+/* Leaves a cache operation begun with tcache_enter(). */
 static inline void tcache_leave(struct tcache *tc)
 {
     compiler_barrier();
-    /* release: publishes our bin updates to a trimmer that sees busy == 0. */
+    /* release: publishes our bin updates to a trimmer that sees busy == 0
+     * (pairs with tcache_steal_begin's acquire of busy). */
     store_release(&tc->slot->busy, 0);
 }
 
+/* ---- recycler.c ---- */
+bool recycler_push(struct heap *h,
+                   struct cache_bin *stats_bin,
+                   unsigned cls,
+                   uint64_t first,
+                   uint32_t count,
+                   uint32_t maxseg,
+                   bool force);
+/* Pops a bundle; returns its first object's offset (0: empty). */
+uint64_t
+recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint32_t *ret_count);
+
+/* ---- heap.c ---- */
+int heap_map_segment(struct heap *h, uint32_t index);
+struct seg_map *heap_seg_for(struct heap *h, uint64_t off); /* maps on demand */
+/* seg_at() and seg_obj_at() (above) in the heap segment off names, mapped
+ * on demand; NULL for the control segment's offsets (0 among them). */
+void *heap_at(struct heap *h, uint64_t off, uint64_t len, uint64_t align);
+void *heap_obj_at(struct heap *h, uint64_t off);
+void heap_count_bad_free(struct heap *h);
+
 /* ---- ctl.c ---- */
-/* A process-shared, robust, priority-inheriting mutex for shared memory. */
-int shm_mutex_init(pthread_mutex_t *m);
 int ctl_check_header(const struct ctl_header *c, uint64_t size);
 int ctl_lock(struct ctl_header *c);
 void ctl_unlock(struct ctl_header *c);
-int ctl_slot_claim(struct heap *h, uint32_t *ret_index);
-void ctl_slot_release(struct heap *h, uint32_t index);
-/* Slots at or past ctl_slots_high() have never been claimed: loops over the
- * slots stop there (the bound only grows). */
-void ctl_raise_slots_high(struct ctl_header *c, uint32_t n);
-uint32_t ctl_slots_high(const struct ctl_header *c);
 /* Raises the heap's peak of bytes in use to `bytes` if it is higher;
  * returns the peak. */
 uint64_t ctl_raise_peak(struct ctl_header *c, uint64_t bytes);
-
-/* Fault injection for the death tests: when shm_fault_at equals a point's
- * number, that point raises SIGKILL. Only on cold paths. */
-extern int shm_fault_at;
-enum shm_fault_point {
-    FAULT_NONE = 0,
-    FAULT_TAKE_MID,   /* inside seg_take, objects half moved */
-    FAULT_RETURN_MID, /* inside seg_return, objects half returned */
-    FAULT_CARVE_MID,  /* inside a carve, block half formatted */
-    FAULT_DECOMMIT_MID,
-    FAULT_PUNCH_MID,         /* in a trim, objects reserved for a punch inside a slab */
-    FAULT_PUNCH_RESERVE_MID, /* a punch's reservation, lock held: a bit cleared, not recorded */
-    FAULT_PUNCH_RESTORE_MID, /* a punch's restore, lock held: a bit set, still recorded */
-};
-void shm_fault(enum shm_fault_point p);
 
 #endif

@@ -20,7 +20,7 @@
  *              objects of an owner that dies or detaches can be freed.
  *   run        consecutive blocks for one large object, arena or pool chunk.
  *   cache slot a thread cache's shared state: per class a list of free
- *              objects and the owner's counters (tcache.c).
+ *              objects and the owner's counters (slot.c, tcache.c).
  *   recycler   per class, a Treiber stack of bundles of free objects.
  *
  * Nothing here holds a pointer. Every field another process may write is
@@ -57,15 +57,25 @@
 #define SHM_BLOCK_SHIFT 16u
 #define SHM_BLOCK_SIZE  (UINT64_C(1) << SHM_BLOCK_SHIFT)
 
+/* The smallest heap segment the layout allows. free's fast path reads a
+ * block's metadata word before it compares the block index with nblocks,
+ * at up to SHM_META_OFF + 8 * 2^18 bytes into the segment: that read must
+ * stay inside the mapping. The config's bound on segment_size
+ * (config/config.c) is a policy above this floor, checked against it
+ * there at compile time. */
+#define SHM_SEG_MIN_SIZE (UINT64_C(4) << 20)
+_Static_assert(SHM_SEG_MIN_SIZE >= SHM_META_OFF + 8 * (SHM_SEG_SPAN >> SHM_BLOCK_SHIFT),
+               "free's fast path reads up to 2 MiB + 4 KiB of metadata");
+
 /* Size classes: 16..128 in steps of 16, then 8 classes per doubling up to
  * 32 KiB, so a class is at most 12.5% larger than any request above 128
  * bytes it serves. Every class is a multiple of 16, so every small object
  * is 16-byte aligned (max_align_t), and each free object has room for the
  * two links a bundle needs. */
-#define SHM_NCLASSES        72u
-#define SHM_SMALL_MAX       32768u
-#define SHM_MIN_OBJECT      16u
-#define SHM_SLAB_MAX_BLOCKS 5u
+#define SHM_NCLASSES         72u
+#define SHM_SMALL_MAX        32768u
+#define SHM_MIN_OBJECT       16u
+#define SHM_SLAB_MAX_BLOCKS  5u
 #define SHM_SLAB_MAX_OBJECTS 4096u /* no slab holds more (sizeclass.c checks) */
 
 #define SHM_MAX_SLOTS  1024u /* thread caches across all processes */
@@ -124,8 +134,8 @@ enum seg_state {
  * protocol in tcache.c) or the reclaimer of a dead process writes it
  * otherwise. 64 bytes, so classes never share a cache line. */
 struct __attribute__((aligned(64))) cache_bin {
-    uint64_t head; /* offset of the first free object | object count << 48 (tcache.c);
-                    * each object's first word links on with a plain offset */
+    uint64_t head; /* bin_word(): offset of the first free object and the object
+                    * count; each object's first word links on with a plain offset */
     uint64_t net;  /* objects that came into the bin from outside (refills) minus
                     * those that left it (flushes): objects in use = net - count */
     uint64_t rec_pushes;
@@ -133,6 +143,33 @@ struct __attribute__((aligned(64))) cache_bin {
     uint64_t rec_retries; /* failed recycler CAS attempts */
     uint64_t pad[3];
 };
+
+/* A cache bin's head word: the first object's offset and the number of
+ * objects on the list, so a pop or a push is one store (offsets fit in
+ * 39 bits). Packed and unpacked only here. */
+#define BIN_COUNT_SHIFT 48
+#define BIN_OFF_MASK    ((UINT64_C(1) << BIN_COUNT_SHIFT) - 1)
+static inline uint64_t bin_word(uint64_t off, uint32_t count)
+{
+    return off | (uint64_t) count << BIN_COUNT_SHIFT;
+}
+
+static inline uint64_t bin_off(uint64_t w)
+{
+    return w & BIN_OFF_MASK;
+}
+
+static inline uint32_t bin_count(uint64_t w)
+{
+    return (uint32_t) (w >> BIN_COUNT_SHIFT);
+}
+
+/* Moves objects into (n > 0) or out of (n < 0) a bin's accounting: in use
+ * = net - count, so only objects crossing the bin's edge are counted. */
+static inline void bin_net_add(struct cache_bin *b, int64_t n)
+{
+    bump_relaxed(&b->net, (uint64_t) n);
+}
 
 enum slot_state {
     SLOT_FREE = 0,
@@ -178,7 +215,8 @@ enum owner_refuse {
 };
 
 /* An attachment's entry in the owner table; its tag is index + 1. Claimed
- * by CAS on state (owned.c), freed by whoever sweeps its objects. */
+ * by CAS on state (owned.c), freed by whoever sweeps its objects
+ * (reclaim.c). */
 struct owner_entry {
     uint32_t state; /* enum owner_state */
     uint32_t pid;
@@ -194,9 +232,37 @@ struct __attribute__((aligned(64))) recycler {
     uint64_t objects;   /* objects in those bundles, likewise approximate */
     uint64_t refused;   /* frees of this class counted by a cache but refused by the slab */
     uint64_t reclaimed; /* objects a dead or detached owner left, freed by a sweep
-                         * (owned.c) straight to their slabs */
+                         * (reclaim.c) straight to their slabs */
     uint64_t pad[2];
 };
+
+/* A bundle's link: word 1 of its first object, while the bundle is in a
+ * recycler (recycler.c). Packed and unpacked only here:
+ *   bits  0..39  offset of the next bundle's first object (0: none)
+ *   bits 40..47  the highest segment index among the bundle's objects
+ *   bits 48..63  the bundle's object count */
+#define BUNDLE_SEG_SHIFT   40
+#define BUNDLE_COUNT_SHIFT 48
+static inline uint64_t bundle_link(uint64_t next, uint32_t count, uint32_t maxseg)
+{
+    return next | (uint64_t) count << BUNDLE_COUNT_SHIFT |
+           (uint64_t) (maxseg & 0xff) << BUNDLE_SEG_SHIFT;
+}
+
+static inline uint64_t bundle_next(uint64_t link)
+{
+    return link & ((UINT64_C(1) << BUNDLE_SEG_SHIFT) - 1);
+}
+
+static inline uint32_t bundle_count(uint64_t link)
+{
+    return (uint32_t) (link >> BUNDLE_COUNT_SHIFT);
+}
+
+static inline uint32_t bundle_maxseg(uint64_t link)
+{
+    return (uint32_t) (link >> BUNDLE_SEG_SHIFT) & 0xff;
+}
 
 struct root_entry {
     char name[SHM_ROOT_NAME]; /* written under ctl lock; "" is an empty entry */
@@ -234,7 +300,7 @@ struct ctl_header {
     uint64_t untracked_attaches; /* attachments made while the owner table was full */
     uint32_t owners_high;        /* 1 + the highest owner index ever claimed */
     uint32_t pad2;
-    uint64_t owned_reclaimed_large;       /* large objects among owned_reclaimed_objects */
+    uint64_t owned_reclaimed_large; /* large objects among owned_reclaimed_objects */
     uint64_t pad3[3];
     struct recycler rec[SHM_NCLASSES];
     struct root_entry roots[SHM_MAX_ROOTS];
@@ -281,7 +347,7 @@ struct seg_header {
     uint64_t committed_units; /* under lock; lock-free readers snapshot */
     uint64_t free_blocks;
     uint64_t decommits;
-    /* A punch of free pages inside a slab in flight (segment.c): the
+    /* A punch of free pages inside a slab in flight (punch.c): the
      * objects on those pages are reserved until the puncher puts them
      * back; a reaper does it if the puncher (pid) died. Under the lock. */
     uint32_t punch_pid;
@@ -295,7 +361,7 @@ struct seg_header {
      * metadata by recovery, so a death never leaves it wrong. */
     uint64_t large_bytes;
     /* enum punch_phase: what the puncher is doing under the lock, so that
-     * a recovering holder can finish it (segment.c). */
+     * a recovering holder can finish it (punch.c). */
     uint32_t punch_phase;
     uint32_t pad;
 };

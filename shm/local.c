@@ -10,6 +10,7 @@
 struct heap_local {
     int ctl_fd;
     int policy;
+    struct shm_config cfg; /* the limits new segments obey */
     pid_t owner;
     pthread_mutex_t grow_lock;
     int seg_fds[SHM_MAX_SEGMENTS];
@@ -35,7 +36,7 @@ static int local_grow(void *ctx, uint64_t min_bytes)
     if (getpid() != l->owner)
         return -ENOSPC; /* only the creator can add segments */
     pthread_mutex_lock(&l->grow_lock);
-    r = heap_segment_create(l->ctl_fd, min_bytes, l->policy, &fd, &index);
+    r = heap_segment_create(l->ctl_fd, &l->cfg, min_bytes, l->policy, &fd, &index);
     if (r == 0)
         l->seg_fds[index] = fd;
     pthread_mutex_unlock(&l->grow_lock);
@@ -61,6 +62,7 @@ int heap_local_create(const struct shm_config *cfg, int policy, struct heap_loca
     for (unsigned i = 0; i < SHM_MAX_SEGMENTS; i++)
         l->seg_fds[i] = -1;
     l->policy = policy;
+    l->cfg = *cfg;
     l->owner = getpid();
     pthread_mutex_init(&l->grow_lock, NULL);
     r = heap_ctl_create(cfg, &l->ctl_fd);
@@ -68,7 +70,7 @@ int heap_local_create(const struct shm_config *cfg, int policy, struct heap_loca
         free(l);
         return r;
     }
-    r = heap_segment_create(l->ctl_fd, 0, policy, &fd, &index);
+    r = heap_segment_create(l->ctl_fd, &l->cfg, 0, policy, &fd, &index);
     if (r < 0) {
         (void) close(l->ctl_fd);
         free(l);

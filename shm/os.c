@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/membarrier.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/mman.h>
@@ -113,8 +114,8 @@ int os_map_at(void *addr, uint64_t len, int fd)
 {
     /* MAP_NORESERVE: hugetlb pages are reserved block by block with
      * os_commit, not for the whole virtual size at once. */
-    void *m = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd,
-                   0);
+    void *m =
+            mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0);
 
     if (m == MAP_FAILED)
         return -errno;
@@ -172,4 +173,28 @@ uint64_t os_now_ns(void)
 int os_tid(void)
 {
     return (int) syscall(SYS_gettid);
+}
+
+int os_mutex_init_robust(pthread_mutex_t *m)
+{
+    pthread_mutexattr_t attr;
+    int r;
+
+    r = pthread_mutexattr_init(&attr);
+    if (r)
+        return -r;
+    r = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    if (!r)
+        r = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    /* Priority inheritance makes the kernel track the owner: a plain
+     * robust futex can strand a sleeping waiter when the thread it woke is
+     * killed before taking the lock while another takes it on the fast
+     * path (found by death_random_kill_trimmer). Uncontended, a PI lock is
+     * still one CAS and no system call. */
+    if (!r)
+        r = pthread_mutexattr_setprotocol(&attr, PTHREAD_PRIO_INHERIT);
+    if (!r)
+        r = pthread_mutex_init(m, &attr);
+    (void) pthread_mutexattr_destroy(&attr);
+    return -r;
 }

@@ -3,6 +3,7 @@
 #ifndef SHM_OS_H
 #define SHM_OS_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -35,6 +36,10 @@ void os_advise_hugepage(void *addr, uint64_t len);
  * process; barrier returns 0, or -ENOSYS when the kernel has none. */
 int os_membarrier_register(void);
 int os_membarrier(void);
+
+/* A process-shared, robust, priority-inheriting mutex for shared memory
+ * (a segment's or the control segment's lock). */
+int os_mutex_init_robust(pthread_mutex_t *m);
 
 bool os_pid_alive(pid_t pid);
 uint64_t os_now_ns(void);

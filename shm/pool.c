@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "shm/internal.h"
+#include "shm/os.h"
 
 #define POOL_MAGIC       UINT64_C(0x4c4f4f5048534850) /* "PHSHPOOL" */
 #define POOL_CHUNK_BYTES (UINT64_C(1) << 20)
@@ -29,8 +30,8 @@ struct pool_header {
     uint64_t chunks; /* newest chunk */
     uint64_t allocs, frees;
     uint64_t pad1[3];
-    tagged_head_t free;      /* {first free object, tag} */
-    tagged_head_t bump;      /* {next fresh offset, end of the chunk} */
+    tagged_head_t free;        /* {first free object, tag} */
+    tagged_head_t bump;        /* {next fresh offset, end of the chunk} */
     pthread_mutex_t grow_lock; /* robust: adding a chunk */
 };
 
@@ -46,6 +47,7 @@ static struct pool_header *pool_at(struct heap *h, uint64_t off)
     if (meta_state(w) != BLK_RUN || meta_kind(w) != RUN_POOL)
         return NULL;
     p = off_ptr(h, off);
+    /* acquire: pairs with heap_pool_create's release of the magic. */
     if (load_acquire(&p->magic) != POOL_MAGIC || p->chunk.pool != off)
         return NULL;
     return p;
@@ -78,12 +80,13 @@ int heap_pool_create(struct heap *h, size_t object_size, uint64_t *ret_pool)
     p->chunks = off;
     p->bump.s.off = off + ((sizeof(*p) + 63) & ~UINT64_C(63));
     p->bump.s.tag = off + (((bytes + SHM_BLOCK_SIZE - 1) >> SHM_BLOCK_SHIFT) << SHM_BLOCK_SHIFT);
-    r = shm_mutex_init(&p->grow_lock);
+    r = os_mutex_init_robust(&p->grow_lock);
     if (r < 0) {
         (void) run_destroy(h, off, RUN_POOL);
         return r;
     }
-    /* release: see arena_create. */
+    /* release: a process that sees the magic sees the header (pairs with
+     * the acquire in pool_at). */
     store_release(&p->magic, POOL_MAGIC);
     *ret_pool = off;
     return 0;
@@ -91,7 +94,7 @@ int heap_pool_create(struct heap *h, size_t object_size, uint64_t *ret_pool)
 
 __attribute__((no_sanitize("thread"))) static uint64_t link_read(struct heap *h, uint64_t off)
 {
-    return __atomic_load_n(&obj_words(h, off)[0], __ATOMIC_RELAXED);
+    return load_relaxed(&obj_words(h, off)[0]);
 }
 
 /* Adds a chunk unless another thread already did (bump moved). */
@@ -142,7 +145,7 @@ void *heap_pool_alloc(struct heap *h, uint64_t pool)
     }
     old = head_read(&p->free);
     while (old.s.off) {
-        if (!heap_seg_for(h, old.s.off))
+        if (!heap_obj_at(h, old.s.off))
             break; /* corrupt head: fall back to fresh objects */
         nw.s.off = link_read(h, old.s.off);
         nw.s.tag = old.s.tag + 1;
@@ -205,7 +208,7 @@ int heap_pool_free(struct heap *h, uint64_t pool, void *ptr)
         return -EFAULT; /* in the newest chunk, past what was ever handed out */
     old = head_read(&p->free);
     do {
-        __atomic_store_n(&obj_words(h, off)[0], old.s.off, __ATOMIC_RELAXED);
+        store_relaxed(&obj_words(h, off)[0], old.s.off);
         nw.s.off = off;
         nw.s.tag = old.s.tag;
     } while (!cas128(&p->free, &old, nw));
@@ -218,6 +221,8 @@ int heap_pool_destroy(struct heap *h, uint64_t pool)
     struct pool_header *p = h ? pool_at(h, pool) : NULL;
     uint64_t magic = POOL_MAGIC, chunk;
 
+    /* One destroyer wins. acq_rel: pairs with the creator's release of the
+     * magic, and with other destroyers. */
     if (!p || !cas_strong_acq_rel(&p->magic, &magic, 0))
         return -EINVAL;
     chunk = p->chunks;

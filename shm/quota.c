@@ -53,6 +53,7 @@ uint32_t
 heap_quota_refuse_uid(struct heap *h, bool (*over)(void *ctx, uint64_t client_id), void *ctx)
 {
     struct ctl_header *c = h->ctl;
+    /* acquire: pairs with owned_attach's raise (release) of the bound. */
     uint32_t refused = 0, high = load_acquire(&c->owners_high);
 
     /* acquire on owners_high pairs with owned_attach's release: entries

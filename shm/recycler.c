@@ -27,22 +27,16 @@
  * object's new owner, and rejected by the CAS when it matters. */
 __attribute__((no_sanitize("thread"))) static uint64_t link_read(struct heap *h, uint64_t off)
 {
-    return __atomic_load_n(&obj_words(h, off)[1], __ATOMIC_RELAXED);
+    return load_relaxed(&obj_words(h, off)[1]);
 }
 
-static bool off_readable(struct heap *h, uint64_t off)
-{
-    uint32_t i = (uint32_t) (off >> SHM_SEG_SHIFT);
-
-    if (i == 0 || i >= SHM_MAX_SEGMENTS || (off & 15))
-        return false;
-    if (i >= load_acquire(&h->nmapped) && heap_map_segment(h, i) < 0)
-        return false;
-    return load_acquire(&h->segs[i].meta) && (off & SHM_OFF_MASK) + 16 <= h->segs[i].size;
-}
-
-bool recycler_push(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint64_t first,
-                   uint32_t count, uint32_t maxseg, bool force)
+bool recycler_push(struct heap *h,
+                   struct cache_bin *stats_bin,
+                   unsigned cls,
+                   uint64_t first,
+                   uint32_t count,
+                   uint32_t maxseg,
+                   bool force)
 {
     struct recycler *r = &h->ctl->rec[cls];
     tagged_head_t old, nw;
@@ -52,8 +46,7 @@ bool recycler_push(struct heap *h, struct cache_bin *stats_bin, unsigned cls, ui
         return false;
     old = head_read(&r->head);
     for (;;) {
-        __atomic_store_n(&obj_words(h, first)[1], bundle_link(old.s.off, count, maxseg),
-                         __ATOMIC_RELAXED);
+        store_relaxed(&obj_words(h, first)[1], bundle_link(old.s.off, count, maxseg));
         nw.s.off = first;
         nw.s.tag = old.s.tag;
         if (cas128(&r->head, &old, nw))
@@ -69,8 +62,8 @@ bool recycler_push(struct heap *h, struct cache_bin *stats_bin, unsigned cls, ui
     return true;
 }
 
-uint64_t recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls,
-                      uint32_t *ret_count)
+uint64_t
+recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint32_t *ret_count)
 {
     struct recycler *r = &h->ctl->rec[cls];
     tagged_head_t old, nw;
@@ -81,7 +74,7 @@ uint64_t recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls,
     for (;;) {
         if (old.s.off == 0)
             return 0;
-        if (!off_readable(h, old.s.off)) {
+        if (!heap_obj_at(h, old.s.off)) {
             /* A torn or stale head: read it again; a real bad head (the
              * CAS would succeed on it) is corruption and ends the pop. */
             tagged_head_t again = head_read(&r->head);
@@ -92,17 +85,17 @@ uint64_t recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls,
             continue;
         }
         link = link_read(h, old.s.off);
-        nw.s.off = link & ((UINT64_C(1) << BUNDLE_SEG_SHIFT) - 1);
+        nw.s.off = bundle_next(link);
         nw.s.tag = old.s.tag + 1;
         if (cas128(&r->head, &old, nw))
             break;
         retries++;
     }
-    count = (uint32_t) (link >> BUNDLE_COUNT_SHIFT);
-    maxseg = (uint32_t) (link >> BUNDLE_SEG_SHIFT) & 0xff;
+    count = bundle_count(link);
+    maxseg = bundle_maxseg(link);
     (void) fetch_sub_relaxed(&r->nbundles, 1);
     (void) fetch_sub_relaxed(&r->objects, count);
-    if (maxseg >= load_acquire(&h->nmapped))
+    if (maxseg >= heap_nmapped(h))
         (void) heap_map_segment(h, maxseg);
     if (stats_bin) {
         bump_relaxed(&stats_bin->rec_pops, 1);
@@ -110,15 +103,4 @@ uint64_t recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls,
     }
     *ret_count = count;
     return old.s.off;
-}
-
-void recycler_drain_all(struct heap *h)
-{
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
-        uint64_t first;
-        uint32_t count;
-
-        while ((first = recycler_pop(h, NULL, cls, &count)) != 0)
-            heap_return_chain(h, first);
-    }
 }

@@ -48,7 +48,9 @@ int heap_root_set(struct heap *h, const char *name, uint64_t off)
         }
         if (strncmp(e->name, name, SHM_ROOT_NAME) == 0) {
             if (off) {
-                store_release(&e->off, off);
+                /* relaxed: readers hold the control segment's lock too,
+                 * which orders this store before their load. */
+                store_relaxed(&e->off, off);
             } else {
                 memset(e->name, 0, sizeof(e->name));
                 store_relaxed(&e->off, 0);

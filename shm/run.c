@@ -1,12 +1,27 @@
 /* Runs of whole blocks for large objects, arenas and pool chunks: find a
  * segment with room, grow the heap when none has, count the bytes in the
- * calling thread's slot. */
+ * calling thread's slot; and, inside one segment under its lock, claim,
+ * share and free the run's blocks.
+ *
+ * A run is a BLK_RUN head block and BLK_RUN_TAIL blocks (meta.h), of one
+ * run_kind. Invariants, whenever the segment's lock is free:
+ *   tail i's meta_len        == i (its distance back to the head)
+ *   head's meta_owner        == the owner tag of a RUN_LARGE run, 0 if shared
+ *                               (other kinds: 0)
+ *   hdr->large_bytes         == the bytes of the segment's RUN_LARGE runs
+ *   a slot's large counters  move under the same lock as the run, so a
+ *                            death parts a run from its count by at most
+ *                            the few stores between them */
 #include <errno.h>
 
 #include "shm/internal.h"
 
-int run_create(struct heap *h, uint64_t bytes, uint32_t align_blocks, enum run_kind kind,
-               uint16_t owner, uint64_t *ret_off)
+int run_create(struct heap *h,
+               uint64_t bytes,
+               uint32_t align_blocks,
+               enum run_kind kind,
+               uint16_t owner,
+               uint64_t *ret_off)
 {
     uint64_t nblocks = (bytes + SHM_BLOCK_SIZE - 1) >> SHM_BLOCK_SHIFT;
     struct tcache *tc = tcache_get(h);
@@ -20,15 +35,14 @@ int run_create(struct heap *h, uint64_t bytes, uint32_t align_blocks, enum run_k
     if (r < 0)
         return r;
     for (int attempt = 0; attempt < 4; attempt++) {
-        uint32_t nmapped = load_acquire(&h->nmapped), block;
+        uint32_t nmapped = heap_nmapped(h), block;
 
         for (uint32_t i = 1; i < nmapped; i++) {
             struct seg_map *m = &h->segs[i];
 
-            if (!load_acquire(&m->meta) || m->nblocks < nblocks)
+            if (!heap_mapped(h, i) || m->nblocks < nblocks)
                 continue;
-            r = seg_alloc_run(h, m, (uint32_t) nblocks, align_blocks, kind, owner, tc->slot,
-                              &block);
+            r = run_alloc_in(h, m, (uint32_t) nblocks, align_blocks, kind, owner, tc->slot, &block);
             if (r == 0) {
                 *ret_off = ((uint64_t) i << SHM_SEG_SHIFT) | ((uint64_t) block << SHM_BLOCK_SHIFT);
                 return 0;
@@ -36,7 +50,7 @@ int run_create(struct heap *h, uint64_t bytes, uint32_t align_blocks, enum run_k
         }
         /* No segment has room: one may have been added meanwhile, else ask
          * the owner for one big enough (with slack for the alignment). */
-        if (load_acquire(&h->ctl->nsegments) > nmapped) {
+        if (ctl_nsegments(h->ctl) > nmapped) {
             (void) heap_sync_segments(h);
             continue;
         }
@@ -63,5 +77,102 @@ int run_destroy(struct heap *h, uint64_t off, enum run_kind kind)
     if (!m || (off & (SHM_BLOCK_SIZE - 1)))
         return -EINVAL;
     b = (uint32_t) ((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT);
-    return seg_free_run(h, m, b, kind, tc ? tc->slot : NULL);
+    return run_free_in(h, m, b, kind, tc ? tc->slot : NULL);
+}
+
+/* ---- one segment's runs, under its lock ---- */
+
+int run_alloc_in(struct heap *h,
+                 struct seg_map *m,
+                 uint32_t nblocks,
+                 uint32_t align_blocks,
+                 enum run_kind kind,
+                 uint16_t owner,
+                 struct cache_slot *count,
+                 uint32_t *ret_block)
+{
+    uint32_t retries = 0;
+    int64_t b;
+    int r;
+
+    r = seg_lock(m, h);
+    if (r < 0)
+        return r;
+    for (;;) {
+        b = seg_find_run(m, nblocks, align_blocks ? align_blocks : 1);
+        if (b < 0) {
+            seg_unlock(m);
+            return -ENOSPC;
+        }
+        if (commit_ready(m, (uint32_t) b, nblocks))
+            break;
+        if (++retries > 8) {
+            seg_unlock(m);
+            return -ENOMEM;
+        }
+        r = commit_unlocked(h, m, (uint32_t) b, nblocks);
+        if (r < 0)
+            return r; /* the lock is dropped */
+    }
+    seg_blocks_claim(m, (uint32_t) b, meta_make_run(nblocks, kind, kind == RUN_LARGE ? owner : 0));
+    if (kind == RUN_LARGE)
+        store_relaxed(&m->hdr->large_bytes,
+                      m->hdr->large_bytes + ((uint64_t) nblocks << SHM_BLOCK_SHIFT));
+    store_relaxed(&m->hdr->journal.n, 0);
+    if (count) {
+        bump_relaxed(&count->large_allocs, 1);
+        bump_relaxed(&count->large_bytes_alloc, (uint64_t) nblocks << SHM_BLOCK_SHIFT);
+    }
+    seg_unlock(m);
+    *ret_block = (uint32_t) b;
+    return 0;
+}
+
+int run_share_in(struct heap *h, struct seg_map *m, uint32_t b)
+{
+    uint64_t w;
+    int r;
+
+    r = seg_lock(m, h);
+    if (r < 0)
+        return r;
+    w = b < m->nblocks ? seg_meta_get(m, b) : 0;
+    if (meta_state(w) == BLK_RUN && meta_kind(w) == RUN_LARGE)
+        seg_meta_put(m, b, meta_with_owner(w, 0));
+    seg_unlock(m);
+    return 0;
+}
+
+int run_free_in(struct heap *h,
+                struct seg_map *m,
+                uint32_t block,
+                enum run_kind kind,
+                struct cache_slot *count)
+{
+    uint64_t w;
+    uint32_t n;
+    int r;
+
+    r = seg_lock(m, h);
+    if (r < 0)
+        return r;
+    w = block < m->nblocks ? seg_meta_get(m, block) : 0;
+    if (block >= m->nblocks || meta_state(w) != BLK_RUN || meta_kind(w) != kind) {
+        seg_unlock(m);
+        return -EINVAL;
+    }
+    n = meta_len(w);
+    store_relaxed(&m->hdr->journal.block, block);
+    store_relaxed(&m->hdr->journal.n, n);
+    if (kind == RUN_LARGE)
+        store_relaxed(&m->hdr->large_bytes,
+                      m->hdr->large_bytes - ((uint64_t) n << SHM_BLOCK_SHIFT));
+    seg_blocks_release(m, block, n);
+    store_relaxed(&m->hdr->journal.n, 0);
+    if (count) {
+        bump_relaxed(&count->large_frees, 1);
+        bump_relaxed(&count->large_bytes_freed, (uint64_t) n << SHM_BLOCK_SHIFT);
+    }
+    seg_unlock(m);
+    return 0;
 }

@@ -5,6 +5,7 @@
  * so for any request n > 128, size(class(n)) - n < size / 8 <= n / 8 + 1,
  * and for n <= 128 the waste is under 16 bytes (the alignment granule). */
 #include <assert.h>
+#include <pthread.h>
 
 #include "shm/heap.h"
 #include "shm/sizeclass.h"
@@ -33,7 +34,7 @@ unsigned sizeclass_of(size_t size)
  * (so an object of size s is aligned to the largest power of two dividing
  * s, up to the block size), then an owner tag per object (u16, 8-byte
  * aligned), and the free bitmap in the slab's last words. */
-void sizeclass_geometry(unsigned cls, struct slab_geometry *ret)
+static void geometry_compute(unsigned cls, struct slab_geometry *ret)
 {
     uint64_t size = sizeclass_size(cls);
     uint64_t blocks = (8 * size + SHM_BLOCK_SIZE - 1) / SHM_BLOCK_SIZE;
@@ -59,18 +60,19 @@ void sizeclass_geometry(unsigned cls, struct slab_geometry *ret)
     ret->tags_off = (uint32_t) (ret->bitmap_off - (cap * 2 + 7) / 8 * 8);
 }
 
-struct class_check sizeclass_checks[SHM_NCLASSES];
+struct sizeclass_info sizeclass_info[SHM_NCLASSES];
+static pthread_once_t table_once = PTHREAD_ONCE_INIT;
 
-void sizeclass_init(void)
+static void table_fill(void)
 {
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
-        struct class_check *c = &sizeclass_checks[cls];
-        struct slab_geometry g;
+        struct sizeclass_info *c = &sizeclass_info[cls];
+        struct slab_geometry *g = &c->geo;
         uint64_t d, inv;
 
-        sizeclass_geometry(cls, &g);
-        c->shift = (uint32_t) __builtin_ctz(g.size);
-        d = g.size >> c->shift;
+        geometry_compute(cls, g);
+        c->shift = (uint32_t) __builtin_ctz(g->size);
+        d = g->size >> c->shift;
         /* Newton's iteration doubles the correct low bits each step; d * d
          * == 1 mod 8 for odd d, so 3 -> 6 -> 12 -> 24 -> 48 -> 96 bits. */
         inv = d;
@@ -78,8 +80,20 @@ void sizeclass_init(void)
             inv *= 2 - d * inv;
         c->inv = inv;
         c->limit = UINT64_MAX / d;
-        c->span = g.capacity * g.size;
-        c->div_mul = (UINT64_C(1) << 40) / g.size + 1;
-        c->tags_off = g.tags_off;
+        c->span = g->capacity * g->size;
+        c->div_mul = (UINT64_C(1) << 40) / g->size + 1;
+        c->tag_mul = g->blocks == 1 ? (uint32_t) ((UINT64_C(1) << 32) / g->size + 1) : 0;
     }
+}
+
+void sizeclass_init(void)
+{
+    (void) pthread_once(&table_once, table_fill);
+}
+
+void sizeclass_geometry(unsigned cls, struct slab_geometry *ret)
+{
+    assert(cls < SHM_NCLASSES);
+    sizeclass_init();
+    *ret = sizeclass_info[cls].geo;
 }

@@ -8,29 +8,10 @@
 #include "shm/internal.h"
 #include "shm/os.h"
 
-int heap_stats(struct heap *h, struct heap_stats *ret)
+/* Adds every slot's counters and bins to the figures. */
+static void stats_add_slots(struct ctl_header *c, struct heap_stats *ret)
 {
-    struct ctl_header *c;
-    int64_t in_use;
-
-    if (!h || !ret)
-        return -EINVAL;
-    c = h->ctl;
-    (void) heap_sync_segments(h);
-    memset(ret, 0, sizeof(*ret));
-    in_use = 0;
-    ret->frees = load_relaxed(&c->owned_reclaimed_large);
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
-        ret->classes[cls].object_size = sizeclass_size(cls);
-        ret->classes[cls].in_recycler = load_relaxed(&c->rec[cls].objects);
-        /* Frees a slab refused were counted by the cache that took them;
-         * objects a sweep freed were counted by no cache (owned.c). Sums
-         * wrap back to the truth. */
-        ret->classes[cls].in_use =
-                load_relaxed(&c->rec[cls].refused) - load_relaxed(&c->rec[cls].reclaimed);
-        ret->frees += load_relaxed(&c->rec[cls].reclaimed);
-    }
-    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
+    for (uint32_t i = 0, high = slot_high(c); i < high; i++) {
         const struct cache_slot *s = &c->slots[i];
         bool owned = load_relaxed(&s->state) == SLOT_OWNED;
 
@@ -52,28 +33,21 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
             cs->rec_retries += load_relaxed(&b->rec_retries);
         }
     }
-    /* A free a slab refused was counted by the cache that took it: it is
-     * not a free. */
-    ret->frees -= load_relaxed(&c->refused_frees);
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
-        ret->frees -= load_relaxed(&c->rec[cls].refused);
-        in_use += (int64_t) ret->classes[cls].in_use * (int64_t) ret->classes[cls].object_size;
-    }
-    ret->bytes_in_use = in_use > 0 ? (uint64_t) in_use : 0;
-    /* The control segment's pages as the kernel counts them: most of its
-     * 1024 cache slots are never touched. */
-    if (os_fstat_size(h->ctl_fd, NULL, &ret->bytes_committed) < 0)
-        ret->bytes_committed = c->ctl_size;
-    for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++) {
+}
+
+/* Adds every mapped segment's figures. */
+static void stats_add_segments(struct heap *h, struct heap_stats *ret)
+{
+    for (uint32_t i = 1; i < heap_nmapped(h); i++) {
         struct seg_map *m = &h->segs[i];
         struct heap_seg_stats *ss = &ret->segs[ret->nsegments];
 
-        if (!load_acquire(&m->meta))
+        if (!heap_mapped(h, i))
             continue;
         ss->index = i;
         ss->page_size = m->page_size;
         ss->size = m->size;
-        ss->committed_bytes = seg_committed_bytes(m);
+        ss->committed_bytes = commit_bytes(m);
         /* On normal pages the kernel's count is the truth: trim also
          * punches pages inside slabs, and untouched pages of a used block
          * were never there. */
@@ -88,6 +62,44 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
         ret->bytes_committed += ss->committed_bytes;
         ret->nsegments++;
     }
+}
+
+int heap_stats(struct heap *h, struct heap_stats *ret)
+{
+    struct ctl_header *c;
+    int64_t in_use;
+
+    if (!h || !ret)
+        return -EINVAL;
+    c = h->ctl;
+    (void) heap_sync_segments(h);
+    memset(ret, 0, sizeof(*ret));
+    in_use = 0;
+    ret->frees = load_relaxed(&c->owned_reclaimed_large);
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        ret->classes[cls].object_size = sizeclass_size(cls);
+        ret->classes[cls].in_recycler = load_relaxed(&c->rec[cls].objects);
+        /* Frees a slab refused were counted by the cache that took them;
+         * objects a sweep freed were counted by no cache (reclaim.c). Sums
+         * wrap back to the truth. */
+        ret->classes[cls].in_use =
+                load_relaxed(&c->rec[cls].refused) - load_relaxed(&c->rec[cls].reclaimed);
+        ret->frees += load_relaxed(&c->rec[cls].reclaimed);
+    }
+    stats_add_slots(c, ret);
+    /* A free a slab refused was counted by the cache that took it: it is
+     * not a free. */
+    ret->frees -= load_relaxed(&c->refused_frees);
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        ret->frees -= load_relaxed(&c->rec[cls].refused);
+        in_use += (int64_t) ret->classes[cls].in_use * (int64_t) ret->classes[cls].object_size;
+    }
+    ret->bytes_in_use = in_use > 0 ? (uint64_t) in_use : 0;
+    /* The control segment's pages as the kernel counts them: most of its
+     * 1024 cache slots are never touched. */
+    if (os_fstat_size(h->ctl_fd, NULL, &ret->bytes_committed) < 0)
+        ret->bytes_committed = c->ctl_size;
+    stats_add_segments(h, ret);
     /* The peak is sampled by threads every TCACHE_TICK operations and on
      * flushes; the snapshot taken here counts too. */
     ret->peak_bytes_in_use = ctl_raise_peak(c, ret->bytes_in_use);
@@ -113,12 +125,12 @@ int heap_client_usage(struct heap *h,
         return -EINVAL;
     c = h->ctl;
     memset(ret, 0, sizeof(*ret));
-    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
+    for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++) {
         const struct cache_slot *s = &c->slots[i];
 
         /* Relaxed snapshots: a slot changing hands meanwhile is counted or
          * missed, never misread as a pointer. */
-        if (load_acquire(&s->state) != SLOT_OWNED || load_relaxed(&s->client_id) != client_id ||
+        if (!slot_is_owned(s) || load_relaxed(&s->client_id) != client_id ||
             (pid && load_relaxed(&s->pid) != pid))
             continue;
         ret->threads++;

@@ -118,7 +118,7 @@ struct tcache *tcache_get(struct heap *h)
         errno = EMFILE;
         return NULL;
     }
-    r = ctl_slot_claim(h, &index);
+    r = slot_claim(h, &index);
     if (r < 0) {
         errno = -r;
         return NULL;
@@ -149,15 +149,19 @@ static void tcache_wait_steal(struct tcache *tc)
     struct cache_slot *s = tc->slot;
     uint32_t thief, spins = 0;
 
+    /* acquire: pairs with the trimmer's release of steal, so its drain is
+     * visible when it lets go. */
     while ((thief = load_acquire(&s->steal)) != 0) {
         sched_yield();
         /* Taken back under our own pid, not 0: until the settle is done no
          * other trimmer may steal the slot (it would settle the same
-         * handoff, or see it half done, beside us). */
+         * handoff, or see it half done, beside us). acq_rel: pairs with the
+         * dead trimmer's CAS, so what it wrote is visible. */
         if (++spins % 1024 == 0 && !os_pid_alive((pid_t) thief) &&
             cas_strong_acq_rel(&s->steal, &thief, (uint32_t) getpid())) {
             tcache_settle_handoff(tc->h, s);
-            /* release: the settled bins and handoff go with it. */
+            /* release: the settled bins and handoff go with it (pairs with
+             * the acquire of steal in a trimmer's CAS or tcache_enter). */
             store_release(&s->steal, 0);
             return;
         }
@@ -186,11 +190,13 @@ int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead)
     bool took_over = false;
     int r;
 
-    /* The trimmer's pid: an owner that finds it dead takes the slot back. */
+    /* The trimmer's pid: an owner that finds it dead takes the slot back.
+     * acq_rel: acquires what a former holder released with steal = 0. */
     if (!cas_strong_acq_rel(&s->steal, &expected, (uint32_t) getpid())) {
         /* Another trimmer has it; if that one died (and the owner has not
          * taken the slot back), we take its place: the caller drains,
          * which settles whatever it left half done first. */
+        /* acq_rel: pairs with the dead holder's CAS, as above. */
         if (!owner_dead || expected == (uint32_t) getpid() || os_pid_alive((pid_t) expected) ||
             !cas_strong_acq_rel(&s->steal, &expected, (uint32_t) getpid()))
             return -EBUSY;
@@ -203,6 +209,7 @@ int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead)
     }
     r = os_membarrier();
     if (r < 0) {
+        /* release: pairs with tcache_enter's acquire of steal. */
         store_release(&s->steal, 0);
         return r;
     }
@@ -215,13 +222,16 @@ int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead)
         }
         sched_yield();
     }
+    /* The owner stayed busy: give the slot back untouched (release: pairs
+     * with tcache_enter's acquire of steal). */
     store_release(&s->steal, 0);
     return -EBUSY;
 }
 
 void tcache_steal_end(struct cache_slot *s)
 {
-    /* release: the owner's acquire of steal sees the drained bins. */
+    /* release: pairs with the owner's acquire of steal (tcache_enter,
+     * free's fast path): it sees the drained bins. */
     store_release(&s->steal, 0);
 }
 
@@ -231,14 +241,18 @@ void tcache_steal_end(struct cache_slot *s)
  * leave a cache for the recycler; its objects' owner tags are cleared on
  * the way (an object freed into a cache keeps its freer's tag until it
  * leaves: see obj_tag() in internal.h). */
-static uint64_t chain_len(struct heap *h, uint64_t chain, uint64_t max, uint64_t *ret_last,
-                          uint32_t *ret_maxseg, unsigned clear_cls)
+static uint64_t chain_len(struct heap *h,
+                          uint64_t chain,
+                          uint64_t max,
+                          uint64_t *ret_last,
+                          uint32_t *ret_maxseg,
+                          unsigned clear_cls)
 {
     uint64_t n = 0, last = 0;
     uint32_t maxseg = 0;
 
     while (chain && n < max) {
-        if (!heap_seg_for(h, chain) || (chain & 15))
+        if (!heap_obj_at(h, chain))
             break;
         if (clear_cls < SHM_NCLASSES)
             store_relaxed(obj_tag(h, chain, clear_cls), (uint16_t) 0);
@@ -255,11 +269,49 @@ static uint64_t chain_len(struct heap *h, uint64_t chain, uint64_t max, uint64_t
     return n;
 }
 
-void heap_return_chain(struct heap *h, uint64_t chain)
+void tcache_return_handoff(struct heap *h, uint64_t *handoff)
+{
+    bool shared = (char *) handoff >= h->base && (char *) handoff < h->base + h->ctl->ctl_size;
+
+    for (;;) {
+        uint64_t x = load_relaxed(handoff);
+        struct seg_map *m;
+
+        if (!x)
+            return;
+        m = heap_seg_for(h, x);
+        if (!m || seg_lock(m, h) < 0) {
+            heap_count_bad_free(h);
+            (void) fetch_add_relaxed(&h->ctl->lost_objects, 1);
+            store_relaxed(handoff, 0);
+            return;
+        }
+        /* Read again under the lock: a recovery may have moved it. */
+        x = load_relaxed(handoff);
+        if (x && (x >> SHM_SEG_SHIFT) == m->index)
+            slab_return_handoff_locked(h, m, handoff, shared);
+        seg_unlock(m);
+    }
+}
+
+/* Returns a chain of objects to their blocks, whatever segments they are
+ * in. */
+static void tcache_return_chain(struct heap *h, uint64_t chain)
 {
     uint64_t handoff = chain;
 
-    seg_return_handoff(h, &handoff);
+    tcache_return_handoff(h, &handoff);
+}
+
+void tcache_drain_recyclers(struct heap *h)
+{
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        uint64_t first;
+        uint32_t count;
+
+        while ((first = recycler_pop(h, NULL, cls, &count)) != 0)
+            tcache_return_chain(h, first);
+    }
 }
 
 void tcache_settle_handoff(struct heap *h, struct cache_slot *s)
@@ -274,7 +326,7 @@ void tcache_settle_handoff(struct heap *h, struct cache_slot *s)
             store_relaxed(&s->handoff, 0);
             return;
         }
-    seg_return_handoff(h, &s->handoff);
+    tcache_return_handoff(h, &s->handoff);
 }
 
 int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
@@ -296,16 +348,16 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
         return 0;
     }
     for (int attempt = 0; attempt < 4; attempt++) {
-        uint32_t nmapped = load_acquire(&h->nmapped), start = load_relaxed(&h->seg_hint);
+        uint32_t nmapped = heap_nmapped(h), start = load_relaxed(&h->seg_hint);
 
         for (uint32_t k = 0; k + 1 < nmapped; k++) {
             uint32_t i = 1 + (start - 1 + k) % (nmapped - 1);
             struct seg_map *m = &h->segs[i];
             int r;
 
-            if (!load_acquire(&m->meta))
+            if (!heap_mapped(h, i))
                 continue;
-            r = seg_take(h, m, cls, n, bin, NULL);
+            r = slab_take(h, m, cls, n, bin, NULL);
             if (r > 0) {
                 store_relaxed(&h->seg_hint, i); /* a hint: any value works */
                 return 0;
@@ -316,7 +368,7 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
         /* Every segment is full: a new one may already be there; else the
          * cached objects may be what keeps slabs from emptying; else ask
          * the owner for a segment. */
-        if (load_acquire(&h->ctl->nsegments) > nmapped) {
+        if (ctl_nsegments(h->ctl) > nmapped) {
             (void) heap_sync_segments(h);
             continue;
         }
@@ -351,7 +403,7 @@ void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls)
         /* The recycler is at its cap: to the blocks, through the slot's
          * handoff word so a death midway loses nothing. */
         store_relaxed(&tc->slot->handoff, first);
-        seg_return_handoff(h, &tc->slot->handoff);
+        tcache_return_handoff(h, &tc->slot->handoff);
     }
 }
 
@@ -363,8 +415,8 @@ void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls)
  * bundle is pushed (so a death between the two loses that bundle rather
  * than leaving it in two places). tcache_settle_handoff() finishes the job
  * for a thread that stopped midway. */
-static uint64_t bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls, bool to_blocks,
-                              bool count_stats)
+static uint64_t
+bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls, bool to_blocks, bool count_stats)
 {
     struct cache_bin *bin = &s->bins[cls];
     uint64_t w = load_relaxed(&bin->head), chain = bin_off(w), total = 0;
@@ -394,7 +446,7 @@ static uint64_t bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls
         chain = rest;
     }
     total += chain_len(h, load_relaxed(&s->handoff), UINT64_MAX, NULL, NULL, SHM_NCLASSES);
-    seg_return_handoff(h, &s->handoff);
+    tcache_return_handoff(h, &s->handoff);
     return total;
 }
 
@@ -439,6 +491,7 @@ void tcache_trim_self(struct heap *h, uint64_t gen)
         return;
     tcache_enter(tc);
     tcache_flush(h, tc, true);
+    /* release: pairs with heap_trim's acquire of trim_gen_seen. */
     store_release(&tc->slot->trim_gen_seen, gen);
     tcache_leave(tc);
     tc->trim_gen_seen = gen;
@@ -453,57 +506,7 @@ void tcache_release_cached(struct heap *h, struct tcache *tc, bool entered)
         if (!entered)
             tcache_leave(tc);
     }
-    recycler_drain_all(h);
-}
-
-/* Objects of cls allocated through this slot and not freed through it
- * (negative when it freed others' objects). */
-static int64_t bin_in_use(const struct cache_bin *b)
-{
-    return (int64_t) (load_relaxed(&b->net) - bin_count(load_relaxed(&b->head)));
-}
-
-uint64_t slot_allocs(const struct cache_slot *s)
-{
-    return load_relaxed(&s->large_allocs) + load_relaxed(&s->allocs) + load_relaxed(&s->ops);
-}
-
-uint64_t slot_frees(const struct cache_slot *s)
-{
-    int64_t small_in_use = 0;
-
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
-        small_in_use += bin_in_use(&s->bins[cls]);
-    /* Frees are what was allocated and is no longer in use. */
-    return load_relaxed(&s->large_frees) + load_relaxed(&s->allocs) + load_relaxed(&s->ops) -
-           (uint64_t) small_in_use;
-}
-
-int64_t slot_bytes_in_use(const struct cache_slot *s)
-{
-    int64_t bytes = (int64_t) (load_relaxed(&s->large_bytes_alloc) -
-                               load_relaxed(&s->large_bytes_freed));
-
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
-        bytes += bin_in_use(&s->bins[cls]) * (int64_t) sizeclass_size(cls);
-    return bytes;
-}
-
-/* Adds what this slot's in-use bytes moved since its last report to the
- * heap-wide sample and raises the heap's peak if it passed it. */
-static void tcache_sample_peak(struct heap *h, struct cache_slot *s)
-{
-    int64_t cur = slot_bytes_in_use(s), delta = cur - load_relaxed(&s->reported_bytes);
-    uint64_t total;
-
-    if ((uint64_t) cur > load_relaxed(&s->peak_bytes) && cur > 0)
-        store_relaxed(&s->peak_bytes, (uint64_t) cur);
-    if (delta == 0)
-        return;
-    store_relaxed(&s->reported_bytes, cur);
-    total = fetch_add_relaxed(&h->ctl->bytes_sampled, (uint64_t) delta) + (uint64_t) delta;
-    if ((int64_t) total > 0)
-        (void) ctl_raise_peak(h->ctl, total);
+    tcache_drain_recyclers(h);
 }
 
 void tcache_tick(struct heap *h, struct tcache *tc)
@@ -518,7 +521,8 @@ void tcache_tick(struct heap *h, struct tcache *tc)
     if (gen != tc->trim_gen_seen) {
         tcache_enter(tc);
         tcache_flush(h, tc, true);
-        /* release: the trimmer waiting on trim_gen_seen sees the flush. */
+        /* release: the trimmer waiting on trim_gen_seen sees the flush
+         * (pairs with heap_trim's acquire of it). */
         store_release(&tc->slot->trim_gen_seen, gen);
         tcache_leave(tc);
         tc->trim_gen_seen = gen;
@@ -526,16 +530,16 @@ void tcache_tick(struct heap *h, struct tcache *tc)
     if (load_relaxed(&c->config_gen) != load_relaxed(&h->cfg_gen))
         tcache_reload_config(h);
     (void) heap_sync_segments(h);
-    tcache_sample_peak(h, tc->slot);
+    slot_sample_peak(h, tc->slot);
 }
 
 static void tcache_release(struct heap *h, struct tcache *tc, bool unlink)
 {
     tcache_enter(tc);
     tcache_flush(h, tc, false);
-    tcache_sample_peak(h, tc->slot);
+    slot_sample_peak(h, tc->slot);
     tcache_leave(tc);
-    ctl_slot_release(h, tc->slot_index);
+    slot_release(h, tc->slot_index);
     if (unlink) {
         pthread_mutex_lock(&h->local_lock);
         for (struct tcache **pp = &h->caches; *pp; pp = &(*pp)->next)
@@ -567,7 +571,7 @@ void heap_thread_flush(struct heap *h)
         return;
     tcache_enter(tc);
     tcache_flush(h, tc, false);
-    tcache_sample_peak(h, tc->slot);
+    slot_sample_peak(h, tc->slot);
     tcache_leave(tc);
 }
 

@@ -81,8 +81,7 @@ static uint64_t *bitmap_of(struct seg_map *m, uint32_t b, const struct slab_geom
  * the entry only after its tag is gone from the heap). */
 static bool owner_claimed(struct verify_ctx *v, uint16_t tag)
 {
-    return tag <= SHM_MAX_OWNERS &&
-           load_relaxed(&v->h->ctl->owners[tag - 1].state) != OWNER_FREE;
+    return tag <= SHM_MAX_OWNERS && load_relaxed(&v->h->ctl->owners[tag - 1].state) != OWNER_FREE;
 }
 
 /* Part 1 for one segment; adds each class's objects out of slabs to out[]. */
@@ -169,8 +168,8 @@ static void verify_segment(struct verify_ctx *v, struct seg_map *m, uint64_t *ou
                 uint16_t t = load_relaxed(&tags[i]);
 
                 if (t && (bits[i / 64] >> (i % 64) & 1))
-                    problem(v, "segment %u block %u: free object %u has owner %u", m->index, b,
-                            i, t);
+                    problem(v, "segment %u block %u: free object %u has owner %u", m->index, b, i,
+                            t);
                 else if (t && !owner_claimed(v, t))
                     problem(v, "segment %u block %u: object %u of owner %u, which is gone",
                             m->index, b, i, t);
@@ -188,7 +187,7 @@ static void verify_segment(struct verify_ctx *v, struct seg_map *m, uint64_t *ou
             break;
         }
         case BLK_BUSY:
-            if (!os_pid_alive((pid_t) ((w >> 8) & 0xffffff)))
+            if (!os_pid_alive((pid_t) meta_busy_pid(w)))
                 problem(v, "segment %u block %u: busy for a dead process", m->index, b);
             break;
         default:
@@ -198,7 +197,7 @@ static void verify_segment(struct verify_ctx *v, struct seg_map *m, uint64_t *ou
     }
     {
         unsigned cls = 0;
-        uint32_t reserved = seg_punch_reserved(m, &cls);
+        uint32_t reserved = punch_reserved(m, &cls);
 
         /* A live trimmer's punch holds these out of their slab for a while. */
         if (reserved && cls < SHM_NCLASSES)
@@ -252,7 +251,7 @@ static uint64_t collect_list(struct verify_ctx *v, uint64_t chain, unsigned cls,
     uint64_t n = 0;
 
     while (chain) {
-        if (!heap_seg_for(v->h, chain) || (chain & 15)) {
+        if (!heap_obj_at(v->h, chain)) {
             problem(v, "%s: bad link %#lx", where, (unsigned long) chain);
             break;
         }
@@ -297,11 +296,11 @@ int heap_verify(struct heap *h, struct verify_report *ret)
     ret->consistent = true;
     (void) heap_sync_segments(h);
     /* Freeze the caches: take every slot (dead owners' too). */
-    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++) {
+    for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &c->slots[i];
         bool dead;
 
-        if (load_acquire(&s->state) != SLOT_OWNED)
+        if (!slot_is_owned(s))
             continue;
         dead = !os_pid_alive((pid_t) load_relaxed(&s->pid));
         if (tcache_steal_begin(h, s, dead) < 0) {
@@ -335,8 +334,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
                 struct popped *p = realloc(pops, (popcap ? popcap * 2 : 64) * sizeof(*p));
 
                 if (!p) {
-                    (void) recycler_push(h, NULL, cls, first, count, load_acquire(&h->nmapped) - 1,
-                                         true);
+                    (void) recycler_push(h, NULL, cls, first, count, heap_nmapped(h) - 1, true);
                     v.oom = true;
                     break;
                 }
@@ -355,14 +353,14 @@ int heap_verify(struct heap *h, struct verify_report *ret)
         }
     }
     /* Blocks, then objects, one segment at a time under its lock. */
-    for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++) {
+    for (uint32_t i = 1; i < heap_nmapped(h); i++) {
         struct seg_map *m = &h->segs[i];
 
-        if (!load_acquire(&m->meta))
+        if (!heap_mapped(h, i))
             continue;
         /* Blocks a dead decommitter left BUSY are reclaimed, not faults:
          * the same happens at every trim and reclaim. */
-        seg_reap_busy(h, m);
+        reclaim_busy(h, m);
         if (seg_lock(m, h) < 0) {
             problem(&v, "segment %u: lock not recoverable", i);
             continue;
@@ -381,7 +379,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
                 problem(&v, "object %#lx is in two places at once", (unsigned long) v.offs[k]);
     }
     /* Counts. */
-    for (uint32_t i = 0, high = ctl_slots_high(h->ctl); i < high; i++)
+    for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++)
         for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
             in_use += load_relaxed(&c->slots[i].bins[cls].net) -
                       bin_count(load_relaxed(&c->slots[i].bins[cls].head));
@@ -401,7 +399,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
     /* Put everything back. */
     for (size_t k = 0; k < npops; k++)
         (void) recycler_push(h, NULL, pops[k].count >> 24, pops[k].first, pops[k].count & 0xffffff,
-                             load_acquire(&h->nmapped) - 1, true);
+                             heap_nmapped(h) - 1, true);
     for (uint32_t k = 0; k < ntaken; k++)
         tcache_steal_end(&c->slots[taken[k]]);
     free(pops);

@@ -126,7 +126,7 @@ void mp_inbox_destroy(struct mp_inbox *b);
  *     after the free's release), X reaches Q through the recycler or the
  *     blocks, Q sends it back to T2 of P, T2 reads it;
  *   - T1 of P reads X and sends it to Q, Q frees it to the blocks, T2 of P
- *     takes it from there (seg_take links it before malloc's acquire).
+ *     takes it from there (slab_take links it before malloc's acquire).
  * Each chain runs through Q, so TSan would report T1's and T2's accesses as
  * a race. In reality every hop goes through X itself, a recycler head CAS
  * or a segment lock. So both the sender and the receiver release (send)

@@ -843,7 +843,7 @@ static void *tstorm_alloc_main(void *arg)
 /* Under TSan one allocating thread: a cache a trimmer drained reaches the
  * sibling thread through the trimmer's process, a chain TSan cannot see
  * (the object's link word written by the owner's free, then by the
- * sibling's seg_take under the segment lock). */
+ * sibling's slab_take under the segment lock). */
 #if defined(__SANITIZE_THREAD__)
 #    define TSTORM_THREADS 1u
 #else

@@ -303,9 +303,74 @@ START_TEST(layout_bad_config)
     ck_assert_int_lt(heap_local_create(&cfg, SHM_PAGES_OFF, &l), 0);
     ck_assert_ptr_null(l);
     ck_assert_int_eq(heap_ctl_create(NULL, &fd), -EINVAL);
-    ck_assert_int_eq(heap_segment_create(-1, 0, SHM_PAGES_OFF, &fd, &index), -EBADF);
+    th_config(&cfg, 16 * MiB);
+    ck_assert_int_eq(heap_segment_create(-1, &cfg, 0, SHM_PAGES_OFF, &fd, &index), -EBADF);
+    ck_assert_int_eq(
+            heap_segment_create(heap_local_ctl_fd(th.local), NULL, 0, SHM_PAGES_OFF, &fd, &index),
+            -EINVAL);
+    cfg.max_segments = SHM_MAX_SEGMENTS; /* past the table: refused, not trusted */
+    ck_assert_int_eq(
+            heap_segment_create(heap_local_ctl_fd(th.local), &cfg, 0, SHM_PAGES_OFF, &fd, &index),
+            -EINVAL);
     ck_assert_int_eq(heap_local_attach(NULL, 1, &th.h), -EINVAL);
     th_verify(th.h);
+}
+END_TEST
+
+/* A new segment's size and the segment count come from the owner's own
+ * config, whatever an attacher wrote into the control segment's copy. */
+START_TEST(layout_segment_limits_are_the_owners)
+{
+    struct shm_config cfg;
+    struct ctl_header *c;
+    int ctl_fd, fd[3];
+    uint32_t index;
+    uint64_t size;
+
+    th_config(&cfg, 16 * MiB);
+    cfg.max_segments = 2;
+    ck_assert_int_eq(heap_ctl_create(&cfg, &ctl_fd), 0);
+    size = (uint64_t) lseek(ctl_fd, 0, SEEK_END);
+    c = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, ctl_fd, 0);
+    ck_assert_ptr_ne(c, MAP_FAILED);
+    /* What any client could write: a huge segment, as many as fit. */
+    c->config.segment_size = SHM_SEG_SPAN;
+    c->config.max_segments = SHM_MAX_SEGMENTS - 1;
+    for (uint32_t i = 1; i <= 2; i++) {
+        ck_assert_int_eq(heap_segment_create(ctl_fd, &cfg, 0, SHM_PAGES_OFF, &fd[i], &index), 0);
+        ck_assert_uint_eq(index, i);
+        ck_assert_uint_eq(c->segs[i].size, 16 * MiB);
+        ck_assert_uint_eq((uint64_t) lseek(fd[i], 0, SEEK_END), 16 * MiB);
+    }
+    ck_assert_int_eq(heap_segment_create(ctl_fd, &cfg, 0, SHM_PAGES_OFF, &fd[0], &index), -ENOSPC);
+    ck_assert_uint_eq(c->nsegments, 3);
+    for (uint32_t i = 1; i <= 2; i++)
+        (void) close(fd[i]);
+    (void) munmap(c, size);
+    (void) close(ctl_fd);
+}
+END_TEST
+
+/* A segment table entry smaller than the layout allows is refused at map
+ * time: free's fast path relies on every mapped segment being at least
+ * SHM_SEG_MIN_SIZE. */
+START_TEST(layout_segment_too_small)
+{
+    struct shm_config cfg;
+    struct heap *h = NULL;
+    struct ctl_header *c = heap_ctl(th.h);
+    uint32_t n = c->nsegments, index;
+    int fd;
+
+    th_config(&cfg, 16 * MiB);
+    ck_assert_int_eq(
+            heap_segment_create(heap_local_ctl_fd(th.local), &cfg, 0, SHM_PAGES_OFF, &fd, &index),
+            0);
+    ck_assert_uint_eq(index, n);
+    c->segs[n].size = SHM_SEG_MIN_SIZE - SHM_BLOCK_SIZE;
+    ck_assert_int_eq(heap_local_attach(th.local, 7, &h), -EBADMSG);
+    ck_assert_ptr_null(h);
+    (void) close(fd);
 }
 END_TEST
 
@@ -321,6 +386,8 @@ Suite *layout_suite(void)
     tcase_add_test(tc, layout_segment_table_lies);
     tcase_add_test(tc, layout_hook_wrong_fd);
     tcase_add_test(tc, layout_bad_config);
+    tcase_add_test(tc, layout_segment_limits_are_the_owners);
+    tcase_add_test(tc, layout_segment_too_small);
     tcase_set_timeout(tc, 30);
     suite_add_tcase(s, tc);
     return s;

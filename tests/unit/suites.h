@@ -17,5 +17,6 @@ Suite *hugepages_suite(void);
 Suite *trim_suite(void);
 Suite *owned_suite(void);
 Suite *wire_suite(void);
+Suite *words_suite(void);
 
 #endif

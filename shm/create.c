@@ -1,0 +1,241 @@
+/* Creating a heap (the owner's side): the control segment, and each heap
+ * segment as the heap grows. Only the process that owns the heap (the
+ * daemon, or a local heap: local.c) calls these; attachers map what they
+ * made (heap.c).
+ *
+ * How a segment grows the heap: an allocation that finds no room calls the
+ * heap's grow hook (tcache.c, run.c); the owner calls heap_segment_create()
+ * with its own limits (never the control segment's copy, which any
+ * attacher can write); it makes a memfd, formats it (segment.c), fills in
+ * its entry in the control segment and publishes the new count; attachers
+ * map it on their next look at nsegments (heap_sync_segments, heap.c). */
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "shm/internal.h"
+#include "shm/os.h"
+
+#define GiB (UINT64_C(1) << 30)
+#define MiB (UINT64_C(1) << 20)
+
+void heap_config_default(struct shm_config *ret)
+{
+    memset(ret, 0, sizeof(*ret));
+    ret->segment_size = GiB;
+    ret->huge_pages = SHM_PAGES_AUTO;
+    ret->thread_cache_bytes = 1u << 20;
+    ret->bundle_objects = 64;
+    ret->recycler_cap_bundles = 64;
+    ret->retain_empty_blocks = 16;
+    ret->trim_interval_ms = 0;
+    ret->max_clients = 64;
+    ret->max_segments = 16;
+}
+
+static uint64_t ctl_bytes(void)
+{
+    return (sizeof(struct ctl_header) + 4095) & ~UINT64_C(4095);
+}
+
+/* The owner's limits on segments: whole blocks, at least the layout's
+ * floor, at most what an offset spans; 1..SHM_MAX_SEGMENTS - 1 of them. */
+static bool limits_valid(const struct shm_config *cfg)
+{
+    return cfg->max_segments >= 1 && cfg->max_segments < SHM_MAX_SEGMENTS &&
+           cfg->segment_size % SHM_BLOCK_SIZE == 0 && cfg->segment_size >= SHM_SEG_MIN_SIZE &&
+           cfg->segment_size <= SHM_SEG_SPAN;
+}
+
+int heap_ctl_create(const struct shm_config *cfg, int *ret_fd)
+{
+    uint64_t size = ctl_bytes();
+    struct ctl_header *c;
+    int fd, r;
+
+    if (!cfg || !ret_fd || !limits_valid(cfg))
+        return -EINVAL;
+    fd = os_memfd("shmheap-ctl", 0);
+    if (fd < 0)
+        return fd;
+    r = os_truncate(fd, size);
+    if (r < 0)
+        goto fail;
+    c = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (c == MAP_FAILED) {
+        r = -errno;
+        goto fail;
+    }
+    c->version = SHM_LAYOUT_VERSION;
+    c->header_size = (uint32_t) sizeof(*c);
+    c->ctl_size = size;
+    c->created_ns = os_now_ns();
+    c->config = *cfg;
+    c->nsegments = 1; /* index 0 is the control segment itself */
+    c->segs[0].size = size;
+    c->segs[0].page_size = 4096;
+    c->segs[0].state = SEG_LIVE;
+    r = os_mutex_init_robust(&c->lock);
+    if (r == 0)
+        /* release: the magic is written last; an attacher that sees it
+         * (ctl_check_header's acquire pairs with this) sees the rest. */
+        store_release(&c->magic, SHM_CTL_MAGIC);
+    (void) munmap(c, size);
+    if (r < 0)
+        goto fail;
+    r = os_seal_shrink(fd);
+    if (r < 0)
+        goto fail;
+    *ret_fd = fd;
+    return 0;
+fail:
+    (void) close(fd);
+    return r;
+}
+
+/* ---- heap segments ---- */
+
+static int segment_try(uint64_t size, uint64_t page, int *ret_fd)
+{
+    int fd, r;
+
+    fd = os_memfd("shmheap-seg", page);
+    if (fd < 0)
+        /* A kernel without this huge page size says EINVAL: for the caller
+         * that is the same as a pool without free pages. */
+        return page > 4096 && fd == -EINVAL ? -ENOMEM : fd;
+    r = os_truncate(fd, size);
+    if (r < 0)
+        goto fail;
+    if (page > 4096) {
+        uint64_t meta;
+
+        /* Huge pages must really be there: take the ones the metadata
+         * needs now, so a pool without free pages is an error here, not
+         * SIGBUS later. */
+        r = seg_metadata_bytes(size, (uint32_t) page, &meta);
+        if (r == 0)
+            r = os_commit(fd, 0, (meta + page - 1) & ~(page - 1));
+        if (r < 0)
+            goto fail;
+    } else {
+        r = os_seal_shrink(fd);
+        if (r < 0)
+            goto fail;
+    }
+    *ret_fd = fd;
+    return 0;
+fail:
+    (void) close(fd);
+    return r;
+}
+
+/* Makes the memfd of a segment of at least `size` bytes by `policy`:
+ * the first page size that works, the size rounded up to whole pages and
+ * blocks. */
+static int
+segment_make(uint64_t size, int policy, int *ret_fd, uint64_t *ret_size, uint64_t *ret_page)
+{
+    static const uint64_t pages_auto[] = {GiB, 2 * MiB, 4096};
+    const uint64_t *try;
+    unsigned ntry;
+    int r = -ENOMEM;
+
+    switch (policy) {
+    case SHM_PAGES_1G:
+        try = &pages_auto[0], ntry = 1;
+        break;
+    case SHM_PAGES_2M:
+        try = &pages_auto[1], ntry = 1;
+        break;
+    case SHM_PAGES_OFF:
+        try = &pages_auto[2], ntry = 1;
+        break;
+    default:
+        try = pages_auto, ntry = 3;
+        break;
+    }
+    for (unsigned i = 0; i < ntry; i++) {
+        /* Whole pages, and whole blocks. */
+        uint64_t unit = try[i] > SHM_BLOCK_SIZE ? try[i] : SHM_BLOCK_SIZE;
+        uint64_t sz = (size + unit - 1) & ~(unit - 1);
+
+        if (sz > SHM_SEG_SPAN)
+            continue;
+        r = segment_try(sz, try[i], ret_fd);
+        if (r == 0) {
+            *ret_page = try[i];
+            *ret_size = sz;
+            return 0;
+        }
+    }
+    return r;
+}
+
+int heap_segment_create(int ctl_fd,
+                        const struct shm_config *cfg,
+                        uint64_t min_bytes,
+                        int policy,
+                        int *ret_fd,
+                        uint32_t *ret_index)
+{
+    uint64_t ctl_size, size, page = 0;
+    struct ctl_header *c;
+    uint32_t index;
+    int fd = -1, r;
+    void *base;
+
+    if (!cfg || !limits_valid(cfg) || !ret_fd || !ret_index || policy < 0 ||
+        policy >= _SHM_PAGES_MAX)
+        return -EINVAL;
+    r = os_fstat_size(ctl_fd, &ctl_size, NULL);
+    if (r < 0)
+        return r;
+    c = mmap(NULL, ctl_size, PROT_READ | PROT_WRITE, MAP_SHARED, ctl_fd, 0);
+    if (c == MAP_FAILED)
+        return -errno;
+    r = ctl_check_header(c, ctl_size);
+    if (r < 0)
+        goto out;
+    /* The limits are the caller's, never the control segment's copy of
+     * the config, which any attacher can write. nsegments is only read:
+     * max_segments < SHM_MAX_SEGMENTS keeps the entry written below inside
+     * the table whatever it says. */
+    index = ctl_nsegments(c);
+    if (index > cfg->max_segments) {
+        r = -ENOSPC;
+        goto out;
+    }
+    size = cfg->segment_size;
+    /* Room for the metadata (well under 1%) on top of what was asked. */
+    if (min_bytes + min_bytes / 64 + 4 * MiB > size)
+        size = min_bytes + min_bytes / 64 + 4 * MiB;
+    r = segment_make(size, policy, &fd, &size, &page);
+    if (r < 0)
+        goto out;
+    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    if (base == MAP_FAILED) {
+        r = -errno;
+        goto out_close;
+    }
+    r = seg_format(base, fd, index, size, (uint32_t) page);
+    (void) munmap(base, size);
+    if (r < 0)
+        goto out_close;
+    store_relaxed(&c->segs[index].size, size);
+    store_relaxed(&c->segs[index].page_size, (uint32_t) page);
+    store_relaxed(&c->segs[index].state, SEG_LIVE);
+    /* release: an attacher that reads the new count sees the entry filled
+     * in and the segment formatted (pairs with ctl_nsegments()). */
+    store_release(&c->nsegments, index + 1);
+    *ret_fd = fd;
+    *ret_index = index;
+    (void) munmap(c, ctl_size);
+    return 0;
+out_close:
+    (void) close(fd);
+out:
+    (void) munmap(c, ctl_size);
+    return r;
+}
