@@ -31,6 +31,7 @@
 #define CONFIG_MAX_FILE     (1u << 20) /* bytes of a config file */
 #define CONFIG_MAX_DEPTH    16u        /* nesting of a config file or a request */
 #define CONFIG_ERR_MAX      256u       /* a good size for error buffers */
+#define CONFIG_PATH_MAX     256u       /* bytes of a path value, the NUL included */
 
 struct config {
     struct shm_config shm;       /* what clients read from the control segment */
@@ -41,6 +42,7 @@ struct config {
     uint32_t n_allowed_gids;
     uint32_t allowed_uids[CONFIG_MAX_IDS];
     uint32_t allowed_gids[CONFIG_MAX_IDS];
+    char state_dir[CONFIG_PATH_MAX]; /* "" : none (daemon/statedir.c) */
 };
 
 enum config_type {
@@ -49,6 +51,7 @@ enum config_type {
     CONFIG_MS,      /* u32 milliseconds */
     CONFIG_ENUM,    /* one of a few strings */
     CONFIG_ID_LIST, /* an array of uids or gids (numbers) */
+    CONFIG_PATH,    /* an absolute path string, or "" for none */
     _CONFIG_TYPE_MAX,
 };
 

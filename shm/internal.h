@@ -349,6 +349,8 @@ static inline void tcache_leave(struct tcache *tc)
 /* A process-shared, robust, priority-inheriting mutex for shared memory. */
 int shm_mutex_init(pthread_mutex_t *m);
 int ctl_check_header(const struct ctl_header *c, uint64_t size);
+/* Sizes fd and writes a fresh control segment with cfg into it. */
+int ctl_format(int fd, const struct shm_config *cfg);
 int ctl_lock(struct ctl_header *c);
 void ctl_unlock(struct ctl_header *c);
 int ctl_slot_claim(struct heap *h, uint32_t *ret_index);

@@ -1,13 +1,16 @@
 /* System calls of the heap core; see os.h. */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <linux/membarrier.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <time.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include "shm/os.h"
@@ -172,4 +175,33 @@ uint64_t os_now_ns(void)
 int os_tid(void)
 {
     return (int) syscall(SYS_gettid);
+}
+
+/* ---- files in a state directory (adopt.c) ---- */
+
+int os_file_create(int dir_fd, const char *name)
+{
+    int fd;
+
+    /* A leftover of a creation cut short is ours to replace. */
+    if (unlinkat(dir_fd, name, 0) < 0 && errno != ENOENT)
+        return -errno;
+    fd = openat(dir_fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    return fd < 0 ? -errno : fd;
+}
+
+int os_file_rename(int dir_fd, const char *from, const char *to)
+{
+    return renameat(dir_fd, from, dir_fd, to) < 0 ? -errno : 0;
+}
+
+uint64_t os_dir_page_size(int dir_fd)
+{
+    struct statfs sf;
+
+    /* hugetlbfs files come in the mount's page size; anything else (tmpfs)
+     * in normal pages. */
+    if (fstatfs(dir_fd, &sf) == 0 && (uint64_t) sf.f_type == HUGETLBFS_MAGIC)
+        return (uint64_t) sf.f_bsize;
+    return 4096;
 }
