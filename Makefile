@@ -121,7 +121,7 @@ ALL_OBJS := $(sort $(SHM_OBJS) $(CONFIG_OBJS) $(CLIENT_OBJS) $(DAEMON_OBJS) $(CT
 # ---------------------------------------------------------------------------
 # Build
 
-.PHONY: all deps check-atomics test test-run test-run-mp run soak format install clean bench
+.PHONY: all deps check-atomics test test-run test-run-mp run run-clean soak format install clean bench
 
 all: $(SHMCORE) $(SHMCONFIG) $(CLIENT_SO) $(CLIENT_A) $(CLIENT_PC) $(DAEMON) $(CTL) $(TESTS) \
      check-atomics
@@ -325,13 +325,21 @@ endif
 # ---------------------------------------------------------------------------
 # Running
 
+# `make run` keeps the heap in a state directory on tmpfs, so that stopping
+# it (Ctrl-C) and running it again adopts the same heap; `make run-clean`
+# removes the directory first; `make run STATE_DIR=` keeps nothing.
+STATE_DIR ?= /dev/shm/shmheap-state-$(shell id -u)
 run: deps all
 ifneq ($(DAEMON),)
-	exec $(DAEMON) $(ARGS)
+	exec $(DAEMON) $(if $(STATE_DIR),--state-dir $(STATE_DIR)) $(ARGS)
 else
 	@echo "run: shmheapd is not built yet (daemon/ has no sources); running the unit tests as a demo"
 	@$(RUN_TESTS_SH); run_tests $(RUN_UNIT)
 endif
+
+run-clean:
+	$(if $(STATE_DIR),rm -rf -- '$(STATE_DIR)')
+	$(MAKE) run
 
 soak: all
 	@$(RUN_TESTS_SH); SHMHEAP_SOAK=1; export SHMHEAP_SOAK; \

@@ -41,11 +41,11 @@
 
 #include "client/client.h"
 
-#define BACKOFF_MIN_MS   10u
-#define BACKOFF_MAX_MS   250u
-#define REHELLO_TIMEOUT  5000u   /* a daemon that accepted but does not answer */
-#define WAIT_DEFAULT_MS  5000u   /* before the control segment can be read */
-#define WAIT_MAX_MS      600000u /* the config key's bound; shared memory is untrusted */
+#define BACKOFF_MIN_MS  10u
+#define BACKOFF_MAX_MS  250u
+#define REHELLO_TIMEOUT 5000u   /* a daemon that accepted but does not answer */
+#define WAIT_DEFAULT_MS 5000u   /* before the control segment can be read */
+#define WAIT_MAX_MS     600000u /* the config key's bound; shared memory is untrusted */
 
 static void deadline_after(struct timespec *ts, unsigned ms)
 {

@@ -120,8 +120,8 @@ int adopt_recover(struct daemon *d, const char *source)
     }
     log_notice("adopted the heap from %s: %" PRIu32 " heap segments; %" PRIu32
                " clients still running (watched until they attach again); reclaimed what %" PRIu32
-               " gone clients left: %" PRIu32 " thread caches, %" PRIu64 " private objects (%" PRIu64
-               " bytes), %" PRIu32 " session arenas",
+               " gone clients left: %" PRIu32 " thread caches, %" PRIu64
+               " private objects (%" PRIu64 " bytes), %" PRIu32 " session arenas",
                source, rep->segments, watching, rep->clients_gone, rep->slots_reclaimed,
                rep->owned_objects, rep->owned_bytes, rep->arenas_destroyed);
     free(rep);

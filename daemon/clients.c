@@ -165,8 +165,8 @@ int clients_attach(struct daemon *d, struct conn *c, uint64_t resume_id, struct 
     link_insert(&d->clients, &cl->link);
     d->nclients++;
     log_info("client %" PRIu64 " %s: pid %d, uid %u (connection %" PRIu64 ")", cl->id,
-             resume_id ? "attached again" : "attached", (int) cl->peer.pid,
-             (unsigned) cl->peer.uid, c->serial);
+             resume_id ? "attached again" : "attached", (int) cl->peer.pid, (unsigned) cl->peer.uid,
+             c->serial);
     *ret = cl;
     return 0;
 }

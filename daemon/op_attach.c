@@ -62,8 +62,7 @@ static bool resume_allowed(struct conn *c, uint64_t id, uint64_t owner)
         if (load_relaxed(&e->client_id) != id || load_relaxed(&e->pid) != pid ||
             load_acquire(&e->state) != OWNER_LIVE) {
             reply_error(c, "bad_value",
-                        "owner %" PRIu64 " is not a live entry of client_id %" PRIu64
-                        " and pid %d",
+                        "owner %" PRIu64 " is not a live entry of client_id %" PRIu64 " and pid %d",
                         owner, id, (int) c->peer.pid);
             return false;
         }

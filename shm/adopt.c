@@ -185,8 +185,7 @@ int heap_adopt_check_ctl(int fd, uint32_t *ret_nsegments, char *why, size_t why_
             (uintmax_t) SHM_CTL_MAGIC);
         r = -EBADF;
     } else if (c->version != SHM_LAYOUT_VERSION) {
-        WHY("layout version %u, this build has layout version %u", c->version,
-            SHM_LAYOUT_VERSION);
+        WHY("layout version %u, this build has layout version %u", c->version, SHM_LAYOUT_VERSION);
         r = -EPROTO;
     } else if (c->header_size != sizeof(*c)) {
         WHY("header of %u bytes, this build's is %zu", c->header_size, sizeof(*c));
@@ -273,8 +272,8 @@ int heap_adopt_check_segment(int ctl_fd,
             hdr->index, (uintmax_t) hdr->size, hdr->nblocks, index, (uintmax_t) s.size);
     else if (hdr->page_size != s.page_size ||
              (s.page_size > 4096 && (uint64_t) st.st_blksize != s.page_size)) {
-        WHY("its page size (%u in its header, %ju by fstat) is not the table's %u",
-            hdr->page_size, (uintmax_t) st.st_blksize, s.page_size);
+        WHY("its page size (%u in its header, %ju by fstat) is not the table's %u", hdr->page_size,
+            (uintmax_t) st.st_blksize, s.page_size);
         r = -EBADMSG;
     }
     (void) munmap((void *) hdr, sizeof(*hdr));
@@ -365,8 +364,8 @@ int heap_adopt_recover(struct heap *h, struct heap_adopt_report *ret)
             continue;
         /* A client id is one attachment, of one process; but be safe. */
         for (uint32_t k = 0; k < ret->nclients; k++)
-            other_alive |= ret->clients[k].client_id == ret->clients[i].client_id &&
-                           ret->clients[k].alive;
+            other_alive |=
+                    ret->clients[k].client_id == ret->clients[i].client_id && ret->clients[k].alive;
         if (other_alive)
             continue;
         r = heap_arena_destroy_session(h, ret->clients[i].client_id);

@@ -92,8 +92,8 @@ struct heap_adopt_report {
     uint32_t clients_gone;    /* clients whose process is gone */
     uint32_t arenas_destroyed;
     uint64_t owned_objects, owned_bytes; /* private objects of gone owners freed */
-    uint64_t max_client_id; /* the highest client id in use or handed out */
-    uint32_t nclients;      /* entries in clients[] (attachments found) */
+    uint64_t max_client_id;              /* the highest client id in use or handed out */
+    uint32_t nclients;                   /* entries in clients[] (attachments found) */
     struct {
         uint64_t client_id;
         uint32_t pid;

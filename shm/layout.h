@@ -38,7 +38,8 @@
 
 #define SHM_CTL_MAGIC      UINT64_C(0x4c54434850414548) /* "HEAPHCTL" */
 #define SHM_SEG_MAGIC      UINT64_C(0x4745534850414548) /* "HEAPHSEG" */
-#define SHM_LAYOUT_VERSION 3u /* 3: reconnect_wait_ms, client_id_next */
+/* 3: shm_config.reconnect_wait_ms, ctl_header.client_id_next (restart). */
+#define SHM_LAYOUT_VERSION 3u
 
 /* Offsets: 5 bits of segment index over 34 bits of byte offset. A process
  * reserves SHM_MAX_SEGMENTS << SHM_SEG_SHIFT bytes of address space per

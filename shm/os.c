@@ -5,12 +5,12 @@
 #include <linux/membarrier.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <time.h>
-#include <stdio.h>
 #include <unistd.h>
 
 #include "shm/os.h"

@@ -43,13 +43,13 @@
 #include "tests/service/suites.h"
 
 #define NWORKERS   4
-#define NSHARED    64               /* shared objects per worker, behind its root */
-#define NTRANSIENT 256              /* private objects a worker juggles */
-#define NLARGE     3                /* large objects a worker juggles */
-#define LARGE_SIZE (6u << 20)       /* 4 x 3 x 6 MiB: more than one 64 MiB segment */
-#define NVICTIM    100              /* private objects of the client killed in the gap */
-#define CFG_JSON                                                                            \
-    "{\"huge_pages\": \"off\", \"segment_size\": \"64M\", \"max_segments\": 8, "           \
+#define NSHARED    64         /* shared objects per worker, behind its root */
+#define NTRANSIENT 256        /* private objects a worker juggles */
+#define NLARGE     3          /* large objects a worker juggles */
+#define LARGE_SIZE (6u << 20) /* 4 x 3 x 6 MiB: more than one 64 MiB segment */
+#define NVICTIM    100        /* private objects of the client killed in the gap */
+#define CFG_JSON                                                                 \
+    "{\"huge_pages\": \"off\", \"segment_size\": \"64M\", \"max_segments\": 8, " \
     "\"reconnect_wait_ms\": 10000}"
 
 enum { PHASE_RUN, PHASE_QUIESCE, PHASE_STOP };
@@ -57,7 +57,7 @@ enum { PHASE_RUN, PHASE_QUIESCE, PHASE_STOP };
 /* Shared between the test and its client processes (MAP_SHARED|ANON). */
 struct board {
     _Atomic int phase;
-    _Atomic int ack[NWORKERS + 1]; /* quiesced (workers), ready (victim) */
+    _Atomic int ack[NWORKERS + 1];       /* quiesced (workers), ready (victim) */
     _Atomic uint64_t held[NWORKERS + 1]; /* bytes each holds while quiesced */
     _Atomic uint64_t ops[NWORKERS];
     _Atomic uint64_t small_fail[NWORKERS]; /* allocations that fit and failed */
@@ -67,8 +67,7 @@ struct board {
 };
 
 static struct board *bd;
-static char dir[64], sock_path[108], notify_path[108], log_path[128], cfg_path[128],
-        state_dir[128];
+static char dir[64], sock_path[108], notify_path[108], log_path[128], cfg_path[128], state_dir[128];
 static int listen_fd = -1, notify_fd = -1;
 static int store_fds[32];
 static char store_names[32][32];
@@ -233,8 +232,7 @@ static void victim(int round)
     snprintf(name, sizeof(name), "victim%d", round);
     if (shmheap_root_set(h, name, shmheap_to_off(h, p)) < 0)
         _exit(3);
-    atomic_store(&bd->held[NWORKERS], atomic_load(&bd->held[NWORKERS]) +
-                                              shmheap_usable_size(h, p));
+    atomic_store(&bd->held[NWORKERS], atomic_load(&bd->held[NWORKERS]) + shmheap_usable_size(h, p));
     atomic_store(&bd->ack[NWORKERS], 1);
     for (;;)
         pause();
@@ -571,8 +569,8 @@ static void check_heap(const pid_t *workers, int victims, uint64_t reclaimed_bef
     }
     shmheap_detach(h);
     j = call("{\"op\":\"verify\"}");
-    ck_assert_msg(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "consistent")),
-                  "verify: %s", cJSON_PrintUnformatted(j));
+    ck_assert_msg(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "consistent")), "verify: %s",
+                  cJSON_PrintUnformatted(j));
     cJSON_Delete(j);
     j = call("{\"op\":\"stats\"}");
     st = cJSON_GetObjectItemCaseSensitive(j, "stats");
@@ -646,8 +644,8 @@ static void run_restarts(bool fdstore)
         int st;
 
         ck_assert_int_eq(waitpid(workers[w], &st, 0), workers[w]);
-        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker %d ended with status 0x%x",
-                      w, st);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker %d ended with status 0x%x", w,
+                      st);
     }
     /* Reported, not asserted: a large allocation needs a new segment only
      * if the mapped ones are full, and waits reconnect_wait_ms for one. */
@@ -747,8 +745,7 @@ static void refused(enum damage what, const char *why)
     /* Refused: exits non-zero, says why, touches nothing. */
     ck_assert_int_eq(start_daemon(false, NULL, &st), -ECHILD);
     ck_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0);
-    ck_assert_msg(strstr(read_log(), why) != NULL, "no \"%s\" in the log:\n%s", why,
-                  read_log());
+    ck_assert_msg(strstr(read_log(), why) != NULL, "no \"%s\" in the log:\n%s", why, read_log());
     ck_assert_ptr_nonnull(strstr(read_log(), "refusing to adopt"));
     snapshot(file, head1, &size1);
     ck_assert_int_eq(size0, size1);
