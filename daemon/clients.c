@@ -12,7 +12,9 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -183,8 +185,16 @@ int clients_adopt(struct daemon *d, uint64_t id, pid_t pid)
     cl->d = d;
     cl->id = id;
     cl->peer.pid = pid;
-    cl->peer.uid = (uid_t) -1; /* learnt when it says hello again */
-    cl->peer.gid = (gid_t) -1;
+    {
+        char proc[32];
+        struct stat st;
+
+        /* Until it says hello again (SO_PEERCRED then), its uid is that of
+         * its /proc entry: the per-uid quota (quota.c) counts it there. */
+        snprintf(proc, sizeof(proc), "/proc/%d", (int) pid);
+        cl->peer.uid = stat(proc, &st) == 0 ? st.st_uid : (uid_t) -1;
+        cl->peer.gid = stat(proc, &st) == 0 ? st.st_gid : (gid_t) -1;
+    }
     cl->attached_ns = now_ns();
     cl->pidfd = -1;
     client_watch(cl, -1);

@@ -196,6 +196,7 @@ void daemon_shutdown(struct daemon *d, int status)
                    "it, and the next shmheapd starts a new one");
     (void) uv_timer_stop(&d->trim_timer);
     uv_close((uv_handle_t *) &d->trim_timer, NULL);
+    quota_stop(d);
     service_close(d);
     if (d->jobs)
         log_info("waiting for %u running jobs", d->jobs);
@@ -266,6 +267,7 @@ int main(int argc, char **argv)
     (void) uv_timer_init(&loop, &d->trim_timer);
     d->trim_timer.data = d;
     work_trim_timer_update(d);
+    quota_start(d);
     r = service_init(d);
     if (r < 0) {
         daemon_shutdown(d, EXIT_FAILURE);

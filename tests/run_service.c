@@ -18,6 +18,8 @@ int main(void)
             daemon_clients_suite,
             client_suite,
             ctl_suite,
+            quota_suite,
+            debuggers_suite,
             restart_suite,
     };
     /* clang-format on */

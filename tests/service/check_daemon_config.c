@@ -30,6 +30,7 @@ static const struct {
         {"max_segments", "20"},          {"allowed_uids", "[1000,1002]"},
         {"allowed_gids", "[1001]"},      {"log_level", "\"debug\""},
         {"request_timeout_ms", "5000"},  {"idle_timeout_ms", "0"},
+        {"max_client_bytes", "268435456"}, {"max_uid_bytes", "1073741824"},
 };
 
 struct ctl_map {
@@ -91,6 +92,10 @@ static double ctl_value(const struct ctl_header *c, const char *key)
         return load_relaxed(&s->max_clients);
     if (!strcmp(key, "max_segments"))
         return load_relaxed(&s->max_segments);
+    if (!strcmp(key, "max_client_bytes"))
+        return (double) load_relaxed(&s->max_client_bytes);
+    if (!strcmp(key, "max_uid_bytes"))
+        return (double) load_relaxed(&s->max_uid_bytes);
     return -1;
 }
 
