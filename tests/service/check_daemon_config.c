@@ -23,15 +23,24 @@
 static const struct {
     const char *key, *value;
 } new_values[] = {
-        {"segment_size", "134217728"},   {"huge_pages", "\"2M\""},
-        {"thread_cache_bytes", "65536"}, {"bundle_objects", "32"},
-        {"recycler_cap_bundles", "8"},   {"retain_empty_blocks", "0"},
-        {"trim_interval_ms", "60000"},   {"max_clients", "100"},
-        {"max_segments", "20"},          {"allowed_uids", "[1000,1002]"},
-        {"allowed_gids", "[1001]"},      {"log_level", "\"debug\""},
-        {"request_timeout_ms", "5000"},  {"idle_timeout_ms", "0"},
-        {"max_client_bytes", "268435456"}, {"max_uid_bytes", "1073741824"},
-        {"reconnect_wait_ms", "2000"},   {"state_dir", "\"/dev/shm/shmheap-test-unused\""},
+        {"segment_size", "134217728"},
+        {"huge_pages", "\"2M\""},
+        {"thread_cache_bytes", "65536"},
+        {"bundle_objects", "32"},
+        {"recycler_cap_bundles", "8"},
+        {"retain_empty_blocks", "0"},
+        {"trim_interval_ms", "60000"},
+        {"max_clients", "100"},
+        {"max_segments", "20"},
+        {"allowed_uids", "[1000,1002]"},
+        {"allowed_gids", "[1001]"},
+        {"log_level", "\"debug\""},
+        {"request_timeout_ms", "5000"},
+        {"idle_timeout_ms", "0"},
+        {"max_client_bytes", "268435456"},
+        {"max_uid_bytes", "1073741824"},
+        {"reconnect_wait_ms", "2000"},
+        {"state_dir", "\"/dev/shm/shmheap-test-unused\""},
 };
 
 struct ctl_map {
