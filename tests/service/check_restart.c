@@ -789,6 +789,35 @@ START_TEST(restart_refuse_size)
 }
 END_TEST
 
+/* From the fd store: a listed segment whose fd systemd did not pass back
+ * (the store was full) is refused; passed back, the heap is adopted. */
+START_TEST(restart_refuse_missing_fd)
+{
+    int st = 0, fd = -1, i;
+
+    setup_dir(true);
+    ck_assert_int_eq(start_daemon(true, NULL, NULL), 0);
+    stop_daemon(SIGTERM);
+    (void) store_drain();
+    for (i = 0; i < nstore; i++)
+        if (strcmp(store_names[i], "heap-segment-1") == 0)
+            break;
+    ck_assert_int_lt(i, nstore);
+    fd = store_fds[i];
+    store_fds[i] = store_fds[--nstore];
+    memcpy(store_names[i], store_names[nstore], sizeof(store_names[0]));
+    ck_assert_int_eq(start_daemon(true, NULL, &st), -ECHILD);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+    ck_assert_ptr_nonnull(strstr(read_log(), "heap-segment-1: its file descriptor is missing"));
+    store_fds[nstore] = fd;
+    snprintf(store_names[nstore++], sizeof(store_names[0]), "heap-segment-1");
+    ck_assert_int_eq(start_daemon(true, NULL, NULL), 0);
+    ck_assert_ptr_nonnull(strstr(read_log(), "adopted the heap from systemd's fd store"));
+    stop_daemon(SIGTERM);
+    teardown_dir();
+}
+END_TEST
+
 Suite *restart_suite(void)
 {
     Suite *s = suite_create("restart");
@@ -800,6 +829,7 @@ Suite *restart_suite(void)
     tcase_add_test(tc, restart_refuse_magic);
     tcase_add_test(tc, restart_refuse_version);
     tcase_add_test(tc, restart_refuse_size);
+    tcase_add_test(tc, restart_refuse_missing_fd);
     suite_add_tcase(s, tc);
     return s;
 }
