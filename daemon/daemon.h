@@ -172,6 +172,7 @@ struct daemon {
     bool use_fdstore;                 /* NOTIFY_SOCKET set and no state dir */
     bool discard_bad_heap;            /* --discard-bad-heap */
     int state_dir_fd;                 /* -1: no state dir */
+    char state_dir[CONFIG_PATH_MAX];  /* the one opened at start (cfg.state_dir may change) */
     int state_lock_fd;                /* flock'ed: one daemon per state dir */
     bool adopted;                     /* the heap came from an earlier daemon */
 

@@ -188,7 +188,7 @@ void daemon_shutdown(struct daemon *d, int status)
     clients_close_all(d);
     conn_drain_all(d);
     if (d->state_dir_fd >= 0)
-        log_info("the heap stays in the state directory %s", d->cfg.state_dir);
+        log_info("the heap stays in the state directory %s", d->state_dir);
     else if (d->use_fdstore)
         log_info("the heap stays in systemd's fd store");
     else
@@ -280,7 +280,7 @@ int main(int argc, char **argv)
              d->adopted ? "adopted" : "new", owner_nsegments(d) - 1,
              bytes_name(size, b1, sizeof(b1)), page_size_name(page, b2, sizeof(b2)),
              d->cfg.shm.max_segments,
-             d->state_dir_fd >= 0 ? d->cfg.state_dir
+             d->state_dir_fd >= 0 ? d->state_dir
              : d->use_fdstore     ? "systemd's fd store"
                                   : "memory only (no state directory, no fd store)");
     if (arg_metrics_listen)

@@ -137,7 +137,7 @@ static const char *owner_find_stored(struct daemon *d, int fds[SHM_MAX_SEGMENTS]
     if (any)
         log_warning("systemd passed stored segments, but the state directory %s keeps the heap; "
                     "ignoring them",
-                    d->cfg.state_dir);
+                    d->state_dir);
     fdstore_close_unused(d);
     r = statedir_load(d, fds);
     if (r < 0) {
@@ -146,7 +146,7 @@ static const char *owner_find_stored(struct daemon *d, int fds[SHM_MAX_SEGMENTS]
         return NULL;
     }
     if (fds[0] >= 0)
-        return d->cfg.state_dir;
+        return d->state_dir;
     for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++)
         if (fds[i] >= 0) {
             (void) close(fds[i]);

@@ -72,6 +72,7 @@ int statedir_open(struct daemon *d)
     }
     d->state_dir_fd = fd;
     d->state_lock_fd = lock;
+    (void) snprintf(d->state_dir, sizeof(d->state_dir), "%s", path);
     return 0;
 }
 
@@ -89,7 +90,7 @@ int statedir_load(struct daemon *d, int fds[SHM_MAX_SEGMENTS])
         } else if (errno != ENOENT) {
             int r = -errno;
 
-            log_error("cannot open %s/%s: %s", d->cfg.state_dir, name, strerror(-r));
+            log_error("cannot open %s/%s: %s", d->state_dir, name, strerror(-r));
             for (uint32_t k = 0; k < i; k++)
                 if (fds[k] >= 0)
                     (void) close(fds[k]);
@@ -107,7 +108,7 @@ void statedir_discard(struct daemon *d)
         heap_segment_file_name(i, name, sizeof(name));
         (void) snprintf(aside, sizeof(aside), "%s.discarded", name);
         if (renameat(d->state_dir_fd, name, d->state_dir_fd, aside) == 0)
-            log_notice("moved %s/%s aside to %s", d->cfg.state_dir, name, aside);
+            log_notice("moved %s/%s aside to %s", d->state_dir, name, aside);
     }
 }
 
@@ -119,7 +120,7 @@ void statedir_remove_from(struct daemon *d, uint32_t from)
         heap_segment_file_name(i, name, sizeof(name));
         if (unlinkat(d->state_dir_fd, name, 0) == 0)
             log_info("removed %s/%s: a segment an earlier daemon created but never published",
-                     d->cfg.state_dir, name);
+                     d->state_dir, name);
     }
 }
 
