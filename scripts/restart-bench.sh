@@ -62,9 +62,19 @@ for sig in TERM KILL; do
         t1=$(now_ns)
         until [ "$(attached)" -ge 4 ]; do sleep 0.002; done
         t2=$(now_ns)
-        printf '%-8s %4d %14.1f %18.1f\n' "SIG$sig" "$rep" \
-            "$(echo "($t1 - $t0) / 1000000" | bc -l)" "$(echo "($t2 - $t0) / 1000000" | bc -l)"
+        awk -v s="SIG$sig" -v r="$rep" -v a="$((t1 - t0))" -v b="$((t2 - t0))" \
+            'BEGIN { printf "%-8s %4d %14.1f %18.1f\n", s, r, a / 1e6, b / 1e6 }' |
+            tee -a "$dir/times"
         sleep 1
+    done
+done
+# Median and maximum per signal.
+for sig in TERM KILL; do
+    for col in 3 4; do
+        grep "^SIG$sig " "$dir/times" | awk -v c="$col" '{ print $c }' | sort -n |
+            awk -v s="SIG$sig" -v c="$col" '{ v[NR] = $1 } END {
+                printf "%-8s %s: median %.1f ms, max %.1f ms\n", s,
+                    c == 3 ? "to stats   " : "to reattach", v[int((NR + 1) / 2)], v[NR] }'
     done
 done
 kill -INT "$lpid"
