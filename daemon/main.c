@@ -122,7 +122,7 @@ static int parse_argv(int argc, char **argv)
             help();
             return 1;
         case ARG_VERSION:
-            printf("shmheapd %s (protocol %d, layout %u)\n", SHMHEAP_VERSION, PROTO_VERSION,
+            printf("shmheapd %s (protocol %d, layout %u)\n", SHMHEAP_VERSION, WIRE_VERSION,
                    SHM_LAYOUT_VERSION);
             return 1;
         case ARG_SOCKET:
@@ -246,7 +246,7 @@ int main(int argc, char **argv)
     /* Before anything else reads LISTEN_FDS (sd_listen_fds unsets it). */
     fdstore_collect(d);
     d->use_fdstore = !d->cfg.state_dir[0] && getenv("NOTIFY_SOCKET") != NULL;
-    r = listen_socket_path(arg_socket, d->socket_path, sizeof(d->socket_path));
+    r = wire_socket_path(arg_socket, d->socket_path, sizeof(d->socket_path));
     if (r < 0) {
         log_error("the socket path is longer than a Unix socket address allows (107 bytes)");
         return EXIT_FAILURE;

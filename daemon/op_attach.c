@@ -102,10 +102,10 @@ void op_hello(struct conn *c, const cJSON *req)
     if (!req_u64(c, req, "version", true, UINT32_MAX, &version) ||
         !req_u64(c, req, "pid", true, INT32_MAX, &pid))
         return;
-    if (version != PROTO_VERSION) {
+    if (version != WIRE_VERSION) {
         reply_error(c, "bad_value",
                     "protocol version %" PRIu64 " is not supported; this daemon speaks version %d",
-                    version, PROTO_VERSION);
+                    version, WIRE_VERSION);
         return;
     }
     if (!req_u64(c, req, "client_id", false, UINT64_C(1) << 53, &resume_id) ||
@@ -147,7 +147,7 @@ void op_hello(struct conn *c, const cJSON *req)
         reply_error(c, "internal", "cannot register the client: %s", strerror(-r));
         return;
     }
-    if (!cJSON_AddNumberToObject(reply, "version", PROTO_VERSION) ||
+    if (!cJSON_AddNumberToObject(reply, "version", WIRE_VERSION) ||
         !json_add_u64(reply, "client_id", cl->id) ||
         !cJSON_AddBoolToObject(reply, "resumed", resume_id != 0))
         goto oom;
