@@ -53,6 +53,11 @@ int adopt_heap(struct daemon *d, int fds[SHM_MAX_SEGMENTS], const char *source)
         r = heap_adopt_check_segment(fds[0], i, fds[i], &s, why, sizeof(why));
         if (r < 0)
             return refuse(source, i, r, why);
+        if (s.state == SEG_RETIRED && fds[i] >= 0) {
+            /* Released by the earlier daemon: nobody maps it again. */
+            (void) close(fds[i]);
+            fds[i] = -1;
+        }
     }
     for (uint32_t i = n; i < SHM_MAX_SEGMENTS; i++) {
         char name[32];
