@@ -36,6 +36,14 @@ static int hook_open_segment(void *ctx, uint32_t index)
     return fd;
 }
 
+/* Called by heap_segment_create_kept before it publishes a new segment:
+ * into systemd's fd store (a no-op without one, and for a state dir,
+ * where the file is the keeping). seg_lock held. */
+static void keep_segment(void *ctx, uint32_t index, int fd)
+{
+    fdstore_put(ctx, index, fd);
+}
+
 static int hook_grow(void *ctx, uint64_t min_bytes)
 {
     uint32_t index;
@@ -57,10 +65,8 @@ int owner_grow(struct daemon *d, uint64_t min_bytes, uint32_t *ret_index)
     policy = load_relaxed(&ctl->config.huge_pages);
     if (policy >= _SHM_PAGES_MAX)
         policy = SHM_PAGES_AUTO;
-    if (d->state_dir_fd >= 0)
-        r = heap_segment_create_at(d->ctl_fd, d->state_dir_fd, min_bytes, &fd, &index);
-    else
-        r = heap_segment_create(d->ctl_fd, min_bytes, (int) policy, &fd, &index);
+    r = heap_segment_create_kept(d->ctl_fd, d->state_dir_fd, min_bytes, (int) policy, keep_segment,
+                                 d, &fd, &index);
     if (r < 0) {
         uint32_t n = d->nsegs;
 
@@ -96,7 +102,6 @@ int owner_grow(struct daemon *d, uint64_t min_bytes, uint32_t *ret_index)
     d->seg_page[index] = (uint32_t) st.st_blksize;
     d->nsegs = index + 1;
     pthread_mutex_unlock(&d->seg_lock);
-    fdstore_put(d, index, fd);
     log_info("segment %" PRIu32 " created: %s bytes on %s pages (huge_pages \"%s\")", index,
              bytes_name((uint64_t) st.st_size, b1, sizeof(b1)),
              page_size_name((uint64_t) st.st_blksize, b2, sizeof(b2)),

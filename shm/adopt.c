@@ -5,10 +5,11 @@
  * Files: the control segment is `control-segment`, heap segment N is
  * `heap-segment-N`. Each is written under a `.new` name and renamed into
  * place once formatted, so a name in the directory always holds a whole
- * segment; a heap segment is renamed before the control segment publishes
- * it (nsegments, release), so a published segment always has its file. A
- * file beyond nsegments is one a creation cut short, never published:
- * nothing in it was ever used.
+ * segment. Kept before published: a heap segment's file is renamed into
+ * place, or its memfd handed to the fd store (the caller's `keep`), before
+ * the control segment publishes it (nsegments, release), so a published
+ * segment always has its file or stored fd. One beyond nsegments is from
+ * a creation cut short, never published: nothing in it was ever used.
  *
  * Adoption trusts nothing it cannot check: the control segment's magic,
  * layout version, header size and size against fstat; each heap segment's
@@ -65,17 +66,80 @@ int heap_ctl_create_at(int dir_fd, const struct shm_config *cfg, int *ret_fd)
     return 0;
 }
 
-int heap_segment_create_at(
-        int ctl_fd, int dir_fd, uint64_t min_bytes, int *ret_fd, uint32_t *ret_index)
+/* A memfd for a segment of `size` bytes on `page` pages, as ctl.c's
+ * segment_try() makes them (huge pages taken for the metadata now; normal
+ * pages sealed against shrinking). Kept apart from it so that this file
+ * needs nothing of ctl.c's internals; the two should become one. */
+static int memfd_try(uint64_t size, uint64_t page, int *ret_fd)
 {
-    uint64_t ctl_size, size, page, unit;
+    int fd, r;
+
+    fd = os_memfd("shmheap-seg", page);
+    if (fd < 0)
+        return page > 4096 && fd == -EINVAL ? -ENOMEM : fd;
+    r = os_truncate(fd, size);
+    if (r == 0 && page > 4096) {
+        uint64_t meta;
+
+        r = seg_metadata_bytes(size, (uint32_t) page, &meta);
+        if (r == 0)
+            r = os_commit(fd, 0, (meta + page - 1) & ~(page - 1));
+    } else if (r == 0) {
+        r = os_seal_shrink(fd);
+    }
+    if (r < 0) {
+        (void) close(fd);
+        return r;
+    }
+    *ret_fd = fd;
+    return 0;
+}
+
+/* A file `name` (under a .new name until formatted) in dir_fd. */
+static int file_try(int dir_fd, const char *tmp, uint64_t size, uint64_t page, int *ret_fd)
+{
+    int fd = os_file_create(dir_fd, tmp), r;
+
+    if (fd < 0)
+        return fd;
+    r = os_truncate(fd, size);
+    if (r == 0 && page > 4096) {
+        uint64_t meta;
+
+        /* As for a hugetlb memfd: the metadata's pages now, so an empty
+         * pool is an error here and never SIGBUS later. */
+        r = seg_metadata_bytes(size, (uint32_t) page, &meta);
+        if (r == 0)
+            r = os_commit(fd, 0, (meta + page - 1) & ~(page - 1));
+    }
+    if (r < 0) {
+        (void) unlinkat(dir_fd, tmp, 0);
+        (void) close(fd);
+        return r;
+    }
+    *ret_fd = fd;
+    return 0;
+}
+
+int heap_segment_create_kept(int ctl_fd,
+                             int dir_fd,
+                             uint64_t min_bytes,
+                             int policy,
+                             void (*keep)(void *ctx, uint32_t index, int fd),
+                             void *ctx,
+                             int *ret_fd,
+                             uint32_t *ret_index)
+{
+    static const uint64_t pages[] = {UINT64_C(1) << 30, 2 * MiB, 4096};
+    uint64_t ctl_size, want, size = 0, page = 0;
     char name[32], tmp[40];
+    unsigned first = 0, last = 2;
     struct ctl_header *c;
     uint32_t index;
     int fd = -1, r;
     void *base;
 
-    if (dir_fd < 0 || !ret_fd || !ret_index)
+    if (!ret_fd || !ret_index || policy < 0 || policy >= _SHM_PAGES_MAX)
         return -EINVAL;
     r = os_fstat_size(ctl_fd, &ctl_size, NULL);
     if (r < 0)
@@ -91,48 +155,53 @@ int heap_segment_create_at(
         r = -ENOSPC;
         goto out;
     }
-    /* The sizing rule of heap_segment_create(), with the page size the
-     * directory's filesystem gives instead of a policy. */
-    page = os_dir_page_size(dir_fd);
-    size = c->config.segment_size;
-    if (min_bytes + min_bytes / 64 + 4 * MiB > size)
-        size = min_bytes + min_bytes / 64 + 4 * MiB;
-    unit = page > SHM_BLOCK_SIZE ? page : SHM_BLOCK_SIZE;
-    size = (size + unit - 1) & ~(unit - 1);
-    if (size > SHM_SEG_SPAN) {
-        r = -ENOMEM;
-        goto out;
-    }
+    /* The sizing rule of heap_segment_create(). */
+    want = c->config.segment_size;
+    if (min_bytes + min_bytes / 64 + 4 * MiB > want)
+        want = min_bytes + min_bytes / 64 + 4 * MiB;
     heap_segment_file_name(index, name, sizeof(name));
     (void) snprintf(tmp, sizeof(tmp), "%s.new", name);
-    fd = os_file_create(dir_fd, tmp);
-    if (fd < 0) {
-        r = fd;
-        goto out;
-    }
-    r = os_truncate(fd, size);
-    if (r == 0 && page > 4096) {
-        uint64_t meta;
+    if (policy == SHM_PAGES_1G)
+        last = 0;
+    else if (policy == SHM_PAGES_2M)
+        first = last = 1;
+    else if (policy == SHM_PAGES_OFF)
+        first = 2;
+    r = -ENOMEM;
+    for (unsigned i = first; i <= last && fd < 0; i++) {
+        /* A directory's filesystem decides the page size, not the policy. */
+        uint64_t pg = dir_fd >= 0 ? os_dir_page_size(dir_fd) : pages[i];
+        uint64_t unit = pg > SHM_BLOCK_SIZE ? pg : SHM_BLOCK_SIZE;
+        uint64_t sz = (want + unit - 1) & ~(unit - 1);
 
-        /* As for a hugetlb memfd: the metadata's pages now, so an empty
-         * pool is an error here and never SIGBUS later. */
-        r = seg_metadata_bytes(size, (uint32_t) page, &meta);
-        if (r == 0)
-            r = os_commit(fd, 0, (meta + page - 1) & ~(page - 1));
+        if (sz > SHM_SEG_SPAN)
+            continue;
+        r = dir_fd >= 0 ? file_try(dir_fd, tmp, sz, pg, &fd) : memfd_try(sz, pg, &fd);
+        if (r == 0) {
+            size = sz;
+            page = pg;
+        }
+        if (dir_fd >= 0)
+            break;
     }
     if (r < 0)
-        goto out_unlink;
+        goto out;
     base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
     if (base == MAP_FAILED) {
         r = -errno;
-        goto out_unlink;
+        goto out_close;
     }
     r = seg_format(base, fd, index, size, (uint32_t) page);
     (void) munmap(base, size);
-    if (r == 0)
+    if (r == 0 && dir_fd >= 0)
         r = os_file_rename(dir_fd, tmp, name);
     if (r < 0)
-        goto out_unlink;
+        goto out_close;
+    /* Kept (a file in place, or the fd handed to the fd store) before it
+     * is published: an owner that dies between the two leaves a segment
+     * nobody knows of, never a published one that cannot be found. */
+    if (keep)
+        keep(ctx, index, fd);
     store_relaxed(&c->segs[index].size, size);
     store_relaxed(&c->segs[index].page_size, (uint32_t) page);
     store_relaxed(&c->segs[index].state, SEG_LIVE);
@@ -143,8 +212,9 @@ int heap_segment_create_at(
     *ret_fd = fd;
     *ret_index = index;
     return 0;
-out_unlink:
-    (void) unlinkat(dir_fd, tmp, 0);
+out_close:
+    if (dir_fd >= 0)
+        (void) unlinkat(dir_fd, tmp, 0);
     (void) close(fd);
 out:
     (void) munmap(c, ctl_size);

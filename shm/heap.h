@@ -58,12 +58,24 @@ int heap_segment_create(
 /* The file name of segment index in a state directory: "control-segment",
  * "heap-segment-N". Also the FDNAME under which the daemon stores it. */
 void heap_segment_file_name(uint32_t index, char *buf, size_t len);
-/* heap_ctl_create and heap_segment_create with files in directory dir_fd
- * (tmpfs or hugetlbfs: the filesystem gives the page size) instead of
- * memfds. Files cannot be sealed: whoever can write them can shrink them. */
+/* heap_ctl_create with a file in directory dir_fd (tmpfs or hugetlbfs)
+ * instead of a memfd. Files cannot be sealed: whoever can write them can
+ * shrink them. */
 int heap_ctl_create_at(int dir_fd, const struct shm_config *cfg, int *ret_fd);
-int heap_segment_create_at(
-        int ctl_fd, int dir_fd, uint64_t min_bytes, int *ret_fd, uint32_t *ret_index);
+/* heap_segment_create for an owner that keeps its segments beyond its own
+ * life: a file in dir_fd (dir_fd >= 0; the filesystem gives the page size,
+ * not `policy`) or a memfd (dir_fd -1), and keep(ctx, index, fd) (may be
+ * NULL) called once the segment is formatted and before it is published,
+ * so that it is kept (e.g. in systemd's fd store) by the time anyone can
+ * use it. */
+int heap_segment_create_kept(int ctl_fd,
+                             int dir_fd,
+                             uint64_t min_bytes,
+                             int policy,
+                             void (*keep)(void *ctx, uint32_t index, int fd),
+                             void *ctx,
+                             int *ret_fd,
+                             uint32_t *ret_index);
 
 /* Checks that fd holds a control segment this build can adopt (magic,
  * layout version, header and file size); *ret_nsegments gets its count of
