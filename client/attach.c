@@ -354,10 +354,13 @@ SHMHEAP_EXPORT void shmheap_detach(shmheap_t *h)
     /* In a fork's child the core only unmaps its copy; the caches belong to
      * the parent's threads. The connection is needed while the caches go
      * back (a segment may have to be mapped), so it closes last. */
-    heap_detach(handle_heap(h));
-    pending_close_all(c);
+    /* The watcher reads the heap (its control fd, what is mapped): it
+     * stops first. The hooks then use the connection as it is; one that
+     * is down fails them (the daemon reclaims what could not go back). */
     if (!forked)
         reconnect_stop(c); /* the parent's thread: not the child's to stop */
+    heap_detach(handle_heap(h));
+    pending_close_all(c);
     if (forked) {
         /* The parent's copy keeps the connection open; the lock may have
          * been held by a parent's thread at fork, so only the fd is closed. */

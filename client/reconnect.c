@@ -276,7 +276,8 @@ int client_call(struct client *c, const cJSON *req, unsigned timeout_ms, struct 
     int r = -SHMHEAP_ECONNECT;
 
     if (!c->rc_running) {
-        /* Attaching: no watcher yet, the connection is the first one. */
+        /* Attaching (no watcher yet: the connection is the first one) or
+         * detaching (the watcher has stopped): the connection as it is. */
         return conn_request(&c->conn, req, timeout_ms, ret);
     }
     deadline_after(&deadline, wait_budget_ms(c));
