@@ -818,6 +818,68 @@ START_TEST(restart_refuse_missing_fd)
 }
 END_TEST
 
+/* The re-hello's checks (docs/PROTOCOL.md): an id never handed out, one
+ * attached elsewhere, an owner entry of someone else, owner without
+ * client_id; and a genuine one after the connection dropped. */
+START_TEST(restart_rehello_checks)
+{
+    struct daemon_fixture f;
+    int a, b, fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0;
+    const cJSON *id;
+    cJSON *r;
+    int pid = (int) getpid();
+
+    ck_assert_int_eq(daemon_start(&f, "{\"huge_pages\": \"off\", \"segment_size\": \"64M\"}"), 0);
+    a = daemon_connect(f.socket_path);
+    r = daemon_call(a, "{\"op\":\"hello\",\"version\":1,\"pid\":1}", fds, &nfds);
+    ck_assert(r && reply_is_ok(r));
+    for (int i = 0; i < nfds; i++)
+        (void) close(fds[i]);
+    id = cJSON_GetObjectItemCaseSensitive(r, "client_id");
+    ck_assert(cJSON_IsNumber(id));
+    ck_assert(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(r, "resumed")));
+    b = daemon_connect(f.socket_path);
+    /* Never handed out. */
+    cJSON_Delete(r);
+    r = daemon_callf(b, "{\"op\":\"hello\",\"version\":1,\"pid\":%d,\"client_id\":999}", pid);
+    ck_assert_str_eq(reply_error_code(r), "bad_value");
+    ck_assert_ptr_nonnull(strstr(reply_error_message(r), "never handed out"));
+    cJSON_Delete(r);
+    /* Attached on another connection (a's). */
+    r = daemon_callf(b, "{\"op\":\"hello\",\"version\":1,\"pid\":%d,\"client_id\":1}", pid);
+    ck_assert_str_eq(reply_error_code(r), "bad_value");
+    ck_assert_ptr_nonnull(strstr(reply_error_message(r), "attached on another connection"));
+    cJSON_Delete(r);
+    /* owner alone. */
+    r = daemon_callf(b, "{\"op\":\"hello\",\"version\":1,\"pid\":%d,\"owner\":1}", pid);
+    ck_assert_str_eq(reply_error_code(r), "bad_request");
+    cJSON_Delete(r);
+    r = daemon_callf(b, "{\"op\":\"hello\",\"version\":1,\"pid\":%d,\"client_id\":\"1\"}", pid);
+    ck_assert_str_eq(reply_error_code(r), "bad_request");
+    cJSON_Delete(r);
+    /* a's connection drops; the same process takes its id back. A raw
+     * hello claims no owner entry, so owner 1 is the daemon's own: refused. */
+    (void) close(a);
+    ck_assert(daemon_log_wait(&f, "client 1 (pid", daemon_test_ms(5000)));
+    r = daemon_callf(b, "{\"op\":\"hello\",\"version\":1,\"pid\":%d,\"client_id\":1,\"owner\":1}",
+                     pid);
+    ck_assert_str_eq(reply_error_code(r), "bad_value");
+    ck_assert_ptr_nonnull(strstr(reply_error_message(r), "not a live entry"));
+    cJSON_Delete(r);
+    r = daemon_call(b, "{\"op\":\"hello\",\"version\":1,\"pid\":1,\"client_id\":1}", fds, &nfds);
+    ck_assert(r && reply_is_ok(r));
+    for (int i = 0; i < nfds; i++)
+        (void) close(fds[i]);
+    ck_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "resumed")));
+    ck_assert_uint_eq((uint64_t) cJSON_GetObjectItemCaseSensitive(r, "client_id")->valuedouble, 1);
+    cJSON_Delete(r);
+    ck_assert(daemon_log_wait(&f, "client 1 attached again", daemon_test_ms(5000)));
+    (void) close(b);
+    daemon_stop(&f);
+    ck_assert(f.clean_exit);
+}
+END_TEST
+
 Suite *restart_suite(void)
 {
     Suite *s = suite_create("restart");
@@ -830,6 +892,7 @@ Suite *restart_suite(void)
     tcase_add_test(tc, restart_refuse_version);
     tcase_add_test(tc, restart_refuse_size);
     tcase_add_test(tc, restart_refuse_missing_fd);
+    tcase_add_test(tc, restart_rehello_checks);
     suite_add_tcase(s, tc);
     return s;
 }
