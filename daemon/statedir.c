@@ -10,8 +10,10 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include "daemon/daemon.h"
@@ -72,6 +74,14 @@ int statedir_open(struct daemon *d)
     }
     d->state_dir_fd = fd;
     d->state_lock_fd = lock;
+    {
+        struct statfs sf;
+
+        if (fstatfs(fd, &sf) == 0 && sf.f_type != TMPFS_MAGIC && sf.f_type != HUGETLBFS_MAGIC)
+            log_notice("the state directory %s is neither on tmpfs nor on hugetlbfs: the heap's "
+                       "pages are written back to that filesystem",
+                       path);
+    }
     (void) snprintf(d->state_dir, sizeof(d->state_dir), "%s", path);
     return 0;
 }

@@ -21,7 +21,8 @@ LOAD=$B/examples/restart_load
 for f in "$DAEMON" "$CTL" "$LOAD"; do
     [ -x "$f" ] || { echo "restart-bench: $f is missing; run make first" >&2; exit 1; }
 done
-dir=$(mktemp -d /tmp/shmheap-restart-bench-XXXXXX)
+# The state directory on tmpfs, as it should be (/tmp may be a disk).
+dir=$(mktemp -d /dev/shm/shmheap-restart-bench-XXXXXX)
 sock=$dir/shmheap.sock
 cat >"$dir/shmheapd.json" <<'EOF'
 {"huge_pages": "off", "segment_size": "64M", "max_segments": 8, "reconnect_wait_ms": 10000}

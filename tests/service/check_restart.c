@@ -313,7 +313,9 @@ static void setup_dir(bool fdstore)
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     FILE *fp;
 
-    snprintf(dir, sizeof(dir), "/tmp/shmheapd-restart-XXXXXX");
+    /* On tmpfs, as a state directory should be (/tmp may be a disk). */
+    snprintf(dir, sizeof(dir), "%s/shmheapd-restart-XXXXXX",
+             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
     ck_assert_ptr_nonnull(mkdtemp(dir));
     snprintf(sock_path, sizeof(sock_path), "%s/shmheap.sock", dir);
     snprintf(notify_path, sizeof(notify_path), "%s/notify", dir);
