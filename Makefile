@@ -137,7 +137,7 @@ ALL_OBJS := $(sort $(SHM_OBJS) $(CONFIG_OBJS) $(WIRE_OBJS) $(PROM_OBJS) $(CLIENT
 # ---------------------------------------------------------------------------
 # Build
 
-.PHONY: all deps check-atomics check-exports test test-run test-run-mp run soak format install clean bench
+.PHONY: all deps check-atomics check-exports test test-run test-run-mp run run-clean soak format install clean bench
 
 all: $(SHMCORE) $(SHMCONFIG) $(SHMWIRE) $(SHMPROM) $(CLIENT_SO) $(CLIENT_A) $(CLIENT_PC) $(DAEMON) \
      $(CTL) $(TESTS) $(UNITS) check-atomics check-exports
@@ -414,13 +414,21 @@ endif
 # ---------------------------------------------------------------------------
 # Running
 
+# `make run` keeps the heap in a state directory on tmpfs, so that stopping
+# it (Ctrl-C) and running it again adopts the same heap; `make run-clean`
+# removes the directory first; `make run STATE_DIR=` keeps nothing.
+STATE_DIR ?= /dev/shm/shmheap-state-$(shell id -u)
 run: deps all
 ifneq ($(DAEMON),)
-	exec $(DAEMON) $(ARGS)
+	exec $(DAEMON) $(if $(STATE_DIR),--state-dir $(STATE_DIR)) $(ARGS)
 else
 	@echo "run: shmheapd is not built yet (daemon/ has no sources); running the unit tests as a demo"
 	@$(RUN_TESTS_SH); run_tests $(RUN_UNIT)
 endif
+
+run-clean:
+	$(if $(STATE_DIR),rm -rf -- '$(STATE_DIR)')
+	$(MAKE) run
 
 soak: all
 	@$(RUN_TESTS_SH); SHMHEAP_SOAK=1; export SHMHEAP_SOAK; \

@@ -103,44 +103,45 @@ static int hook_open_segment(void *ctx, uint32_t index)
     struct client *c = ctx;
     struct reply rep;
     cJSON *req;
-    int fd = -1, r;
+    int fd, r;
 
     if (c->pid != getpid())
         return -ESTALE; /* before the lock: a parent's thread may have held it */
     if (index == 0 || index >= SHM_MAX_SEGMENTS)
         return -EINVAL;
     pthread_mutex_lock(&c->conn.lock);
-    if (c->pending_fd[index] < 0) {
-        req = cJSON_CreateObject();
-        if (!req || !cJSON_AddStringToObject(req, "op", "segment") ||
-            !cJSON_AddNumberToObject(req, "index", index)) {
-            cJSON_Delete(req);
-            r = -ENOMEM;
-            goto out;
-        }
-        r = conn_request_locked(&c->conn, req, CONN_TIMEOUT_MS, &rep);
-        cJSON_Delete(req);
-        if (r < 0) {
-            r = r == -SHMHEAP_ENOMEM ? -ENOMEM : -EIO;
-            goto out;
-        }
-        if (!rep.ok) {
-            r = reply_error(&rep, "segment") == -SHMHEAP_ENOENT ? -ENOENT : -EIO;
-        } else {
-            r = reply_take_segment(c, &rep);
-            if (r >= 0 && (uint32_t) r != index) {
-                client_set_error("shmheapd sent segment %d when asked for %u", r, index);
-                r = -EPROTO;
-            }
-        }
-        reply_free(&rep);
-        if (r < 0)
-            goto out;
-    }
     fd = c->pending_fd[index];
     c->pending_fd[index] = -1; /* the core keeps it: no claim of ours left */
-    r = fd;
-out:
+    pthread_mutex_unlock(&c->conn.lock);
+    if (fd >= 0)
+        return fd;
+    req = cJSON_CreateObject();
+    if (!req || !cJSON_AddStringToObject(req, "op", "segment") ||
+        !cJSON_AddNumberToObject(req, "index", index)) {
+        cJSON_Delete(req);
+        return -ENOMEM;
+    }
+    r = client_call(c, req, CONN_TIMEOUT_MS, &rep);
+    cJSON_Delete(req);
+    if (r < 0)
+        /* No daemon to ask (it did not come back in time): for the
+         * caller, a segment it cannot map is memory it cannot have. */
+        return r == -SHMHEAP_ENOMEM || r == -SHMHEAP_ECONNECT ? -ENOMEM : -EIO;
+    pthread_mutex_lock(&c->conn.lock);
+    if (!rep.ok) {
+        r = reply_error(&rep, "segment") == -SHMHEAP_ENOENT ? -ENOENT : -EIO;
+    } else {
+        r = reply_take_segment(c, &rep);
+        if (r >= 0 && (uint32_t) r != index) {
+            client_set_error("shmheapd sent segment %d when asked for %u", r, index);
+            r = -EPROTO;
+        }
+    }
+    reply_free(&rep);
+    if (r >= 0) {
+        r = c->pending_fd[index];
+        c->pending_fd[index] = -1;
+    }
     pthread_mutex_unlock(&c->conn.lock);
     return r;
 }
@@ -169,38 +170,40 @@ static int hook_grow(void *ctx, uint64_t min_bytes)
         cJSON_Delete(req);
         return -ENOMEM;
     }
-    pthread_mutex_lock(&c->conn.lock);
-    r = conn_request_locked(&c->conn, req, CONN_TIMEOUT_MS, &rep);
+    r = client_call(c, req, CONN_TIMEOUT_MS, &rep);
     cJSON_Delete(req);
-    if (r < 0) {
-        r = -EIO;
+    if (r < 0)
+        /* No daemon came back within reconnect_wait_ms: the allocation
+         * fails with ENOMEM, as the protocol promises (never EIO). */
+        return r == -SHMHEAP_ECONNECT || r == -SHMHEAP_ENOMEM ? -ENOMEM : -EIO;
+    pthread_mutex_lock(&c->conn.lock);
+    if (!rep.ok) {
+        /* heap_full: at max_segments (the core reports ENOMEM to the
+         * caller); no_memory: the daemon could not create a segment. */
+        (void) reply_error(&rep, "grow");
+        r = strcmp(rep.code, "heap_full") == 0   ? -ENOSPC
+            : strcmp(rep.code, "no_memory") == 0 ? -ENOMEM
+                                                 : -EIO;
     } else {
-        if (!rep.ok) {
-            /* heap_full: at max_segments (the core reports ENOMEM to the
-             * caller); no_memory: the daemon could not create a segment. */
-            (void) reply_error(&rep, "grow");
-            r = strcmp(rep.code, "heap_full") == 0   ? -ENOSPC
-                : strcmp(rep.code, "no_memory") == 0 ? -ENOMEM
-                                                     : -EIO;
-        } else {
-            r = reply_take_segment(c, &rep);
-            /* A segment this process mapped already (another thread asked
-             * for it meanwhile) needs no second fd. */
-            if (r > 0 && (uint32_t) r < load_acquire(&heap->nmapped)) {
-                (void) close(c->pending_fd[r]);
-                c->pending_fd[r] = -1;
-            }
-            r = r < 0 ? r : 0;
+        r = reply_take_segment(c, &rep);
+        /* A segment this process mapped already (another thread asked
+         * for it meanwhile) needs no second fd. */
+        if (r > 0 && (uint32_t) r < load_acquire(&heap->nmapped)) {
+            (void) close(c->pending_fd[r]);
+            c->pending_fd[r] = -1;
         }
-        reply_free(&rep);
+        r = r < 0 ? r : 0;
     }
+    reply_free(&rep);
     pthread_mutex_unlock(&c->conn.lock);
     return r;
 }
 
-/* Sends hello and files the fds by index. Returns the control fd (ours
- * to close) or a negative SHMHEAP_E* code. */
-static int client_hello(struct client *c)
+int client_hello(struct client *c,
+                 struct conn *conn,
+                 bool resume,
+                 unsigned timeout_ms,
+                 int fds[SHM_MAX_SEGMENTS])
 {
     const cJSON *segs, *s;
     struct reply rep;
@@ -212,11 +215,13 @@ static int client_hello(struct client *c)
     req = cJSON_CreateObject();
     if (!req || !cJSON_AddStringToObject(req, "op", "hello") ||
         !cJSON_AddNumberToObject(req, "version", WIRE_VERSION) ||
-        !cJSON_AddNumberToObject(req, "pid", (double) getpid())) {
+        !cJSON_AddNumberToObject(req, "pid", (double) getpid()) ||
+        (resume && (!cJSON_AddNumberToObject(req, "client_id", (double) c->client_id) ||
+                    !cJSON_AddNumberToObject(req, "owner", handle_heap_owner(c))))) {
         cJSON_Delete(req);
         return -SHMHEAP_ENOMEM;
     }
-    r = conn_request(&c->conn, req, CONN_TIMEOUT_MS, &rep);
+    r = conn_request(conn, req, timeout_ms, &rep);
     cJSON_Delete(req);
     if (r < 0)
         return r;
@@ -249,18 +254,23 @@ static int client_hello(struct client *c)
         uint64_t index;
 
         if (!json_get_u64(s, "index", &index) || index >= SHM_MAX_SEGMENTS ||
-            (index == 0 ? ctl_fd >= 0 : c->pending_fd[index] >= 0)) {
+            (index == 0 ? ctl_fd >= 0 : fds[index] >= 0)) {
             client_set_error("shmheapd at %s sent a bad segment list", c->conn.path);
             goto out;
         }
         if (index == 0)
             ctl_fd = rep.fds[i];
         else
-            c->pending_fd[index] = rep.fds[i];
+            fds[index] = rep.fds[i];
         rep.fds[i++] = -1;
     }
     if (ctl_fd < 0) {
         client_set_error("shmheapd at %s sent no control segment", c->conn.path);
+        goto out;
+    }
+    if (resume && client_id != c->client_id) {
+        client_set_error("shmheapd at %s gave client_id %llu back for %llu", c->conn.path,
+                         (unsigned long long) client_id, (unsigned long long) c->client_id);
         goto out;
     }
     c->client_id = client_id;
@@ -298,7 +308,7 @@ SHMHEAP_EXPORT int shmheap_attach(const char *socket_path, shmheap_t **out)
     r = conn_open(&c->conn, path);
     if (r < 0)
         goto fail_free;
-    ctl_fd = client_hello(c);
+    ctl_fd = client_hello(c, &c->conn, false, CONN_TIMEOUT_MS, c->pending_fd);
     if (ctl_fd < 0) {
         r = ctl_fd;
         goto fail_close;
@@ -317,6 +327,11 @@ SHMHEAP_EXPORT int shmheap_attach(const char *socket_path, shmheap_t **out)
     pending_close_all(c);
     store_release(&c->heap, heap);
     pthread_mutex_unlock(&c->conn.lock);
+    r = reconnect_start(c);
+    if (r < 0) {
+        heap_detach(heap);
+        goto fail_close;
+    }
     *out = (shmheap_t *) (void *) heap;
     return 0;
 fail_close:
@@ -339,12 +354,19 @@ SHMHEAP_EXPORT void shmheap_detach(shmheap_t *h)
     /* In a fork's child the core only unmaps its copy; the caches belong to
      * the parent's threads. The connection is needed while the caches go
      * back (a segment may have to be mapped), so it closes last. */
+    /* The watcher reads the heap (its control fd, what is mapped): it
+     * stops first. The hooks then use the connection as it is; one that
+     * is down fails them (the daemon reclaims what could not go back). */
+    if (!forked)
+        reconnect_stop(c); /* the parent's thread: not the child's to stop */
     heap_detach(handle_heap(h));
     pending_close_all(c);
     if (forked) {
         /* The parent's copy keeps the connection open; the lock may have
          * been held by a parent's thread at fork, so only the fd is closed. */
         (void) close(c->conn.fd);
+        if (c->rc_running)
+            (void) close(c->rc_wake);
         free(c);
         return;
     }

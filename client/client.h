@@ -52,6 +52,12 @@ struct reply {
     const char *message; /* into json; "" when ok */
 };
 
+enum rc_state {
+    RC_CONNECTED = 0,
+    RC_LOST,     /* the connection dropped: the watcher reconnects */
+    RC_ORPHANED, /* the daemon there serves another heap, or refused us: never again */
+};
+
 struct client {
     struct heap *heap; /* the attachment; NULL until heap_attach returned */
     pid_t pid;         /* the process that attached (fork rule) */
@@ -60,7 +66,23 @@ struct client {
     /* Segment fds received but not yet handed to the core, by index: from
      * hello, and from grow replies. Under conn.lock. */
     int pending_fd[SHM_MAX_SEGMENTS];
+    /* Reconnection (reconnect.c). Lock order: conn.lock, then rc_lock. */
+    pthread_mutex_t rc_lock;
+    pthread_cond_t rc_cond; /* broadcast when state leaves RC_LOST */
+    uint32_t rc_state;      /* enum rc_state, under rc_lock */
+    uint64_t rc_epoch;      /* connections made so far, under rc_lock */
+    uint64_t reconnects;    /* under rc_lock */
+    pthread_t rc_thread;
+    bool rc_running;
+    int rc_wake; /* eventfd: tells the watcher to stop */
 };
+
+/* The owner entry of the attachment as the protocol's `owner` (index + 1),
+ * or 0 (none, or not attached yet). */
+static inline unsigned handle_heap_owner(const struct client *c)
+{
+    return c->heap ? c->heap->owner_tag : 0;
+}
 
 static inline struct heap *handle_heap(shmheap_t *h)
 {
@@ -105,7 +127,28 @@ void client_clear_error(void);
  * SHMHEAP_E* code. */
 int client_errno_code(int neg_errno);
 
+/* ---- reconnect.c ---- */
+/* Starts the watcher thread of an attached client; 0 or -SHMHEAP_E*. */
+int reconnect_start(struct client *c);
+/* Stops and joins it (detach). */
+void reconnect_stop(struct client *c);
+/* One request through c's connection, riding out a daemon restart: while
+ * the connection is down it waits for the watcher to reconnect (at most
+ * the control segment's reconnect_wait_ms), and a request that fails
+ * because the connection dropped is sent once more on the new one. Takes
+ * conn.lock. -SHMHEAP_ECONNECT when no daemon came back in time. */
+int client_call(struct client *c, const cJSON *req, unsigned timeout_ms, struct reply *ret);
+
 /* ---- attach.c ---- */
+/* Sends hello on conn (resume: a re-hello with c's client id and owner
+ * entry), checks the reply and files the heap segments' fds into fds[] by
+ * index. Returns the control segment's fd (the caller's to close) or a
+ * negative SHMHEAP_E* code. */
+int client_hello(struct client *c,
+                 struct conn *conn,
+                 bool resume,
+                 unsigned timeout_ms,
+                 int fds[SHM_MAX_SEGMENTS]);
 /* True when h is used in a process other than the one that attached it
  * (a fork's child). Calls getpid(): for the cold, int-returning paths. */
 bool client_forked(shmheap_t *h);

@@ -102,7 +102,7 @@ SHMHEAP_EXPORT int shmheap_trim(shmheap_t *h, unsigned wait_ms)
         cJSON_Delete(req);
         return -SHMHEAP_ENOMEM;
     }
-    r = conn_request(&client_of(h)->conn, req, wait_ms + CONN_TIMEOUT_MS, &rep);
+    r = client_call(client_of(h), req, wait_ms + CONN_TIMEOUT_MS, &rep);
     cJSON_Delete(req);
     if (r < 0)
         return r;

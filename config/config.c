@@ -179,6 +179,23 @@ static const struct config_key keys[] = {
          .max = 512 * GiB,
          .help = "bytes the clients of one uid may have allocated at once: 0 (unlimited; "
                  "default) or 1M..512G; summed by the daemon every 100 ms"},
+        /* ---- restart (daemon/adopt.c, client/reconnect.c) ---- */
+        {.name = "reconnect_wait_ms",
+         .type = CONFIG_MS,
+         .scope = CONFIG_SCOPE_HEAP,
+         FIELD(shm.reconnect_wait_ms),
+         .def = 5000,
+         .min = 0,
+         .max = 600000,
+         .help = "milliseconds a client whose daemon is gone waits for a new one when it needs "
+                 "it (a new segment) before failing with ENOMEM: 0..600000 (default 5000)"},
+        {.name = "state_dir",
+         .type = CONFIG_PATH,
+         .scope = CONFIG_SCOPE_DAEMON,
+         FIELD(state_dir),
+         .help = "directory (tmpfs or hugetlbfs) that keeps the heap's segments as files, so "
+                 "that a restarted daemon adopts them; \"\" for none (default); read at start"},
+        /* ---- end of restart ---- */
         {.name = "allowed_uids",
          .type = CONFIG_ID_LIST,
          .scope = CONFIG_SCOPE_DAEMON,
@@ -445,6 +462,8 @@ static const char *type_expected(const struct config_key *k, char *buf, size_t l
         return "a whole number";
     case CONFIG_MS:
         return "a whole number of milliseconds";
+    case CONFIG_PATH:
+        return "an absolute path (a string) or \"\" for none";
     case CONFIG_ID_LIST:
         return strstr(k->name, "gid") ? "an array of gids (whole numbers)"
                                       : "an array of uids (whole numbers)";
@@ -551,6 +570,30 @@ parse_enum(const struct config_key *k, const cJSON *v, uint64_t *ret, char *err,
             return 0;
         }
     return type_error(k, v, err, errlen);
+}
+
+/* A path value: "" (none) or an absolute path without control characters
+ * that fits the field. */
+static int parse_path(const struct config_key *k, const cJSON *v, char *err, size_t errlen)
+{
+    const char *s;
+
+    if (!cJSON_IsString(v))
+        return type_error(k, v, err, errlen);
+    s = v->valuestring;
+    if (!*s)
+        return 0;
+    if (s[0] != '/')
+        return type_error(k, v, err, errlen);
+    if (strlen(s) >= k->width) {
+        errf(err, errlen, "%s must be at most %zu bytes long, got %zu", k->name, k->width - 1,
+             strlen(s));
+        return -ERANGE;
+    }
+    for (const char *p = s; *p; p++)
+        if ((unsigned char) *p < 0x20 || *p == 0x7f)
+            return type_error(k, v, err, errlen);
+    return 0;
 }
 
 /* Parses an array of ids into ids[], *ret_n. Duplicates are dropped. */
@@ -670,6 +713,8 @@ bool config_key_equal(const struct config_key *k, const struct config *a, const 
 
     if (k->type == CONFIG_STRING)
         return strncmp((const char *) a + k->offset, (const char *) b + k->offset, k->width) == 0;
+    if (k->type == CONFIG_PATH)
+        return strcmp((const char *) a + k->offset, (const char *) b + k->offset) == 0;
     if (k->type != CONFIG_ID_LIST)
         return field_get(a, k) == field_get(b, k);
     n = list_count_get(a, k);
@@ -684,7 +729,7 @@ void config_default(struct config *ret)
     for (size_t i = 0; i < NKEYS; i++)
         if (keys[i].type == CONFIG_STRING)
             (void) snprintf((char *) ret + keys[i].offset, keys[i].width, "%s", keys[i].def_str);
-        else if (keys[i].type != CONFIG_ID_LIST)
+        else if (keys[i].type != CONFIG_ID_LIST && keys[i].type != CONFIG_PATH)
             field_set(ret, &keys[i], keys[i].def);
 }
 
@@ -776,6 +821,13 @@ int config_set_one(struct config *c,
         }
         break;
     }
+    case CONFIG_PATH:
+        r = parse_path(k, value, err, errlen);
+        if (r == 0) {
+            memset((char *) &next + k->offset, 0, k->width);
+            memcpy((char *) &next + k->offset, value->valuestring, strlen(value->valuestring));
+        }
+        break;
     default:
         r = -EINVAL;
         break;
@@ -821,6 +873,8 @@ cJSON *config_get_json(const struct config *c, const struct config_key *k)
         }
         return a;
     }
+    case CONFIG_PATH:
+        return cJSON_CreateString((const char *) c + k->offset);
     default:
         return cJSON_CreateNumber((double) field_get(c, k));
     }
@@ -874,6 +928,9 @@ char *config_format_text(const struct config *c, const struct config_key *k, cha
             (void) snprintf(buf + o, len - o, "]");
         return buf;
     }
+    case CONFIG_PATH:
+        (void) snprintf(buf, len, "\"%s\"", (const char *) c + k->offset);
+        return buf;
     default:
         (void) snprintf(buf, len, "%" PRIu64, field_get(c, k));
         return buf;
@@ -909,6 +966,7 @@ int config_value_from_text(
     }
     case CONFIG_ENUM:
     case CONFIG_STRING:
+    case CONFIG_PATH:
         v = cJSON_CreateString(text);
         break;
     case CONFIG_ID_LIST: {

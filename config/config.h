@@ -33,6 +33,7 @@
 #define CONFIG_MAX_DEPTH    16u        /* nesting of a config file or a request */
 #define CONFIG_ERR_MAX      256u       /* a good size for error buffers */
 #define CONFIG_LISTEN_MAX   64u        /* bytes of metrics_listen, NUL included */
+#define CONFIG_PATH_MAX     256u       /* bytes of a path value, the NUL included */
 
 struct config {
     struct shm_config shm;       /* what clients read from the control segment */
@@ -44,6 +45,7 @@ struct config {
     uint32_t allowed_uids[CONFIG_MAX_IDS];
     uint32_t allowed_gids[CONFIG_MAX_IDS];
     char metrics_listen[CONFIG_LISTEN_MAX]; /* "ADDR:PORT" of GET /metrics; "" off */
+    char state_dir[CONFIG_PATH_MAX]; /* "" : none (daemon/statedir.c) */
 };
 
 enum config_type {
@@ -53,6 +55,7 @@ enum config_type {
     CONFIG_ENUM,    /* one of a few strings */
     CONFIG_ID_LIST, /* an array of uids or gids (numbers) */
     CONFIG_STRING,  /* a string that fits its char array, checked by the key */
+    CONFIG_PATH,    /* an absolute path string, or "" for none */
     _CONFIG_TYPE_MAX,
 };
 

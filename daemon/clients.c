@@ -12,11 +12,14 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "daemon/daemon.h"
+#include "shm/atomic.h"
 
 static uint64_t now_ns(void)
 {
@@ -85,46 +88,126 @@ static void pidfd_cb(uv_poll_t *h, int status, int events)
     client_exited(h->data, true);
 }
 
-int clients_attach(struct daemon *d, struct conn *c, struct client **ret)
+/* Starts watching cl's process through a pidfd: from the connection
+ * (SO_PEERPIDFD) when there is one, else pidfd_open. */
+static void client_watch(struct client *cl, int conn_fd)
 {
-    struct client *cl = calloc(1, sizeof(*cl));
+    struct daemon *d = cl->d;
     int r;
 
-    if (!cl)
-        return -ENOMEM;
-    cl->d = d;
-    cl->id = ++d->next_client_id;
-    cl->peer = c->peer;
-    cl->attached_ns = now_ns();
-    cl->pidfd = peer_pidfd(c->fd, c->peer.pid);
+    cl->pidfd = peer_pidfd(conn_fd, cl->peer.pid);
     if (cl->pidfd < 0) {
         log_warning("cannot watch pid %d (%s): its caches will be reclaimed when its connection "
                     "closes",
-                    (int) c->peer.pid, strerror(-cl->pidfd));
+                    (int) cl->peer.pid, strerror(-cl->pidfd));
         cl->pidfd = -1;
-    } else {
-        r = uv_poll_init(d->loop, &cl->pidfd_poll, cl->pidfd);
-        if (r < 0) {
-            log_warning("cannot poll the pidfd of pid %d (%s): its caches will be reclaimed "
-                        "when its connection closes",
-                        (int) c->peer.pid, uv_strerror(r));
-            (void) close(cl->pidfd);
-            cl->pidfd = -1;
-        } else {
-            cl->pidfd_poll.data = cl;
-            cl->handles = 1;
-            cl->pidfd_polling = true;
-            (void) uv_poll_start(&cl->pidfd_poll, UV_READABLE, pidfd_cb);
-        }
+        return;
     }
+    r = uv_poll_init(d->loop, &cl->pidfd_poll, cl->pidfd);
+    if (r < 0) {
+        log_warning("cannot poll the pidfd of pid %d (%s): its caches will be reclaimed "
+                    "when its connection closes",
+                    (int) cl->peer.pid, uv_strerror(r));
+        (void) close(cl->pidfd);
+        cl->pidfd = -1;
+        return;
+    }
+    cl->pidfd_poll.data = cl;
+    cl->handles++;
+    cl->pidfd_polling = true;
+    (void) uv_poll_start(&cl->pidfd_poll, UV_READABLE, pidfd_cb);
+}
+
+struct client *clients_find(struct daemon *d, uint64_t id)
+{
+    for (struct link *l = d->clients.next; l != &d->clients; l = l->next) {
+        struct client *cl = container_of(l, struct client, link);
+
+        if (cl->id == id)
+            return cl;
+    }
+    return NULL;
+}
+
+int clients_attach(struct daemon *d, struct conn *c, uint64_t resume_id, struct client **ret)
+{
+    struct client *cl = resume_id ? clients_find(d, resume_id) : NULL;
+
+    if (cl) {
+        /* Known and not attached (op_hello checked): a client of the
+         * earlier daemon (clients_adopt), or one whose connection dropped. */
+        cl->peer = c->peer;
+        cl->conn = c;
+        c->client = cl;
+        d->nclients++;
+        if (cl->pidfd < 0)
+            client_watch(cl, c->fd);
+        log_info("client %" PRIu64 " attached again: pid %d, uid %u (connection %" PRIu64 ")",
+                 cl->id, (int) cl->peer.pid, (unsigned) cl->peer.uid, c->serial);
+        *ret = cl;
+        return 0;
+    }
+    cl = calloc(1, sizeof(*cl));
+    if (!cl)
+        return -ENOMEM;
+    cl->d = d;
+    if (resume_id) {
+        cl->id = resume_id;
+    } else {
+        cl->id = ++d->next_client_id;
+        /* A restarted daemon goes on from here (shm/adopt.c); relaxed: it
+         * is read only by the next daemon, after this one is gone. */
+        store_relaxed(&heap_ctl(d->heap)->client_id_next, d->next_client_id);
+    }
+    cl->peer = c->peer;
+    cl->attached_ns = now_ns();
+    cl->pidfd = -1;
+    client_watch(cl, c->fd);
     cl->conn = c;
     c->client = cl;
     link_insert(&d->clients, &cl->link);
     d->nclients++;
     metrics_clients_changed(d);
-    log_info("client %" PRIu64 " attached: pid %d, uid %u (connection %" PRIu64 ")", cl->id,
-             (int) cl->peer.pid, (unsigned) cl->peer.uid, c->serial);
+    log_info("client %" PRIu64 " %s: pid %d, uid %u (connection %" PRIu64 ")", cl->id,
+             resume_id ? "attached again" : "attached", (int) cl->peer.pid, (unsigned) cl->peer.uid,
+             c->serial);
     *ret = cl;
+    return 0;
+}
+
+int clients_adopt(struct daemon *d, uint64_t id, pid_t pid)
+{
+    struct client *cl;
+
+    if (clients_find(d, id))
+        return -EEXIST; /* one entry per client id is enough */
+    cl = calloc(1, sizeof(*cl));
+    if (!cl)
+        return -ENOMEM;
+    cl->d = d;
+    cl->id = id;
+    cl->peer.pid = pid;
+    {
+        char proc[32];
+        struct stat st;
+
+        /* Until it says hello again (SO_PEERCRED then), its uid is that of
+         * its /proc entry: the per-uid quota (quota.c) counts it there. */
+        snprintf(proc, sizeof(proc), "/proc/%d", (int) pid);
+        cl->peer.uid = stat(proc, &st) == 0 ? st.st_uid : (uid_t) -1;
+        cl->peer.gid = stat(proc, &st) == 0 ? st.st_gid : (gid_t) -1;
+    }
+    cl->attached_ns = now_ns();
+    cl->pidfd = -1;
+    client_watch(cl, -1);
+    if (cl->pidfd < 0) {
+        free(cl);
+        return -ESRCH;
+    }
+    link_insert(&d->clients, &cl->link);
+    log_info("client %" PRIu64 " (pid %d) of the earlier daemon runs on; watching it until it "
+             "attaches again",
+             id, (int) pid);
     return 0;
 }
 

@@ -462,6 +462,25 @@ void conn_timers_reconfigure(struct daemon *d)
         conn_update_timer(container_of(l, struct conn, link), true);
 }
 
+void conn_drain_all(struct daemon *d)
+{
+    struct link *l = d->conns.next;
+
+    while (l != &d->conns) {
+        struct conn *c = container_of(l, struct conn, link);
+
+        l = l->next;
+        /* Lines not yet started are dropped: an attached client sends its
+         * request again once it has reattached to the next daemon. */
+        c->inlen = 0;
+        c->close_after_flush = true;
+        if (c->jobs == 0 && !c->out_head)
+            conn_close(c, NULL);
+        else
+            conn_flush(c);
+    }
+}
+
 void conn_close_all(struct daemon *d)
 {
     while (d->conns.next != &d->conns)

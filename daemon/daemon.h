@@ -171,6 +171,16 @@ struct daemon {
     uint32_t nsegs;    /* entries in seg_fds, the control segment included */
     struct heap *heap; /* the daemon's own attachment (client id 0) */
 
+    /* Restart (fdstore.c, statedir.c, adopt.c). */
+    int stored_fds[SHM_MAX_SEGMENTS]; /* passed back by systemd's fd store, by index; -1 */
+    int passed_listen_fd;             /* the listening socket systemd passed, or -1 */
+    bool use_fdstore;                 /* NOTIFY_SOCKET set and no state dir */
+    bool discard_bad_heap;            /* --discard-bad-heap */
+    int state_dir_fd;                 /* -1: no state dir */
+    char state_dir[CONFIG_PATH_MAX];  /* the one opened at start (cfg.state_dir may change) */
+    int state_lock_fd;                /* flock'ed: one daemon per state dir */
+    bool adopted;                     /* the heap came from an earlier daemon */
+
     /* Connections and clients (conn.c, clients.c). */
     struct link conns;
     unsigned nconns;
@@ -213,6 +223,40 @@ uint32_t owner_nsegments(struct daemon *d);
 /* Writes cfg.shm into the control segment and bumps config_gen. */
 void owner_publish_config(struct daemon *d);
 
+/* ---- fdstore.c: systemd's file descriptor store ---- */
+/* Takes every fd systemd passed (sd_listen_fds_with_names): stored
+ * segments by name into d->stored_fds, the listening socket into
+ * d->passed_listen_fd; closes anything else. */
+void fdstore_collect(struct daemon *d);
+/* Hands segment index's fd to systemd (FDSTORE=1) when d->use_fdstore. */
+void fdstore_put(struct daemon *d, uint32_t index, int fd);
+/* Asks systemd to drop the stored fd of segment index (FDSTOREREMOVE=1). */
+void fdstore_remove(struct daemon *d, uint32_t index);
+/* Closes the stored fds not taken by adoption. */
+void fdstore_close_unused(struct daemon *d);
+
+/* ---- statedir.c: segments as files in a state directory ---- */
+/* Creates (0700) and locks cfg.state_dir; sets d->state_dir_fd. */
+int statedir_open(struct daemon *d);
+/* Opens the segment files present into fds[] (-1 where absent); returns
+ * how many, or a negative errno. */
+int statedir_load(struct daemon *d, int fds[SHM_MAX_SEGMENTS]);
+/* Renames the segment files aside (NAME.discarded) for --discard-bad-heap. */
+void statedir_discard(struct daemon *d);
+/* Removes heap-segment-N files for N >= from: leftovers never published. */
+void statedir_remove_from(struct daemon *d, uint32_t from);
+void statedir_close(struct daemon *d);
+
+/* ---- adopt.c: taking over the heap an earlier daemon left ---- */
+/* Checks the segments in fds[] (index 0 the control segment; taken over
+ * on success, left open otherwise) and makes them the daemon's: records,
+ * its own attachment, recovery, the clients it finds. `source` names
+ * where they came from for the logs. -EPROTO: another layout version. */
+int adopt_heap(struct daemon *d, int fds[SHM_MAX_SEGMENTS], const char *source);
+/* After the daemon's attachment mapped the adopted heap: recovery, and the
+ * clients of the earlier daemon watched until they say hello again. */
+int adopt_recover(struct daemon *d, const char *source);
+
 /* ---- listen.c ---- */
 int listen_open(struct daemon *d);
 void listen_close(struct daemon *d);
@@ -236,6 +280,9 @@ void conn_pause(struct conn *c);
 void conn_resume(struct conn *c);
 void conn_timers_reconfigure(struct daemon *d);
 void conn_close_all(struct daemon *d);
+/* Shutdown: reads no further requests; connections close once the reply
+ * to the request in hand (a job, a queued reply) has gone out. */
+void conn_drain_all(struct daemon *d);
 /* Sends a one-line failure reply on a socket not (yet) a struct conn. */
 void conn_refuse_raw(int fd, const char *code, const char *message);
 
@@ -302,8 +349,15 @@ cJSON *stats_json(struct daemon *d);
 cJSON *segments_json(const struct heap_stats *st);
 
 /* ---- clients.c ---- */
-/* Registers c's peer as a client; returns its id or a negative errno. */
-int clients_attach(struct daemon *d, struct conn *c, struct client **ret);
+/* Registers c's peer as a client; returns its id or a negative errno.
+ * resume_id 0: a new client; else the id it had (a re-hello after a
+ * restart or a dropped connection), already checked by op_hello. */
+int clients_attach(struct daemon *d, struct conn *c, uint64_t resume_id, struct client **ret);
+/* The client with this id, or NULL. */
+struct client *clients_find(struct daemon *d, uint64_t id);
+/* Adoption: watches the process of a client of the earlier daemon until
+ * it says hello again (or exits: then it is reclaimed as usual). */
+int clients_adopt(struct daemon *d, uint64_t id, pid_t pid);
 /* c's connection closed. */
 void clients_detach(struct client *cl);
 /* Shutdown: stops watching every client (no reclamation). */
@@ -369,8 +423,6 @@ int service_init(struct daemon *d);
 void service_ready(struct daemon *d);
 void service_stopping(struct daemon *d);
 void service_close(struct daemon *d);
-/* Socket activation: the listening fd passed by systemd, or -1. */
-int service_listen_fd(void);
 
 /* ---- main.c ---- */
 /* Stops the daemon: closes the socket and connections, lets jobs finish,

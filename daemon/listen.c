@@ -185,7 +185,7 @@ fail:
 
 int listen_open(struct daemon *d)
 {
-    int fd = service_listen_fd(), r;
+    int fd = d->passed_listen_fd, r;
 
     if (fd >= 0) {
         struct sockaddr_un sa;
@@ -193,6 +193,7 @@ int listen_open(struct daemon *d)
 
         d->socket_activated = true;
         d->listen_fd = fd;
+        d->passed_listen_fd = -1; /* ours now */
         if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0 ||
             fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
             log_error("cannot set up the socket passed by systemd: %m");

@@ -1,12 +1,17 @@
 /* shmheapd: the daemon that owns a shmheap heap.
  *
- * Start: options, the config (defaults, then the file), the control
- * segment and the first heap segment, the daemon's own attachment, the
- * control socket (or systemd's), the metrics endpoint if metrics_listen
- * asks for one (a failure there stops the daemon), then READY=1 and the
- * libuv loop. Stop (SIGTERM, SIGINT): STOPPING=1, stop the metrics
- * endpoint, close the socket and every connection, let running jobs
- * finish, detach, exit 0. */
+ * Start: options, the config (defaults, then the file), the fds systemd
+ * passed (stored segments, the socket), the heap (adopted from the fd
+ * store or the state directory, else a new control segment and first heap
+ * segment), the daemon's own attachment, the control socket (or
+ * systemd's), the metrics endpoint if metrics_listen asks for one (a
+ * failure there stops the daemon), then READY=1 and the libuv loop. Stop
+ * (SIGTERM, SIGINT): STOPPING=1, stop the metrics endpoint, stop
+ * accepting, answer the requests in hand, close every connection (without
+ * reclaiming anyone: the clients live on and attach again to the next
+ * daemon), let running jobs finish, detach, exit 0. The segments stay in
+ * systemd's fd store or the state directory. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -21,6 +26,8 @@
 static const char *arg_config_path;
 static const char *arg_socket;
 static const char *arg_metrics_listen;
+static const char *arg_state_dir;
+static bool arg_discard_bad_heap;
 
 static void help(void)
 {
@@ -35,6 +42,12 @@ static void help(void)
            "                            a missing default file means built-in defaults)\n"
            "  --metrics-listen ADDR:PORT  serve GET /metrics (Prometheus) there; a port alone\n"
            "                            means loopback; overrides metrics_listen\n"
+           "  --state-dir DIR           keep the heap's segments as files in DIR (tmpfs or\n"
+           "                            hugetlbfs) and adopt the heap found there at start\n"
+           "                            (config key state_dir; \"\" for none, the default)\n"
+           "  --discard-bad-heap        a stored heap that fails its checks is set aside and\n"
+           "                            a new one started (default: exit non-zero); never\n"
+           "                            applies to a heap of another layout version\n"
            "  --foreground              run in the foreground (the default and only mode)\n"
            "  --help                    show this help\n"
            "  --version                 show the version\n"
@@ -51,12 +64,22 @@ static void help(void)
 /* 0 to run, 1 to exit 0 (help, version), or -2 for a usage error. */
 static int parse_argv(int argc, char **argv)
 {
-    enum { ARG_SOCKET = 0x100, ARG_CONFIG, ARG_METRICS, ARG_FOREGROUND, ARG_VERSION };
+    enum {
+        ARG_SOCKET = 0x100,
+        ARG_CONFIG,
+        ARG_METRICS,
+        ARG_FOREGROUND,
+        ARG_VERSION,
+        ARG_STATE_DIR,
+        ARG_DISCARD_BAD_HEAP,
+    };
     static const struct option options[] = {
             {"socket", required_argument, NULL, ARG_SOCKET},
             {"config", required_argument, NULL, ARG_CONFIG},
             {"metrics-listen", required_argument, NULL, ARG_METRICS},
             {"foreground", no_argument, NULL, ARG_FOREGROUND},
+            {"state-dir", required_argument, NULL, ARG_STATE_DIR},
+            {"discard-bad-heap", no_argument, NULL, ARG_DISCARD_BAD_HEAP},
             {"help", no_argument, NULL, 'h'},
             {"version", no_argument, NULL, ARG_VERSION},
             {NULL, 0, NULL, 0},
@@ -92,6 +115,12 @@ static int parse_argv(int argc, char **argv)
             break;
         }
         case ARG_FOREGROUND:
+            break;
+        case ARG_STATE_DIR:
+            arg_state_dir = optarg;
+            break;
+        case ARG_DISCARD_BAD_HEAP:
+            arg_discard_bad_heap = true;
             break;
         default:
             fprintf(stderr, "Try 'shmheapd --help'.\n");
@@ -130,8 +159,17 @@ void daemon_shutdown(struct daemon *d, int status)
      * after the loop ends. */
     metrics_fini(d);
     listen_close(d);
-    conn_close_all(d);
+    /* Clients first: a connection that closes now is not a detach (the
+     * client lives on and attaches again to the next daemon). */
     clients_close_all(d);
+    conn_drain_all(d);
+    if (d->state_dir_fd >= 0)
+        log_info("the heap stays in the state directory %s", d->state_dir);
+    else if (d->use_fdstore)
+        log_info("the heap stays in systemd's fd store");
+    else
+        log_notice("no state directory and no fd store: the heap lasts only while clients map "
+                   "it, and the next shmheapd starts a new one");
     (void) uv_timer_stop(&d->trim_timer);
     uv_close((uv_handle_t *) &d->trim_timer, NULL);
     quota_stop(d);
@@ -156,6 +194,9 @@ int main(int argc, char **argv)
     log_init();
     d->listen_fd = -1;
     d->ctl_fd = -1;
+    d->state_dir_fd = -1;
+    d->state_lock_fd = -1;
+    d->discard_bad_heap = arg_discard_bad_heap;
     d->config_path = arg_config_path;
     link_init(&d->conns);
     link_init(&d->clients);
@@ -173,6 +214,19 @@ int main(int argc, char **argv)
         (void) snprintf(d->cfg.metrics_listen, sizeof(d->cfg.metrics_listen), "%s",
                         arg_metrics_listen);
     }
+    if (arg_state_dir) {
+        cJSON *v = cJSON_CreateString(arg_state_dir);
+
+        r = v ? config_set_json(&d->cfg, "state_dir", v, err, sizeof(err)) : -ENOMEM;
+        cJSON_Delete(v);
+        if (r < 0) {
+            log_error("--state-dir: %s", err);
+            return 2;
+        }
+    }
+    /* Before anything else reads LISTEN_FDS (sd_listen_fds unsets it). */
+    fdstore_collect(d);
+    d->use_fdstore = !d->cfg.state_dir[0] && getenv("NOTIFY_SOCKET") != NULL;
     r = wire_socket_path(arg_socket, d->socket_path, sizeof(d->socket_path));
     if (r < 0) {
         log_error("the socket path is longer than a Unix socket address allows (107 bytes)");
@@ -201,11 +255,15 @@ int main(int argc, char **argv)
         goto run;
     }
     (void) owner_segment(d, 1, &size, &page);
-    log_info("shmheapd %s started: socket %s%s, segment 1 of %s bytes on %s pages, "
-             "max_segments %" PRIu32,
+    log_info("shmheapd %s started: socket %s%s, %s heap of %" PRIu32 " segments (segment 1: %s "
+             "bytes on %s pages), max_segments %" PRIu32 ", kept in %s",
              SHMHEAP_VERSION, d->socket_path, d->socket_activated ? " (from systemd)" : "",
+             d->adopted ? "adopted" : "new", owner_nsegments(d) - 1,
              bytes_name(size, b1, sizeof(b1)), page_size_name(page, b2, sizeof(b2)),
-             d->cfg.shm.max_segments);
+             d->cfg.shm.max_segments,
+             d->state_dir_fd >= 0 ? d->state_dir
+             : d->use_fdstore     ? "systemd's fd store"
+                                  : "memory only (no state directory, no fd store)");
     r = metrics_apply(d, err, sizeof(err));
     if (r < 0) {
         /* Asked for metrics and cannot serve them: say so and stop. */

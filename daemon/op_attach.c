@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "daemon/daemon.h"
+#include "shm/atomic.h"
 
 /* The largest min_bytes a grow may ask for: the segment adds its metadata
  * and is rounded up to whole pages, and must stay within SHM_SEG_SPAN. */
@@ -27,11 +28,68 @@ cJSON *segment_json(struct daemon *d, uint32_t index)
     return o;
 }
 
+/* A re-hello (docs/PROTOCOL.md): may c's peer take client id `id` back?
+ * Only a process that had it: the id was handed out (by this daemon or the
+ * one whose heap it adopted), no connection holds it, and the heap's
+ * tables tie it to the peer's pid (its owner entry, `owner` = index + 1,
+ * or else its thread caches). The tables are shared memory any client can
+ * write, so this keeps honest clients apart; it cannot stop a process
+ * that scribbles on the heap, which could do worse anyway. */
+static bool resume_allowed(struct conn *c, uint64_t id, uint64_t owner)
+{
+    struct daemon *d = c->d;
+    struct ctl_header *ctl = heap_ctl(d->heap);
+    struct client *cl = clients_find(d, id);
+    uint32_t pid = (uint32_t) c->peer.pid;
+
+    if (id > d->next_client_id) {
+        reply_error(c, "bad_value", "client_id %" PRIu64 " was never handed out", id);
+        return false;
+    }
+    if (cl && (cl->conn || cl->exited)) {
+        reply_error(c, "bad_value", "client_id %" PRIu64 " is %s", id,
+                    cl->conn ? "attached on another connection" : "gone (its process exited)");
+        return false;
+    }
+    if (cl && cl->peer.pid != c->peer.pid) {
+        reply_error(c, "bad_value", "client_id %" PRIu64 " belongs to pid %d, not %d", id,
+                    (int) cl->peer.pid, (int) c->peer.pid);
+        return false;
+    }
+    if (owner) {
+        const struct owner_entry *e = &ctl->owners[owner - 1];
+
+        if (load_relaxed(&e->client_id) != id || load_relaxed(&e->pid) != pid ||
+            load_acquire(&e->state) != OWNER_LIVE) {
+            reply_error(c, "bad_value",
+                        "owner %" PRIu64 " is not a live entry of client_id %" PRIu64 " and pid %d",
+                        owner, id, (int) c->peer.pid);
+            return false;
+        }
+        return true;
+    }
+    for (uint32_t i = 0, high = load_acquire(&ctl->slots_high); i < high && i < SHM_MAX_SLOTS;
+         i++) {
+        const struct cache_slot *s = &ctl->slots[i];
+
+        if (load_acquire(&s->state) != SLOT_OWNED || load_relaxed(&s->client_id) != id)
+            continue;
+        if (load_relaxed(&s->pid) != pid) {
+            reply_error(c, "bad_value", "client_id %" PRIu64 " has thread caches of pid %u, not %d",
+                        id, load_relaxed(&s->pid), (int) c->peer.pid);
+            return false;
+        }
+    }
+    /* Its thread caches, or none: a client without an owner entry (the
+     * table was full) that never allocated has nothing to lose. */
+    return true;
+}
+
 void op_hello(struct conn *c, const cJSON *req)
 {
     struct daemon *d = c->d;
     int fds[SHM_MAX_SEGMENTS], nfds = 0;
-    uint64_t version = 0, pid = 0;
+    uint64_t version = 0, pid = 0, resume_id = 0, owner = 0;
     struct client *cl;
     cJSON *reply, *segs;
     uint32_t n;
@@ -50,6 +108,15 @@ void op_hello(struct conn *c, const cJSON *req)
                     version, WIRE_VERSION);
         return;
     }
+    if (!req_u64(c, req, "client_id", false, UINT64_C(1) << 53, &resume_id) ||
+        !req_u64(c, req, "owner", false, SHM_MAX_OWNERS, &owner))
+        return;
+    if (owner && !resume_id) {
+        reply_error(c, "bad_request", "owner is only sent with client_id (a re-hello)");
+        return;
+    }
+    if (resume_id && !resume_allowed(c, resume_id, owner))
+        return;
     if ((pid_t) pid != c->peer.pid)
         log_debug("connection %" PRIu64 ": hello says pid %" PRIu64 ", the socket says %d; "
                   "using the socket's",
@@ -74,14 +141,15 @@ void op_hello(struct conn *c, const cJSON *req)
         }
         fds[nfds++] = fd;
     }
-    r = clients_attach(d, c, &cl);
+    r = clients_attach(d, c, resume_id, &cl);
     if (r < 0) {
         cJSON_Delete(reply);
         reply_error(c, "internal", "cannot register the client: %s", strerror(-r));
         return;
     }
     if (!cJSON_AddNumberToObject(reply, "version", WIRE_VERSION) ||
-        !json_add_u64(reply, "client_id", cl->id))
+        !json_add_u64(reply, "client_id", cl->id) ||
+        !cJSON_AddBoolToObject(reply, "resumed", resume_id != 0))
         goto oom;
     reply_ok(c, reply, fds, nfds);
     return;

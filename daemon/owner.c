@@ -1,6 +1,10 @@
 /* The heap the daemon owns: the control segment, the heap segments' fds,
  * growth, the daemon's own attachment and publishing the config.
  *
+ * Where segments live: memfds handed to systemd's fd store (fdstore.c),
+ * or files in a state directory (statedir.c). At start the daemon adopts
+ * the heap it finds in either (adopt.c) and creates a new one otherwise.
+ *
  * The daemon keeps its own record of every segment (fd, size, page size,
  * from fstat of its fd) and answers from it, never from the control
  * segment's table, which any attached process can write. Segments are
@@ -32,6 +36,14 @@ static int hook_open_segment(void *ctx, uint32_t index)
     return fd;
 }
 
+/* Called by heap_segment_create_kept before it publishes a new segment:
+ * into systemd's fd store (a no-op without one, and for a state dir,
+ * where the file is the keeping). seg_lock held. */
+static void keep_segment(void *ctx, uint32_t index, int fd)
+{
+    fdstore_put(ctx, index, fd);
+}
+
 static int hook_grow(void *ctx, uint64_t min_bytes)
 {
     uint32_t index;
@@ -54,8 +66,9 @@ int owner_grow(struct daemon *d, uint64_t min_bytes, uint32_t *ret_index)
     if (policy >= _SHM_PAGES_MAX)
         policy = SHM_PAGES_AUTO;
     /* The limits are the daemon's own config, never the control segment's
-     * copy (any client can write it). */
-    r = heap_segment_create(d->ctl_fd, &d->cfg.shm, min_bytes, (int) policy, &fd, &index);
+    * copy (any client can write it). */
+    r = heap_segment_create_kept(d->ctl_fd, &d->cfg.shm, d->state_dir_fd, min_bytes, (int) policy,
+                                 keep_segment, d, &fd, &index);
     if (r < 0) {
         uint32_t n = d->nsegs;
 
@@ -99,17 +112,79 @@ int owner_grow(struct daemon *d, uint64_t min_bytes, uint32_t *ret_index)
     return 0;
 }
 
-int owner_init(struct daemon *d)
+/* The heap an earlier daemon left, if any: fds[] by index (-1: none);
+ * returns where it was found, or NULL. */
+static const char *owner_find_stored(struct daemon *d, int fds[SHM_MAX_SEGMENTS])
+{
+    bool any = false;
+    int r;
+
+    if (d->state_dir_fd < 0) {
+        for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++) {
+            fds[i] = d->stored_fds[i];
+            d->stored_fds[i] = -1;
+            any |= fds[i] >= 0;
+        }
+        if (fds[0] >= 0)
+            return "systemd's fd store";
+        if (any) {
+            log_warning("systemd passed heap segments without a control segment; they cannot "
+                        "be adopted and are dropped");
+            for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++)
+                if (fds[i] >= 0) {
+                    (void) close(fds[i]);
+                    fds[i] = -1;
+                    fdstore_remove(d, i);
+                }
+        }
+        return NULL;
+    }
+    for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++)
+        any |= d->stored_fds[i] >= 0;
+    if (any)
+        log_warning("systemd passed stored segments, but the state directory %s keeps the heap; "
+                    "ignoring them",
+                    d->state_dir);
+    fdstore_close_unused(d);
+    r = statedir_load(d, fds);
+    if (r < 0) {
+        for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++)
+            fds[i] = -1;
+        return NULL;
+    }
+    if (fds[0] >= 0)
+        return d->state_dir;
+    for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++)
+        if (fds[i] >= 0) {
+            (void) close(fds[i]);
+            fds[i] = -1;
+        }
+    if (r > 0)
+        statedir_remove_from(d, 1);
+    return NULL;
+}
+
+static int owner_attach(struct daemon *d)
 {
     struct heap_hooks hooks = {.ctx = d, .open_segment = hook_open_segment, .grow = hook_grow};
+    int r = heap_attach(d->ctl_fd, &hooks, 0, &d->heap);
+
+    if (r < 0)
+        log_error("cannot attach to the heap: %s", strerror(-r));
+    return r;
+}
+
+/* A new, empty heap: the control segment and the first heap segment. */
+static int owner_create(struct daemon *d)
+{
     uint32_t index;
     struct stat st;
     int r;
 
-    pthread_mutex_init(&d->seg_lock, NULL);
-    for (unsigned i = 0; i < SHM_MAX_SEGMENTS; i++)
-        d->seg_fds[i] = -1;
-    r = heap_ctl_create(&d->cfg.shm, &d->ctl_fd);
+    if (d->state_dir_fd >= 0)
+        r = heap_ctl_create_at(d->state_dir_fd, &d->cfg.shm, &d->ctl_fd);
+    else
+        r = heap_ctl_create(&d->cfg.shm, &d->ctl_fd);
     if (r < 0) {
         log_error("cannot create the control segment: %s", strerror(-r));
         return r;
@@ -123,13 +198,12 @@ int owner_init(struct daemon *d)
     d->seg_size[0] = (uint64_t) st.st_size;
     d->seg_page[0] = 4096;
     d->nsegs = 1;
+    fdstore_put(d, 0, d->ctl_fd);
     /* Attach first (there is no heap segment yet), so that growth reads the
      * published config through the attachment's view of the control. */
-    r = heap_attach(d->ctl_fd, &hooks, 0, &d->heap);
-    if (r < 0) {
-        log_error("cannot attach to the heap: %s", strerror(-r));
+    r = owner_attach(d);
+    if (r < 0)
         return r;
-    }
     r = owner_grow(d, 0, &index);
     if (r < 0)
         return r;
@@ -139,6 +213,50 @@ int owner_init(struct daemon *d)
         return r;
     }
     return 0;
+}
+
+int owner_init(struct daemon *d)
+{
+    int fds[SHM_MAX_SEGMENTS];
+    const char *source;
+    int r;
+
+    pthread_mutex_init(&d->seg_lock, NULL);
+    for (unsigned i = 0; i < SHM_MAX_SEGMENTS; i++)
+        d->seg_fds[i] = -1;
+    if (d->cfg.state_dir[0]) {
+        r = statedir_open(d);
+        if (r < 0)
+            return r;
+    }
+    source = owner_find_stored(d, fds);
+    if (!source)
+        return owner_create(d);
+    r = adopt_heap(d, fds, source);
+    for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++)
+        if (fds[i] >= 0)
+            (void) close(fds[i]);
+    if (r == 0) {
+        r = owner_attach(d);
+        if (r == 0)
+            r = adopt_recover(d, source);
+        if (r == 0)
+            owner_publish_config(d); /* this daemon's config, not the earlier one's */
+        return r;
+    }
+    if (r == -EPROTO || !d->discard_bad_heap) {
+        if (r != -EPROTO)
+            log_error("start with --discard-bad-heap to set it aside and start a new, empty "
+                      "heap");
+        return r;
+    }
+    log_notice("--discard-bad-heap: setting the stored heap aside and starting a new, empty one");
+    if (d->state_dir_fd >= 0)
+        statedir_discard(d);
+    else
+        for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++)
+            fdstore_remove(d, i);
+    return owner_create(d);
 }
 
 void owner_fini(struct daemon *d)
@@ -151,6 +269,8 @@ void owner_fini(struct daemon *d)
             (void) close(d->seg_fds[i]);
     d->nsegs = 0;
     d->ctl_fd = -1;
+    fdstore_close_unused(d);
+    statedir_close(d);
     pthread_mutex_destroy(&d->seg_lock);
 }
 
@@ -197,6 +317,7 @@ void owner_publish_config(struct daemon *d)
     store_relaxed(&ctl->config.max_segments, c->max_segments);
     store_relaxed(&ctl->config.max_client_bytes, c->max_client_bytes);
     store_relaxed(&ctl->config.max_uid_bytes, c->max_uid_bytes);
+    store_relaxed(&ctl->config.reconnect_wait_ms, c->reconnect_wait_ms);
     /* release: publishes the fields above. A client's tcache loads
      * config_gen with acquire (tcache_reload_config) before it re-reads
      * them, so once it sees the new generation it sees every new value.

@@ -1,5 +1,5 @@
-/* systemd integration and signals: socket activation (sd_listen_fds),
- * sd_notify messages, SIGHUP reloads the config, SIGTERM and SIGINT stop
+/* systemd integration and signals (socket activation and the fd store:
+ * fdstore.c), sd_notify messages, SIGHUP reloads the config, SIGTERM and SIGINT stop
  * the daemon. Without systemd (no $NOTIFY_SOCKET) the sd_* calls do
  * nothing.
  *
@@ -27,27 +27,6 @@
 #include <systemd/sd-daemon.h>
 
 #include "daemon/daemon.h"
-
-int service_listen_fd(void)
-{
-    int n = sd_listen_fds(1), r;
-
-    if (n < 0) {
-        log_warning("cannot read the sockets passed by systemd, ignoring them: %s", strerror(-n));
-        return -1;
-    }
-    if (n == 0)
-        return -1;
-    if (n > 1)
-        log_warning("systemd passed %d sockets; using the first", n);
-    r = sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0);
-    if (r <= 0) {
-        log_warning("the socket passed by systemd is not a listening Unix stream socket, "
-                    "ignoring it");
-        return -1;
-    }
-    return SD_LISTEN_FDS_START;
-}
 
 #define SERVICE_STATUS_MS 5000u
 

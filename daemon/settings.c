@@ -32,6 +32,11 @@ int settings_apply(
             timers = true;
         if (strcmp(config_key_name(k), "metrics_listen") == 0)
             metrics = true;
+        if (strcmp(config_key_name(k), "state_dir") == 0)
+            log_notice("config: state_dir is read at start: this daemon keeps the heap where it "
+                       "is%s%s; the new value applies at the next start",
+                       d->state_dir_fd >= 0 ? ", in " : "",
+                       d->state_dir_fd >= 0 ? d->state_dir : "");
     }
     d->cfg = *next;
     if (!changed)

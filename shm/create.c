@@ -32,6 +32,7 @@ void heap_config_default(struct shm_config *ret)
     ret->trim_interval_ms = 0;
     ret->max_clients = 64;
     ret->max_segments = 16;
+    ret->reconnect_wait_ms = 5000;
 }
 
 static uint64_t ctl_bytes(void)
@@ -48,25 +49,22 @@ static bool limits_valid(const struct shm_config *cfg)
            cfg->segment_size <= SHM_SEG_SPAN;
 }
 
-int heap_ctl_create(const struct shm_config *cfg, int *ret_fd)
+/* Formats fd (a memfd, or a file in a state directory: adopt.c) as a
+ * control segment with the owner's config. */
+int ctl_format(int fd, const struct shm_config *cfg)
 {
     uint64_t size = ctl_bytes();
     struct ctl_header *c;
-    int fd, r;
+    int r;
 
-    if (!cfg || !ret_fd || !limits_valid(cfg))
+    if (!cfg || !limits_valid(cfg))
         return -EINVAL;
-    fd = os_memfd("shmheap-ctl", 0);
-    if (fd < 0)
-        return fd;
     r = os_truncate(fd, size);
     if (r < 0)
-        goto fail;
+        return r;
     c = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (c == MAP_FAILED) {
-        r = -errno;
-        goto fail;
-    }
+    if (c == MAP_FAILED)
+        return -errno;
     c->version = SHM_LAYOUT_VERSION;
     c->header_size = (uint32_t) sizeof(*c);
     c->ctl_size = size;
@@ -82,6 +80,19 @@ int heap_ctl_create(const struct shm_config *cfg, int *ret_fd)
          * (ctl_check_header's acquire pairs with this) sees the rest. */
         store_release(&c->magic, SHM_CTL_MAGIC);
     (void) munmap(c, size);
+    return r;
+}
+
+int heap_ctl_create(const struct shm_config *cfg, int *ret_fd)
+{
+    int fd, r;
+
+    if (!cfg || !ret_fd || !limits_valid(cfg))
+        return -EINVAL;
+    fd = os_memfd("shmheap-ctl", 0);
+    if (fd < 0)
+        return fd;
+    r = ctl_format(fd, cfg);
     if (r < 0)
         goto fail;
     r = os_seal_shrink(fd);

@@ -63,6 +63,73 @@ int heap_segment_create(int ctl_fd,
                         uint32_t *ret_index);
 
 /* ---- attachment (attach.c, heap.c) ---- */
+/* ---- a heap that outlives its owner (adopt.c) ---- */
+
+/* The file name of segment index in a state directory: "control-segment",
+ * "heap-segment-N". Also the FDNAME under which the daemon stores it. */
+void heap_segment_file_name(uint32_t index, char *buf, size_t len);
+/* heap_ctl_create with a file in directory dir_fd (tmpfs or hugetlbfs)
+ * instead of a memfd. Files cannot be sealed: whoever can write them can
+ * shrink them. */
+int heap_ctl_create_at(int dir_fd, const struct shm_config *cfg, int *ret_fd);
+/* heap_segment_create for an owner that keeps its segments beyond its own
+ * life: a file in dir_fd (dir_fd >= 0; the filesystem gives the page size,
+ * not `policy`) or a memfd (dir_fd -1), and keep(ctx, index, fd) (may be
+ * NULL) called once the segment is formatted and before it is published,
+ * so that it is kept (e.g. in systemd's fd store) by the time anyone can
+ * use it. */
+int heap_segment_create_kept(int ctl_fd,
+                             const struct shm_config *cfg,
+                             int dir_fd,
+                             uint64_t min_bytes,
+                             int policy,
+                             void (*keep)(void *ctx, uint32_t index, int fd),
+                             void *ctx,
+                             int *ret_fd,
+                             uint32_t *ret_index);
+
+/* Checks that fd holds a control segment this build can adopt (magic,
+ * layout version, header and file size); *ret_nsegments gets its count of
+ * segments. -EBADF not a control segment, -EPROTO another layout version,
+ * -EBADMSG sizes disagree. `why` (may be NULL) gets a sentence. */
+int heap_adopt_check_ctl(int fd, uint32_t *ret_nsegments, char *why, size_t why_len);
+struct heap_adopt_segment {
+    uint32_t state; /* enum seg_state: SEG_RETIRED needs no fd */
+    uint32_t page_size;
+    uint64_t size;
+};
+/* Checks that fd (-1: missing) holds heap segment index of the control
+ * segment ctl_fd: the table's entry, fstat's size and page size, the
+ * segment header's magic, version, index and geometry. Same codes, and
+ * -ENOENT for a missing fd of a live segment. */
+int heap_adopt_check_segment(int ctl_fd,
+                             uint32_t index,
+                             int fd,
+                             struct heap_adopt_segment *ret,
+                             char *why,
+                             size_t why_len);
+#define HEAP_ADOPT_MAX_CLIENTS 1024u
+struct heap_adopt_report {
+    uint32_t segments;        /* heap segments whose lock was taken (and repaired if needed) */
+    uint32_t slots_reclaimed; /* thread caches of gone processes */
+    uint32_t clients_gone;    /* clients whose process is gone */
+    uint32_t arenas_destroyed;
+    uint64_t owned_objects, owned_bytes; /* private objects of gone owners freed */
+    uint64_t max_client_id;              /* the highest client id in use or handed out */
+    uint32_t nclients;                   /* entries in clients[] (attachments found) */
+    struct {
+        uint64_t client_id;
+        uint32_t pid;
+        bool alive;
+    } clients[HEAP_ADOPT_MAX_CLIENTS];
+};
+/* Run by a new owner on the heap it adopted, through its own attachment h:
+ * repairs locks whose holders died, then reclaims what every gone process
+ * left (heap_reclaim_dead, SESSION arenas), and lists the attachments it
+ * found. */
+int heap_adopt_recover(struct heap *h, struct heap_adopt_report *ret);
+
+/* ---- attachment (heap.c) ---- */
 
 /* Maps the control segment behind ctl_fd (which it dups) and every
  * published heap segment. client_id tags this attachment's cache slots.

@@ -472,6 +472,8 @@ void heap_count_bad_free(struct heap *h);
 
 /* ---- ctl.c ---- */
 int ctl_check_header(const struct ctl_header *c, uint64_t size);
+/* Sizes fd and writes a fresh control segment with cfg into it. */
+int ctl_format(int fd, const struct shm_config *cfg);
 int ctl_lock(struct ctl_header *c);
 void ctl_unlock(struct ctl_header *c);
 /* Raises the heap's peak of bytes in use to `bytes` if it is higher;

@@ -38,7 +38,8 @@
 
 #define SHM_CTL_MAGIC      UINT64_C(0x4c54434850414548) /* "HEAPHCTL" */
 #define SHM_SEG_MAGIC      UINT64_C(0x4745534850414548) /* "HEAPHSEG" */
-#define SHM_LAYOUT_VERSION 3u
+/* 4: shm_config.reconnect_wait_ms, ctl_header.client_id_next (restart). */
+#define SHM_LAYOUT_VERSION 4u
 
 /* Offsets: 5 bits of segment index over 34 bits of byte offset. A process
  * reserves SHM_MAX_SEGMENTS << SHM_SEG_SHIFT bytes of address space per
@@ -109,6 +110,10 @@ struct shm_config {
      * entries' `refuse` word. */
     uint64_t max_client_bytes;
     uint64_t max_uid_bytes;
+    /* How long a client whose daemon is gone waits for a new one when it
+     * needs it (a new segment) before failing with ENOMEM. */
+    uint32_t reconnect_wait_ms;
+    uint32_t pad0;
 };
 
 struct seg_entry {
@@ -300,8 +305,14 @@ struct ctl_header {
     uint64_t untracked_attaches; /* attachments made while the owner table was full */
     uint32_t owners_high;        /* 1 + the highest owner index ever claimed */
     uint32_t pad2;
-    uint64_t owned_reclaimed_large; /* large objects among owned_reclaimed_objects */
-    uint64_t pad3[3];
+    uint64_t owned_reclaimed_large;       /* large objects among owned_reclaimed_objects */
+    /* The next client id the daemon hands out: a restarted daemon that
+     * adopts the heap goes on from here, so that a new client never takes
+     * the id of one that re-attaches (daemon/adopt.c). Written by the
+     * daemon only; any attached process could scribble it, so the daemon
+     * takes it as a lower bound next to the ids it finds in the tables. */
+    uint64_t client_id_next;
+    uint64_t pad3[2];
     struct recycler rec[SHM_NCLASSES];
     struct root_entry roots[SHM_MAX_ROOTS];
     struct owner_entry owners[SHM_MAX_OWNERS];

@@ -1,12 +1,15 @@
 /* System calls of the heap core; see os.h. */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -197,4 +200,33 @@ int os_mutex_init_robust(pthread_mutex_t *m)
         r = pthread_mutex_init(m, &attr);
     (void) pthread_mutexattr_destroy(&attr);
     return -r;
+}
+
+/* ---- files in a state directory (adopt.c) ---- */
+
+int os_file_create(int dir_fd, const char *name)
+{
+    int fd;
+
+    /* A leftover of a creation cut short is ours to replace. */
+    if (unlinkat(dir_fd, name, 0) < 0 && errno != ENOENT)
+        return -errno;
+    fd = openat(dir_fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    return fd < 0 ? -errno : fd;
+}
+
+int os_file_rename(int dir_fd, const char *from, const char *to)
+{
+    return renameat(dir_fd, from, dir_fd, to) < 0 ? -errno : 0;
+}
+
+uint64_t os_dir_page_size(int dir_fd)
+{
+    struct statfs sf;
+
+    /* hugetlbfs files come in the mount's page size; anything else (tmpfs)
+     * in normal pages. */
+    if (fstatfs(dir_fd, &sf) == 0 && (uint64_t) sf.f_type == HUGETLBFS_MAGIC)
+        return (uint64_t) sf.f_bsize;
+    return 4096;
 }

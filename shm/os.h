@@ -42,6 +42,13 @@ int os_membarrier(void);
 int os_mutex_init_robust(pthread_mutex_t *m);
 
 bool os_pid_alive(pid_t pid);
+
+/* Files of a state directory (adopt.c): create `name` afresh (0600,
+ * replacing a leftover), rename within the directory, and the page size
+ * its filesystem gives (a hugetlbfs mount's, else 4096). */
+int os_file_create(int dir_fd, const char *name);
+int os_file_rename(int dir_fd, const char *from, const char *to);
+uint64_t os_dir_page_size(int dir_fd);
 uint64_t os_now_ns(void);
 int os_tid(void);
 

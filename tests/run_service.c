@@ -23,6 +23,7 @@ int main(void)
             debuggers_suite,
             metrics_suite,
             systemd_suite,
+            restart_suite,
     };
     /* clang-format on */
     /* ---- end of the suite list ---- */

@@ -8,5 +8,6 @@ Suite *mp_alloc_suite(void);
 Suite *recycler_suite(void);
 Suite *death_suite(void);
 Suite *trim_idle_suite(void);
+Suite *adopt_suite(void); /* check_adopt.c: recovery when a new owner adopts a heap */
 
 #endif

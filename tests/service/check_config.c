@@ -30,6 +30,7 @@ static const struct {
         {"max_segments", 1, 31, 0},
         {"request_timeout_ms", 100, 600000, 0},
         {"idle_timeout_ms", 0, 86400000, 100},
+        {"reconnect_wait_ms", 0, 600000, 0},
 };
 
 static int set_num(struct config *c, const char *key, double v, char *err)
@@ -183,6 +184,9 @@ START_TEST(config_types)
             {"allowed_uids", "[\"root\"]", "an array of uids"},
             {"allowed_gids", "{\"a\":1}", "an array of gids"},
             {"allowed_gids", "[1.5]", "an array of gids"},
+            {"state_dir", "\"relative/dir\"", "an absolute path"},
+            {"state_dir", "7", "an absolute path"},
+            {"state_dir", "\"/bad\\nname\"", "an absolute path"},
     };
 
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -198,6 +202,38 @@ START_TEST(config_types)
                       cases[i].want);
         ck_assert_int_eq(memcmp(&c, &before, sizeof(c)), 0);
     }
+}
+END_TEST
+
+/* The path type: "" or an absolute path that fits; get, text and equality. */
+START_TEST(config_path_values)
+{
+    char err[CONFIG_ERR_MAX], text[CONFIG_PATH_MAX + 8], longp[CONFIG_PATH_MAX + 16];
+    const struct config_key *k = config_key_find("state_dir");
+    struct config c, d;
+    cJSON *j;
+
+    ck_assert_ptr_nonnull(k);
+    config_default(&c);
+    ck_assert_str_eq(c.state_dir, "");
+    ck_assert_int_eq(set_text(&c, "state_dir", "\"/dev/shm/heap\"", err), 0);
+    ck_assert_str_eq(c.state_dir, "/dev/shm/heap");
+    j = config_get_json(&c, k);
+    ck_assert_str_eq(cJSON_GetStringValue(j), "/dev/shm/heap");
+    cJSON_Delete(j);
+    ck_assert_str_eq(config_format_text(&c, k, text, sizeof(text)), "\"/dev/shm/heap\"");
+    config_default(&d);
+    ck_assert(!config_key_equal(k, &c, &d));
+    ck_assert_int_eq(set_text(&c, "state_dir", "\"\"", err), 0);
+    ck_assert(config_key_equal(k, &c, &d));
+    memset(longp, 'a', sizeof(longp) - 1);
+    longp[0] = '/';
+    longp[sizeof(longp) - 1] = 0;
+    j = cJSON_CreateString(longp);
+    ck_assert_int_eq(config_set_json(&c, "state_dir", j, err, sizeof(err)), -ERANGE);
+    ck_assert_ptr_nonnull(strstr(err, "at most 255 bytes"));
+    cJSON_Delete(j);
+    ck_assert_str_eq(c.state_dir, "");
 }
 END_TEST
 
@@ -426,6 +462,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, config_bounds_message);
     tcase_add_test(tc, config_types);
     tcase_add_test(tc, config_values);
+    tcase_add_test(tc, config_path_values);
     tcase_add_test(tc, config_cross_check);
     tcase_add_test(tc, config_text_values);
     suite_add_tcase(s, tc);

@@ -31,6 +31,8 @@ static const struct {
         {"request_timeout_ms", "5000"},  {"idle_timeout_ms", "0"},
         {"max_client_bytes", "268435456"}, {"max_uid_bytes", "1073741824"},
         {"metrics_listen", "\"\""}, /* the default: check_metrics.c moves the endpoint */
+        {"reconnect_wait_ms", "2000"},
+        {"state_dir", "\"/dev/shm/shmheap-test-unused\""},
 };
 
 struct ctl_map {
@@ -93,6 +95,8 @@ static double ctl_value(const struct ctl_header *c, const char *key)
         return (double) load_relaxed(&s->max_client_bytes);
     if (!strcmp(key, "max_uid_bytes"))
         return (double) load_relaxed(&s->max_uid_bytes);
+    if (!strcmp(key, "reconnect_wait_ms"))
+        return load_relaxed(&s->reconnect_wait_ms);
     return -1;
 }
 

@@ -1,0 +1,134 @@
+/* Adoption: a daemon started on a heap an earlier one left (systemd's fd
+ * store or a state directory) takes it over instead of creating one.
+ *
+ * Nothing is trusted that cannot be checked (shm/adopt.c checks the
+ * control segment and every heap segment against fstat and each other); a
+ * segment that fails is refused with a log line that says why, and the
+ * daemon exits non-zero, leaving everything as it found it, unless
+ * --discard-bad-heap says to start clean. A heap of another layout version
+ * is never discarded: a rollback to a daemon of that version adopts it.
+ *
+ * After the checks: the daemon's records of the segments come from what
+ * it checked, its own attachment maps them, and recovery repairs the
+ * locks of dead holders and reclaims what every process that died while
+ * no daemon ran left (the same code path as a client that dies under a
+ * running daemon). Clients still alive are watched by pidfd at once
+ * (clients_adopt), so one that dies before it says hello again is
+ * reclaimed too. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "daemon/daemon.h"
+
+static int refuse(const char *source, uint32_t index, int r, const char *why)
+{
+    char name[32];
+
+    heap_segment_file_name(index, name, sizeof(name));
+    log_error("refusing to adopt the heap in %s: %s: %s", source, name, why);
+    if (r == -EPROTO)
+        log_error("the stored heap was made by a shmheapd of another layout version; it is "
+                  "left untouched, so that a shmheapd of that version can still adopt it. To "
+                  "start a new heap, remove it (the state directory's segment files, or stop "
+                  "the service so that systemd drops its fd store) and start again");
+    return r;
+}
+
+int adopt_heap(struct daemon *d, int fds[SHM_MAX_SEGMENTS], const char *source)
+{
+    struct heap_adopt_segment s;
+    char why[256];
+    uint32_t n;
+    struct stat st;
+    int r;
+
+    r = heap_adopt_check_ctl(fds[0], &n, why, sizeof(why));
+    if (r < 0)
+        return refuse(source, 0, r, why);
+    for (uint32_t i = 1; i < n; i++) {
+        r = heap_adopt_check_segment(fds[0], i, fds[i], &s, why, sizeof(why));
+        if (r < 0)
+            return refuse(source, i, r, why);
+        if (s.state == SEG_RETIRED && fds[i] >= 0) {
+            /* Released by the earlier daemon: nobody maps it again. */
+            (void) close(fds[i]);
+            fds[i] = -1;
+        }
+    }
+    for (uint32_t i = n; i < SHM_MAX_SEGMENTS; i++) {
+        char name[32];
+
+        if (fds[i] < 0)
+            continue;
+        heap_segment_file_name(i, name, sizeof(name));
+        log_warning("%s holds %s, which the control segment never published (a creation cut "
+                    "short); dropping it",
+                    source, name);
+        (void) close(fds[i]);
+        fds[i] = -1;
+        if (d->state_dir_fd >= 0)
+            statedir_remove_from(d, i);
+        else
+            fdstore_remove(d, i);
+    }
+    /* The records, from what was checked: fstat for sizes, as owner_grow
+     * does for segments it creates. */
+    pthread_mutex_lock(&d->seg_lock);
+    for (uint32_t i = 0; i < n; i++) {
+        if (fds[i] < 0) {
+            d->seg_fds[i] = -1; /* retired */
+            continue;
+        }
+        if (fstat(fds[i], &st) < 0) {
+            r = -errno;
+            pthread_mutex_unlock(&d->seg_lock);
+            log_error("cannot stat segment %" PRIu32 " of %s: %s", i, source, strerror(-r));
+            return r;
+        }
+        d->seg_fds[i] = fds[i];
+        d->seg_size[i] = (uint64_t) st.st_size;
+        d->seg_page[i] = i == 0 ? 4096 : (uint32_t) st.st_blksize;
+        fds[i] = -1; /* ours now */
+    }
+    d->nsegs = n;
+    d->ctl_fd = d->seg_fds[0];
+    pthread_mutex_unlock(&d->seg_lock);
+    d->adopted = true;
+    return 0;
+}
+
+int adopt_recover(struct daemon *d, const char *source)
+{
+    struct heap_adopt_report *rep = malloc(sizeof(*rep));
+    uint32_t watching = 0;
+    int r;
+
+    if (!rep)
+        return -ENOMEM;
+    r = heap_adopt_recover(d->heap, rep);
+    if (r < 0) {
+        log_error("cannot recover the heap adopted from %s: %s", source, strerror(-r));
+        free(rep);
+        return r;
+    }
+    if (rep->max_client_id > d->next_client_id)
+        d->next_client_id = rep->max_client_id;
+    for (uint32_t i = 0; i < rep->nclients; i++) {
+        if (!rep->clients[i].alive)
+            continue;
+        if (clients_adopt(d, rep->clients[i].client_id, (pid_t) rep->clients[i].pid) == 0)
+            watching++;
+    }
+    log_notice("adopted the heap from %s: %" PRIu32 " heap segments; %" PRIu32
+               " clients still running (watched until they attach again); reclaimed what %" PRIu32
+               " gone clients left: %" PRIu32 " thread caches, %" PRIu64
+               " private objects (%" PRIu64 " bytes), %" PRIu32 " session arenas",
+               source, rep->segments, watching, rep->clients_gone, rep->slots_reclaimed,
+               rep->owned_objects, rep->owned_bytes, rep->arenas_destroyed);
+    free(rep);
+    return 0;
+}
