@@ -39,6 +39,34 @@ static const struct family heap_families[] = {
          "Bytes given back to the system by trims."},
 };
 
+/* The automatic trim (the stats reply's "decay" object). */
+static const struct family decay_families[] = {
+        {"decay_ms", "decay_ms", "gauge", "The automatic trim's decay time in ms (0: off)."},
+        {"floor_bytes", "decay_floor_bytes", "gauge",
+         "Committed bytes the automatic trim keeps: overhead plus the recent peak need with its "
+         "margin."},
+        {"window_peak_bytes", "decay_window_peak_bytes", "gauge",
+         "Highest need (bytes in use, or committed when the heap grew) over the last decay_ms."},
+        {"excess_bytes", "decay_excess_bytes", "gauge",
+         "Committed bytes above the floor, to be released."},
+        {"held_bytes", "decay_held_bytes", "gauge",
+         "Committed bytes beyond the live bytes and overhead kept by the floor (hysteresis)."},
+        {"releases", "decay_releases_total", "counter", "Releases by the automatic trim."},
+        {"released_bytes", "decay_released_bytes_total", "counter",
+         "Bytes given back to the system by the automatic trim."},
+        {"caches_flushed", "decay_caches_flushed_total", "counter",
+         "Caches of idle threads drained by the automatic trim."},
+        {"idle_caches", "decay_idle_caches", "gauge",
+         "Thread caches unused for longer than decay_ms."},
+        {"last_release_unix_s", "decay_last_release_timestamp_seconds", "gauge",
+         "When the automatic trim last released memory (Unix time)."},
+        {"under_pressure", "decay_under_pressure", "gauge",
+         "1 while memory pressure (PSI) makes the automatic trim release down to the live "
+         "bytes."},
+        {"pressure_ticks", "decay_pressure_ticks_total", "counter",
+         "Ticks of the automatic trim under memory pressure."},
+};
+
 static const struct family recycler_families[] = {
         {"pushes", "recycler_pushes_total", "counter", "Bundles pushed onto the recyclers."},
         {"pops", "recycler_pops_total", "counter", "Bundles popped from the recyclers."},
@@ -174,6 +202,9 @@ bool prometheus_render(FILE *f, const cJSON *reply)
     v = cJSON_GetObjectItemCaseSensitive(st, "recycler");
     if (cJSON_IsObject(v))
         scalars(f, v, recycler_families, sizeof(recycler_families) / sizeof(recycler_families[0]));
+    v = cJSON_GetObjectItemCaseSensitive(st, "decay");
+    if (cJSON_IsObject(v))
+        scalars(f, v, decay_families, sizeof(decay_families) / sizeof(decay_families[0]));
     v = cJSON_GetObjectItemCaseSensitive(st, "classes");
     if (cJSON_IsArray(v))
         class_series(f, v);

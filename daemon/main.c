@@ -20,6 +20,7 @@
 static const char *arg_config_path;
 static const char *arg_socket;
 static const char *arg_metrics_listen;
+static const char *arg_pressure_file;
 
 static void help(void)
 {
@@ -33,6 +34,9 @@ static void help(void)
            "  --config PATH             JSON config file (default %s;\n"
            "                            a missing default file means built-in defaults)\n"
            "  --metrics-listen ADDR:PORT  Prometheus endpoint (accepted; not served yet)\n"
+           "  --pressure-file PATH      memory pressure (PSI) the automatic trim watches\n"
+           "                            (default /proc/pressure/memory; a cgroup's\n"
+           "                            memory.pressure watches that cgroup)\n"
            "  --foreground              run in the foreground (the default and only mode)\n"
            "  --help                    show this help\n"
            "  --version                 show the version\n"
@@ -82,12 +86,13 @@ static int check_listen_address(const char *s)
 /* 0 to run, 1 to exit 0 (help, version), or -2 for a usage error. */
 static int parse_argv(int argc, char **argv)
 {
-    enum { ARG_SOCKET = 0x100, ARG_CONFIG, ARG_METRICS, ARG_FOREGROUND, ARG_VERSION };
+    enum { ARG_SOCKET = 0x100, ARG_CONFIG, ARG_METRICS, ARG_FOREGROUND, ARG_VERSION, ARG_PSI };
     static const struct option options[] = {
             {"socket", required_argument, NULL, ARG_SOCKET},
             {"config", required_argument, NULL, ARG_CONFIG},
             {"metrics-listen", required_argument, NULL, ARG_METRICS},
             {"foreground", no_argument, NULL, ARG_FOREGROUND},
+            {"pressure-file", required_argument, NULL, ARG_PSI},
             {"help", no_argument, NULL, 'h'},
             {"version", no_argument, NULL, ARG_VERSION},
             {NULL, 0, NULL, 0},
@@ -120,6 +125,9 @@ static int parse_argv(int argc, char **argv)
             arg_metrics_listen = optarg;
             break;
         case ARG_FOREGROUND:
+            break;
+        case ARG_PSI:
+            arg_pressure_file = optarg;
             break;
         default:
             fprintf(stderr, "Try 'shmheapd --help'.\n");
@@ -159,6 +167,7 @@ void daemon_shutdown(struct daemon *d, int status)
     clients_close_all(d);
     (void) uv_timer_stop(&d->trim_timer);
     uv_close((uv_handle_t *) &d->trim_timer, NULL);
+    decay_close(d);
     service_close(d);
     if (d->jobs)
         log_info("waiting for %u running jobs", d->jobs);
@@ -213,6 +222,12 @@ int main(int argc, char **argv)
     (void) uv_timer_init(&loop, &d->trim_timer);
     d->trim_timer.data = d;
     work_trim_timer_update(d);
+    r = decay_init(d, arg_pressure_file);
+    if (r < 0) {
+        log_error("cannot start the automatic trim: %s", strerror(-r));
+        daemon_shutdown(d, EXIT_FAILURE);
+        goto run;
+    }
     r = service_init(d);
     if (r < 0) {
         daemon_shutdown(d, EXIT_FAILURE);
@@ -230,6 +245,7 @@ int main(int argc, char **argv)
     service_ready(d);
 run:
     (void) uv_run(&loop, UV_RUN_DEFAULT);
+    decay_fini(d);
     owner_fini(d);
     r = uv_loop_close(&loop);
     if (r < 0)

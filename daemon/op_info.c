@@ -114,6 +114,12 @@ cJSON *stats_json(struct daemon *d)
         cJSON_Delete(segs);
         goto fail;
     }
+    /* The automatic trim: what it released, when, and the floor it keeps. */
+    segs = decay_json(d);
+    if (!segs || !cJSON_AddItemToObject(o, "decay", segs)) {
+        cJSON_Delete(segs);
+        goto fail;
+    }
 out:
     free(st);
     return o;

@@ -9,7 +9,7 @@
 
 void settings_apply(struct daemon *d, const struct config *next, const char *why)
 {
-    bool heap = false, trim = false, timers = false;
+    bool heap = false, trim = false, timers = false, decay = false;
     struct config old = d->cfg;
     unsigned changed = 0;
 
@@ -29,6 +29,8 @@ void settings_apply(struct daemon *d, const struct config *next, const char *why
             trim = true;
         if (strstr(config_key_name(k), "timeout_ms"))
             timers = true;
+        if (strncmp(config_key_name(k), "decay_", 6) == 0)
+            decay = true;
     }
     d->cfg = *next;
     if (!changed)
@@ -40,6 +42,8 @@ void settings_apply(struct daemon *d, const struct config *next, const char *why
         work_trim_timer_update(d);
     if (timers)
         conn_timers_reconfigure(d);
+    if (decay)
+        decay_reconfigure(d);
 }
 
 void settings_reload(struct daemon *d)

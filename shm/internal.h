@@ -245,6 +245,8 @@ void seg_reap_busy(struct heap *h, struct seg_map *m);
 /* Gives back the 4K pages inside slabs that hold only free objects (normal
  * pages only); returns the bytes punched. */
 uint64_t seg_punch_slabs(struct heap *h, struct seg_map *m);
+/* Same, stopping once max_bytes are released (the last slab may pass it). */
+uint64_t seg_punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_bytes);
 /* Objects reserved by a punch in flight (their class in *ret_cls); lock
  * held. */
 uint32_t seg_punch_reserved(struct seg_map *m, unsigned *ret_cls);
@@ -262,6 +264,8 @@ int seg_free_run(struct heap *h, struct seg_map *m, uint32_t block, enum run_kin
                  struct cache_slot *count);
 /* Decommits free units beyond `retain` free blocks; returns bytes released. */
 uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
+/* Same, decommitting at most max_bytes (whole units). */
+uint64_t seg_decommit_free_max(struct heap *h, struct seg_map *m, uint64_t *retain, uint64_t max_bytes);
 /* Rebuilds nfree and trees from the metadata and slab bitmaps. Lock held. */
 void seg_repair(struct seg_map *m);
 uint64_t seg_committed_bytes(struct seg_map *m);

@@ -814,13 +814,20 @@ static bool punch_candidates(struct seg_map *m, uint32_t sb, uint64_t *mask)
 
 uint64_t seg_punch_slabs(struct heap *h, struct seg_map *m)
 {
+    return seg_punch_slabs_max(h, m, UINT64_MAX);
+}
+
+uint64_t seg_punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_bytes)
+{
     struct seg_header *hdr = m->hdr;
     uint64_t released = 0, seg_base = 0;
     uint32_t b = hdr->first_block, pid = (uint32_t) getpid();
 
     if (m->needs_commit)
         return 0; /* huge pages: only whole pages, which decommit handles */
-    while (b < m->nblocks) {
+    /* The budget is checked before each slab: the last may overshoot it by
+     * at most one slab's pages (SHM_SLAB_MAX_BLOCKS blocks). */
+    while (b < m->nblocks && released < max_bytes) {
         uint64_t mask[2];
         uint32_t sb = m->nblocks;
 
@@ -985,9 +992,15 @@ int seg_free_run(struct heap *h, struct seg_map *m, uint32_t block, enum run_kin
 
 uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain)
 {
+    return seg_decommit_free_max(h, m, retain, UINT64_MAX);
+}
+
+uint64_t seg_decommit_free_max(struct heap *h, struct seg_map *m, uint64_t *retain, uint64_t max_bytes)
+{
     uint64_t released = 0, unit_blocks = (UINT64_C(1) << m->unit_shift) >> SHM_BLOCK_SHIFT;
-    uint64_t nunits = m->size >> m->unit_shift, kept = 0, start_unit = 0;
+    uint64_t nunits = m->size >> m->unit_shift, kept = 0, start_unit = 0, planned = 0;
     uint32_t pid = (uint32_t) getpid();
+    bool budget_spent = false;
 
     if (unit_blocks == 0)
         unit_blocks = 1;
@@ -998,7 +1011,7 @@ uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain)
             return released;
         /* Keep the lowest free committed blocks (the free tree hands out
          * the lowest first, so they are reused before anything else). */
-        for (u = start_unit; u < nunits && nb < DECOMMIT_BATCH; u++) {
+        for (u = start_unit; u < nunits && nb < DECOMMIT_BATCH && !budget_spent; u++) {
             uint32_t b0 = (uint32_t) (u * unit_blocks), i;
 
             if (!unit_committed(m, u) || b0 < m->hdr->first_block)
@@ -1012,6 +1025,12 @@ uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain)
                 kept += unit_blocks;
                 continue;
             }
+            /* Whole units only: a unit that would pass the budget stays. */
+            if (planned + (UINT64_C(1) << m->unit_shift) > max_bytes) {
+                budget_spent = true;
+                break;
+            }
+            planned += UINT64_C(1) << m->unit_shift;
             for (i = 0; i < unit_blocks; i++)
                 meta_put(m, b0 + i,
                          meta_make(BLK_BUSY, 0, 0, (uint32_t) unit_blocks, 0) |

@@ -30,6 +30,8 @@ static const struct {
         {"max_segments", "20"},          {"allowed_uids", "[1000,1002]"},
         {"allowed_gids", "[1001]"},      {"log_level", "\"debug\""},
         {"request_timeout_ms", "5000"},  {"idle_timeout_ms", "0"},
+        {"decay_ms", "0"},               {"decay_retain_percent", "50"},
+        {"decay_release_rate", "1048576"}, {"decay_pressure_percent", "0"},
 };
 
 struct ctl_map {
