@@ -146,14 +146,14 @@ struct decay_figures {
     uint64_t last_release_ns;      /* CLOCK_MONOTONIC, 0: never */
     uint64_t last_release_unix_ms; /* the same moment, wall clock */
     /* The last tick's look: */
-    uint64_t committed_bytes; /* the heap's committed bytes */
-    uint64_t in_use_bytes;    /* live bytes */
-    uint64_t overhead_bytes;  /* control segment and segment metadata */
+    uint64_t committed_bytes;   /* the heap's committed bytes */
+    uint64_t in_use_bytes;      /* live bytes */
+    uint64_t overhead_bytes;    /* control segment and segment metadata */
     uint64_t window_peak_bytes; /* highest need over the last decay_ms */
     uint64_t floor_bytes;       /* committed bytes the policy keeps */
     uint64_t excess_bytes;      /* committed above the floor */
     uint64_t idle_caches;       /* caches of threads idle longer than decay_ms */
-    const char *state; /* what it did or why it held back (decay.c) */
+    const char *state;          /* what it did or why it held back (decay.c) */
     bool psi_available;
     bool under_pressure;
     double psi_some_avg10;

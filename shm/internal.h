@@ -265,7 +265,8 @@ int seg_free_run(struct heap *h, struct seg_map *m, uint32_t block, enum run_kin
 /* Decommits free units beyond `retain` free blocks; returns bytes released. */
 uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
 /* Same, decommitting at most max_bytes (whole units). */
-uint64_t seg_decommit_free_max(struct heap *h, struct seg_map *m, uint64_t *retain, uint64_t max_bytes);
+uint64_t
+seg_decommit_free_max(struct heap *h, struct seg_map *m, uint64_t *retain, uint64_t max_bytes);
 /* Rebuilds nfree and trees from the metadata and slab bitmaps. Lock held. */
 void seg_repair(struct seg_map *m);
 uint64_t seg_committed_bytes(struct seg_map *m);

@@ -995,7 +995,8 @@ uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain)
     return seg_decommit_free_max(h, m, retain, UINT64_MAX);
 }
 
-uint64_t seg_decommit_free_max(struct heap *h, struct seg_map *m, uint64_t *retain, uint64_t max_bytes)
+uint64_t
+seg_decommit_free_max(struct heap *h, struct seg_map *m, uint64_t *retain, uint64_t max_bytes)
 {
     uint64_t released = 0, unit_blocks = (UINT64_C(1) << m->unit_shift) >> SHM_BLOCK_SHIFT;
     uint64_t nunits = m->size >> m->unit_shift, kept = 0, start_unit = 0, planned = 0;

@@ -23,15 +23,24 @@
 static const struct {
     const char *key, *value;
 } new_values[] = {
-        {"segment_size", "134217728"},   {"huge_pages", "\"2M\""},
-        {"thread_cache_bytes", "65536"}, {"bundle_objects", "32"},
-        {"recycler_cap_bundles", "8"},   {"retain_empty_blocks", "0"},
-        {"trim_interval_ms", "60000"},   {"max_clients", "100"},
-        {"max_segments", "20"},          {"allowed_uids", "[1000,1002]"},
-        {"allowed_gids", "[1001]"},      {"log_level", "\"debug\""},
-        {"request_timeout_ms", "5000"},  {"idle_timeout_ms", "0"},
-        {"decay_ms", "0"},               {"decay_retain_percent", "50"},
-        {"decay_release_rate", "1048576"}, {"decay_pressure_percent", "0"},
+        {"segment_size", "134217728"},
+        {"huge_pages", "\"2M\""},
+        {"thread_cache_bytes", "65536"},
+        {"bundle_objects", "32"},
+        {"recycler_cap_bundles", "8"},
+        {"retain_empty_blocks", "0"},
+        {"trim_interval_ms", "60000"},
+        {"max_clients", "100"},
+        {"max_segments", "20"},
+        {"allowed_uids", "[1000,1002]"},
+        {"allowed_gids", "[1001]"},
+        {"log_level", "\"debug\""},
+        {"request_timeout_ms", "5000"},
+        {"idle_timeout_ms", "0"},
+        {"decay_ms", "0"},
+        {"decay_retain_percent", "50"},
+        {"decay_release_rate", "1048576"},
+        {"decay_pressure_percent", "0"},
 };
 
 struct ctl_map {

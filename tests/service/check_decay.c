@@ -173,8 +173,8 @@ static uint64_t settled_bound(const struct look *l, unsigned retain_percent, uns
 /* Waits up to timeout_ms for committed to fall to settled_bound() and for
  * the release that did it to be counted (the pages go before the release
  * job reports to the loop). */
-static bool wait_settled(struct look *l, unsigned retain_percent, unsigned retain_blocks,
-                         unsigned timeout_ms)
+static bool
+wait_settled(struct look *l, unsigned retain_percent, unsigned retain_blocks, unsigned timeout_ms)
 {
     uint64_t end = now_ms() + (uint64_t) daemon_test_ms((int) timeout_ms);
 
@@ -259,9 +259,9 @@ START_TEST(decay_peak_then_idle)
                   "committed %" PRIu64 " bytes %" PRIu64 " ms after the free, live %" PRIu64
                   ", floor %" PRIu64 ", state %s",
                   l.committed, now_ms() - t0, l.in_use, l.floor, l.state);
-    fprintf(stderr, "decay_peak_then_idle: committed %" PRIu64 " KiB (live %" PRIu64
-                    " KiB, overhead %" PRIu64 " KiB) %" PRIu64 " ms after the free, %" PRIu64
-                    " releases\n",
+    fprintf(stderr,
+            "decay_peak_then_idle: committed %" PRIu64 " KiB (live %" PRIu64
+            " KiB, overhead %" PRIu64 " KiB) %" PRIu64 " ms after the free, %" PRIu64 " releases\n",
             l.committed >> 10, l.in_use >> 10, l.overhead >> 10, now_ms() - t0, l.releases);
     ck_assert_uint_gt(l.releases, before.releases);
     ck_assert_uint_gt(l.released, 0);
@@ -315,9 +315,8 @@ START_TEST(decay_breathing_keeps_working_set)
     l = look();
     fprintf(stderr,
             "decay_breathing: %u breaths of %" PRIu64 " KiB: first faulted %ld pages, the "
-            "other %u %ld; releases while breathing %" PRIu64
-            ", committed after the first %" PRIu64 " KiB, lowest between breaths %" PRIu64
-            " KiB\n",
+            "other %u %ld; releases while breathing %" PRIu64 ", committed after the first %" PRIu64
+            " KiB, lowest between breaths %" PRIu64 " KiB\n",
             breaths, (uint64_t) (w.n * w.large + w.m * w.small) >> 10, faults_first, breaths - 1,
             faults_rest, l.releases - releases_start, committed_first >> 10, committed_low >> 10);
     /* No refault cycle: nothing was released between breaths, and the
@@ -334,8 +333,8 @@ START_TEST(decay_breathing_keeps_working_set)
     ck_assert_uint_gt(l.held, 0);
     /* It stops: the working set goes back within decay_ms and a tick. */
     ck_assert_msg(wait_settled(&l, 25, 16, decay_ms + 1000 + 10000),
-                  "committed %" PRIu64 " after the breathing stopped, floor %" PRIu64,
-                  l.committed, l.floor);
+                  "committed %" PRIu64 " after the breathing stopped, floor %" PRIu64, l.committed,
+                  l.floor);
     ck_assert_uint_gt(l.releases, releases_start);
     ck_assert_uint_eq(l.trims, 0);
     free(w.p);
@@ -647,8 +646,8 @@ START_TEST(decay_kill_storm_keeps_live_objects)
             verify_ok();
     }
     l = look();
-    fprintf(stderr, "decay_kill_storm: %u rounds, %" PRIu64 " releases (%" PRIu64 " KiB)\n",
-            rounds, l.releases, l.released >> 10);
+    fprintf(stderr, "decay_kill_storm: %u rounds, %" PRIu64 " releases (%" PRIu64 " KiB)\n", rounds,
+            l.releases, l.released >> 10);
     ck_assert_msg(l.releases > 0, "the policy never released during the storm");
     ck_assert_uint_eq(l.trims, 0);
     verify_ok();
