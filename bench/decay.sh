@@ -9,9 +9,10 @@
 #       tcmalloc  gperftools, TCMALLOC_RELEASE_RATE=1 (its default) and a
 #                 background thread releasing TCMALLOC_BG_RATE (1 GiB) per
 #                 second, as Google tcmalloc's background release does
-#  2. the policy's cost to a client's throughput: bench-shmheap-api W2 and
-#     W1 against a daemon with decay_ms 0 (off), 10000 (the default) and 10
-#     (a tick every 10 ms), BENCH_REPS (5) runs each, interleaved; medians.
+#  2. the policy's cost to a client's throughput: bench-shmheap-api W1 and
+#     W2 against a daemon with decay_ms 0 (off), 10000 (the default) and 10
+#     (a tick every 10 ms), BENCH_REPS (5) runs each, interleaved; medians,
+#     with the releases the policy made during the run.
 # Output: $B/bench/decay/<alloc>-<workload>.txt (the traces),
 # $B/bench/decay/summary.txt (printed too).
 set -u -o pipefail
@@ -70,11 +71,15 @@ for w in peak breathe; do
 done
 
 # Throughput with the policy off, at its default and at its most eager.
-tput() { # decay_ms workload -> per_s
+tput() { # decay_ms workload -> "per_s releases"
+    local per_s rel
     start_daemon "{\"decay_ms\": $1}"
-    BENCH_SHMHEAP_SOCKET=$tmp/sock BENCH_QUICK=1 "$B/bench/bench-shmheap-api" "$2" |
-        awk '/^BENCH/ { for (i = 1; i <= NF; i++) if ($i ~ /^per_s=/) print substr($i, 7) }'
+    per_s=$(BENCH_SHMHEAP_SOCKET=$tmp/sock "$B/bench/bench-shmheap-api" "$2" |
+        awk '/^BENCH/ { for (i = 1; i <= NF; i++) if ($i ~ /^per_s=/) print substr($i, 7) }')
+    rel=$("$SHMHEAPCTL" --socket "$tmp/sock" stats --json |
+        grep -o '"decay":{[^}]*}' | grep -o '"releases":[0-9]*' | cut -d: -f2)
     stop_daemon
+    echo "$per_s ${rel:-?}"
 }
 : >"$tmp/tput"
 for r in $(seq "$REPS"); do
@@ -106,12 +111,20 @@ done
                 }
             }
             END {
-                for (s = 0; s <= max; s += step)
-                    printf "%8d %10.1f %10.1f %10.1f\n", s, c["shmheap", s], c["jemalloc", s], c["tcmalloc", s]
+                for (s = 0; s <= max; s += step) {
+                    printf "%8d", s
+                    n = split("shmheap jemalloc tcmalloc", names, " ")
+                    for (k = 1; k <= n; k++)
+                        if ((names[k], s) in seen)
+                            printf " %10.1f", c[names[k], s]
+                        else
+                            printf " %10s", "-"
+                    printf "\n"
+                }
             }' "$OUT/shmheap-$w.txt" "$OUT/jemalloc-$w.txt" "$OUT/tcmalloc-$w.txt"
     done
     echo
-    echo "-- client throughput (bench-shmheap-api, BENCH_QUICK=1), ops/s, median of $REPS"
+    echo "-- client throughput (bench-shmheap-api), ops/s, median of $REPS"
     printf '%4s %14s %14s %14s\n' wl "decay off" "decay 10000" "decay 10"
     for wl in W1 W2; do
         row=
@@ -122,5 +135,5 @@ done
         done
         printf '%4s%s\n' "$wl" "$row"
     done
-    echo "   all runs: $(tr '\n' ';' <"$tmp/tput")"
+    echo "   all runs (workload decay_ms ops/s policy-releases): $(tr '\n' ';' <"$tmp/tput")"
 } | tee "$OUT/summary.txt"
