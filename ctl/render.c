@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config/config.h"
 #include "ctl/ctl.h"
 
 uint64_t json_u64(const cJSON *obj, const char *name)
@@ -233,6 +234,12 @@ bool render_config(FILE *f, const cJSON *reply)
         fprintf(f, "%-*s  %s\n", width, kv->string, text ? text : "?");
         cJSON_free(text);
     }
+    /* One key: what it means, its bounds and default, from the table the
+     * daemon uses (how decay_ms, trim_interval_ms and retain_empty_blocks
+     * relate is said there). */
+    kv = cfg->child;
+    if (kv && !kv->next && kv->string && config_key_find(kv->string))
+        fprintf(f, "  %s\n", config_key_help(config_key_find(kv->string)));
     return true;
 }
 
