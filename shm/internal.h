@@ -32,6 +32,7 @@ struct seg_map {
     uint32_t unit_shift;
     int fd;
     bool needs_commit; /* hugetlb: units must be fallocated before use */
+    uint32_t release_cursor; /* where heap_release's next punch starts (release.c) */
 };
 
 struct tcache;
@@ -245,8 +246,12 @@ void seg_reap_busy(struct heap *h, struct seg_map *m);
 /* Gives back the 4K pages inside slabs that hold only free objects (normal
  * pages only); returns the bytes punched. */
 uint64_t seg_punch_slabs(struct heap *h, struct seg_map *m);
-/* Same, stopping once max_bytes are released (the last slab may pass it). */
-uint64_t seg_punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_bytes);
+/* Same, stopping once max_bytes are released (the last slab may pass it),
+ * starting at block *cursor (if not NULL) and leaving there the block to
+ * start from next time: pages punched before are asked for again (they
+ * hold free objects still), so calls with a small budget must move on. */
+uint64_t
+seg_punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_bytes, uint32_t *cursor);
 /* Objects reserved by a punch in flight (their class in *ret_cls); lock
  * held. */
 uint32_t seg_punch_reserved(struct seg_map *m, unsigned *ret_cls);

@@ -16,6 +16,8 @@
  *   - decommits free blocks, then free pages inside slabs, up to a budget
  *     of bytes (segment.c's _max variants), taking and dropping each
  *     segment's lock per batch as a trim does.
+ * Callers serialise their calls (the daemon runs one job at a time): the
+ * segments' release cursors are plain process-local fields.
  * It frees no object and touches no object in use: drained caches and
  * recycler bundles go back to their slabs (seg_return_handoff), and only
  * blocks and pages whose objects are all free are decommitted. */
@@ -40,10 +42,22 @@ static bool slot_drain_idle(struct heap *h, struct cache_slot *s, uint32_t pid)
     return true;
 }
 
+/* The kernel's count of a normal-page segment's allocated bytes, or
+ * UINT64_MAX (hugetlb segments: the unit map is exact there). */
+static uint64_t seg_resident(struct seg_map *m)
+{
+    uint64_t b;
+
+    if (m->needs_commit || os_fstat_size(m->fd, NULL, &b) < 0)
+        return UINT64_MAX;
+    return b;
+}
+
 int heap_release(struct heap *h, const struct release_req *req, struct release_result *ret)
 {
-    uint64_t released = 0, retain;
-    uint32_t flushed = 0, self = (uint32_t) getpid();
+    uint64_t released = 0, retain, real = 0, got[SHM_MAX_SEGMENTS] = {0};
+    uint64_t before[SHM_MAX_SEGMENTS];
+    uint32_t flushed = 0, n;
 
     if (!h || !req || (req->nidle && !req->idle_slots))
         return -EINVAL;
@@ -57,9 +71,8 @@ int heap_release(struct heap *h, const struct release_req *req, struct release_r
             continue;
         s = &h->ctl->slots[i];
         pid = load_relaxed(&s->pid);
-        /* Our own threads' caches: the caller's process knows better. */
-        if (pid == self)
-            continue;
+        /* The calling thread's own slot is drained like any other: it is
+         * outside any cache operation while it runs this. */
         if (slot_drain_idle(h, s, pid))
             flushed++;
     }
@@ -69,16 +82,40 @@ int heap_release(struct heap *h, const struct release_req *req, struct release_r
     for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++)
         if (load_acquire(&h->segs[i].meta))
             seg_reap_busy(h, &h->segs[i]);
+    /* The budget counts what the decommits and punches asked for; what
+     * went back is the kernel's count before and after (a punch of pages
+     * inside slabs asks again for pages an earlier punch took, which were
+     * not there), less what other threads faulted in meanwhile. */
+    n = load_acquire(&h->nmapped);
+    for (uint32_t i = 1; i < n; i++)
+        before[i] = load_acquire(&h->segs[i].meta) ? seg_resident(&h->segs[i]) : UINT64_MAX;
     retain = req->retain_blocks;
-    for (uint32_t i = 1; i < load_acquire(&h->nmapped) && released < req->max_bytes; i++)
-        if (load_acquire(&h->segs[i].meta))
-            released += seg_decommit_free_max(h, &h->segs[i], &retain, req->max_bytes - released);
-    for (uint32_t i = 1; i < load_acquire(&h->nmapped) && released < req->max_bytes; i++)
-        if (load_acquire(&h->segs[i].meta))
-            released += seg_punch_slabs_max(h, &h->segs[i], req->max_bytes - released);
+    for (uint32_t i = 1; i < n && released < req->max_bytes; i++)
+        if (load_acquire(&h->segs[i].meta)) {
+            uint64_t b = seg_decommit_free_max(h, &h->segs[i], &retain, req->max_bytes - released);
+
+            got[i] += b;
+            released += b;
+        }
+    for (uint32_t i = 1; i < n && released < req->max_bytes; i++)
+        if (load_acquire(&h->segs[i].meta)) {
+            uint64_t b = seg_punch_slabs_max(h, &h->segs[i], req->max_bytes - released,
+                                             &h->segs[i].release_cursor);
+
+            got[i] += b;
+            released += b;
+        }
+    for (uint32_t i = 1; i < n; i++) {
+        uint64_t after = before[i] != UINT64_MAX ? seg_resident(&h->segs[i]) : UINT64_MAX;
+
+        if (after == UINT64_MAX)
+            real += got[i];
+        else if (after < before[i])
+            real += before[i] - after;
+    }
     if (ret) {
         memset(ret, 0, sizeof(*ret));
-        ret->bytes_released = released;
+        ret->bytes_released = real;
         ret->caches_flushed = flushed;
     }
     return 0;

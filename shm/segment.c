@@ -814,10 +814,10 @@ static bool punch_candidates(struct seg_map *m, uint32_t sb, uint64_t *mask)
 
 uint64_t seg_punch_slabs(struct heap *h, struct seg_map *m)
 {
-    return seg_punch_slabs_max(h, m, UINT64_MAX);
+    return seg_punch_slabs_max(h, m, UINT64_MAX, NULL);
 }
 
-uint64_t seg_punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_bytes)
+uint64_t seg_punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_bytes, uint32_t *cursor)
 {
     struct seg_header *hdr = m->hdr;
     uint64_t released = 0, seg_base = 0;
@@ -825,6 +825,8 @@ uint64_t seg_punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_byt
 
     if (m->needs_commit)
         return 0; /* huge pages: only whole pages, which decommit handles */
+    if (cursor && *cursor > b && *cursor < m->nblocks)
+        b = *cursor;
     /* The budget is checked before each slab: the last may overshoot it by
      * at most one slab's pages (SHM_SLAB_MAX_BLOCKS blocks). */
     while (b < m->nblocks && released < max_bytes) {
@@ -883,6 +885,8 @@ uint64_t seg_punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_byt
         seg_unlock(m);
         b = sb + 1;
     }
+    if (cursor)
+        *cursor = b < m->nblocks ? b : hdr->first_block;
     return released;
 }
 
