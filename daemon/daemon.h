@@ -121,7 +121,7 @@ struct client {
     int pidfd;         /* -1 if none could be had */
     uv_poll_t pidfd_poll;
     bool pidfd_polling;
-    bool exited; /* reclamation started */
+    bool exited;    /* reclamation started */
     bool exit_seen; /* its pidfd said so (else only its hang-up did) */
     unsigned handles;
 };
@@ -181,6 +181,17 @@ struct decay {
     struct decay_figures fig;
 };
 
+/* The per-uid quota's tick (quota.c): what it summed last time. */
+struct quota_tick {
+    uv_timer_t timer;
+    struct uid_sum *uids; /* one per uid with clients, or still refused */
+    size_t nuids, uids_cap;
+    struct client_over *clients; /* sorted by client id for the owner-table walk */
+    size_t nclients, clients_cap;
+    bool refusing;    /* some owner entry has OWNER_REFUSE_UID set */
+    uint32_t refused; /* owner entries refused at the last tick */
+};
+
 struct daemon {
     uv_loop_t *loop;
     struct config cfg;       /* the truth; the control segment holds a copy of cfg.shm */
@@ -195,6 +206,7 @@ struct daemon {
     uv_timer_t listen_retry; /* restarts accepting after EMFILE */
     bool listening;
     uv_timer_t trim_timer;
+    struct quota_tick quota;
     uv_timer_t watchdog_timer;
     uv_signal_t sig_hup, sig_term, sig_int;
     bool stopping;
@@ -334,6 +346,12 @@ void clients_reclaimed(struct client *cl,
                        int arenas,
                        int owned_r,
                        const struct heap_owned_reclaim *owned);
+/* ---- quota.c ---- */
+void quota_start(struct daemon *d);
+void quota_stop(struct daemon *d);
+/* True if uid was over max_uid_bytes at the last tick; *ret_bytes: its sum then. */
+bool quota_uid_over(struct daemon *d, uid_t uid, uint64_t *ret_bytes);
+
 /* Slots owned by a client id and their bytes in use. */
 void clients_slot_usage(struct daemon *d,
                         uint64_t client_id,

@@ -168,6 +168,7 @@ void daemon_shutdown(struct daemon *d, int status)
     (void) uv_timer_stop(&d->trim_timer);
     uv_close((uv_handle_t *) &d->trim_timer, NULL);
     decay_close(d);
+    quota_stop(d);
     service_close(d);
     if (d->jobs)
         log_info("waiting for %u running jobs", d->jobs);
@@ -228,6 +229,7 @@ int main(int argc, char **argv)
         daemon_shutdown(d, EXIT_FAILURE);
         goto run;
     }
+    quota_start(d);
     r = service_init(d);
     if (r < 0) {
         daemon_shutdown(d, EXIT_FAILURE);

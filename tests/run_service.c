@@ -19,6 +19,8 @@ int main(void)
             client_suite,
             ctl_suite,
             decay_suite,
+            quota_suite,
+            debuggers_suite,
     };
     /* clang-format on */
     /* ---- end of the suite list ---- */

@@ -41,6 +41,8 @@ static const struct {
         {"decay_retain_percent", "50"},
         {"decay_release_rate", "1048576"},
         {"decay_pressure_percent", "0"},
+        {"max_client_bytes", "268435456"},
+        {"max_uid_bytes", "1073741824"},
 };
 
 struct ctl_map {
@@ -102,6 +104,10 @@ static double ctl_value(const struct ctl_header *c, const char *key)
         return load_relaxed(&s->max_clients);
     if (!strcmp(key, "max_segments"))
         return load_relaxed(&s->max_segments);
+    if (!strcmp(key, "max_client_bytes"))
+        return (double) load_relaxed(&s->max_client_bytes);
+    if (!strcmp(key, "max_uid_bytes"))
+        return (double) load_relaxed(&s->max_uid_bytes);
     return -1;
 }
 
