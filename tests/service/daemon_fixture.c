@@ -201,16 +201,25 @@ static char *with_test_decay(const char *json)
     const char *ms = getenv("SHMHEAP_TEST_DECAY_MS"), *p = json;
     char *out;
 
+    cJSON *parsed;
+
     if (!ms || !*ms || strstr(json, "\"decay_ms\""))
         return NULL;
+    /* A broken file stays as the test wrote it (its errors are the test). */
+    parsed = cJSON_Parse(json);
+    if (!cJSON_IsObject(parsed)) {
+        cJSON_Delete(parsed);
+        return NULL;
+    }
+    cJSON_Delete(parsed);
     while (*p == ' ' || *p == '\n' || *p == '\t')
         p++;
     if (*p != '{')
         return NULL;
     p++;
-    while (*p == ' ' || *p == '\n' || *p == '\t')
-        p++;
-    if (asprintf(&out, "{\"decay_ms\": %s%s%s", ms, *p == '}' ? "" : ", ", p) < 0)
+    /* On the opening brace's line, so that line numbers stay. */
+    if (asprintf(&out, "{\"decay_ms\": %s%s%s", ms, p[strspn(p, " \n\t")] == '}' ? "" : ",",
+                 p) < 0)
         return NULL;
     return out;
 }
