@@ -193,8 +193,8 @@ static void peak(void)
     /* Keep the first 32 large objects (8 MiB). */
     set_free(&s, 32);
     wait_idle(4000, base + live + live / 4 + 4 * MiB, freed_at);
-    printf("S alloc=%s workload=peak base=%" PRIu64 " top=%" PRIu64 " live=%" PRIu64
-           " end=%" PRIu64 " settle_ms=%s%" PRIu64 "\n",
+    printf("S alloc=%s workload=peak base=%" PRIu64 " top=%" PRIu64 " live=%" PRIu64 " end=%" PRIu64
+           " settle_ms=%s%" PRIu64 "\n",
            ALLOC_NAME, base, top, live, committed(), settle_ms == UINT64_MAX ? "never:" : "",
            settle_ms == UINT64_MAX ? 0 : settle_ms);
     for (unsigned i = 0; i < 32; i++)

@@ -817,7 +817,8 @@ uint64_t seg_punch_slabs(struct heap *h, struct seg_map *m)
     return seg_punch_slabs_max(h, m, UINT64_MAX, NULL);
 }
 
-uint64_t seg_punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_bytes, uint32_t *cursor)
+uint64_t
+seg_punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_bytes, uint32_t *cursor)
 {
     struct seg_header *hdr = m->hdr;
     uint64_t released = 0, seg_base = 0;

@@ -218,8 +218,7 @@ static char *with_test_decay(const char *json)
         return NULL;
     p++;
     /* On the opening brace's line, so that line numbers stay. */
-    if (asprintf(&out, "{\"decay_ms\": %s%s%s", ms, p[strspn(p, " \n\t")] == '}' ? "" : ",",
-                 p) < 0)
+    if (asprintf(&out, "{\"decay_ms\": %s%s%s", ms, p[strspn(p, " \n\t")] == '}' ? "" : ",", p) < 0)
         return NULL;
     return out;
 }
