@@ -128,9 +128,9 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret);
  * caller judged their threads idle; a slot whose owner is busy, or which
  * is free or of a dead process, is skipped: heap_reclaim_dead's job),
  * optionally empties the recyclers into the blocks, then decommits free
- * blocks beyond retain_blocks and free pages inside slabs, stopping once max_bytes are released
- * (the last slab's pages may pass it by at most SHM_SLAB_MAX_BLOCKS blocks). bytes_released is what
- * went back by the kernel's count on normal pages (a page punched before
+ * blocks beyond retain_blocks and free pages inside slabs, stopping once
+ * max_bytes are released (the last slab's pages may pass it by at most
+ * SHM_SLAB_MAX_BLOCKS blocks). bytes_released is what went back by the kernel's count on normal pages (a page punched before
  * is asked for again but not counted), by the units on huge pages. Counts
  * nothing into the control segment's trim counters: the caller keeps its
  * own. */
