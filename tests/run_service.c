@@ -19,6 +19,7 @@ int main(void)
             client_suite,
             ctl_suite,
             decay_suite,
+            static_suite,
             quota_suite,
             debuggers_suite,
     };

@@ -17,5 +17,6 @@ Suite *hugepages_suite(void);
 Suite *trim_suite(void);
 Suite *release_suite(void); /* check_release.c: the bounded release of the automatic trim */
 Suite *owned_suite(void);
+Suite *wire_suite(void);
 
 #endif
