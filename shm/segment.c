@@ -1079,7 +1079,13 @@ seg_decommit_free_max(struct heap *h, struct seg_map *m, uint64_t *retain, uint6
 void seg_repair(struct seg_map *m)
 {
     struct seg_header *hdr = m->hdr;
-    uint64_t large = 0;
+    uint64_t large = 0, units = 0;
+
+    /* A holder killed inside unit_set_committed() set or cleared the map's
+     * bit but not the count: the map is the truth. */
+    for (uint64_t u = 0; u < m->size >> m->unit_shift; u++)
+        units += unit_committed(m, u);
+    store_relaxed(&hdr->committed_units, units);
 
     bittree_chain_init(seg_free_tree(m), m->nblocks, false);
     for (unsigned c = 0; c < SHM_NCLASSES; c++)
