@@ -236,6 +236,7 @@ static void unit_set_committed(struct seg_map *m, uint64_t u, bool on)
         *w |= bit;
     else
         *w &= ~bit;
+    shm_fault(FAULT_COMMIT_COUNT_MID);
     store_relaxed(&m->hdr->committed_units, m->hdr->committed_units + (on ? 1 : (uint64_t) -1));
 }
 
