@@ -109,3 +109,26 @@ $(B)/bench/scrape-bench: bench/scrape_bench.c $(CLIENT_A)
 
 bench-metrics: $(B)/bench/scrape-bench $(DAEMON)
 	$(Q)B='$(B)' bash scripts/metrics-bench.sh
+# ---- the automatic trim's figures (bench/decay.sh) ----
+#   make bench-decay   committed bytes over time for the peak-then-idle and
+#                      breathing workloads, shmheap (decay_ms) beside jemalloc
+#                      (dirty_decay_ms) and tcmalloc (background release), and
+#                      the policy's cost to a client's throughput; writes
+#                      $(B)/bench/decay/ (traces and summary.txt)
+DECAY_TRACES := $(addprefix $(B)/bench/decay-trace-,shmheap jemalloc tcmalloc)
+DECAY_LIBS_shmheap  = $(CLIENT_A) $(CLIENT_LIBS)
+DECAY_LIBS_jemalloc := -ljemalloc
+DECAY_LIBS_tcmalloc := -ltcmalloc_minimal
+DECAY_DEF_shmheap   := -DTRACE_SHMHEAP -Iclient/include
+DECAY_DEF_jemalloc  := -DTRACE_JEMALLOC
+DECAY_DEF_tcmalloc  := -DTRACE_TCMALLOC
+
+$(B)/bench/decay-trace-shmheap: $(CLIENT_A)
+$(DECAY_TRACES): $(B)/bench/decay-trace-%: bench/decay_trace.c $(BENCH_FLAGS_DEP)
+	@mkdir -p $(@D)
+	$(call msg,CC,$< [$*])$(BENCH_COMPILE) $(DECAY_DEF_$*) $(LDFLAGS) -o $@ $< \
+	    $(DECAY_LIBS_$*) $(LDLIBS)
+
+.PHONY: bench-decay
+bench-decay: $(DECAY_TRACES) $(DAEMON) $(CTL) $(B)/bench/bench-shmheap-api
+	$(Q)B='$(B)' BENCH_SHMHEAPD='$(DAEMON)' BENCH_SHMHEAPCTL='$(CTL)' bash bench/decay.sh

@@ -40,6 +40,11 @@ struct config {
     uint32_t log_level;          /* syslog level: 3 err .. 7 debug */
     uint32_t request_timeout_ms; /* a request left half-sent is answered `timeout` */
     uint32_t idle_timeout_ms;    /* a connection without hello idle this long; 0 never */
+    /* The automatic trim policy (daemon/decay.c). */
+    uint32_t decay_ms;               /* memory unused this long goes back; 0: off */
+    uint32_t decay_retain_percent;   /* margin kept above the recent peak of bytes in use */
+    uint32_t decay_pressure_percent; /* PSI "some avg10" that counts as pressure; 0: ignore */
+    uint64_t decay_release_rate;     /* bytes per second the policy may release at most */
     uint32_t n_allowed_uids;
     uint32_t n_allowed_gids;
     uint32_t allowed_uids[CONFIG_MAX_IDS];

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config/config.h"
 #include "ctl/ctl.h"
 
 uint64_t json_u64(const cJSON *obj, const char *name)
@@ -103,6 +104,44 @@ static void segments_table(FILE *f, const cJSON *segs)
     }
 }
 
+/* The automatic trim: what it released and when, and the floor it keeps. */
+static void decay_lines(FILE *f, const cJSON *dc)
+{
+    const cJSON *psi = cJSON_GetObjectItemCaseSensitive(dc, "psi_available");
+
+    fputs("\nautomatic trim\n", f);
+    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(dc, "enabled"))) {
+        fputs("  off (decay_ms 0): memory goes back only on trims\n", f);
+        return;
+    }
+    fprintf(f, "  %-22s %" PRIu64 " ms (tick %" PRIu64 " ms)\n", "decay", json_u64(dc, "decay_ms"),
+            json_u64(dc, "tick_ms"));
+    fprintf(f, "  %-22s %s\n", "state", json_str(dc, "state"));
+    line_bytes(f, "floor kept", dc, "floor_bytes");
+    line_bytes(f, "  peak need in window", dc, "window_peak_bytes");
+    line_bytes(f, "  overhead", dc, "overhead_bytes");
+    line_bytes(f, "held above live", dc, "held_bytes");
+    line_bytes(f, "excess to release", dc, "excess_bytes");
+    line_count(f, "releases", dc, "releases");
+    line_bytes(f, "bytes released", dc, "released_bytes");
+    if (cJSON_GetObjectItemCaseSensitive(dc, "last_release_ago_ms")) {
+        char b[32];
+
+        fprintf(f, "  %-22s %s, %" PRIu64 " ms ago\n", "last release",
+                render_bytes(json_u64(dc, "last_release_bytes"), b, sizeof(b)),
+                json_u64(dc, "last_release_ago_ms"));
+    } else {
+        fprintf(f, "  %-22s never\n", "last release");
+    }
+    line_count(f, "idle caches drained", dc, "caches_flushed");
+    if (cJSON_IsTrue(psi))
+        fprintf(f, "  %-22s some avg10 %.2f%%%s\n", "memory pressure",
+                cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(dc, "psi_some_avg10")),
+                json_u64(dc, "under_pressure") ? " (releasing down to live bytes)" : "");
+    else
+        fprintf(f, "  %-22s not available (time only)\n", "memory pressure");
+}
+
 bool render_stats(FILE *f, const cJSON *reply)
 {
     const cJSON *st = member(reply, "stats", false), *rec, *classes, *segs, *c;
@@ -151,6 +190,9 @@ bool render_stats(FILE *f, const cJSON *reply)
         fputs("\nsegments\n", f);
         segments_table(f, segs);
     }
+    c = cJSON_GetObjectItemCaseSensitive(st, "decay");
+    if (cJSON_IsObject(c))
+        decay_lines(f, c);
     return true;
 }
 
@@ -193,6 +235,12 @@ bool render_config(FILE *f, const cJSON *reply)
         fprintf(f, "%-*s  %s\n", width, kv->string, text ? text : "?");
         cJSON_free(text);
     }
+    /* One key: what it means, its bounds and default, from the table the
+     * daemon uses (how decay_ms, trim_interval_ms and retain_empty_blocks
+     * relate is said there). */
+    kv = cfg->child;
+    if (kv && !kv->next && kv->string && config_key_find(kv->string))
+        fprintf(f, "  %s\n", config_key_help(config_key_find(kv->string)));
     return true;
 }
 

@@ -125,6 +125,61 @@ struct client {
     unsigned handles;
 };
 
+/* The automatic trim policy's state (decay.c), on the loop thread only. */
+#define DECAY_BUCKETS 33u /* the window in 32 buckets, plus the current one */
+struct decay_slot_seen {
+    uint64_t signature; /* heap_slot_activity() at the last change */
+    uint64_t since_ns;  /* when it last changed */
+    uint32_t pid;
+    bool valid;   /* the slot was in use at the last tick */
+    bool drained; /* we drained it since it last changed */
+};
+/* Figures for the stats op (all since the daemon started). */
+struct decay_figures {
+    uint64_t ticks;
+    uint64_t releases;       /* release jobs that gave back memory */
+    uint64_t released_bytes; /* what they gave back */
+    uint64_t caches_flushed; /* idle threads' caches drained */
+    uint64_t pressure_ticks; /* ticks under memory pressure */
+    uint64_t last_release_bytes;
+    uint64_t last_release_ns;      /* CLOCK_MONOTONIC, 0: never */
+    uint64_t last_release_unix_ms; /* the same moment, wall clock */
+    /* The last tick's look: */
+    uint64_t committed_bytes;   /* the heap's committed bytes */
+    uint64_t in_use_bytes;      /* live bytes */
+    uint64_t overhead_bytes;    /* control segment and segment metadata */
+    uint64_t window_peak_bytes; /* highest need over the last decay_ms */
+    uint64_t floor_bytes;       /* committed bytes the policy keeps */
+    uint64_t excess_bytes;      /* committed above the floor */
+    uint64_t idle_caches;       /* caches of threads idle longer than decay_ms */
+    const char *state;          /* what it did or why it held back (decay.c) */
+    bool psi_available;
+    bool under_pressure;
+    double psi_some_avg10;
+};
+struct decay {
+    uv_timer_t timer;
+    bool timer_open;
+    bool running; /* a release job is in the pool */
+    uint32_t tick_ms;
+    uint64_t rng;
+    uint64_t bucket_ns; /* decay_ms / 32 */
+    struct {
+        uint64_t id, need;
+    } buckets[DECAY_BUCKETS];
+    uint64_t last_committed; /* committed bytes at the last tick, less what we released since */
+    uint64_t last_tick_ns;
+    uint64_t credit;        /* bytes the rate bound allows now */
+    uint64_t hold_until_ns; /* after a release that found nothing it could give back */
+    uint64_t attempt_bytes; /* the budget of the release in flight */
+    bool released_since;    /* a release ended since the last tick */
+    const char *pressure_path;
+    bool psi_warned;
+    struct heap_stats *st;        /* scratch for the tick */
+    struct decay_slot_seen *seen; /* SHM_MAX_SLOTS entries */
+    struct decay_figures fig;
+};
+
 /* The per-uid quota's tick (quota.c): what it summed last time. */
 struct quota_tick {
     uv_timer_t timer;
@@ -193,6 +248,7 @@ struct daemon {
     pthread_mutex_t work_lock; /* one heap-wide job at a time */
     unsigned jobs;             /* in flight */
     bool periodic_trim_running;
+    struct decay decay; /* decay.c */
 };
 
 /* ---- log.c ---- */
@@ -382,7 +438,7 @@ void clients_slot_usage(struct daemon *d,
 
 /* ---- work.c ---- */
 struct job;
-enum job_kind { JOB_TRIM, JOB_VERIFY, JOB_RECLAIM, JOB_RECLAIM_DETACHED };
+enum job_kind { JOB_TRIM, JOB_VERIFY, JOB_RECLAIM, JOB_RECLAIM_DETACHED, JOB_DECAY };
 /* Runs a trim for c (c NULL: periodic) in the pool; replies when done. */
 int work_trim(struct daemon *d, struct conn *c, unsigned wait_ms);
 int work_verify(struct daemon *d, struct conn *c);
@@ -393,6 +449,33 @@ int work_reclaim(struct daemon *d, struct client *cl);
 int work_reclaim_detached(struct daemon *d, uint64_t client_id);
 /* (Re)arms the periodic trim by cfg.shm.trim_interval_ms. */
 void work_trim_timer_update(struct daemon *d);
+/* Runs heap_release(req) in the pool (req and its slot list are copied);
+ * decay_released() gets the result on the loop thread. */
+int work_release(struct daemon *d, const struct release_req *req);
+
+/* ---- decay.c: the automatic trim policy ---- */
+/* pressure_path: the PSI file to watch (NULL: /proc/pressure/memory). */
+int decay_init(struct daemon *d, const char *pressure_path);
+/* Re-arms the tick by cfg.decay_ms (0 stops it); from settings.c. */
+void decay_reconfigure(struct daemon *d);
+void decay_close(struct daemon *d);
+/* After the loop ended: frees what decay_init allocated. */
+void decay_fini(struct daemon *d);
+/* work.c: a release job ended (r < 0: it failed or never ran). */
+void decay_released(struct daemon *d,
+                    int r,
+                    const struct release_result *res,
+                    const uint32_t *slots,
+                    uint32_t nslots);
+/* The "decay" object of the stats reply, or NULL (out of memory). */
+cJSON *decay_json(struct daemon *d);
+
+/* ---- pressure.c ---- */
+/* Reads "some avg10" (percent) from a PSI file such as
+ * /proc/pressure/memory or a cgroup's memory.pressure. 0, or -errno:
+ * -ENOENT (no PSI here), -EOPNOTSUPP (PSI disabled), -EBADMSG (no such
+ * line). */
+int pressure_some_avg10(const char *path, double *ret);
 
 /* ---- settings.c ---- */
 /* Makes *next the running config: writes the heap's keys to the control
@@ -413,6 +496,8 @@ int metrics_apply(struct daemon *d, char *err, size_t errlen);
 /* The loop's client list changed (attach, detach, exit, reclaim): the
  * scrapes' copy is refreshed. Cheap when the endpoint is off. */
 void metrics_clients_changed(struct daemon *d);
+/* The automatic trim's figures moved (decay.c): the scrape's copy is refreshed. */
+void metrics_decay_changed(struct daemon *d);
 /* The metrics_listen value served now, "" when off. */
 const char *metrics_address(struct daemon *d);
 /* Stops the endpoint (joins its thread) and frees it. */

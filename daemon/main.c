@@ -28,6 +28,7 @@ static const char *arg_socket;
 static const char *arg_metrics_listen;
 static const char *arg_state_dir;
 static bool arg_discard_bad_heap;
+static const char *arg_pressure_file;
 
 static void help(void)
 {
@@ -48,6 +49,9 @@ static void help(void)
            "  --discard-bad-heap        a stored heap that fails its checks is set aside and\n"
            "                            a new one started (default: exit non-zero); never\n"
            "                            applies to a heap of another layout version\n"
+           "  --pressure-file PATH      memory pressure (PSI) the automatic trim watches\n"
+           "                            (default /proc/pressure/memory; a cgroup's\n"
+           "                            memory.pressure watches that cgroup)\n"
            "  --foreground              run in the foreground (the default and only mode)\n"
            "  --help                    show this help\n"
            "  --version                 show the version\n"
@@ -72,6 +76,7 @@ static int parse_argv(int argc, char **argv)
         ARG_VERSION,
         ARG_STATE_DIR,
         ARG_DISCARD_BAD_HEAP,
+        ARG_PSI,
     };
     static const struct option options[] = {
             {"socket", required_argument, NULL, ARG_SOCKET},
@@ -80,6 +85,7 @@ static int parse_argv(int argc, char **argv)
             {"foreground", no_argument, NULL, ARG_FOREGROUND},
             {"state-dir", required_argument, NULL, ARG_STATE_DIR},
             {"discard-bad-heap", no_argument, NULL, ARG_DISCARD_BAD_HEAP},
+            {"pressure-file", required_argument, NULL, ARG_PSI},
             {"help", no_argument, NULL, 'h'},
             {"version", no_argument, NULL, ARG_VERSION},
             {NULL, 0, NULL, 0},
@@ -121,6 +127,9 @@ static int parse_argv(int argc, char **argv)
             break;
         case ARG_DISCARD_BAD_HEAP:
             arg_discard_bad_heap = true;
+            break;
+        case ARG_PSI:
+            arg_pressure_file = optarg;
             break;
         default:
             fprintf(stderr, "Try 'shmheapd --help'.\n");
@@ -172,6 +181,7 @@ void daemon_shutdown(struct daemon *d, int status)
                    "it, and the next shmheapd starts a new one");
     (void) uv_timer_stop(&d->trim_timer);
     uv_close((uv_handle_t *) &d->trim_timer, NULL);
+    decay_close(d);
     quota_stop(d);
     service_close(d);
     if (d->jobs)
@@ -248,6 +258,12 @@ int main(int argc, char **argv)
     (void) uv_timer_init(&loop, &d->trim_timer);
     d->trim_timer.data = d;
     work_trim_timer_update(d);
+    r = decay_init(d, arg_pressure_file);
+    if (r < 0) {
+        log_error("cannot start the automatic trim: %s", strerror(-r));
+        daemon_shutdown(d, EXIT_FAILURE);
+        goto run;
+    }
     quota_start(d);
     r = service_init(d);
     if (r < 0) {
@@ -275,6 +291,7 @@ int main(int argc, char **argv)
 run:
     (void) uv_run(&loop, UV_RUN_DEFAULT);
     metrics_fini(d);
+    decay_fini(d);
     owner_fini(d);
     r = uv_loop_close(&loop);
     if (r < 0)

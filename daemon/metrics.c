@@ -51,9 +51,10 @@ struct metrics {
     struct MHD_Daemon *mhd;
     char addr[CONFIG_LISTEN_MAX]; /* the metrics_listen value it serves */
     struct heap *heap;            /* d->heap: fixed while the endpoint runs */
-    pthread_mutex_t lock;         /* views, nviews */
+    pthread_mutex_t lock;         /* views, nviews, decay */
     struct client_view *views;
     size_t nviews;
+    cJSON *decay; /* the automatic trim's figures as of its last tick (decay.c) */
 };
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
@@ -89,6 +90,7 @@ respond_text(struct MHD_Connection *conn, unsigned status, const char *text, con
 static char *scrape(struct metrics *m, size_t *ret_len)
 {
     struct client_view *views;
+    cJSON *decay = NULL;
     size_t n;
     char *text = NULL;
     cJSON *st;
@@ -98,13 +100,20 @@ static char *scrape(struct metrics *m, size_t *ret_len)
     views = malloc((n ? n : 1) * sizeof(*views));
     if (views && n)
         memcpy(views, m->views, n * sizeof(*views));
+    if (m->decay)
+        decay = cJSON_Duplicate(m->decay, true);
     pthread_mutex_unlock(&m->lock);
-    if (!views)
+    if (!views) {
+        cJSON_Delete(decay);
         return NULL;
+    }
     /* relaxed: pairs with the relaxed store in quota.c; a number, nothing else. */
     st = stats_json_build(m->heap, views, n,
                           __atomic_load_n(&m->d->quota.refused, __ATOMIC_RELAXED));
     free(views);
+    if (st && decay && cJSON_AddItemToObject(st, "decay", decay))
+        decay = NULL;
+    cJSON_Delete(decay);
     if (st && prom_render_text(st, &text, ret_len) < 0)
         text = NULL;
     cJSON_Delete(st);
@@ -274,6 +283,24 @@ static void refresh_views(struct daemon *d, struct metrics *m)
     pthread_mutex_unlock(&m->lock);
 }
 
+static void refresh_decay(struct daemon *d, struct metrics *m)
+{
+    cJSON *o = decay_json(d);
+
+    if (!o)
+        return; /* out of memory: the scrape shows the last figures */
+    pthread_mutex_lock(&m->lock);
+    cJSON_Delete(m->decay);
+    m->decay = o;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_decay_changed(struct daemon *d)
+{
+    if (d->metrics && d->metrics->mhd)
+        refresh_decay(d, d->metrics);
+}
+
 void metrics_clients_changed(struct daemon *d)
 {
     if (d->metrics && d->metrics->mhd)
@@ -305,6 +332,7 @@ int metrics_apply(struct daemon *d, char *err, size_t errlen)
     m->heap = d->heap;
     /* The first scrape already sees the clients attached so far. */
     refresh_views(d, m);
+    refresh_decay(d, m);
     r = metrics_start(m, d->cfg.metrics_listen, err, errlen);
     if (r < 0 && old[0] && metrics_start(m, old, ignored, sizeof(ignored)) < 0)
         log_error("metrics: cannot serve on %s again either: %s", old, ignored);
@@ -325,6 +353,7 @@ void metrics_fini(struct daemon *d)
     metrics_stop(m);
     pthread_mutex_destroy(&m->lock);
     free(m->views);
+    cJSON_Delete(m->decay);
     free(m);
     d->metrics = NULL;
 }

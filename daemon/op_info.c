@@ -200,6 +200,17 @@ cJSON *stats_json(struct daemon *d)
         return NULL;
     o = stats_json_build(d->heap, views, n, d->quota.refused);
     free(views);
+    /* The automatic trim: what it released, when, and the floor it keeps
+     * (the loop's own state: the metrics endpoint gets a copy per tick). */
+    if (o) {
+        cJSON *dj = decay_json(d);
+
+        if (!dj || !cJSON_AddItemToObject(o, "decay", dj)) {
+            cJSON_Delete(dj);
+            cJSON_Delete(o);
+            return NULL;
+        }
+    }
     return o;
 }
 

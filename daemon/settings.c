@@ -10,7 +10,7 @@
 int settings_apply(
         struct daemon *d, const struct config *next, const char *why, char *err, size_t errlen)
 {
-    bool heap = false, trim = false, timers = false, metrics = false;
+    bool heap = false, trim = false, timers = false, metrics = false, decay = false;
     struct config old = d->cfg;
     unsigned changed = 0;
 
@@ -37,6 +37,8 @@ int settings_apply(
                        "is%s%s; the new value applies at the next start",
                        d->state_dir_fd >= 0 ? ", in " : "",
                        d->state_dir_fd >= 0 ? d->state_dir : "");
+        if (strncmp(config_key_name(k), "decay_", 6) == 0)
+            decay = true;
     }
     d->cfg = *next;
     if (!changed)
@@ -48,6 +50,8 @@ int settings_apply(
         work_trim_timer_update(d);
     if (timers)
         conn_timers_reconfigure(d);
+    if (decay)
+        decay_reconfigure(d);
     if (metrics) {
         int r = metrics_apply(d, err, errlen);
 

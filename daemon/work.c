@@ -1,5 +1,6 @@
-/* Heap jobs in libuv's thread pool: trim, verify and the reclamation of an
- * exited client, so the loop never blocks on them.
+/* Heap jobs in libuv's thread pool: trim, verify, the reclamation of an
+ * exited client and the automatic trim's releases (decay.c), so the loop
+ * never blocks on them.
  *
  * Jobs run one at a time (work_lock): each walks or drains the whole heap,
  * and a verify running beside a reclamation would report the objects in
@@ -33,6 +34,9 @@ struct job {
     struct heap_owned_reclaim owned;
     struct trim_result trim;
     struct verify_report *verify;
+    struct release_req release; /* JOB_DECAY; its idle_slots is idle_slots */
+    struct release_result released;
+    uint32_t *idle_slots;
 };
 
 static void work_cb(uv_work_t *req)
@@ -57,6 +61,9 @@ static void work_cb(uv_work_t *req)
         break;
     case JOB_RECLAIM_DETACHED:
         j->r = heap_reclaim_owned(h, j->client_id, false, &j->owned);
+        break;
+    case JOB_DECAY:
+        j->r = heap_release(h, &j->release, &j->released);
         break;
     }
     pthread_mutex_unlock(&j->d->work_lock);
@@ -108,9 +115,13 @@ static void after_work_cb(uv_work_t *req, int status)
                      " bytes) it had not shared",
                      j->client_id, j->owned.objects, j->owned.bytes);
         break;
+    case JOB_DECAY:
+        decay_released(d, j->r, &j->released, j->idle_slots, j->release.nidle);
+        break;
     }
     if (j->conn)
         conn_resume(j->conn);
+    free(j->idle_slots);
     free(j->verify);
     free(j);
 }
@@ -123,6 +134,7 @@ static int job_start(struct daemon *d, struct job *j)
     j->req.data = j;
     r = uv_queue_work(d->loop, &j->req, work_cb, after_work_cb);
     if (r < 0) {
+        free(j->idle_slots);
         free(j->verify);
         free(j);
         return -EAGAIN;
@@ -182,6 +194,26 @@ int work_reclaim(struct daemon *d, struct client *cl)
     j->cl = cl;
     j->client_id = cl->id;
     j->exit_seen = cl->exit_seen;
+    return job_start(d, j);
+}
+
+int work_release(struct daemon *d, const struct release_req *req)
+{
+    struct job *j = calloc(1, sizeof(*j));
+
+    if (!j)
+        return -ENOMEM;
+    j->kind = JOB_DECAY;
+    j->release = *req;
+    if (req->nidle) {
+        j->idle_slots = malloc(req->nidle * sizeof(*j->idle_slots));
+        if (!j->idle_slots) {
+            free(j);
+            return -ENOMEM;
+        }
+        memcpy(j->idle_slots, req->idle_slots, req->nidle * sizeof(*j->idle_slots));
+    }
+    j->release.idle_slots = j->idle_slots;
     return job_start(d, j);
 }
 

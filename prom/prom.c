@@ -52,6 +52,38 @@ static const struct family heap_families[] = {
          "Bytes given back to the system by trims.", NULL},
 };
 
+/* The automatic trim (the stats reply's "decay" object). */
+static const struct family decay_families[] = {
+        {"decay_ms", "decay_ms", "gauge", "The automatic trim's decay time in ms (0: off).", NULL},
+        {"floor_bytes", "decay_floor_bytes", "gauge",
+         "Committed bytes the automatic trim keeps: overhead plus the recent peak need with its "
+         "margin.",
+         NULL},
+        {"window_peak_bytes", "decay_window_peak_bytes", "gauge",
+         "Highest need (bytes in use, or committed when the heap grew) over the last decay_ms.",
+         NULL},
+        {"excess_bytes", "decay_excess_bytes", "gauge",
+         "Committed bytes above the floor, to be released.", NULL},
+        {"held_bytes", "decay_held_bytes", "gauge",
+         "Committed bytes beyond the live bytes and overhead kept by the floor (hysteresis).",
+         NULL},
+        {"releases", "decay_releases_total", "counter", "Releases by the automatic trim.", NULL},
+        {"released_bytes", "decay_released_bytes_total", "counter",
+         "Bytes given back to the system by the automatic trim.", NULL},
+        {"caches_flushed", "decay_caches_flushed_total", "counter",
+         "Caches of idle threads drained by the automatic trim.", NULL},
+        {"idle_caches", "decay_idle_caches", "gauge",
+         "Thread caches unused for longer than decay_ms.", NULL},
+        {"last_release_unix_s", "decay_last_release_timestamp_seconds", "gauge",
+         "When the automatic trim last released memory (Unix time).", NULL},
+        {"under_pressure", "decay_under_pressure", "gauge",
+         "1 while memory pressure (PSI) makes the automatic trim release down to the live "
+         "bytes.",
+         NULL},
+        {"pressure_ticks", "decay_pressure_ticks_total", "counter",
+         "Ticks of the automatic trim under memory pressure.", NULL},
+};
+
 static const struct family recycler_families[] = {
         {"pushes", "recycler_pushes_total", "counter", "Bundles pushed onto the recyclers.", NULL},
         {"pops", "recycler_pops_total", "counter", "Bundles popped from the recyclers.", NULL},
@@ -265,6 +297,9 @@ int prom_render(FILE *f, const cJSON *stats)
     v = cJSON_GetObjectItemCaseSensitive(stats, "recycler");
     if (cJSON_IsObject(v))
         scalars(f, v, recycler_families, NROWS(recycler_families));
+    v = cJSON_GetObjectItemCaseSensitive(stats, "decay");
+    if (cJSON_IsObject(v))
+        scalars(f, v, decay_families, NROWS(decay_families));
     v = cJSON_GetObjectItemCaseSensitive(stats, "classes");
     if (cJSON_IsArray(v))
         series(f, v, class_families, NROWS(class_families), &class_labels);

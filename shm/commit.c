@@ -21,7 +21,7 @@
 #include "shm/internal.h"
 #include "shm/os.h"
 
-static bool unit_committed(struct seg_map *m, uint64_t u)
+bool commit_unit_is_set(struct seg_map *m, uint64_t u)
 {
     return (seg_commit_map(m)[u / 64] >> (u % 64)) & 1;
 }
@@ -37,6 +37,7 @@ void commit_mark_unit(struct seg_map *m, uint64_t u, bool on)
         *w |= bit;
     else
         *w &= ~bit;
+    shm_fault(FAULT_COMMIT_COUNT_MID);
     store_relaxed(&m->hdr->committed_units, m->hdr->committed_units + (on ? 1 : (uint64_t) -1));
 }
 
@@ -52,7 +53,7 @@ bool commit_ready(struct seg_map *m, uint32_t b, uint32_t n)
 
     units_of(m, b, n, &first, &last);
     for (uint64_t u = first; u <= last; u++) {
-        if (unit_committed(m, u))
+        if (commit_unit_is_set(m, u))
             continue;
         if (m->needs_commit)
             return false;
@@ -86,9 +87,16 @@ int commit_unlocked(struct heap *h, struct seg_map *m, uint32_t b, uint32_t n)
 
 uint64_t commit_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain)
 {
+    return commit_decommit_free_max(h, m, retain, UINT64_MAX);
+}
+
+uint64_t
+commit_decommit_free_max(struct heap *h, struct seg_map *m, uint64_t *retain, uint64_t max_bytes)
+{
     uint64_t released = 0, unit_blocks = (UINT64_C(1) << m->unit_shift) >> SHM_BLOCK_SHIFT;
-    uint64_t nunits = m->size >> m->unit_shift, kept = 0, start_unit = 0;
+    uint64_t nunits = m->size >> m->unit_shift, kept = 0, start_unit = 0, planned = 0;
     uint32_t pid = (uint32_t) getpid();
+    bool budget_spent = false;
 
     if (unit_blocks == 0)
         unit_blocks = 1;
@@ -99,10 +107,10 @@ uint64_t commit_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retai
             return released;
         /* Keep the lowest free committed blocks (the free tree hands out
          * the lowest first, so they are reused before anything else). */
-        for (u = start_unit; u < nunits && nb < DECOMMIT_BATCH; u++) {
+        for (u = start_unit; u < nunits && nb < DECOMMIT_BATCH && !budget_spent; u++) {
             uint32_t b0 = (uint32_t) (u * unit_blocks), i;
 
-            if (!unit_committed(m, u) || b0 < m->hdr->first_block)
+            if (!commit_unit_is_set(m, u) || b0 < m->hdr->first_block)
                 continue;
             for (i = 0; i < unit_blocks; i++)
                 if (meta_state(seg_meta_get(m, b0 + i)) != BLK_FREE)
@@ -113,6 +121,12 @@ uint64_t commit_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retai
                 kept += unit_blocks;
                 continue;
             }
+            /* Whole units only: a unit that would pass the budget stays. */
+            if (planned + (UINT64_C(1) << m->unit_shift) > max_bytes) {
+                budget_spent = true;
+                break;
+            }
+            planned += UINT64_C(1) << m->unit_shift;
             for (i = 0; i < unit_blocks; i++)
                 seg_meta_put(m, b0 + i, meta_make_busy((uint32_t) unit_blocks, pid));
             bittree_clear_range(seg_free_tree(m), b0, (uint32_t) unit_blocks);

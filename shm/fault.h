@@ -13,6 +13,7 @@ enum shm_fault_point {
     FAULT_PUNCH_MID,         /* in a trim, objects reserved for a punch inside a slab */
     FAULT_PUNCH_RESERVE_MID, /* a punch's reservation, lock held: a bit cleared, not recorded */
     FAULT_PUNCH_RESTORE_MID, /* a punch's restore, lock held: a bit set, still recorded */
+    FAULT_COMMIT_COUNT_MID,  /* a unit's commit bit changed, committed_units not yet */
 };
 void shm_fault(enum shm_fault_point p);
 

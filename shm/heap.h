@@ -198,6 +198,42 @@ struct trim_result {
  * owners to flush themselves, returns recycler excess to blocks and
  * decommits empty blocks beyond retain_empty_blocks. */
 int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret);
+/* A bounded release, for an automatic policy (the daemon's decay.c): no
+ * trim generation, no wait, so running threads keep their caches. Takes
+ * over and drains the caches of the slots listed in idle_slots (the
+ * caller judged their threads idle; a slot whose owner is busy, or which
+ * is free or of a dead process, is skipped: heap_reclaim_dead's job),
+ * optionally empties the recyclers into the blocks, then decommits free
+ * blocks beyond retain_blocks and free pages inside slabs, stopping once
+ * max_bytes are released (the last slab's pages may pass it by at most
+ * SHM_SLAB_MAX_BLOCKS blocks). bytes_released is what went back by the kernel's count on normal pages (a page punched before
+ * is asked for again but not counted), by the units on huge pages. Counts
+ * nothing into the control segment's trim counters: the caller keeps its
+ * own. */
+struct release_req {
+    uint64_t max_bytes;
+    uint64_t retain_blocks;
+    bool drain_recyclers;
+    uint32_t nidle;
+    const uint32_t *idle_slots; /* slot indexes */
+};
+struct release_result {
+    uint64_t bytes_released;
+    uint32_t caches_flushed;
+};
+int heap_release(struct heap *h, const struct release_req *req, struct release_result *ret);
+/* For an idleness test: a value that moves whenever the thread owning slot
+ * `index` allocates or frees through its cache (its counters and its bins'
+ * heads), the owner's pid and the objects its cache holds. Relaxed loads: a
+ * change may be seen a tick late. False if the slot is not in use. */
+struct slot_activity {
+    uint64_t signature;
+    uint64_t cached_objects;
+    uint32_t pid;
+};
+bool heap_slot_activity(struct heap *h, uint32_t index, struct slot_activity *ret);
+/* 1 + the highest slot index ever used: loops over the slots stop there. */
+uint32_t heap_slots_high(struct heap *h);
 /* Gives back the caches of every slot owned by client_id (a client that
  * detached or died). Returns the number of slots reclaimed. */
 int heap_reclaim_client(struct heap *h, uint64_t client_id);

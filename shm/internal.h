@@ -33,6 +33,7 @@ struct seg_map {
     uint32_t unit_shift;
     int fd;
     bool needs_commit; /* hugetlb: units must be fallocated before use */
+    uint32_t release_cursor; /* where heap_release's next punch starts (release.c) */
 };
 
 struct tcache;
@@ -287,6 +288,11 @@ static inline uint16_t *slab_obj_tag(struct heap *h, uint64_t slab_off, uint64_t
 /* Gives back the 4K pages inside slabs that hold only free objects (normal
  * pages only); returns the bytes punched. */
 uint64_t punch_slabs(struct heap *h, struct seg_map *m);
+/* Same, stopping once max_bytes are released (the last slab may pass it),
+ * starting at block *cursor (if not NULL) and leaving there the block to
+ * start from next time: pages punched before are asked for again (they
+ * hold free objects still), so calls with a small budget must move on. */
+uint64_t punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_bytes, uint32_t *cursor);
 /* Objects reserved by a punch in flight (their class in *ret_cls); lock
  * held. */
 uint32_t punch_reserved(struct seg_map *m, unsigned *ret_cls);
@@ -310,8 +316,15 @@ bool commit_ready(struct seg_map *m, uint32_t b, uint32_t n);
 int commit_unlocked(struct heap *h, struct seg_map *m, uint32_t b, uint32_t n);
 /* Sets or clears unit u's commit bit, keeping committed_units. Lock held. */
 void commit_mark_unit(struct seg_map *m, uint64_t u, bool on);
+/* True if unit u is marked committed in the map. */
+bool commit_unit_is_set(struct seg_map *m, uint64_t u);
 /* Decommits free units beyond `retain` free blocks; returns bytes released. */
 uint64_t commit_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
+/* Same, decommitting at most max_bytes (whole units). */
+uint64_t commit_decommit_free_max(struct heap *h,
+                                  struct seg_map *m,
+                                  uint64_t *retain,
+                                  uint64_t max_bytes);
 uint64_t commit_bytes(struct seg_map *m);
 
 /* ---- run.c ---- */

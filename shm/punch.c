@@ -184,13 +184,22 @@ static bool punch_candidates(struct seg_map *m, uint32_t sb, uint64_t *mask)
 
 uint64_t punch_slabs(struct heap *h, struct seg_map *m)
 {
+    return punch_slabs_max(h, m, UINT64_MAX, NULL);
+}
+
+uint64_t punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_bytes, uint32_t *cursor)
+{
     struct seg_header *hdr = m->hdr;
     uint64_t released = 0, seg_base = 0;
     uint32_t b = hdr->first_block, pid = (uint32_t) getpid();
 
     if (m->needs_commit)
         return 0; /* huge pages: only whole pages, which decommit handles */
-    while (b < m->nblocks) {
+    if (cursor && *cursor > b && *cursor < m->nblocks)
+        b = *cursor;
+    /* The budget is checked before each slab: the last may overshoot it by
+     * at most one slab's pages (SHM_SLAB_MAX_BLOCKS blocks). */
+    while (b < m->nblocks && released < max_bytes) {
         uint64_t mask[2];
         uint32_t sb = m->nblocks;
 
@@ -246,6 +255,8 @@ uint64_t punch_slabs(struct heap *h, struct seg_map *m)
         seg_unlock(m);
         b = sb + 1;
     }
+    if (cursor)
+        *cursor = b < m->nblocks ? b : hdr->first_block;
     return released;
 }
 

@@ -260,7 +260,13 @@ void seg_blocks_release(struct seg_map *m, uint32_t b, uint32_t n)
 void seg_repair(struct seg_map *m)
 {
     struct seg_header *hdr = m->hdr;
-    uint64_t large = 0;
+    uint64_t large = 0, units = 0;
+
+    /* A holder killed inside commit_mark_unit() set or cleared the map's
+     * bit but not the count: the map is the truth. */
+    for (uint64_t u = 0; u < m->size >> m->unit_shift; u++)
+        units += commit_unit_is_set(m, u);
+    store_relaxed(&hdr->committed_units, units);
 
     bittree_chain_init(seg_free_tree(m), m->nblocks, false);
     for (unsigned c = 0; c < SHM_NCLASSES; c++)

@@ -89,6 +89,13 @@ static int fault_child(void *arg, unsigned round)
         shm_fault_at = f->point;
         (void) heap_trim(h, 0, NULL);
         break;
+    case FAULT_COMMIT_COUNT_MID:
+        /* Every free block decommitted: the carve of a slab (no slab of
+         * this class has free objects) commits a unit again. */
+        (void) heap_trim(h, 0, NULL);
+        shm_fault_at = f->point;
+        (void) heap_malloc(h, f->size);
+        break;
     default:
         break;
     }
@@ -174,7 +181,7 @@ static void run_fault(int point, const char *name)
          * death, so the child works on a slab that is partly in use (for
          * CARVE another class: the child must find no slab to take from). */
         nkeep = 1 + round % KEEP_MAX;
-        keep_size = point == FAULT_CARVE_MID ? 32 : f.size;
+        keep_size = point == FAULT_CARVE_MID || point == FAULT_COMMIT_COUNT_MID ? 32 : f.size;
         for (unsigned i = 0; i < nkeep; i++) {
             keep[i] = heap_malloc(t.h, keep_size);
             ck_assert_ptr_nonnull(keep[i]);
@@ -251,6 +258,14 @@ END_TEST
 START_TEST(death_fault_carve)
 {
     run_fault(FAULT_CARVE_MID, "CARVE_MID");
+}
+END_TEST
+
+/* Killed between a unit's commit bit and committed_units: recovery takes
+ * the count from the map (verify compares them). */
+START_TEST(death_fault_commit_count)
+{
+    run_fault(FAULT_COMMIT_COUNT_MID, "COMMIT_COUNT_MID");
 }
 END_TEST
 
@@ -1038,6 +1053,7 @@ Suite *death_suite(void)
     tcase_add_test(tc, death_fault_return);
     tcase_add_test(tc, death_fault_carve);
     tcase_add_test(tc, death_fault_decommit);
+    tcase_add_test(tc, death_fault_commit_count);
     suite_add_tcase(s, tc);
     tcase_set_timeout(tc2, 60);
     tcase_add_test(tc2, death_cache_reclaim_dead);

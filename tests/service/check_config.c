@@ -31,6 +31,10 @@ static const struct {
         {"request_timeout_ms", 100, 600000, 0},
         {"idle_timeout_ms", 0, 86400000, 100},
         {"reconnect_wait_ms", 0, 600000, 0},
+        {"decay_ms", 0, 3600000, 10},
+        {"decay_retain_percent", 0, 1000, 0},
+        {"decay_release_rate", 64 * 1024, 1024 * GiB, 0},
+        {"decay_pressure_percent", 0, 100, 0},
 };
 
 static int set_num(struct config *c, const char *key, double v, char *err)

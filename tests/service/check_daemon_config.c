@@ -33,6 +33,10 @@ static const struct {
         {"metrics_listen", "\"\""}, /* the default: check_metrics.c moves the endpoint */
         {"reconnect_wait_ms", "2000"},
         {"state_dir", "\"/dev/shm/shmheap-test-unused\""},
+        {"decay_ms", "0"},
+        {"decay_retain_percent", "50"},
+        {"decay_release_rate", "1048576"},
+        {"decay_pressure_percent", "0"},
 };
 
 struct ctl_map {

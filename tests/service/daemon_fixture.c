@@ -193,16 +193,47 @@ static int write_file(const char *path, const char *text)
     return close(fd) < 0 ? -errno : 0;
 }
 
+/* SHMHEAP_TEST_DECAY_MS=N runs every daemon whose config object does not
+ * set decay_ms with decay_ms N (e.g. 20: an eager automatic trim under the
+ * other suites' workloads). Returns a malloc'ed text, or NULL: use as is. */
+static char *with_test_decay(const char *json)
+{
+    const char *ms = getenv("SHMHEAP_TEST_DECAY_MS"), *p = json;
+    char *out;
+
+    cJSON *parsed;
+
+    if (!ms || !*ms || strstr(json, "\"decay_ms\""))
+        return NULL;
+    /* A broken file stays as the test wrote it (its errors are the test). */
+    parsed = cJSON_Parse(json);
+    if (!cJSON_IsObject(parsed)) {
+        cJSON_Delete(parsed);
+        return NULL;
+    }
+    cJSON_Delete(parsed);
+    while (*p == ' ' || *p == '\n' || *p == '\t')
+        p++;
+    if (*p != '{')
+        return NULL;
+    p++;
+    /* On the opening brace's line, so that line numbers stay. */
+    if (asprintf(&out, "{\"decay_ms\": %s%s%s", ms, p[strspn(p, " \n\t")] == '}' ? "" : ",", p) < 0)
+        return NULL;
+    return out;
+}
+
 int daemon_write_config(struct daemon_fixture *f, const char *config_json)
 {
-    char tmp[160];
+    char tmp[160], *eager = with_test_decay(config_json);
     int r;
 
     if (!f->config_path[0])
         (void) snprintf(f->config_path, sizeof(f->config_path), "%s/shmheapd.json", f->dir);
     /* Write then rename, so that a reload never reads half a file. */
     (void) snprintf(tmp, sizeof(tmp), "%s.tmp", f->config_path);
-    r = write_file(tmp, config_json);
+    r = write_file(tmp, eager ? eager : config_json);
+    free(eager);
     if (r == 0 && rename(tmp, f->config_path) < 0)
         r = -errno;
     return r;

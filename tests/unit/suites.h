@@ -15,6 +15,7 @@ Suite *misuse_suite(void);
 Suite *layout_suite(void);
 Suite *hugepages_suite(void);
 Suite *trim_suite(void);
+Suite *release_suite(void); /* check_release.c: the bounded release of the automatic trim */
 Suite *owned_suite(void);
 Suite *wire_suite(void);
 Suite *words_suite(void);
