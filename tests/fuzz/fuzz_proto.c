@@ -1,0 +1,263 @@
+/* libFuzzer target: the control protocol, from the bytes on the socket to
+ * the reply line, through the daemon's own code (daemon/conn.c reads and
+ * splits lines, daemon/proto.c checks and parses them and finds the op,
+ * daemon/op_*.c and work.c run it).
+ *
+ * The seam: a real struct daemon with its libuv loop and a real heap in a
+ * memfd (owner_init, as shmheapd's main does), but no listening socket:
+ * each input gets a fresh connection made with socketpair() and handed to
+ * conn_accept(), as listen.c does after accept(). The input is cut at
+ * '\n' into request lines; each is written to our end of the pair, the
+ * loop runs until its reply line comes back, and the reply is checked
+ * (fuzz_check.c). Replies that carry segment fds (hello, segment, grow)
+ * are read with recvmsg and their fds closed. Every op runs, none is
+ * stubbed: trim and verify go to libuv's thread pool as in the daemon, and
+ * the loop runs until they reply.
+ *
+ * Between inputs the state is put back so that each input starts alike:
+ * the connection is closed (its client detached, the detach job run), the
+ * clients are dropped (this process never exits, so their pidfds would
+ * never fire), the config is reset to the start-up one, and a heap that
+ * grew is rebuilt. One thing is kept out: config.set of huge_pages, so that
+ * the fuzzer never takes the machine's huge pages from the test runs that
+ * share it (the key's parsing is covered by the config target). */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "daemon/daemon.h"
+#include "tests/fuzz/fuzz_check.h"
+
+#define MAX_LINES 16u
+
+const char fuzz_target_name[] = "proto";
+
+static struct daemon dm;
+static uv_loop_t loop;
+static struct config base;
+static bool quiet; /* the daemon's log off (SHMHEAP_FUZZ_LOG=1: on) */
+static bool show;  /* SHMHEAP_FUZZ_SHOW=1: print each request and reply */
+
+static void fuzz_setup(void)
+{
+    struct daemon *d = &dm;
+    char err[CONFIG_ERR_MAX];
+    int r;
+
+    log_init();
+    quiet = !getenv("SHMHEAP_FUZZ_LOG");
+    show = getenv("SHMHEAP_FUZZ_SHOW") != NULL;
+    d->listen_fd = -1;
+    d->ctl_fd = -1;
+    link_init(&d->conns);
+    link_init(&d->clients);
+    pthread_mutex_init(&d->work_lock, NULL);
+    /* A small heap on 4K pages, no periodic trim: what a test daemon runs. */
+    r = config_parse_text("{\"segment_size\":\"64M\",\"huge_pages\":\"off\",\"max_segments\":4,"
+                          "\"trim_interval_ms\":0,\"log_level\":\"error\"}",
+                          strlen("{\"segment_size\":\"64M\",\"huge_pages\":\"off\",\"max_"
+                                 "segments\":4,\"trim_interval_ms\":0,\"log_level\":\"error\"}"),
+                          "fuzz", &d->cfg, err, sizeof(err));
+    if (r < 0) {
+        fprintf(stderr, "fuzz_proto: the harness config is refused: %s\n", err);
+        abort();
+    }
+    base = d->cfg;
+    log_set_level(quiet ? LOG_CRIT : d->cfg.log_level);
+    if (uv_loop_init(&loop) < 0)
+        abort();
+    d->loop = &loop;
+    if (owner_init(d) < 0) {
+        fprintf(stderr, "fuzz_proto: cannot create the heap\n");
+        abort();
+    }
+    (void) uv_timer_init(&loop, &d->trim_timer);
+    d->trim_timer.data = d;
+    work_trim_timer_update(d);
+}
+
+/* Reads what is there from our end; closes the fds that came with it.
+ * Returns false at EOF. */
+static bool read_some(int fd, char **buf, size_t *len, size_t *cap)
+{
+    for (;;) {
+        union {
+            char b[CMSG_SPACE(sizeof(int) * SHM_MAX_SEGMENTS)];
+            struct cmsghdr align;
+        } u;
+        char chunk[65536];
+        struct iovec iov = {.iov_base = chunk, .iov_len = sizeof(chunk)};
+        struct msghdr msg = {.msg_iov = &iov,
+                             .msg_iovlen = 1,
+                             .msg_control = u.b,
+                             .msg_controllen = sizeof(u.b)};
+        ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return true;
+        if (n <= 0)
+            return false;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                continue;
+            for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+                int got;
+
+                memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+                (void) close(got);
+            }
+        }
+        if (msg.msg_flags & MSG_CTRUNC)
+            fuzz_fail("a reply carried more fds than a heap has segments", chunk, (size_t) n);
+        if (*len + (size_t) n + 1 > *cap) {
+            *cap = (*len + (size_t) n + 1) * 2;
+            *buf = realloc(*buf, *cap);
+            if (!*buf)
+                abort();
+        }
+        memcpy(*buf + *len, chunk, (size_t) n);
+        *len += (size_t) n;
+    }
+}
+
+/* Checks and drops each whole reply line in buf; returns how many. */
+static unsigned take_replies(char *buf, size_t *len)
+{
+    unsigned n = 0;
+    char *nl;
+
+    if (!buf)
+        return 0;
+    while ((nl = memchr(buf, '\n', *len))) {
+        size_t l = (size_t) (nl - buf);
+
+        cJSON_Delete(fuzz_check_reply(buf, l));
+        if (show)
+            fprintf(stderr, "<- %.*s\n", (int) l, buf);
+        memmove(buf, nl + 1, *len - l - 1);
+        *len -= l + 1;
+        n++;
+    }
+    return n;
+}
+
+/* config.set of huge_pages, however spelt (the parsed key decides). */
+static bool line_excluded(const char *line, size_t len)
+{
+    cJSON *j = cJSON_ParseWithLength(line, len);
+    const cJSON *op = cJSON_GetObjectItemCaseSensitive(j, "op");
+    const cJSON *key = cJSON_GetObjectItemCaseSensitive(j, "key");
+    bool out = cJSON_IsString(op) && cJSON_IsString(key) &&
+               strcmp(op->valuestring, "config.set") == 0 &&
+               strcmp(key->valuestring, "huge_pages") == 0;
+
+    cJSON_Delete(j);
+    return out;
+}
+
+static void reset_state(void)
+{
+    struct daemon *d = &dm;
+
+    clients_close_all(d);
+    while (uv_run(&loop, UV_RUN_NOWAIT))
+        if (!d->jobs && d->conns.next == &d->conns)
+            break;
+    if (memcmp(&d->cfg, &base, sizeof(base)) != 0) {
+        settings_apply(d, &base, "fuzz: the next input");
+        log_set_level(quiet ? LOG_CRIT : d->cfg.log_level);
+    }
+    if (owner_nsegments(d) > 2) {
+        /* A grow: start again from one heap segment, so that memory and
+         * fds stay bounded however many inputs grow the heap. */
+        owner_fini(d);
+        if (owner_init(d) < 0) {
+            fprintf(stderr, "fuzz_proto: cannot create the heap again\n");
+            abort();
+        }
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static bool ready;
+    struct daemon *d = &dm;
+    struct peer me = {.pid = getpid(), .uid = getuid(), .gid = getgid()};
+    const char *p = (const char *) data, *end = p + size;
+    char *buf = NULL, *line;
+    size_t len = 0, cap = 0;
+    unsigned lines = 0;
+    bool open = true;
+    int sv[2];
+
+    if (!ready) {
+        fuzz_setup();
+        ready = true;
+    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        abort();
+    if (fcntl(sv[0], F_SETFL, O_NONBLOCK) < 0)
+        abort();
+    conn_accept(d, sv[0], &me);
+    line = malloc(size + 1);
+    if (!line)
+        abort();
+    while (open && p < end && lines < MAX_LINES) {
+        const char *nl = memchr(p, '\n', (size_t) (end - p));
+        size_t l = nl ? (size_t) (nl - p) : (size_t) (end - p), off = 0;
+        unsigned before = 0, got = 0;
+
+        memcpy(line, p, l);
+        line[l] = '\n';
+        p += l + (nl ? 1 : 0);
+        if (line_excluded(line, l))
+            continue;
+        lines++;
+        if (show)
+            fprintf(stderr, "-> %.*s\n", (int) l, line);
+        /* One line, then its reply: the daemon reads no further line while
+         * a reply waits (conn.c), so this is the order a client sees. */
+        while (off < l + 1) {
+            ssize_t n = send(sv[1], line + off, l + 1 - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+            if (n < 0 && errno == EAGAIN) {
+                (void) uv_run(&loop, UV_RUN_ONCE);
+                open = read_some(sv[1], &buf, &len, &cap);
+                before += take_replies(buf, &len);
+                if (!open)
+                    break;
+                continue;
+            }
+            if (n < 0) {
+                open = false; /* the daemon closed the connection */
+                break;
+            }
+            off += (size_t) n;
+        }
+        while (open && got + before == 0) {
+            (void) uv_run(&loop, UV_RUN_ONCE);
+            open = read_some(sv[1], &buf, &len, &cap);
+            got = take_replies(buf, &len);
+        }
+        if (got + before > 1)
+            fuzz_fail("one request line got more than one reply", line, l);
+        /* A config.set of log_level turns the daemon's log on: off again. */
+        log_set_level(quiet ? LOG_CRIT : d->cfg.log_level);
+    }
+    /* Hang up, as a client that exits does, and let the daemon settle. */
+    (void) close(sv[1]);
+    while (d->conns.next != &d->conns || d->jobs)
+        (void) uv_run(&loop, UV_RUN_ONCE);
+    if (len)
+        fuzz_fail("a reply line has no '\\n' at its end", buf, len);
+    free(buf);
+    free(line);
+    reset_state();
+    return 0;
+}
