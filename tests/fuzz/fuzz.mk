@@ -31,8 +31,8 @@ FUZZ_DAEMON_OBJS := $(filter-out $(B)/obj/daemon/main.o,$(DAEMON_OBJS)) \
 FUZZ_CHECK_OBJ   := $(B)/obj/tests/fuzz/fuzz_check.o
 FUZZ_OBJS_proto  := $(B)/obj/tests/fuzz/fuzz_proto.o $(FUZZ_CHECK_OBJ) $(FUZZ_DAEMON_OBJS)
 FUZZ_OBJS_config := $(B)/obj/tests/fuzz/fuzz_config.o $(FUZZ_CHECK_OBJ)
-FUZZ_LIBS_proto   = $(DAEMON_LIBS)
-FUZZ_LIBS_config  = $(CJSON_LIBS)
+FUZZ_LIBS_proto   = $(DAEMON_LIBS) -lm
+FUZZ_LIBS_config  = $(CJSON_LIBS) -lm
 FUZZ_REPLAYS     := $(if $(DAEMON_SRCS),$(B)/tests/fuzz_replay_proto) \
                     $(if $(CONFIG_SRCS),$(B)/tests/fuzz_replay_config)
 
@@ -63,7 +63,10 @@ $(B)/fuzz/fuzz_$(1): $(FUZZ_OBJS_$(1)) $(SHMCONFIG) $(SHMCORE)
 endef
 $(foreach t,proto config,$(eval $(call fuzz_programs,$(t))))
 
-.PHONY: fuzz fuzz-build fuzz-coverage
+.PHONY: fuzz fuzz-build fuzz-coverage fuzz-clean
+clean: fuzz-clean
+fuzz-clean:
+	rm -rf $(FUZZ_B) $(FUZZ_B)-cov
 fuzz-build: $(foreach t,$(FUZZ_TARGETS),$(B)/fuzz/fuzz_$(t))
 
 # clang warns of gcc-only warning options (-Wlogical-op, ...), and its -Wcast-align
