@@ -5,14 +5,15 @@
  *
  * The seam: a real struct daemon with its libuv loop and a real heap in a
  * memfd (owner_init, as shmheapd's main does), but no listening socket:
- * each input gets a fresh connection made with socketpair() and handed to
+ * each input gets fresh connections made with socketpair() and handed to
  * conn_accept(), as listen.c does after accept(). The input is cut at
- * '\n' into request lines; each is written to our end of the pair, the
- * loop runs until its reply line comes back, and the reply is checked
- * (fuzz_check.c). Replies that carry segment fds (hello, segment, grow)
- * are read with recvmsg and their fds closed. Every op runs, none is
- * stubbed: trim and verify go to libuv's thread pool as in the daemon, and
- * the loop runs until they reply.
+ * '\n' into request lines (see LLVMFuzzerTestOneInput for its format);
+ * each is written to our end of the pair, the loop runs until its reply
+ * line comes back, and the reply is checked (fuzz_check.c). Replies that
+ * carry segment fds (hello, segment, grow) are read with recvmsg and their
+ * fds closed. Every op runs, none is stubbed: trim and verify go to
+ * libuv's thread pool as in the daemon, and the loop runs until they
+ * reply.
  *
  * Between inputs the state is put back so that each input starts alike:
  * the connection is closed (its client detached, the detach job run), the
@@ -32,7 +33,8 @@
 #include "daemon/daemon.h"
 #include "tests/fuzz/fuzz_check.h"
 
-#define MAX_LINES 16u
+#define MAX_LINES 16u /* lines of one input that are used */
+#define MAX_CONNS 4u  /* connections of one input */
 
 const char fuzz_target_name[] = "proto";
 
@@ -184,79 +186,125 @@ static void reset_state(void)
     }
 }
 
+/* Our end of one connection, and the reply bytes read from it. */
+struct peer_end {
+    int fd;
+    bool open; /* the daemon has not closed its side */
+    char *buf;
+    size_t len, cap;
+};
+
+/* Reads what came on e and checks each whole reply; returns how many. */
+static unsigned collect(struct peer_end *e)
+{
+    if (e->open)
+        e->open = read_some(e->fd, &e->buf, &e->len, &e->cap);
+    return take_replies(e->buf, &e->len);
+}
+
+/* A new connection, handed to the daemon as listen.c hands an accepted
+ * one; `nobody` makes its peer uid 65534 (not root, not the daemon's). */
+static void connect_peer(struct peer_end *e, bool nobody)
+{
+    struct peer who = {.pid = getpid(), .uid = getuid(), .gid = getgid()};
+    int sv[2];
+
+    if (nobody)
+        who.uid = who.gid = 65534;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        abort();
+    if (fcntl(sv[0], F_SETFL, O_NONBLOCK) < 0)
+        abort();
+    *e = (struct peer_end){.fd = sv[1], .open = true};
+    conn_accept(&dm, sv[0], &who);
+    /* A refusal (too_many_clients) was sent at once, then the close. */
+    (void) collect(e);
+}
+
+/* Sends one line ('\n' included) on e and waits for its one reply: the
+ * daemon reads no further line while a reply waits (conn.c), so this is
+ * the order a client sees. */
+static void request(struct peer_end *e, const char *line, size_t l)
+{
+    unsigned got = 0;
+    size_t off = 0;
+
+    while (e->open && off < l + 1) {
+        ssize_t n = send(e->fd, line + off, l + 1 - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+        if (n < 0 && errno == EAGAIN) {
+            (void) uv_run(&loop, UV_RUN_ONCE);
+            got += collect(e);
+            continue;
+        }
+        if (n < 0) {
+            e->open = false; /* the daemon closed the connection */
+            break;
+        }
+        off += (size_t) n;
+    }
+    while (e->open && got == 0) {
+        (void) uv_run(&loop, UV_RUN_ONCE);
+        got += collect(e);
+    }
+    if (got > 1)
+        fuzz_fail("one request line got more than one reply", line, l);
+}
+
+/* The input: request lines cut at '\n', sent on a connection. A line
+ * that starts with byte 0x01 is the harness's, not a request: it opens
+ * another connection (at most MAX_CONNS at once, the earlier ones stay
+ * open) on which the next lines go; its second byte, if odd, makes the
+ * peer uid 65534. So one input can reach too_many_clients,
+ * permission_denied and what one connection does to another. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static bool ready;
     struct daemon *d = &dm;
-    struct peer me = {.pid = getpid(), .uid = getuid(), .gid = getgid()};
     const char *p = (const char *) data, *end = p + size;
-    char *buf = NULL, *line;
-    size_t len = 0, cap = 0;
-    unsigned lines = 0;
-    bool open = true;
-    int sv[2];
+    struct peer_end ends[MAX_CONNS];
+    unsigned lines = 0, n = 1;
+    char *line;
 
     if (!ready) {
         fuzz_setup();
         ready = true;
     }
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-        abort();
-    if (fcntl(sv[0], F_SETFL, O_NONBLOCK) < 0)
-        abort();
-    conn_accept(d, sv[0], &me);
     line = malloc(size + 1);
     if (!line)
         abort();
-    while (open && p < end && lines < MAX_LINES) {
+    connect_peer(&ends[0], false);
+    while (p < end && lines < MAX_LINES) {
         const char *nl = memchr(p, '\n', (size_t) (end - p));
-        size_t l = nl ? (size_t) (nl - p) : (size_t) (end - p), off = 0;
-        unsigned before = 0, got = 0;
+        size_t l = nl ? (size_t) (nl - p) : (size_t) (end - p);
 
         memcpy(line, p, l);
         line[l] = '\n';
         p += l + (nl ? 1 : 0);
+        lines++;
+        if (l > 0 && line[0] == '\x01') {
+            if (n < MAX_CONNS)
+                connect_peer(&ends[n++], l > 1 && (line[1] & 1));
+            continue;
+        }
         if (line_excluded(line, l))
             continue;
-        lines++;
         if (show)
             fprintf(stderr, "-> %.*s\n", (int) l, line);
-        /* One line, then its reply: the daemon reads no further line while
-         * a reply waits (conn.c), so this is the order a client sees. */
-        while (off < l + 1) {
-            ssize_t n = send(sv[1], line + off, l + 1 - off, MSG_NOSIGNAL | MSG_DONTWAIT);
-
-            if (n < 0 && errno == EAGAIN) {
-                (void) uv_run(&loop, UV_RUN_ONCE);
-                open = read_some(sv[1], &buf, &len, &cap);
-                before += take_replies(buf, &len);
-                if (!open)
-                    break;
-                continue;
-            }
-            if (n < 0) {
-                open = false; /* the daemon closed the connection */
-                break;
-            }
-            off += (size_t) n;
-        }
-        while (open && got + before == 0) {
-            (void) uv_run(&loop, UV_RUN_ONCE);
-            open = read_some(sv[1], &buf, &len, &cap);
-            got = take_replies(buf, &len);
-        }
-        if (got + before > 1)
-            fuzz_fail("one request line got more than one reply", line, l);
+        request(&ends[n - 1], line, l);
         /* A config.set of log_level turns the daemon's log on: off again. */
         log_set_level(quiet ? LOG_CRIT : d->cfg.log_level);
     }
     /* Hang up, as a client that exits does, and let the daemon settle. */
-    (void) close(sv[1]);
+    for (unsigned i = 0; i < n; i++)
+        (void) close(ends[i].fd);
     while (d->conns.next != &d->conns || d->jobs)
         (void) uv_run(&loop, UV_RUN_ONCE);
-    if (len)
-        fuzz_fail("a reply line has no '\\n' at its end", buf, len);
-    free(buf);
+    for (unsigned i = 0; i < n; i++) {
+        if (ends[i].len)
+            fuzz_fail("a reply line has no '\\n' at its end", ends[i].buf, ends[i].len);
+        free(ends[i].buf);
+    }
     free(line);
     reset_state();
     return 0;
