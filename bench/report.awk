@@ -12,6 +12,8 @@
 #   FAIL alloc=A workload=W reason=...    a run that crashed, failed or hung
 #                                         (W also a SERVICE what, A shmheap-api)
 #   VERIFY alloc=shmheap-api rc=R ...     shmheapctl verify after the runs
+#   INSNS alloc=A workload=W1|W2 ops=N per_op=X
+#                                         callgrind's instructions per W1 pair / W2 op
 #
 # Each figure is the median of its runs; a (workload, allocator) with any
 # FAIL line is "fail" in the table and null in the JSON. The service figures
@@ -112,6 +114,14 @@ function jobj(w, m, fmt,    i, s) {
     return s "}"
 }
 
+function jinsns(w,    i, s) {
+    s = "{"
+    for (i = 1; i <= nj; i++)
+        s = s sprintf("%s\"%s\": %s", i > 1 ? ", " : "", J[i],
+                      (w, J[i]) in insns ? insns[w, J[i]] : "null")
+    return s "}"
+}
+
 BEGIN {
     na = split(allocs, A, " ")
     nw = split(workloads, W, " ")
@@ -173,6 +183,14 @@ BEGIN {
     next
 }
 
+/^INSNS / {
+    if (kv("per_op") != "") {
+        insns[kv("workload"), kv("alloc")] = kv("per_op")
+        has_insns = 1
+    }
+    next
+}
+
 /^VERIFY / {
     verify_rc = kv("rc")
     verify_line = $0
@@ -218,12 +236,23 @@ END {
             row("W3 2p/1p", w, "scaling", "%.2f", 1)
         }
     }
+    if (has_insns) {
+        for (k = 1; k <= 2; k++) {
+            w = k == 1 ? "W1" : "W2"
+            line = sprintf("%-16s", w " insn/op")
+            for (i = 1; i <= na; i++)
+                line = line sprintf("%-15s", (w, A[i]) in insns ? insns[w, A[i]] : "-")
+            print line
+        }
+    }
     print ""
     print "(xR) = that allocator's figure / shmheap's; shm/mi = shmheap's / mimalloc's."
     print "ns rows: lower is faster, so x>1 means slower than shmheap. Mops, Mobj and"
     print "2p/1p rows: higher is better. W3 2p/1p is W3_scaling: the median of each run's"
     print "throughput_2proc / throughput_1proc (paired within a run), so not exactly the"
     print "ratio of the two medians above it."
+    if (has_insns)
+        print "insn/op rows: instructions per W1 pair and per W2 op, counted by callgrind (exact)."
 
     w3api = ratio(fig("W3", "shmheap-api", "tput2"), fig("W3", "shmheap", "tput2"))
     w3api1 = ratio(fig("W3", "shmheap-api", "tput1"), fig("W3", "shmheap", "tput1"))
@@ -284,6 +313,7 @@ END {
         jnum(svc("stats_rtt", "median"), "%.1f"), jnum(svc("stats_rtt", "p99"), "%.1f") > json
     printf "  \"stats_rtt_idle_us\": {\"median\": %s, \"p99\": %s},\n",
         jnum(svc("stats_rtt_idle", "median"), "%.1f"), jnum(svc("stats_rtt_idle", "p99"), "%.1f") > json
+    printf "  \"instructions_per_op\": {\"W1\": %s, \"W2\": %s},\n", jinsns("W1"), jinsns("W2") > json
     printf "  \"shmheap_vs_boost\": {\"W3\": %s, \"W4\": %s}\n", jnum(bw3, "%.3f"), jnum(bw4, "%.3f") > json
     printf "}\n" > json
     close(json)

@@ -298,6 +298,41 @@ for w in "${WORKLOADS[@]}"; do
     done
 done
 
+# ---- instructions per operation, counted by callgrind ----
+# Seconds on this shared machine are noisy; instruction counts are not: the
+# same binary and inputs give the same count whatever else runs. Each count
+# is (a run of BENCH_INSNS_OPS operations) - (a run of 1), so the set-up of
+# the process and of the workload (W2's live set) cancels out. Per W1 pair
+# (a malloc and its free) and per W2 operation. BENCH_INSNS=0 skips it; it
+# needs valgrind (shmheap attaches under it since its reservation adapts).
+INSNS_OPS=${BENCH_INSNS_OPS:-200000}
+# count_insns ALLOC WORKLOAD OPS: prints callgrind's instruction total.
+count_insns() {
+    local n
+    BENCH_QUICK=0 BENCH_W1_OPS=$3 BENCH_W2_OPS=$3 timeout -k 5 "$TIMEOUT" valgrind --tool=callgrind \
+        --callgrind-out-file=/dev/null "$BIN_DIR/bench-$1" "$2" >/dev/null 2>"$errf" || return 1
+    n=$(grep -o 'Collected : [0-9]*' "$errf" | grep -o '[0-9]*$') || return 1
+    echo "$n"
+}
+if [ "${BENCH_INSNS:-1}" != 0 ] && command -v valgrind >/dev/null 2>&1; then
+    printf '[instructions, callgrind]' >&2
+    for a in "${ALLOCS[@]}"; do
+        case $a in shmheap-api | boost) continue ;; esac
+        [ -x "$BIN_DIR/bench-$a" ] || continue
+        for w in W1 W2; do
+            : >"$errf"
+            if base=$(count_insns "$a" "$w" 1) && full=$(count_insns "$a" "$w" "$INSNS_OPS"); then
+                per=$(awk -v f="$full" -v b="$base" -v n="$INSNS_OPS" 'BEGIN { printf "%.1f", (f - b) / n }')
+                echo "INSNS alloc=$a workload=$w ops=$INSNS_OPS per_op=$per" >>"$RUNS"
+                printf ' %s %s %s' "$a" "$w" "$per" >&2
+            else
+                echo "INSNS alloc=$a workload=$w error=callgrind-failed" >>"$RUNS"
+            fi
+        done
+    done
+    printf '\n' >&2
+fi
+
 # ---- the service figures, then the heap check, against the same daemon ----
 
 # reason_of RC: why an attach_latency run gave no line for a figure.

@@ -24,6 +24,8 @@ int heap_map_segment(struct heap *h, uint32_t index)
 
     if (index >= SHM_MAX_SEGMENTS)
         return -EINVAL;
+    if (index >= h->va_slots)
+        return -ENOMEM; /* beyond a reservation cut short (heap_reserve) */
     pthread_mutex_lock(&h->local_lock);
     while (h->nmapped <= index) {
         uint32_t i = h->nmapped;
@@ -105,6 +107,28 @@ void heap_count_bad_free(struct heap *h)
     (void) fetch_add_relaxed(&h->ctl->bad_frees, 1);
 }
 
+/* Reserves the address space for every segment slot (SHM_VA_SPAN). Where
+ * that much cannot be had (valgrind's address-space manager stops near
+ * 64 GiB; a tight RLIMIT_AS), takes the most slots that fit, down to the
+ * control segment and one heap segment: the offset of each byte stays what
+ * it is everywhere, and segments past the cut cannot be mapped here
+ * (heap_map_segment says -ENOMEM, which malloc reports as ENOMEM). */
+static int heap_reserve(struct heap *h, void **ret_base)
+{
+    int r = -ENOMEM;
+
+    for (uint32_t slots = SHM_MAX_SEGMENTS; slots >= 2; slots--) {
+        r = os_reserve((uint64_t) slots << SHM_SEG_SHIFT, UINT64_C(1) << 30, ret_base);
+        if (r == 0) {
+            h->va_slots = slots;
+            return 0;
+        }
+        if (r != -ENOMEM && r != -EINVAL)
+            return r;
+    }
+    return r;
+}
+
 int heap_attach(int ctl_fd,
                 const struct heap_hooks *hooks,
                 uint64_t client_id,
@@ -125,7 +149,7 @@ int heap_attach(int ctl_fd,
     h = calloc(1, sizeof(*h));
     if (!h)
         return -ENOMEM;
-    r = os_reserve(SHM_VA_SPAN, UINT64_C(1) << 30, &base);
+    r = heap_reserve(h, &base);
     if (r < 0)
         goto fail_free;
     h->base = base;
@@ -174,7 +198,7 @@ fail_close:
     (void) close(h->ctl_fd);
     pthread_mutex_destroy(&h->local_lock);
 fail_unreserve:
-    os_unreserve(base, SHM_VA_SPAN);
+    os_unreserve(base, (uint64_t) h->va_slots << SHM_SEG_SHIFT);
 fail_free:
     free(h);
     return r;
@@ -192,7 +216,7 @@ void heap_detach(struct heap *h)
         if (h->segs[i].meta)
             (void) close(h->segs[i].fd);
     (void) close(h->ctl_fd);
-    os_unreserve(h->base, SHM_VA_SPAN);
+    os_unreserve(h->base, (uint64_t) h->va_slots << SHM_SEG_SHIFT);
     pthread_mutex_destroy(&h->local_lock);
     free(h);
 }

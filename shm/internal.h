@@ -47,6 +47,7 @@ struct heap {
     uint16_t owner_tag;
     uint32_t nmapped;  /* segments 0..nmapped-1 are mapped; release/acquire */
     uint32_t seg_hint; /* the segment to try first for fresh blocks */
+    uint32_t va_slots; /* segment slots the reservation covers (heap.c) */
     struct heap_hooks hooks;
     pthread_mutex_t local_lock; /* mapping new segments, the tcache list */
     pthread_key_t key;          /* flushes a thread's cache when it exits */
@@ -56,7 +57,7 @@ struct heap {
     uint32_t bundle_objects;
     uint32_t recycler_cap;
     uint32_t retain_empty_blocks;
-    uint32_t bin_cap[SHM_NCLASSES];  /* objects a bin holds before it gives a bundle away */
+    uint32_t bin_cap[SHM_NCLASSES]; /* objects a bin holds before it gives a bundle away */
     /* Per class, for the fast paths' owner tags (heap.c): the tags' offset
      * in a slab, and 2^32 / size + 1, so that an object's index is
      * (bytes into its block * mul) >> 32 (exact: a block is 2^16 bytes and
@@ -253,12 +254,20 @@ uint32_t seg_punch_reserved(struct seg_map *m, unsigned *ret_cls);
  * count: the slot whose large-object counters count the run (NULL: none);
  * they move under the lock, so that a death cannot part the run from its
  * count by more than a couple of stores. */
-int seg_alloc_run(struct heap *h, struct seg_map *m, uint32_t nblocks, uint32_t align_blocks,
-                  enum run_kind kind, uint16_t owner, struct cache_slot *count,
+int seg_alloc_run(struct heap *h,
+                  struct seg_map *m,
+                  uint32_t nblocks,
+                  uint32_t align_blocks,
+                  enum run_kind kind,
+                  uint16_t owner,
+                  struct cache_slot *count,
                   uint32_t *ret_block);
 /* Clears the owner of the RUN_LARGE run whose head block is b. */
 int seg_share_run(struct heap *h, struct seg_map *m, uint32_t b);
-int seg_free_run(struct heap *h, struct seg_map *m, uint32_t block, enum run_kind kind,
+int seg_free_run(struct heap *h,
+                 struct seg_map *m,
+                 uint32_t block,
+                 enum run_kind kind,
                  struct cache_slot *count);
 /* Decommits free units beyond `retain` free blocks; returns bytes released. */
 uint64_t seg_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
@@ -370,7 +379,7 @@ enum shm_fault_point {
     FAULT_RETURN_MID, /* inside seg_return, objects half returned */
     FAULT_CARVE_MID,  /* inside a carve, block half formatted */
     FAULT_DECOMMIT_MID,
-    FAULT_PUNCH_MID, /* in a trim, objects reserved for a punch inside a slab */
+    FAULT_PUNCH_MID,         /* in a trim, objects reserved for a punch inside a slab */
     FAULT_PUNCH_RESERVE_MID, /* a punch's reservation, lock held: a bit cleared, not recorded */
     FAULT_PUNCH_RESTORE_MID, /* a punch's restore, lock held: a bit set, still recorded */
 };

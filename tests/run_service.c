@@ -19,6 +19,7 @@ int main(void)
             daemon_clients_suite,
             client_suite,
             ctl_suite,
+            debuggers_suite,
     };
     /* clang-format on */
     /* ---- end of the suite list ---- */
