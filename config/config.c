@@ -292,7 +292,6 @@ static const char *describe_json(const cJSON *v, char *buf, size_t len)
         size_t o = 0, cap = len >= 52 ? 40 : len > 12 ? len - 12 : 0;
 
         buf[o++] = '"';
-
         for (const char *s = v->valuestring; *s; s++) {
             unsigned char ch = (unsigned char) *s;
 
