@@ -221,16 +221,19 @@ static void connect_peer(struct peer_end *e, bool nobody)
     (void) collect(e);
 }
 
-/* Sends one line ('\n' included) on e and waits for its one reply: the
- * daemon reads no further line while a reply waits (conn.c), so this is
- * the order a client sees. */
-static void request(struct peer_end *e, const char *line, size_t l)
+/* Sends `lines` request lines (data[0..len), each with its '\n') on e in
+ * one go and waits for their replies, one each, in order: the daemon
+ * handles one line at a time and reads no further while a reply waits
+ * (conn.c), so the harness keeps reading while it sends. Fewer replies
+ * only if the daemon closed the connection (line_too_long, a denied
+ * peer). */
+static void request(struct peer_end *e, const char *data, size_t len, unsigned lines)
 {
     unsigned got = 0;
     size_t off = 0;
 
-    while (e->open && off < l + 1) {
-        ssize_t n = send(e->fd, line + off, l + 1 - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (e->open && off < len) {
+        ssize_t n = send(e->fd, data + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
 
         if (n < 0 && errno == EAGAIN) {
             (void) uv_run(&loop, UV_RUN_ONCE);
@@ -243,20 +246,24 @@ static void request(struct peer_end *e, const char *line, size_t l)
         }
         off += (size_t) n;
     }
-    while (e->open && got == 0) {
+    while (e->open && got < lines) {
         (void) uv_run(&loop, UV_RUN_ONCE);
         got += collect(e);
     }
-    if (got > 1)
-        fuzz_fail("one request line got more than one reply", line, l);
+    if (got > lines)
+        fuzz_fail("request lines got more replies than lines", data, len);
 }
 
-/* The input: request lines cut at '\n', sent on a connection. A line
- * that starts with byte 0x01 is the harness's, not a request: it opens
- * another connection (at most MAX_CONNS at once, the earlier ones stay
- * open) on which the next lines go; its second byte, if odd, makes the
- * peer uid 65534. So one input can reach too_many_clients,
- * permission_denied and what one connection does to another. */
+/* The input: request lines cut at '\n', sent on a connection, each after
+ * the reply to the one before. A line that starts with byte 0x01 or 0x02
+ * is the harness's, not a request:
+ *   0x01 opens another connection (at most MAX_CONNS at once, the earlier
+ *        ones stay open) on which the next lines go; its second byte, if
+ *        odd, makes the peer uid 65534. So one input can reach
+ *        too_many_clients, permission_denied and what one connection does
+ *        to another.
+ *   0x02 sends all the lines after it at once (pipelined, as a client
+ *        that does not wait may), then reads their replies. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static bool ready;
@@ -264,14 +271,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *p = (const char *) data, *end = p + size;
     struct peer_end ends[MAX_CONNS];
     unsigned lines = 0, n = 1;
-    char *line;
+    size_t plen = 0;
+    unsigned piped = 0;
+    bool pipelined = false;
+    char *line, *pipe_buf;
 
     if (!ready) {
         fuzz_setup();
         ready = true;
     }
     line = malloc(size + 1);
-    if (!line)
+    pipe_buf = malloc(size + 1);
+    if (!line || !pipe_buf)
         abort();
     connect_peer(&ends[0], false);
     while (p < end && lines < MAX_LINES) {
@@ -282,19 +293,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         line[l] = '\n';
         p += l + (nl ? 1 : 0);
         lines++;
-        if (l > 0 && line[0] == '\x01') {
+        if (!pipelined && l > 0 && line[0] == '\x01') {
             if (n < MAX_CONNS)
                 connect_peer(&ends[n++], l > 1 && (line[1] & 1));
+            continue;
+        }
+        if (!pipelined && l > 0 && line[0] == '\x02') {
+            pipelined = true;
             continue;
         }
         if (line_excluded(line, l))
             continue;
         if (show)
             fprintf(stderr, "-> %.*s\n", (int) l, line);
-        request(&ends[n - 1], line, l);
+        if (pipelined) {
+            memcpy(pipe_buf + plen, line, l + 1);
+            plen += l + 1;
+            piped++;
+            continue;
+        }
+        request(&ends[n - 1], line, l + 1, 1);
         /* A config.set of log_level turns the daemon's log on: off again. */
         log_set_level(quiet ? LOG_CRIT : d->cfg.log_level);
     }
+    if (piped)
+        request(&ends[n - 1], pipe_buf, plen, piped);
     /* Hang up, as a client that exits does, and let the daemon settle. */
     for (unsigned i = 0; i < n; i++)
         (void) close(ends[i].fd);
@@ -306,6 +329,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(ends[i].buf);
     }
     free(line);
+    free(pipe_buf);
     reset_state();
     return 0;
 }
