@@ -32,6 +32,8 @@ static const struct family heap_families[] = {
          "Private objects of exited or detached clients, freed by the daemon."},
         {"reclaimed_bytes", "reclaimed_bytes_total", "counter", "Bytes of those objects."},
         {"clients", "clients", "gauge", "Attached client processes."},
+        {"clients_refused_uid_quota", "clients_refused_uid_quota", "gauge",
+         "Clients refused memory because their uid is over max_uid_bytes."},
         {"thread_caches", "thread_caches", "gauge", "Thread caches in use, all processes."},
         {"trim_gen", "trim_generation", "gauge", "Current trim generation."},
         {"trims", "trims_total", "counter", "Trims run."},

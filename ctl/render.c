@@ -123,6 +123,7 @@ bool render_stats(FILE *f, const cJSON *reply)
     line_count(f, "reclaimed objects", st, "reclaimed_objects");
     line_bytes(f, "reclaimed bytes", st, "reclaimed_bytes");
     line_count(f, "clients", st, "clients");
+    line_count(f, "clients refused (uid quota)", st, "clients_refused_uid_quota");
     line_count(f, "thread caches", st, "thread_caches");
     line_count(f, "trim generation", st, "trim_gen");
     line_count(f, "trims", st, "trims");
@@ -198,19 +199,27 @@ bool render_config(FILE *f, const cJSON *reply)
 bool render_clients(FILE *f, const cJSON *reply)
 {
     const cJSON *clients = member(reply, "clients", true), *c, *conn;
-    char b[32];
+    char b[32], q[32];
 
     if (!clients)
         return false;
-    fprintf(f, "%10s %8s %6s %8s %12s %10s\n", "CLIENT_ID", "PID", "UID", "THREADS", "ALLOCATED",
-            "CONNECTED");
+    fprintf(f, "%10s %8s %6s %8s %12s %12s %10s\n", "CLIENT_ID", "PID", "UID", "THREADS",
+            "ALLOCATED", "QUOTA", "CONNECTED");
     cJSON_ArrayForEach(c, clients)
     {
         conn = cJSON_GetObjectItemCaseSensitive(c, "connected_s");
-        fprintf(f, "%10" PRIu64 " %8" PRIu64 " %6" PRIu64 " %8" PRIu64 " %12s %9.0fs\n",
+        /* The client's own quota, "-" without one; "!" marks a client
+         * refused for its own quota or its uid's. */
+        if (json_u64(c, "quota_bytes"))
+            (void) render_bytes(json_u64(c, "quota_bytes"), q, sizeof(q));
+        else
+            (void) snprintf(q, sizeof(q), "-");
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "over_quota")))
+            (void) snprintf(q + strlen(q), sizeof(q) - strlen(q), "!");
+        fprintf(f, "%10" PRIu64 " %8" PRIu64 " %6" PRIu64 " %8" PRIu64 " %12s %12s %9.0fs\n",
                 json_u64(c, "client_id"), json_u64(c, "pid"), json_u64(c, "uid"),
                 json_u64(c, "threads"), render_bytes(json_u64(c, "bytes_allocated"), b, sizeof(b)),
-                cJSON_IsNumber(conn) ? conn->valuedouble : 0.0);
+                q, cJSON_IsNumber(conn) ? conn->valuedouble : 0.0);
     }
     if (cJSON_GetArraySize(clients) == 0)
         fputs("(no clients attached)\n", f);

@@ -28,13 +28,11 @@
 #include "config/config.h"
 #include "shm/heap.h"
 #include "shm/layout.h"
+#include "wire/wire.h"
 
 #ifndef SHMHEAP_VERSION
 #    define SHMHEAP_VERSION "0.1.0" /* keep in step with VERSION in the Makefile */
 #endif
-
-#define PROTO_VERSION  1
-#define LINE_MAX_BYTES 65536u /* a request line, '\n' included */
 
 struct daemon;
 struct conn;
@@ -108,7 +106,7 @@ struct conn {
     struct client *client; /* after hello */
     struct outbuf *out_head, *out_tail;
     size_t inlen;
-    char in[LINE_MAX_BYTES];
+    char in[WIRE_LINE_MAX];
 };
 
 struct client {
@@ -121,16 +119,27 @@ struct client {
     int pidfd;         /* -1 if none could be had */
     uv_poll_t pidfd_poll;
     bool pidfd_polling;
-    bool exited; /* reclamation started */
+    bool exited;    /* reclamation started */
     bool exit_seen; /* its pidfd said so (else only its hang-up did) */
     unsigned handles;
+};
+
+/* The per-uid quota's tick (quota.c): what it summed last time. */
+struct quota_tick {
+    uv_timer_t timer;
+    struct uid_sum *uids; /* one per uid with clients, or still refused */
+    size_t nuids, uids_cap;
+    struct client_over *clients; /* sorted by client id for the owner-table walk */
+    size_t nclients, clients_cap;
+    bool refusing;    /* some owner entry has OWNER_REFUSE_UID set */
+    uint32_t refused; /* owner entries refused at the last tick */
 };
 
 struct daemon {
     uv_loop_t *loop;
     struct config cfg;       /* the truth; the control segment holds a copy of cfg.shm */
     const char *config_path; /* NULL: the default path, which may be absent */
-    char socket_path[108];
+    char socket_path[WIRE_PATH_MAX];
     bool socket_activated;
     bool socket_created; /* we bound it and unlink it at exit */
     dev_t socket_dev;
@@ -140,6 +149,7 @@ struct daemon {
     uv_timer_t listen_retry; /* restarts accepting after EMFILE */
     bool listening;
     uv_timer_t trim_timer;
+    struct quota_tick quota;
     uv_timer_t watchdog_timer;
     uv_signal_t sig_hup, sig_term, sig_int;
     bool stopping;
@@ -197,8 +207,6 @@ uint32_t owner_nsegments(struct daemon *d);
 void owner_publish_config(struct daemon *d);
 
 /* ---- listen.c ---- */
-/* The socket path by INTERFACE.md's rule (arg may be NULL). */
-int listen_socket_path(const char *arg, char *buf, size_t len);
 int listen_open(struct daemon *d);
 void listen_close(struct daemon *d);
 
@@ -259,6 +267,10 @@ void op_trim(struct conn *c, const cJSON *req);
 void op_verify(struct conn *c, const cJSON *req);
 void op_config_get(struct conn *c, const cJSON *req);
 void op_config_set(struct conn *c, const cJSON *req);
+/* op_admin.c: a trim or verify job that c asked for is done (r: its
+ * result, 0 or a negative errno); logs it and replies on c. */
+void op_trim_done(struct conn *c, int r, const struct trim_result *t);
+void op_verify_done(struct conn *c, int r, const struct verify_report *rep);
 /* A "segment" object {index, size, page_size}; page_size in bytes. */
 cJSON *segment_json(struct daemon *d, uint32_t index);
 /* The stats and segments objects (also for the metrics endpoint, later). */
@@ -278,6 +290,12 @@ void clients_reclaimed(struct client *cl,
                        int arenas,
                        int owned_r,
                        const struct heap_owned_reclaim *owned);
+/* ---- quota.c ---- */
+void quota_start(struct daemon *d);
+void quota_stop(struct daemon *d);
+/* True if uid was over max_uid_bytes at the last tick; *ret_bytes: its sum then. */
+bool quota_uid_over(struct daemon *d, uid_t uid, uint64_t *ret_bytes);
+
 /* Slots owned by a client id and their bytes in use. */
 void clients_slot_usage(struct daemon *d,
                         uint64_t client_id,

@@ -100,7 +100,7 @@ static int parse_argv(int argc, char **argv)
             help();
             return 1;
         case ARG_VERSION:
-            printf("shmheapd %s (protocol %d, layout %u)\n", SHMHEAP_VERSION, PROTO_VERSION,
+            printf("shmheapd %s (protocol %d, layout %u)\n", SHMHEAP_VERSION, WIRE_VERSION,
                    SHM_LAYOUT_VERSION);
             return 1;
         case ARG_SOCKET:
@@ -159,6 +159,7 @@ void daemon_shutdown(struct daemon *d, int status)
     clients_close_all(d);
     (void) uv_timer_stop(&d->trim_timer);
     uv_close((uv_handle_t *) &d->trim_timer, NULL);
+    quota_stop(d);
     service_close(d);
     if (d->jobs)
         log_info("waiting for %u running jobs", d->jobs);
@@ -192,7 +193,7 @@ int main(int argc, char **argv)
         return EXIT_FAILURE;
     }
     log_set_level(d->cfg.log_level);
-    r = listen_socket_path(arg_socket, d->socket_path, sizeof(d->socket_path));
+    r = wire_socket_path(arg_socket, d->socket_path, sizeof(d->socket_path));
     if (r < 0) {
         log_error("the socket path is longer than a Unix socket address allows (107 bytes)");
         return EXIT_FAILURE;
@@ -213,6 +214,7 @@ int main(int argc, char **argv)
     (void) uv_timer_init(&loop, &d->trim_timer);
     d->trim_timer.data = d;
     work_trim_timer_update(d);
+    quota_start(d);
     r = service_init(d);
     if (r < 0) {
         daemon_shutdown(d, EXIT_FAILURE);

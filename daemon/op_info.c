@@ -107,6 +107,7 @@ cJSON *stats_json(struct daemon *d)
         !json_add_u64(o, "reclaimed_objects", st->reclaimed_objects) ||
         !json_add_u64(o, "reclaimed_bytes", st->reclaimed_bytes) ||
         !cJSON_AddNumberToObject(o, "clients", d->nclients) ||
+        !cJSON_AddNumberToObject(o, "clients_refused_uid_quota", (double) d->quota.refused) ||
         !cJSON_AddNumberToObject(o, "thread_caches", st->slots_in_use) || !add_classes(o, st))
         goto fail;
     segs = segments_json(st);
@@ -167,11 +168,13 @@ void op_clients(struct conn *c, const cJSON *req)
         goto oom;
     for (struct link *l = d->clients.next; l != &d->clients; l = l->next) {
         struct client *cl = container_of(l, struct client, link);
+        uint64_t bytes, uid_bytes;
         uint32_t threads;
-        uint64_t bytes;
+        bool uid_over;
         cJSON *o;
 
         clients_slot_usage(d, cl->id, &threads, &bytes);
+        uid_over = quota_uid_over(d, cl->peer.uid, &uid_bytes);
         /* A client that detached and has nothing left is not worth a row;
          * one that left slots behind (still alive, or being reclaimed) is. */
         if (!cl->conn && threads == 0)
@@ -186,6 +189,12 @@ void op_clients(struct conn *c, const cJSON *req)
             !cJSON_AddNumberToObject(o, "uid", cl->peer.uid) ||
             !cJSON_AddNumberToObject(o, "threads", threads) ||
             !json_add_u64(o, "bytes_allocated", bytes) ||
+            !json_add_u64(o, "quota_bytes", d->cfg.shm.max_client_bytes) ||
+            !json_add_u64(o, "uid_quota_bytes", d->cfg.shm.max_uid_bytes) ||
+            !json_add_u64(o, "uid_bytes_allocated", uid_bytes) ||
+            !cJSON_AddBoolToObject(o, "over_quota",
+                                   uid_over || (d->cfg.shm.max_client_bytes &&
+                                                bytes >= d->cfg.shm.max_client_bytes)) ||
             !json_add_u64(o, "connected_s", (now - cl->attached_ns) / 1000000000u) ||
             !cJSON_AddBoolToObject(o, "attached", cl->conn != NULL))
             goto oom;

@@ -193,6 +193,8 @@ void owner_publish_config(struct daemon *d)
     store_relaxed(&ctl->config.trim_interval_ms, c->trim_interval_ms);
     store_relaxed(&ctl->config.max_clients, c->max_clients);
     store_relaxed(&ctl->config.max_segments, c->max_segments);
+    store_relaxed(&ctl->config.max_client_bytes, c->max_client_bytes);
+    store_relaxed(&ctl->config.max_uid_bytes, c->max_uid_bytes);
     /* release: publishes the fields above. A client's tcache loads
      * config_gen with acquire (tcache_reload_config) before it re-reads
      * them, so once it sees the new generation it sees every new value.

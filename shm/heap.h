@@ -195,6 +195,15 @@ int heap_client_usage(struct heap *h,
                       uint32_t pid,
                       struct heap_client_usage *ret);
 
+/* ---- quotas (quota.c) ---- */
+/* Sets or clears OWNER_REFUSE_UID in every live owner entry: set where
+ * over(ctx, client_id) says the client's uid is over max_uid_bytes. Meant
+ * for the daemon, which knows each client's uid; clients check the bit on
+ * their slow paths. Returns the number of entries now refused. */
+uint32_t heap_quota_refuse_uid(struct heap *h,
+                               bool (*over)(void *ctx, uint64_t client_id),
+                               void *ctx);
+
 /* ---- verification (verify.c) ---- */
 struct verify_report {
     bool consistent;

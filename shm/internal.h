@@ -331,6 +331,11 @@ int64_t slot_bytes_in_use(const struct cache_slot *s);
 uint64_t slot_allocs(const struct cache_slot *s);
 uint64_t slot_frees(const struct cache_slot *s);
 
+/* ---- quota.c ---- */
+/* 0 if this attachment may take `bytes` more from the shared heap, else
+ * -ENOMEM (over max_client_bytes, or the daemon refuses its uid). */
+int quota_admit(struct heap *h, uint64_t bytes);
+
 /* ---- run.c ---- */
 /* Allocates a run of blocks for `bytes` (first block a multiple of
  * align_blocks), growing the heap if need be, and counts it in the calling

@@ -38,7 +38,7 @@
 
 #define SHM_CTL_MAGIC      UINT64_C(0x4c54434850414548) /* "HEAPHCTL" */
 #define SHM_SEG_MAGIC      UINT64_C(0x4745534850414548) /* "HEAPHSEG" */
-#define SHM_LAYOUT_VERSION 2u
+#define SHM_LAYOUT_VERSION 3u
 
 /* Offsets: 5 bits of segment index over 34 bits of byte offset. A process
  * reserves SHM_MAX_SEGMENTS << SHM_SEG_SHIFT bytes of address space per
@@ -94,6 +94,11 @@ struct shm_config {
     uint32_t trim_interval_ms;
     uint32_t max_clients;
     uint32_t max_segments;
+    /* Quotas (quota.c); 0 = unlimited. A client checks its own against
+     * max_client_bytes; the daemon checks each uid's and sets the owner
+     * entries' `refuse` word. */
+    uint64_t max_client_bytes;
+    uint64_t max_uid_bytes;
 };
 
 struct seg_entry {
@@ -167,6 +172,11 @@ enum owner_state {
     OWNER_SWEEPING, /* its objects are being freed by `sweeper` */
 };
 
+/* Why the daemon refuses an owner new memory (owner_entry.refuse). */
+enum owner_refuse {
+    OWNER_REFUSE_UID = 1u << 0, /* its uid holds more than max_uid_bytes */
+};
+
 /* An attachment's entry in the owner table; its tag is index + 1. Claimed
  * by CAS on state (owned.c), freed by whoever sweeps its objects. */
 struct owner_entry {
@@ -174,7 +184,7 @@ struct owner_entry {
     uint32_t pid;
     uint64_t client_id;
     uint32_t sweeper; /* pid of the process sweeping it (CAS from 0 or a dead pid) */
-    uint32_t pad0;
+    uint32_t refuse;  /* OWNER_REFUSE_* bits, written by the daemon (quota.c) */
     uint64_t pad1;
 };
 

@@ -16,6 +16,9 @@ int run_create(struct heap *h, uint64_t bytes, uint32_t align_blocks, enum run_k
         return -errno;
     if (nblocks == 0 || nblocks > (SHM_SEG_SPAN >> SHM_BLOCK_SHIFT))
         return -ENOMEM;
+    r = quota_admit(h, nblocks << SHM_BLOCK_SHIFT);
+    if (r < 0)
+        return r;
     for (int attempt = 0; attempt < 4; attempt++) {
         uint32_t nmapped = load_acquire(&h->nmapped), block;
 

@@ -284,6 +284,11 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
     int last_err = -ENOMEM;
     uint64_t first;
 
+    /* Quotas are checked before anything leaves the shared heap (quota.c). */
+    last_err = quota_admit(h, (uint64_t) n * sizeclass_size(cls));
+    if (last_err < 0)
+        return last_err;
+    last_err = -ENOMEM;
     first = recycler_pop(h, bin, cls, &count);
     if (first) {
         store_relaxed(&bin->head, bin_word(first, count));

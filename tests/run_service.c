@@ -19,6 +19,8 @@ int main(void)
             daemon_clients_suite,
             client_suite,
             ctl_suite,
+            static_suite,
+            quota_suite,
             debuggers_suite,
     };
     /* clang-format on */

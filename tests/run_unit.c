@@ -11,8 +11,9 @@
 int main(void)
 {
     Suite *(*const suites[])(void) = {
-            bittree_suite, sizeclass_suite, alloc_suite,     arena_suite, pool_suite,  roots_suite,
-            misuse_suite,  layout_suite,    hugepages_suite, trim_suite,  owned_suite, utf8_suite,
+            bittree_suite, sizeclass_suite, alloc_suite,  arena_suite,     pool_suite,
+            roots_suite,   misuse_suite,    layout_suite, hugepages_suite, trim_suite,
+            owned_suite,   wire_suite,      utf8_suite,
     };
     SRunner *sr = srunner_create(NULL);
     int failed;

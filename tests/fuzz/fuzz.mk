@@ -52,12 +52,12 @@ all: $(FUZZ_REPLAYS)
 TESTS += $(FUZZ_REPLAYS)
 
 define fuzz_programs
-$(B)/tests/fuzz_replay_$(1): $(B)/obj/tests/fuzz/replay.o $(FUZZ_OBJS_$(1)) $(SHMCONFIG) $(SHMCORE)
+$(B)/tests/fuzz_replay_$(1): $(B)/obj/tests/fuzz/replay.o $(FUZZ_OBJS_$(1)) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE)
 	@mkdir -p $$(@D)
 	$$(call msg,LD,$$@)$$(LINK) -o $$@ $$^ $$(FUZZ_LIBS_$(1)) $$(LDLIBS)
 
 # The libFuzzer program, only built in the fuzz build (see `fuzz` below).
-$(B)/fuzz/fuzz_$(1): $(FUZZ_OBJS_$(1)) $(SHMCONFIG) $(SHMCORE)
+$(B)/fuzz/fuzz_$(1): $(FUZZ_OBJS_$(1)) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE)
 	@mkdir -p $$(@D)
 	$$(call msg,LD,$$@)$$(LINK) -fsanitize=fuzzer -o $$@ $$^ $$(FUZZ_LIBS_$(1)) $$(LDLIBS)
 endef

@@ -79,6 +79,7 @@ static void fuzz_setup(void)
     (void) uv_timer_init(&loop, &d->trim_timer);
     d->trim_timer.data = d;
     work_trim_timer_update(d);
+    quota_start(d);
 }
 
 /* Reads what is there from our end; closes the fds that came with it.

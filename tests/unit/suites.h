@@ -16,6 +16,7 @@ Suite *layout_suite(void);
 Suite *hugepages_suite(void);
 Suite *trim_suite(void);
 Suite *owned_suite(void);
+Suite *wire_suite(void);
 Suite *utf8_suite(void); /* check_utf8.c: config/utf8.c */
 
 #endif
