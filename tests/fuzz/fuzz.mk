@@ -4,9 +4,10 @@
 #   make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="proto config"]
 #       builds the targets with clang -fsanitize=fuzzer,address,undefined in
 #       build-fuzz/ and runs each for FUZZ_SECONDS under nice, starting from
-#       tests/fuzz/corpus/<t> (new inputs go to build-fuzz/corpus/<t>); a
-#       crash is written to tests/fuzz/crashes/<t>/, where `make test` replays
-#       it from then on; the log is build-fuzz/fuzz_<t>.log.
+#       tests/fuzz/corpus/<t> and tests/fuzz/crashes/<t> (new inputs go to
+#       build-fuzz/corpus/<t>); a crash is written to tests/fuzz/crashes/<t>/,
+#       where `make test` replays it from then on; the log is
+#       build-fuzz/fuzz_<t>.log. libFuzzer stops at the first crash.
 #   make fuzz-coverage
 #       replays both corpora with a clang -fprofile-instr-generate build and
 #       prints llvm-cov's line coverage of daemon/proto.c and config/load.c.
@@ -84,7 +85,8 @@ fuzz:
 	    nice -n $(FUZZ_NICE) $(FUZZ_B)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) \
 	        -timeout=30 -print_final_stats=1 -dict=tests/fuzz/$$t.dict \
 	        -artifact_prefix=tests/fuzz/crashes/$$t/ \
-	        $(FUZZ_B)/corpus/$$t tests/fuzz/corpus/$$t >$(FUZZ_B)/fuzz_$$t.log 2>&1 \
+	        $(FUZZ_B)/corpus/$$t tests/fuzz/corpus/$$t tests/fuzz/crashes/$$t \
+	        >$(FUZZ_B)/fuzz_$$t.log 2>&1 \
 	        || { status=1; echo "== fuzz $$t: FAILED, see $(FUZZ_B)/fuzz_$$t.log" >&2; }; \
 	    grep -E '^#[0-9]+ +DONE|^stat::' $(FUZZ_B)/fuzz_$$t.log || tail -n 20 $(FUZZ_B)/fuzz_$$t.log; \
 	done; exit $$status
