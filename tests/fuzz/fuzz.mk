@@ -88,7 +88,7 @@ fuzz:
 	        $(FUZZ_B)/corpus/$$t tests/fuzz/corpus/$$t tests/fuzz/crashes/$$t \
 	        >$(FUZZ_B)/fuzz_$$t.log 2>&1 \
 	        || { status=1; echo "== fuzz $$t: FAILED, see $(FUZZ_B)/fuzz_$$t.log" >&2; }; \
-	    grep -E '^#[0-9]+ +DONE|^stat::' $(FUZZ_B)/fuzz_$$t.log || tail -n 20 $(FUZZ_B)/fuzz_$$t.log; \
+	    grep -E '^#[0-9]+[[:space:]]+DONE|^stat::' $(FUZZ_B)/fuzz_$$t.log || tail -n 20 $(FUZZ_B)/fuzz_$$t.log; \
 	done; exit $$status
 
 fuzz-coverage:
