@@ -491,3 +491,5 @@ else
 -include bench/bench.mk
 endif
 -include examples/examples.mk
+# Fuzzing: tests/fuzz/fuzz.mk defines `fuzz`, `fuzz-coverage` and the replay programs.
+-include tests/fuzz/fuzz.mk

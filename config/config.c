@@ -16,6 +16,7 @@
 
 #include "config/config.h"
 #include "config/internal.h"
+#include "config/utf8.h"
 #include "shm/heap.h"
 
 #define KiB (UINT64_C(1) << 10)
@@ -294,12 +295,15 @@ static void errf(char *err, size_t len, const char *fmt, ...) __attribute__((for
 static void errf(char *err, size_t len, const char *fmt, ...)
 {
     va_list ap;
+    int n;
 
     if (!err || len == 0)
         return;
     va_start(ap, fmt);
-    (void) vsnprintf(err, len, fmt, ap);
+    n = vsnprintf(err, len, fmt, ap);
     va_end(ap);
+    /* Messages name untrusted text and may be cut: keep them UTF-8. */
+    utf8_sanitize(err, len, n > 0 ? (size_t) n : 0);
 }
 
 static uint64_t field_get(const struct config *c, const struct config_key *k)
@@ -384,13 +388,16 @@ static const char *describe_json(const cJSON *v, char *buf, size_t len)
     else if (cJSON_IsNumber(v))
         (void) snprintf(buf, len, "%.17g", v->valuedouble);
     else if (cJSON_IsString(v)) {
-        size_t o = 0;
+        /* Cut only before a character's first byte (never inside one): at
+         * most 3 continuation bytes follow the cap, then "...", the quote
+         * and the NUL. */
+        size_t o = 0, cap = len >= 52 ? 40 : len > 12 ? len - 12 : 0;
 
         buf[o++] = '"';
-        for (const char *s = v->valuestring; *s && o + 6 < len; s++) {
+        for (const char *s = v->valuestring; *s; s++) {
             unsigned char ch = (unsigned char) *s;
 
-            if (o > 40) {
+            if (o > cap && (ch & 0xc0) != 0x80) {
                 o += (size_t) snprintf(buf + o, len - o, "...");
                 break;
             }
@@ -813,7 +820,8 @@ int config_set_json(
     if (!c || !name)
         return -EINVAL;
     if (!k) {
-        errf(err, errlen, "unknown key \"%.64s\"", name);
+        errf(err, errlen, "unknown key \"%.*s%s\"", (int) utf8_prefix(name, 64), name,
+             strlen(name) > 64 ? "..." : "");
         return -ENOENT;
     }
     return config_set_one(c, k, value, true, err, errlen);

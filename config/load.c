@@ -18,17 +18,21 @@
 
 #include "config/config.h"
 #include "config/internal.h"
+#include "config/utf8.h"
 
 static void errf(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void errf(char *err, size_t len, const char *fmt, ...)
 {
     va_list ap;
+    int n;
 
     if (!err || len == 0)
         return;
     va_start(ap, fmt);
-    (void) vsnprintf(err, len, fmt, ap);
+    n = vsnprintf(err, len, fmt, ap);
     va_end(ap);
+    /* Messages quote the file's text and may be cut: keep them UTF-8. */
+    utf8_sanitize(err, len, n > 0 ? (size_t) n : 0);
 }
 
 void config_text_position(
@@ -147,6 +151,14 @@ static int parse_json(
         errf(err, errlen, "%s:%u:%u: malformed JSON: a NUL byte", name, line, col);
         return -EBADMSG;
     }
+    /* JSON text is UTF-8 (RFC 8259); refusing anything else here means no
+     * message below can quote bytes that are not. */
+    pos = utf8_valid_prefix(text, len);
+    if (pos < len) {
+        config_text_position(text, len, pos, &line, &col);
+        errf(err, errlen, "%s:%u:%u: malformed JSON: not valid UTF-8", name, line, col);
+        return -EBADMSG;
+    }
     pos = depth_scan(text, len, CONFIG_MAX_DEPTH);
     if (pos < len) {
         config_text_position(text, len, pos, &line, &col);
@@ -180,7 +192,8 @@ static int parse_json(
     if (pos >= len)
         errf(err, errlen, "%s:%u:%u: malformed JSON: unexpected end of file", name, line, col);
     else
-        errf(err, errlen, "%s:%u:%u: malformed JSON near \"%.16s\"", name, line, col, text + pos);
+        errf(err, errlen, "%s:%u:%u: malformed JSON near \"%.*s\"", name, line, col,
+                 (int) utf8_prefix(text + pos, 16), text + pos);
     return -EBADMSG;
 }
 
@@ -207,9 +220,10 @@ static int apply_keys(const cJSON *root,
         if (it->string && it->string[0] == '#')
             continue; /* a comment */
         if (!k) {
-            errf(err, errlen, "%s:%u: unknown key \"%.64s\"", name,
-                 key_line(text, len, it->string ? it->string : "", 0),
-                 it->string ? it->string : "");
+            const char *key = it->string ? it->string : "";
+
+            errf(err, errlen, "%s:%u: unknown key \"%.*s%s\"", name, key_line(text, len, key, 0),
+                 (int) utf8_prefix(key, 64), key, strlen(key) > 64 ? "..." : "");
             return -ENOENT;
         }
         while (config_key_at(idx) != k)

@@ -426,6 +426,9 @@ void clients_reclaimed(struct client *cl,
                        const struct heap_owned_reclaim *owned);
 /* ---- quota.c ---- */
 void quota_start(struct daemon *d);
+/* One tick: what the timer runs every QUOTA_TICK_MS (the fuzz harness
+ * runs it after each request instead). */
+void quota_tick(struct daemon *d);
 void quota_stop(struct daemon *d);
 /* True if uid was over max_uid_bytes at the last tick; *ret_bytes: its sum then. */
 bool quota_uid_over(struct daemon *d, uid_t uid, uint64_t *ret_bytes);

@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "config/utf8.h"
 #include "daemon/daemon.h"
 
 #define TRIM_WAIT_DEFAULT_MS 100u
@@ -128,7 +129,8 @@ void op_config_get(struct conn *c, const cJSON *req)
     if (key) {
         k = config_key_find(key);
         if (!k) {
-            reply_error(c, "unknown_key", "unknown key \"%.64s\"", key);
+            reply_error(c, "unknown_key", "unknown key \"%.*s%s\"", (int) utf8_prefix(key, 64), key,
+                        strlen(key) > 64 ? "..." : "");
             return;
         }
     }
@@ -152,9 +154,9 @@ void op_config_set(struct conn *c, const cJSON *req)
         return;
     }
     if (!peer_is_admin(&c->peer)) {
-        log_notice("refused config.set of %.64s by pid %d (uid %u): not root or the daemon's "
+        log_notice("refused config.set of %.*s by pid %d (uid %u): not root or the daemon's "
                    "user",
-                   key, (int) c->peer.pid, (unsigned) c->peer.uid);
+                   (int) utf8_prefix(key, 64), key, (int) c->peer.pid, (unsigned) c->peer.uid);
         reply_error(c, "permission_denied", "only root or the daemon's user may change the config");
         return;
     }

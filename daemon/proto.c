@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config/utf8.h"
 #include "daemon/daemon.h"
 
 #define REQUEST_MAX_DEPTH 16u
@@ -46,22 +47,38 @@ bool json_add_u64(cJSON *obj, const char *name, uint64_t v)
     return cJSON_AddRawToObject(obj, name, buf) != NULL;
 }
 
+#define REPLY_NO_MEMORY \
+    "{\"ok\":false,\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}"
+#define REPLY_NOT_UTF8                                                                      \
+    "{\"ok\":false,\"error\":{\"code\":\"internal\",\"message\":\"the reply was not valid " \
+    "UTF-8 (a bug in shmheapd; logged)\"}}"
+
 static void reply_line(struct conn *c, cJSON *obj, const int *fds, int nfds)
 {
     char *line = cJSON_PrintUnformatted(obj);
+    size_t len;
     int r;
 
     if (!line) {
         log_error("out of memory while printing a reply");
-        (void) conn_send(c,
-                         "{\"ok\":false,\"error\":{\"code\":\"internal\",\"message\":\"out of "
-                         "memory\"}}",
-                         strlen("{\"ok\":false,\"error\":{\"code\":\"internal\",\"message\":\"out "
-                                "of memory\"}}"),
-                         NULL, 0);
+        (void) conn_send(c, REPLY_NO_MEMORY, strlen(REPLY_NO_MEMORY), NULL, 0);
         return;
     }
-    r = conn_send(c, line, strlen(line), fds, nfds);
+    len = strlen(line);
+    /* The last guard of "every reply is UTF-8": each string that goes into
+     * a reply is made UTF-8 where it is built (messages by reply_error,
+     * config values by the table); should one slip through, the client
+     * gets a clean failure instead of bytes it cannot decode. (The fuzz
+     * targets fail on this message: it is always a bug.) */
+    if (!utf8_valid(line, len)) {
+        log_error("connection %" PRIu64 ": a reply is not valid UTF-8 at byte %zu, not sent: "
+                  "%.200s",
+                  c->serial, utf8_valid_prefix(line, len), line);
+        (void) conn_send(c, REPLY_NOT_UTF8, strlen(REPLY_NOT_UTF8), NULL, 0);
+        cJSON_free(line);
+        return;
+    }
+    r = conn_send(c, line, len, fds, nfds);
     if (r < 0 && r != -EPIPE)
         log_warning("connection %" PRIu64 ": cannot queue a reply: %s", c->serial, strerror(-r));
     cJSON_free(line);
@@ -131,10 +148,14 @@ void reply_error(struct conn *c, const char *code, const char *fmt, ...)
     char message[512];
     cJSON *root;
     va_list ap;
+    int n;
 
     va_start(ap, fmt);
-    (void) vsnprintf(message, sizeof(message), fmt, ap);
+    n = vsnprintf(message, sizeof(message), fmt, ap);
     va_end(ap);
+    /* Every reply is UTF-8: a message cut at its size is cut on a
+     * character boundary (and marked "..."), and nothing raw gets in. */
+    utf8_sanitize(message, sizeof(message), n > 0 ? (size_t) n : 0);
     log_debug("connection %" PRIu64 " (pid %d): %s: %s", c->serial, (int) c->peer.pid, code,
               message);
     root = error_object(code, message);
@@ -201,49 +222,16 @@ bool req_string(struct conn *c, const cJSON *req, const char *name, bool require
 
 /* ---- the line ---- */
 
-/* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, <= U+10FFFF. */
-static bool utf8_valid(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-
-    while (i < len) {
-        unsigned char b = s[i];
-        size_t n;
-        uint32_t cp;
-
-        if (b < 0x80) {
-            i++;
-            continue;
-        } else if ((b & 0xe0) == 0xc0) {
-            n = 1, cp = b & 0x1f;
-        } else if ((b & 0xf0) == 0xe0) {
-            n = 2, cp = b & 0x0f;
-        } else if ((b & 0xf8) == 0xf0) {
-            n = 3, cp = b & 0x07;
-        } else {
-            return false;
-        }
-        for (size_t k = 1; k <= n; k++) {
-            if (i + k >= len || (s[i + k] & 0xc0) != 0x80)
-                return false;
-            cp = cp << 6 | (s[i + k] & 0x3f);
-        }
-        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
-            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        i += n + 1;
-    }
-    return true;
-}
-
 /* A printable, bounded copy of an untrusted string for messages. */
 static const char *printable(const char *s, char *buf, size_t len)
 {
-    size_t o = 0;
+    /* The request is valid UTF-8 (checked first): cut it on a character
+     * boundary, with room for "..." and the NUL. */
+    size_t n = utf8_prefix(s, len - 4), o;
 
-    for (; *s && o + 4 < len; s++)
-        buf[o++] = ((unsigned char) *s < 0x20 || *s == 0x7f) ? '?' : *s;
-    if (*s && o + 4 <= len) {
+    for (o = 0; o < n; o++)
+        buf[o] = ((unsigned char) s[o] < 0x20 || s[o] == 0x7f) ? '?' : s[o];
+    if (s[n]) {
         memcpy(buf + o, "...", 3);
         o += 3;
     }
@@ -272,8 +260,9 @@ void proto_handle_line(struct conn *c, char *line, size_t len)
                     strnlen(line, len) + 1);
         return;
     }
-    if (!utf8_valid((const unsigned char *) line, len)) {
-        reply_error(c, "bad_json", "the request is not valid UTF-8");
+    if (!utf8_valid(line, len)) {
+        reply_error(c, "bad_json", "the request is not valid UTF-8 (byte %zu)",
+                    utf8_valid_prefix(line, len) + 1);
         return;
     }
     if (!config_json_depth_ok(line, len, REQUEST_MAX_DEPTH)) {

@@ -38,7 +38,8 @@ static bool client_over_cb(void *ctx, uint64_t client_id)
 {
     const struct quota_tick *t = ctx;
     struct client_over key = {.client_id = client_id};
-    const struct client_over *c = bsearch(&key, t->clients, t->nclients, sizeof(key), cmp_client);
+    const struct client_over *c =
+            t->nclients ? bsearch(&key, t->clients, t->nclients, sizeof(key), cmp_client) : NULL;
 
     return c && c->over;
 }
@@ -101,9 +102,8 @@ static bool quota_sum(struct daemon *d, struct quota_tick *t)
     return true;
 }
 
-static void quota_tick_cb(uv_timer_t *timer)
+void quota_tick(struct daemon *d)
 {
-    struct daemon *d = timer->data;
     struct quota_tick *t = &d->quota;
     uint64_t limit = d->cfg.shm.max_uid_bytes;
 
@@ -123,7 +123,10 @@ static void quota_tick_cb(uv_timer_t *timer)
     }
     if (limit == 0)
         t->nclients = 0; /* turned off: clear every refusal */
-    qsort(t->clients, t->nclients, sizeof(t->clients[0]), cmp_client);
+    /* Never qsort/bsearch a NULL array (no client yet): undefined even
+     * for 0 elements (found by fuzz_proto under UBSan). */
+    if (t->nclients > 1)
+        qsort(t->clients, t->nclients, sizeof(t->clients[0]), cmp_client);
     /* relaxed: read by the metrics thread, which needs only the number. */
     __atomic_store_n(&t->refused, heap_quota_refuse_uid(d->heap, client_over_cb, t),
                      __ATOMIC_RELAXED);
@@ -160,6 +163,11 @@ bool quota_uid_over(struct daemon *d, uid_t uid, uint64_t *ret_bytes)
         }
     *ret_bytes = 0;
     return false;
+}
+
+static void quota_tick_cb(uv_timer_t *timer)
+{
+    quota_tick(timer->data);
 }
 
 void quota_start(struct daemon *d)

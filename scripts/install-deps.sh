@@ -13,6 +13,9 @@ PACKAGES=(
     check libsubunit-dev
     clang-format
     prometheus
+    # make fuzz: clang with libFuzzer and its sanitizer runtimes; llvm-14 for
+    # llvm-profdata and llvm-cov (make fuzz-coverage).
+    clang-14 libfuzzer-14-dev libclang-rt-14-dev llvm-14
     libmimalloc-dev libjemalloc-dev libgoogle-perftools-dev libboost-dev
 )
 

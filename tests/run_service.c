@@ -14,6 +14,7 @@ int main(void)
             config_suite,
             daemon_suite,
             daemon_input_suite,
+            daemon_utf8_suite,
             daemon_config_suite,
             daemon_clients_suite,
             client_suite,

@@ -15,6 +15,7 @@ int main(void)
             roots_suite,   misuse_suite,    layout_suite, hugepages_suite, trim_suite,
             owned_suite,   wire_suite,      words_suite,
             release_suite,
+            utf8_suite,
     };
     SRunner *sr = srunner_create(NULL);
     int failed;

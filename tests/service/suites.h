@@ -10,6 +10,7 @@
 Suite *config_suite(void);         /* check_config.c: the table of tunables */
 Suite *daemon_suite(void);         /* check_daemon.c: every op, options, the socket */
 Suite *daemon_input_suite(void);   /* check_daemon_input.c: bad input, limits, peers */
+Suite *daemon_utf8_suite(void);    /* check_daemon_utf8.c: replies stay UTF-8 */
 Suite *daemon_config_suite(void);  /* check_daemon_config.c: config ops, reload, trim timer */
 Suite *daemon_clients_suite(void); /* check_daemon_clients.c: attach, death, reclamation */
 Suite *client_suite(void);         /* check_client.c: libshmheap against the daemon */

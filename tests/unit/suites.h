@@ -19,5 +19,6 @@ Suite *release_suite(void); /* check_release.c: the bounded release of the autom
 Suite *owned_suite(void);
 Suite *wire_suite(void);
 Suite *words_suite(void);
+Suite *utf8_suite(void); /* check_utf8.c: config/utf8.c */
 
 #endif
