@@ -506,8 +506,8 @@ static inline int ba_verify(ba_ctx_t c)
 
 /* A managed_shared_memory never gives pages back while it is mapped
  * (shrink_to_fit works only offline): no W5b. */
-#    define BA_HAS_RELEASE 0
-#    define BA_HELD_IS_RSS 0
+#    define BA_HAS_RELEASE  0
+#    define BA_HELD_IS_RSS  0
 
 static inline int ba_release(ba_ctx_t c)
 {

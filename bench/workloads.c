@@ -303,8 +303,8 @@ static int w3_child(void *arg, unsigned idx)
     r = churn_timed(c, a->prm, w3_seed(a->prm->seed, idx), a->ops, &a->sh->bar, a->nproc,
                     &a->sh->t0[idx], &a->sh->t1[idx]);
     if (r < 0)
-        fprintf(stderr, "bench: %s: W3 process %u of %u: %s\n", bench_alloc_name, idx + 1,
-                a->nproc, strerror(-r));
+        fprintf(stderr, "bench: %s: W3 process %u of %u: %s\n", bench_alloc_name, idx + 1, a->nproc,
+                strerror(-r));
     ba_detach(c);
     return r;
 }
