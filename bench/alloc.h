@@ -91,10 +91,29 @@ static inline void *ba_from_handle(ba_ctx_t c, uint64_t v)
     return heap_from_off(c, v);
 }
 
-/* Default config, SHM_PAGES_AUTO (1G, then 2M, then 4K pages). */
+/* Default config; pages as BENCH_HUGE_PAGES says: "off" (4 KiB, the
+ * default), "2M", "1G" or "auto" (1G, then 2M, then 4K). The driver pins
+ * it because on a shared machine the huge page pool changes under a run:
+ * with auto, a segment made while someone's test holds eight 2 MiB pages
+ * is a 2M segment whose commits fail once those are used (the creator
+ * then grows a 4K segment, a forked child cannot and gets ENOMEM), and
+ * the page size, which every figure depends on, changes from run to run. */
 static inline int ba_shared_create(ba_shared_t **ret)
 {
-    return heap_local_create(NULL, SHM_PAGES_AUTO, ret);
+    const char *v = getenv("BENCH_HUGE_PAGES");
+    int policy = SHM_PAGES_OFF;
+
+    if (v && strcmp(v, "auto") == 0)
+        policy = SHM_PAGES_AUTO;
+    else if (v && strcmp(v, "2M") == 0)
+        policy = SHM_PAGES_2M;
+    else if (v && strcmp(v, "1G") == 0)
+        policy = SHM_PAGES_1G;
+    else if (v && *v && strcmp(v, "off") != 0) {
+        fprintf(stderr, "bench: BENCH_HUGE_PAGES=%s: want off, 2M, 1G or auto\n", v);
+        return -EINVAL;
+    }
+    return heap_local_create(NULL, policy, ret);
 }
 
 static inline void ba_shared_destroy(ba_shared_t *s)
