@@ -13,6 +13,9 @@ PACKAGES=(
     check libsubunit-dev
     clang-format
     libmimalloc-dev libjemalloc-dev libgoogle-perftools-dev libboost-dev
+    # callgrind: make bench's instructions per W1 pair and W2 op (and the
+    # debuggers suite's memcheck runs)
+    valgrind
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
