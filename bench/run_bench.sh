@@ -10,11 +10,13 @@
 #   BENCH_REPS        repetitions per figure (5)
 #   BENCH_TIMEOUT     seconds one run may take before it counts as hung (300)
 #   BENCH_JSON        output ($B/bench.json); every run's line goes to $B/bench/runs.txt
+#   BENCH_HUGE_PAGES  shmheap's pages, core and daemon: off (default), 2M, 1G, auto
 #   BENCH_QUICK=1 and the sizes (BENCH_W1_OPS, ...) reach the binaries as they are.
 #
 # When BENCH_ALLOCS has shmheap-api, a shmheapd is started first in a fresh
 # temporary directory (--socket DIR/shmheap.sock, --config DIR/shmheapd.json
-# holding {}: every key at its default), and the shmheap-api runs attach to
+# holding {"huge_pages": BENCH_HUGE_PAGES}, every other key at its
+# default; {} with auto), and the shmheap-api runs attach to
 # it through the public API (BENCH_SHMHEAP_SOCKET). After the workloads,
 # examples/attach_latency measures, BENCH_REPS times against the same daemon,
 # the attach latency (BENCH_ATTACHES, 100 attaches) and the stats op's round
