@@ -21,6 +21,8 @@ SOVERSION  := 0
 B          ?= build
 PKG_CONFIG ?= pkg-config
 AR         ?= ar
+LD         ?= ld
+OBJCOPY    ?= objcopy
 comma      := ,
 
 # ---------------------------------------------------------------------------
@@ -84,6 +86,7 @@ obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
 
 SHM_SRCS     := $(wildcard shm/*.c)
 CONFIG_SRCS  := $(wildcard config/*.c)
+WIRE_SRCS    := $(wildcard wire/*.c)
 CLIENT_SRCS  := $(wildcard client/*.c)
 DAEMON_SRCS  := $(wildcard daemon/*.c)
 CTL_SRCS     := $(wildcard ctl/*.c)
@@ -91,9 +94,11 @@ TEST_COMMON  := $(wildcard tests/common/*.c)
 UNIT_SRCS    := $(if $(wildcard tests/run_unit.c),tests/run_unit.c $(wildcard tests/unit/*.c))
 MP_SRCS      := $(if $(wildcard tests/run_mp.c),tests/run_mp.c $(wildcard tests/mp/*.c))
 SERVICE_SRCS := $(if $(wildcard tests/run_service.c),tests/run_service.c $(wildcard tests/service/*.c))
+STATIC_SRCS  := $(wildcard tests/static/*.c)
 
 SHM_OBJS     := $(call obj,$(SHM_SRCS))
 CONFIG_OBJS  := $(call obj,$(CONFIG_SRCS))
+WIRE_OBJS    := $(call obj,$(WIRE_SRCS))
 CLIENT_OBJS  := $(call obj,$(CLIENT_SRCS))
 DAEMON_OBJS  := $(call obj,$(DAEMON_SRCS))
 CTL_OBJS     := $(call obj,$(CTL_SRCS))
@@ -101,10 +106,12 @@ COMMON_OBJS  := $(call obj,$(TEST_COMMON))
 UNIT_OBJS    := $(call obj,$(UNIT_SRCS))
 MP_OBJS      := $(call obj,$(MP_SRCS))
 SERVICE_OBJS := $(call obj,$(SERVICE_SRCS))
+STATIC_OBJS  := $(call obj,$(STATIC_SRCS))
 
 # Each artifact is empty when its sources do not exist (yet).
 SHMCORE     := $(if $(SHM_SRCS),$(B)/libshmcore.a)
 SHMCONFIG   := $(if $(CONFIG_SRCS),$(B)/libshmconfig.a)
+SHMWIRE     := $(if $(WIRE_SRCS),$(B)/libshmwire.a)
 CLIENT_SO   := $(if $(CLIENT_SRCS),$(B)/libshmheap.so)
 CLIENT_A    := $(if $(CLIENT_SRCS),$(B)/libshmheap.a)
 CLIENT_PC   := $(if $(CLIENT_SRCS),$(B)/shmheap.pc)
@@ -113,18 +120,19 @@ CTL         := $(if $(CTL_SRCS),$(B)/shmheapctl)
 RUN_UNIT    := $(if $(UNIT_SRCS),$(B)/tests/run_unit)
 RUN_MP      := $(if $(MP_SRCS),$(B)/tests/run_mp)
 RUN_SERVICE := $(if $(SERVICE_SRCS),$(B)/tests/run_service)
+STATIC_USER := $(if $(CLIENT_A),$(if $(STATIC_SRCS),$(B)/tests/static_user))
 TESTS       := $(RUN_UNIT) $(RUN_MP) $(RUN_SERVICE)
 
-ALL_OBJS := $(sort $(SHM_OBJS) $(CONFIG_OBJS) $(CLIENT_OBJS) $(DAEMON_OBJS) $(CTL_OBJS) \
-              $(COMMON_OBJS) $(UNIT_OBJS) $(MP_OBJS) $(SERVICE_OBJS))
+ALL_OBJS := $(sort $(SHM_OBJS) $(CONFIG_OBJS) $(WIRE_OBJS) $(CLIENT_OBJS) $(DAEMON_OBJS) $(CTL_OBJS) \
+              $(COMMON_OBJS) $(UNIT_OBJS) $(MP_OBJS) $(SERVICE_OBJS) $(STATIC_OBJS))
 
 # ---------------------------------------------------------------------------
 # Build
 
-.PHONY: all deps check-atomics test test-run test-run-mp run soak format install clean bench
+.PHONY: all deps check-atomics check-exports test test-run test-run-mp run soak format install clean bench
 
-all: $(SHMCORE) $(SHMCONFIG) $(CLIENT_SO) $(CLIENT_A) $(CLIENT_PC) $(DAEMON) $(CTL) $(TESTS) \
-     check-atomics
+all: $(SHMCORE) $(SHMCONFIG) $(SHMWIRE) $(CLIENT_SO) $(CLIENT_A) $(CLIENT_PC) $(DAEMON) $(CTL) $(TESTS) \
+     check-atomics check-exports
 
 # `make test` and `make run` install missing packages before compiling anything.
 ifneq ($(filter deps test run,$(MAKECMDGOALS)),)
@@ -139,10 +147,12 @@ stamp = $(if $(subst $(file <$(1)),,$(2))$(subst $(2),,$(file <$(1))),$(shell \
 # Rebuild everything when the compiler or flags change (e.g. `make SAN=thread` in $(B)).
 $(call stamp,$(B)/.flags,$(CC) $(BASE) $(WARN) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) $(LDLIBS))
 
-# Per-directory include paths and package flags. shm/ is libc only and sees no
-# client header; everything else also gets client/include (the public header).
+# Per-directory include paths and package flags. shm/ and wire/ are libc only
+# and see no client header; everything else also gets client/include (the
+# public header).
 DIR_CPPFLAGS = -I. -Iclient/include
 $(B)/obj/shm/%.o:    DIR_CPPFLAGS = -I.
+$(B)/obj/wire/%.o:   DIR_CPPFLAGS = -I.
 $(B)/obj/client/%.o: DIR_CFLAGS = -fvisibility=hidden $(CLIENT_CFLAGS)
 $(B)/obj/config/%.o: DIR_CFLAGS = $(CJSON_CFLAGS)
 $(B)/obj/daemon/%.o: DIR_CFLAGS = $(DAEMON_CFLAGS)
@@ -166,11 +176,15 @@ endef
 inputs = $(filter-out $(B)/.inputs/%,$^)
 $(if $(SHMCORE),$(eval $(call inputs_of,libshmcore.a,$(SHM_OBJS))))
 $(if $(SHMCONFIG),$(eval $(call inputs_of,libshmconfig.a,$(CONFIG_OBJS))))
-$(if $(CLIENT_A),$(eval $(call inputs_of,libshmheap.a,$(CLIENT_OBJS) $(SHM_OBJS))))
-$(if $(CLIENT_SO),$(eval $(call inputs_of,libshmheap.so,$(CLIENT_OBJS) $(SHMCORE))))
-$(if $(DAEMON),$(eval $(call inputs_of,shmheapd,$(DAEMON_OBJS) $(SHMCONFIG) $(SHMCORE))))
-$(if $(CTL),$(eval $(call inputs_of,shmheapctl,$(CTL_OBJS) $(SHMCONFIG) $(SHMCORE))))
-$(if $(RUN_UNIT),$(eval $(call inputs_of,tests/run_unit,$(UNIT_OBJS) $(COMMON_OBJS) $(SHMCONFIG) $(SHMCORE))))
+$(if $(SHMWIRE),$(eval $(call inputs_of,libshmwire.a,$(WIRE_OBJS))))
+# "ld-r": the archive's recipe changed (one object, symbols localised); the
+# word in its stamp rebuilds archives made by the old recipe.
+$(if $(CLIENT_A),$(eval $(call inputs_of,libshmheap.a,ld-r $(CLIENT_OBJS) $(WIRE_OBJS) $(SHM_OBJS))))
+$(if $(CLIENT_SO),$(eval $(call inputs_of,libshmheap.so,$(CLIENT_OBJS) $(SHMWIRE) $(SHMCORE))))
+$(if $(DAEMON),$(eval $(call inputs_of,shmheapd,$(DAEMON_OBJS) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE))))
+$(if $(CTL),$(eval $(call inputs_of,shmheapctl,$(CTL_OBJS) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE))))
+$(if $(RUN_UNIT),$(eval $(call inputs_of,tests/run_unit,\
+    $(UNIT_OBJS) $(COMMON_OBJS) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE))))
 $(if $(RUN_MP),$(eval $(call inputs_of,tests/run_mp,$(MP_OBJS) $(COMMON_OBJS) $(SHMCONFIG) $(SHMCORE))))
 $(if $(RUN_SERVICE),$(eval $(call inputs_of,tests/run_service,\
     $(SERVICE_OBJS) $(COMMON_OBJS) $(CLIENT_A) $(SHMCONFIG) $(SHMCORE))))
@@ -187,15 +201,33 @@ $(B)/libshmcore.a: $(SHM_OBJS)
 $(B)/libshmconfig.a: $(CONFIG_OBJS)
 	$(archive)
 
-# The client library: client objects plus the shm objects. In the shared library
-# only SHMHEAP_EXPORT symbols are visible: client objects are built with
-# -fvisibility=hidden and the symbols taken from libshmcore.a are not exported.
-$(B)/libshmheap.a: $(CLIENT_OBJS) $(SHM_OBJS)
+$(B)/libshmwire.a: $(WIRE_OBJS)
 	$(archive)
 
-$(B)/libshmheap.so: $(CLIENT_OBJS) $(SHMCORE)
+# The client library: client objects plus the wire and shm objects. In the
+# shared library only SHMHEAP_EXPORT symbols are visible: client objects are
+# built with -fvisibility=hidden and the symbols taken from libshmwire.a and
+# libshmcore.a are not exported.
+#
+# The static library holds the same code as one relocatable object (ld -r) in
+# which only the SHMHEAP_EXPORT shmheap_* symbols stay global: objcopy makes
+# local every hidden symbol (--localize-hidden) and every other one not named
+# shmheap_* (-G, the shm and wire objects are not built hidden). So a static
+# user's own conn_open or os_commit cannot clash with (or silently replace)
+# the library's, and the archive exports what the .so exports; check-exports
+# holds the two together. Undefined symbols (libc, cJSON) stay global.
+$(B)/libshmheap.a: $(CLIENT_OBJS) $(WIRE_OBJS) $(SHM_OBJS)
+	@mkdir -p $(@D)
+	$(call msg,LD,$@)rm -f $@ $(B)/obj/libshmheap.o && \
+	    $(LD) -r -o $(B)/obj/libshmheap.o $(inputs) && \
+	    $(OBJCOPY) --localize-hidden --wildcard --keep-global-symbol='shmheap_*' \
+	        $(B)/obj/libshmheap.o && \
+	    $(AR) rcs $@ $(B)/obj/libshmheap.o
+
+$(B)/libshmheap.so: $(CLIENT_OBJS) $(SHMWIRE) $(SHMCORE)
 	$(call msg,LD,$@)$(LINK) -shared -Wl,-soname,libshmheap.so.$(SOVERSION) -Wl,-z,defs \
-	    -Wl,--exclude-libs,libshmcore.a -o $@ $(CLIENT_OBJS) $(SHMCORE) $(CLIENT_LIBS) $(LDLIBS)
+	    -Wl,--exclude-libs,libshmwire.a:libshmcore.a -o $@ $(CLIENT_OBJS) $(SHMWIRE) $(SHMCORE) \
+	    $(CLIENT_LIBS) $(LDLIBS)
 	$(Q)ln -sf libshmheap.so $@.$(SOVERSION)
 
 PREFIX     ?= /usr/local
@@ -223,15 +255,15 @@ $(B)/shmheap.pc: Makefile
 	@mkdir -p $(@D)
 	$(call msg,GEN,$@)$(file >$@,$(PC_TEMPLATE))
 
-$(B)/shmheapd: $(DAEMON_OBJS) $(SHMCONFIG) $(SHMCORE)
+$(B)/shmheapd: $(DAEMON_OBJS) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE)
 	$(call msg,LD,$@)$(LINK) -o $@ $(inputs) $(DAEMON_LIBS) $(LDLIBS)
 
-$(B)/shmheapctl: $(CTL_OBJS) $(SHMCONFIG) $(SHMCORE)
+$(B)/shmheapctl: $(CTL_OBJS) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE)
 	$(call msg,LD,$@)$(LINK) -o $@ $(inputs) $(CJSON_LIBS) $(LDLIBS)
 
 TEST_LIBS = $(if $(SHMCONFIG),$(CJSON_LIBS)) $(CHECK_LIBS) $(LDLIBS)
 
-$(B)/tests/run_unit: $(UNIT_OBJS) $(COMMON_OBJS) $(SHMCONFIG) $(SHMCORE)
+$(B)/tests/run_unit: $(UNIT_OBJS) $(COMMON_OBJS) $(SHMCONFIG) $(SHMWIRE) $(SHMCORE)
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)$(LINK) -o $@ $(inputs) $(TEST_LIBS)
 
@@ -239,9 +271,15 @@ $(B)/tests/run_mp: $(MP_OBJS) $(COMMON_OBJS) $(SHMCONFIG) $(SHMCORE)
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)$(LINK) -o $@ $(inputs) $(TEST_LIBS)
 
+# A static user of libshmheap.a whose own globals carry the library's internal
+# names (tests/static/static_user.c): it links only if the archive hides them.
+$(B)/tests/static_user: $(STATIC_OBJS) $(CLIENT_A)
+	@mkdir -p $(@D)
+	$(call msg,LD,$@)$(LINK) -o $@ $(STATIC_OBJS) $(CLIENT_A) $(CLIENT_LIBS) $(LDLIBS)
+
 # The service suite drives the real programs, so they must be built first.
 $(B)/tests/run_service: $(SERVICE_OBJS) $(COMMON_OBJS) $(CLIENT_A) $(SHMCONFIG) $(SHMCORE) \
-                        | $(DAEMON) $(CTL)
+                        | $(DAEMON) $(CTL) $(STATIC_USER)
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)$(LINK) -o $@ $(inputs) $(CLIENT_LIBS) $(CJSON_LIBS) $(CHECK_LIBS) $(LDLIBS)
 
@@ -255,6 +293,25 @@ $(B)/.atomics-ok: $(ATOMIC_LIBS)
 	    echo 'check-atomics: error: the symbols above are 16-byte atomics that go through' >&2; \
 	    echo '  libatomic, whose lock-based fallback is not atomic between processes.' >&2; \
 	    echo '  Use cmpxchg16b itself (-mcx16 with the __sync builtins, or inline asm).' >&2; \
+	    exit 1; \
+	fi
+	@touch $@
+
+# libshmheap.a must export exactly what libshmheap.so exports, and that only
+# shmheap_* names: any other global name in the archive can clash with a static
+# user's own (issue 7). Run by `make` (so in every build and stage of `make test`).
+check-exports: $(if $(CLIENT_A),$(B)/.exports-ok)
+$(B)/.exports-ok: $(CLIENT_A) $(CLIENT_SO)
+	@mkdir -p $(@D)
+	@a=$$(nm -g --defined-only $(CLIENT_A) | awk 'NF == 3 { print $$3 }' | sort); \
+	so=$$(nm -D --defined-only $(CLIENT_SO) | awk 'NF == 3 { print $$3 }' | sort); \
+	other=$$(printf '%s\n' "$$a" | grep -v '^shmheap_' | grep .); \
+	if [ -z "$$a" ] || [ -n "$$other" ] || [ "$$a" != "$$so" ]; then \
+	    echo 'check-exports: error: libshmheap.a must export exactly the shmheap_* symbols' >&2; \
+	    echo '  that libshmheap.so exports. Other globals in the archive:' >&2; \
+	    printf '    %s\n' $$other >&2; \
+	    echo '  Only in the archive (<) or only in the shared library (>):' >&2; \
+	    diff <(printf '%s\n' "$$a") <(printf '%s\n' "$$so") | grep '^[<>]' | sed 's/^/    /' >&2; \
 	    exit 1; \
 	fi
 	@touch $@
@@ -295,7 +352,7 @@ RUN_TESTS_SH = run_tests() { \
 test-run: all
 	@$(RUN_TESTS_SH); run_tests $(TESTS)
 
-test-run-mp: $(RUN_MP) check-atomics
+test-run-mp: $(RUN_MP) check-atomics check-exports
 	@$(RUN_TESTS_SH); run_tests $(RUN_MP)
 
 # The whole gate: plain build, then ASan+UBSan, then TSan on the concurrency

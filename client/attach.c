@@ -30,6 +30,7 @@
 
 #include "client/client.h"
 #include "shm/layout.h"
+#include "wire/wire.h"
 
 /* This process's pid, refreshed in a fork's child; see client_forked_fast. */
 static pid_t client_pid;
@@ -210,7 +211,7 @@ static int client_hello(struct client *c)
 
     req = cJSON_CreateObject();
     if (!req || !cJSON_AddStringToObject(req, "op", "hello") ||
-        !cJSON_AddNumberToObject(req, "version", 1) ||
+        !cJSON_AddNumberToObject(req, "version", WIRE_VERSION) ||
         !cJSON_AddNumberToObject(req, "pid", (double) getpid())) {
         cJSON_Delete(req);
         return -SHMHEAP_ENOMEM;
@@ -227,10 +228,10 @@ static int client_hello(struct client *c)
         goto out;
     }
     r = -SHMHEAP_EPROTO;
-    if (!json_get_u64(rep.json, "version", &version) || version != 1) {
+    if (!json_get_u64(rep.json, "version", &version) || version != WIRE_VERSION) {
         client_set_error("shmheapd at %s speaks another protocol version than this "
-                         "library's (1)",
-                         c->conn.path);
+                         "library's (%d)",
+                         c->conn.path, WIRE_VERSION);
         goto out;
     }
     if (!json_get_u64(rep.json, "client_id", &client_id) || client_id == 0) {

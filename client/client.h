@@ -29,8 +29,6 @@
 #include "shm/heap.h"
 #include "shm/internal.h"
 
-/* The protocol's line limit (docs/PROTOCOL.md), the trailing \n included. */
-#define CONN_LINE_MAX 65536u
 /* File descriptors one reply may carry: hello lists every segment. */
 #define CONN_FDS_MAX SHM_MAX_SEGMENTS
 /* How long a reply may take beyond what the request itself asks to wait. */

@@ -58,11 +58,9 @@ int args_parse(int argc, char **argv, struct ctl_args *ret);
 void args_usage(FILE *f);
 
 /* ---- conn.c ---- */
-#define CTL_LINE_MAX 65536u
-
 struct ctl_conn {
     int fd;
-    char path[108];
+    char path[108]; /* WIRE_PATH_MAX */
 };
 
 /* The socket path rule of INTERFACE.md. Returns -1 (message printed) when

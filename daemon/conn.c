@@ -8,8 +8,9 @@
  * the socket is not read, so a peer that sends and never reads fills its
  * own socket buffer, not our memory.
  *
- * Lines are at most LINE_MAX_BYTES with the '\n'; a buffer full without a
- * '\n' is answered line_too_long and the connection closed. A partial line
+ * Lines are framed by wire_line_end(): at most WIRE_LINE_MAX bytes with the
+ * '\n'; a buffer full without a '\n' is answered line_too_long and the
+ * connection closed. A partial line
  * older than request_timeout_ms is answered timeout and closed; so is a
  * connection without hello idle for idle_timeout_ms. */
 #include <errno.h>
@@ -360,28 +361,28 @@ void conn_close(struct conn *c, const char *why)
 static void conn_process(struct conn *c)
 {
     while (!c->closing && !c->close_after_flush && c->jobs == 0 && !c->out_head) {
-        char *nl = memchr(c->in, '\n', c->inlen);
+        ssize_t end = wire_line_end(c->in, c->inlen);
         size_t len;
 
-        if (!nl) {
-            if (c->inlen >= LINE_MAX_BYTES) {
+        if (end < 0) {
+            if (end == -EMSGSIZE) {
                 log_info("connection %" PRIu64 " (pid %d, uid %u): request line longer than "
                          "%u bytes, closing",
-                         c->serial, (int) c->peer.pid, (unsigned) c->peer.uid, LINE_MAX_BYTES);
+                         c->serial, (int) c->peer.pid, (unsigned) c->peer.uid, WIRE_LINE_MAX);
                 reply_error(c, "line_too_long",
                             "a request line may have at most %u bytes with its newline",
-                            LINE_MAX_BYTES);
+                            WIRE_LINE_MAX);
                 c->inlen = 0;
                 c->close_after_flush = true;
             }
             break;
         }
-        len = (size_t) (nl - c->in);
-        *nl = 0;
+        len = (size_t) end;
+        c->in[len] = 0; /* the '\n' */
         proto_handle_line(c, c->in, len);
         if (c->closing)
             return;
-        memmove(c->in, nl + 1, c->inlen - len - 1);
+        memmove(c->in, c->in + len + 1, c->inlen - len - 1);
         c->inlen -= len + 1;
         if (!conn_send_pending(c))
             return;
@@ -403,11 +404,11 @@ static void conn_read(struct conn *c)
 {
     ssize_t n;
 
-    if (c->inlen >= LINE_MAX_BYTES) {
+    if (c->inlen >= sizeof(c->in)) {
         conn_process(c);
         return;
     }
-    n = recv(c->fd, c->in + c->inlen, LINE_MAX_BYTES - c->inlen, MSG_DONTWAIT);
+    n = recv(c->fd, c->in + c->inlen, sizeof(c->in) - c->inlen, MSG_DONTWAIT);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
             return;

@@ -28,13 +28,11 @@
 #include "config/config.h"
 #include "shm/heap.h"
 #include "shm/layout.h"
+#include "wire/wire.h"
 
 #ifndef SHMHEAP_VERSION
 #    define SHMHEAP_VERSION "0.1.0" /* keep in step with VERSION in the Makefile */
 #endif
-
-#define PROTO_VERSION  1
-#define LINE_MAX_BYTES 65536u /* a request line, '\n' included */
 
 struct daemon;
 struct conn;
@@ -108,7 +106,7 @@ struct conn {
     struct client *client; /* after hello */
     struct outbuf *out_head, *out_tail;
     size_t inlen;
-    char in[LINE_MAX_BYTES];
+    char in[WIRE_LINE_MAX];
 };
 
 struct client {
@@ -141,7 +139,7 @@ struct daemon {
     uv_loop_t *loop;
     struct config cfg;       /* the truth; the control segment holds a copy of cfg.shm */
     const char *config_path; /* NULL: the default path, which may be absent */
-    char socket_path[108];
+    char socket_path[WIRE_PATH_MAX];
     bool socket_activated;
     bool socket_created; /* we bound it and unlink it at exit */
     dev_t socket_dev;
@@ -209,8 +207,6 @@ uint32_t owner_nsegments(struct daemon *d);
 void owner_publish_config(struct daemon *d);
 
 /* ---- listen.c ---- */
-/* The socket path by INTERFACE.md's rule (arg may be NULL). */
-int listen_socket_path(const char *arg, char *buf, size_t len);
 int listen_open(struct daemon *d);
 void listen_close(struct daemon *d);
 
@@ -271,6 +267,10 @@ void op_trim(struct conn *c, const cJSON *req);
 void op_verify(struct conn *c, const cJSON *req);
 void op_config_get(struct conn *c, const cJSON *req);
 void op_config_set(struct conn *c, const cJSON *req);
+/* op_admin.c: a trim or verify job that c asked for is done (r: its
+ * result, 0 or a negative errno); logs it and replies on c. */
+void op_trim_done(struct conn *c, int r, const struct trim_result *t);
+void op_verify_done(struct conn *c, int r, const struct verify_report *rep);
 /* A "segment" object {index, size, page_size}; page_size in bytes. */
 cJSON *segment_json(struct daemon *d, uint32_t index);
 /* The stats and segments objects (also for the metrics endpoint, later). */

@@ -14,13 +14,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "config/socket_path.h"
 #include "daemon/daemon.h"
-
-int listen_socket_path(const char *arg, char *buf, size_t len)
-{
-    return socket_path_resolve(arg, buf, len);
-}
 
 /* mkdir -p of the socket's directory; new directories get mode 0755. */
 static int make_parent_dirs(const char *path)

@@ -100,7 +100,7 @@ static int parse_argv(int argc, char **argv)
             help();
             return 1;
         case ARG_VERSION:
-            printf("shmheapd %s (protocol %d, layout %u)\n", SHMHEAP_VERSION, PROTO_VERSION,
+            printf("shmheapd %s (protocol %d, layout %u)\n", SHMHEAP_VERSION, WIRE_VERSION,
                    SHM_LAYOUT_VERSION);
             return 1;
         case ARG_SOCKET:
@@ -193,7 +193,7 @@ int main(int argc, char **argv)
         return EXIT_FAILURE;
     }
     log_set_level(d->cfg.log_level);
-    r = listen_socket_path(arg_socket, d->socket_path, sizeof(d->socket_path));
+    r = wire_socket_path(arg_socket, d->socket_path, sizeof(d->socket_path));
     if (r < 0) {
         log_error("the socket path is longer than a Unix socket address allows (107 bytes)");
         return EXIT_FAILURE;

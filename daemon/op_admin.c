@@ -1,6 +1,7 @@
 /* The ops that act on the heap or the daemon: trim, verify, config.get,
- * config.set. Trim and verify run in the thread pool (work.c) and reply
- * when done; the connection waits meanwhile (no further line is read). */
+ * config.set. Trim and verify run in the thread pool (work.c), which hands
+ * their results back to op_trim_done() and op_verify_done() here, on the
+ * loop thread; the connection waits meanwhile (no further line is read). */
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
@@ -22,6 +23,29 @@ void op_trim(struct conn *c, const cJSON *req)
         reply_error(c, "internal", "cannot start the trim: %s", strerror(-r));
 }
 
+void op_trim_done(struct conn *c, int r, const struct trim_result *t)
+{
+    cJSON *reply;
+
+    if (r < 0) {
+        log_error("trim (requested by pid %d) failed: %s", (int) c->peer.pid, strerror(-r));
+        reply_error(c, "internal", "the trim failed: %s", strerror(-r));
+        return;
+    }
+    log_info("trim (requested by pid %d): released %" PRIu64 " bytes, flushed %" PRIu32
+             " of %" PRIu32 " thread caches, trim_gen %" PRIu64,
+             (int) c->peer.pid, t->bytes_released, t->caches_flushed, t->caches_total, t->trim_gen);
+    reply = reply_new();
+    if (reply && (!json_add_u64(reply, "trim_gen", t->trim_gen) ||
+                  !json_add_u64(reply, "bytes_released", t->bytes_released) ||
+                  !cJSON_AddNumberToObject(reply, "caches_flushed", t->caches_flushed) ||
+                  !cJSON_AddNumberToObject(reply, "caches_total", t->caches_total))) {
+        cJSON_Delete(reply);
+        reply = NULL;
+    }
+    reply_ok(c, reply, NULL, 0); /* NULL: answers internal, out of memory */
+}
+
 void op_verify(struct conn *c, const cJSON *req)
 {
     int r;
@@ -30,6 +54,55 @@ void op_verify(struct conn *c, const cJSON *req)
     r = work_verify(c->d, c);
     if (r < 0)
         reply_error(c, "internal", "cannot start the verification: %s", strerror(-r));
+}
+
+/* At most this many problems are listed in the reply (problems_total
+ * counts them all), so the reply stays far below the line limit. */
+#define VERIFY_PROBLEMS_LISTED 16u
+
+void op_verify_done(struct conn *c, int r, const struct verify_report *rep)
+{
+    cJSON *reply, *problems;
+
+    if (r < 0) {
+        log_error("verify failed: %s", strerror(-r));
+        reply_error(c, "internal", "the verification failed: %s", strerror(-r));
+        return;
+    }
+    if (rep->consistent)
+        log_info("verify (requested by pid %d): consistent, %" PRIu64 " blocks checked",
+                 (int) c->peer.pid, rep->checked_blocks);
+    else
+        log_warning("verify (requested by pid %d): %" PRIu32 " problems, the first: %.160s",
+                    (int) c->peer.pid, rep->nproblems, rep->problems[0]);
+    reply = reply_new();
+    problems = reply ? cJSON_CreateArray() : NULL;
+    if (!problems || !cJSON_AddBoolToObject(reply, "consistent", rep->consistent) ||
+        !cJSON_AddItemToObject(reply, "problems", problems)) {
+        cJSON_Delete(problems);
+        goto oom;
+    }
+    for (uint32_t i = 0; i < rep->nproblems && i < VERIFY_PROBLEMS_LISTED; i++) {
+        char text[sizeof(rep->problems[0]) + 1];
+        cJSON *s;
+
+        memcpy(text, rep->problems[i], sizeof(rep->problems[i]));
+        text[sizeof(text) - 1] = 0;
+        s = cJSON_CreateString(text);
+        if (!s || !cJSON_AddItemToArray(problems, s)) {
+            cJSON_Delete(s);
+            goto oom;
+        }
+    }
+    if (!json_add_u64(reply, "checked_blocks", rep->checked_blocks) ||
+        !json_add_u64(reply, "checked_objects", rep->checked_objects) ||
+        !cJSON_AddNumberToObject(reply, "problems_total", rep->nproblems))
+        goto oom;
+    reply_ok(c, reply, NULL, 0);
+    return;
+oom:
+    cJSON_Delete(reply);
+    reply_error(c, "internal", "out of memory");
 }
 
 static void reply_config(struct conn *c, const struct config_key *only)

@@ -44,10 +44,10 @@ void op_hello(struct conn *c, const cJSON *req)
     if (!req_u64(c, req, "version", true, UINT32_MAX, &version) ||
         !req_u64(c, req, "pid", true, INT32_MAX, &pid))
         return;
-    if (version != PROTO_VERSION) {
+    if (version != WIRE_VERSION) {
         reply_error(c, "bad_value",
                     "protocol version %" PRIu64 " is not supported; this daemon speaks version %d",
-                    version, PROTO_VERSION);
+                    version, WIRE_VERSION);
         return;
     }
     if ((pid_t) pid != c->peer.pid)
@@ -80,7 +80,7 @@ void op_hello(struct conn *c, const cJSON *req)
         reply_error(c, "internal", "cannot register the client: %s", strerror(-r));
         return;
     }
-    if (!cJSON_AddNumberToObject(reply, "version", PROTO_VERSION) ||
+    if (!cJSON_AddNumberToObject(reply, "version", WIRE_VERSION) ||
         !json_add_u64(reply, "client_id", cl->id))
         goto oom;
     reply_ok(c, reply, fds, nfds);

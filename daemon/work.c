@@ -6,7 +6,9 @@
  * flight as problems. A job touches only the heap (through the daemon's
  * own attachment, which is thread-safe) and its own struct; everything
  * else (replies, logs of the result, freeing a client) happens in its
- * after_work callback, on the loop thread. A connection waiting for a job
+ * after_work callback, on the loop thread. This file knows no wire format:
+ * the result of a job a connection asked for goes back to its op
+ * (op_trim_done, op_verify_done), which builds the reply. A connection waiting for a job
  * is paused (conn.c), so it outlives the job even if its peer hangs up. */
 #include <errno.h>
 #include <inttypes.h>
@@ -60,89 +62,23 @@ static void work_cb(uv_work_t *req)
     pthread_mutex_unlock(&j->d->work_lock);
 }
 
+/* A requested trim's result goes to its op (op_admin.c), which logs it and
+ * builds the reply; a periodic one is only logged. */
 static void trim_done(struct job *j)
 {
-    struct daemon *d = j->d;
-    struct conn *c = j->conn;
-    cJSON *reply;
-
-    if (!c)
-        d->periodic_trim_running = false;
+    if (j->conn) {
+        op_trim_done(j->conn, j->r, &j->trim);
+        return;
+    }
+    j->d->periodic_trim_running = false;
     if (j->r < 0) {
-        log_error("trim failed: %s", strerror(-j->r));
-        if (c)
-            reply_error(c, "internal", "the trim failed: %s", strerror(-j->r));
+        log_error("periodic trim failed: %s", strerror(-j->r));
         return;
     }
-    if (c)
-        log_info("trim (requested by pid %d): released %" PRIu64 " bytes, flushed %" PRIu32
-                 " of %" PRIu32 " thread caches, trim_gen %" PRIu64,
-                 (int) c->peer.pid, j->trim.bytes_released, j->trim.caches_flushed,
-                 j->trim.caches_total, j->trim.trim_gen);
-    else
-        log_msg(j->trim.bytes_released ? LOG_INFO : LOG_DEBUG,
-                "periodic trim: released %" PRIu64 " bytes, flushed %" PRIu32 " of %" PRIu32
-                " thread caches, trim_gen %" PRIu64,
-                j->trim.bytes_released, j->trim.caches_flushed, j->trim.caches_total,
-                j->trim.trim_gen);
-    if (!c)
-        return;
-    reply = reply_new();
-    if (reply && (!json_add_u64(reply, "trim_gen", j->trim.trim_gen) ||
-                  !json_add_u64(reply, "bytes_released", j->trim.bytes_released) ||
-                  !cJSON_AddNumberToObject(reply, "caches_flushed", j->trim.caches_flushed) ||
-                  !cJSON_AddNumberToObject(reply, "caches_total", j->trim.caches_total))) {
-        cJSON_Delete(reply);
-        reply = NULL;
-    }
-    reply_ok(c, reply, NULL, 0);
-}
-
-static void verify_done(struct job *j)
-{
-    struct verify_report *rep = j->verify;
-    struct conn *c = j->conn;
-    cJSON *reply, *problems;
-
-    if (j->r < 0) {
-        log_error("verify failed: %s", strerror(-j->r));
-        reply_error(c, "internal", "the verification failed: %s", strerror(-j->r));
-        return;
-    }
-    if (rep->consistent)
-        log_info("verify (requested by pid %d): consistent, %" PRIu64 " blocks checked",
-                 (int) c->peer.pid, rep->checked_blocks);
-    else
-        log_warning("verify (requested by pid %d): %" PRIu32 " problems, the first: %.160s",
-                    (int) c->peer.pid, rep->nproblems, rep->problems[0]);
-    reply = reply_new();
-    problems = reply ? cJSON_CreateArray() : NULL;
-    if (!problems || !cJSON_AddBoolToObject(reply, "consistent", rep->consistent) ||
-        !cJSON_AddItemToObject(reply, "problems", problems)) {
-        cJSON_Delete(problems);
-        goto oom;
-    }
-    for (uint32_t i = 0; i < rep->nproblems && i < 16; i++) {
-        char text[sizeof(rep->problems[0]) + 1];
-        cJSON *s;
-
-        memcpy(text, rep->problems[i], sizeof(rep->problems[i]));
-        text[sizeof(text) - 1] = 0;
-        s = cJSON_CreateString(text);
-        if (!s || !cJSON_AddItemToArray(problems, s)) {
-            cJSON_Delete(s);
-            goto oom;
-        }
-    }
-    if (!json_add_u64(reply, "checked_blocks", rep->checked_blocks) ||
-        !json_add_u64(reply, "checked_objects", rep->checked_objects) ||
-        !cJSON_AddNumberToObject(reply, "problems_total", rep->nproblems))
-        goto oom;
-    reply_ok(c, reply, NULL, 0);
-    return;
-oom:
-    cJSON_Delete(reply);
-    reply_error(c, "internal", "out of memory");
+    log_msg(j->trim.bytes_released ? LOG_INFO : LOG_DEBUG,
+            "periodic trim: released %" PRIu64 " bytes, flushed %" PRIu32 " of %" PRIu32
+            " thread caches, trim_gen %" PRIu64,
+            j->trim.bytes_released, j->trim.caches_flushed, j->trim.caches_total, j->trim.trim_gen);
 }
 
 static void after_work_cb(uv_work_t *req, int status)
@@ -158,7 +94,7 @@ static void after_work_cb(uv_work_t *req, int status)
         trim_done(j);
         break;
     case JOB_VERIFY:
-        verify_done(j);
+        op_verify_done(j->conn, j->r, j->verify);
         break;
     case JOB_RECLAIM:
         clients_reclaimed(j->cl, j->slots, j->arenas, j->r, &j->owned);

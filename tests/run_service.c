@@ -18,6 +18,7 @@ int main(void)
             daemon_clients_suite,
             client_suite,
             ctl_suite,
+            static_suite,
             quota_suite,
             debuggers_suite,
     };

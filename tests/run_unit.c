@@ -12,7 +12,7 @@ int main(void)
 {
     Suite *(*const suites[])(void) = {
             bittree_suite, sizeclass_suite, alloc_suite,     arena_suite, pool_suite,  roots_suite,
-            misuse_suite,  layout_suite,    hugepages_suite, trim_suite,  owned_suite,
+            misuse_suite,  layout_suite,    hugepages_suite, trim_suite,  owned_suite, wire_suite,
     };
     SRunner *sr = srunner_create(NULL);
     int failed;

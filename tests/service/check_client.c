@@ -34,23 +34,16 @@
 #include "tests/common/mptest.h"
 #include "tests/common/testheap.h"
 #include "tests/service/daemon_fixture.h"
+#include "tests/service/fixture.h"
 #include "tests/service/suites.h"
 
-/* Every test but the no-daemon one runs its own daemon: 4K pages (the
- * huge page pool is for the suites that test it), 64 MiB segments. */
-#define CFG_BASE "\"huge_pages\": \"off\", \"segment_size\": \"64M\""
-
+/* Every test but the no-daemon one runs its own daemon (fixture.h's
+ * FIXTURE_SMALL config). */
 static struct daemon_fixture fx;
 
 static void start(const char *extra_json)
 {
-    char cfg[512];
-    int r;
-
-    snprintf(cfg, sizeof(cfg), "{" CFG_BASE "%s%s}", extra_json ? ", " : "",
-             extra_json ? extra_json : "");
-    r = daemon_start(&fx, cfg);
-    ck_assert_msg(r == 0, "daemon_start: %s", strerror(-r));
+    fixture_start(&fx, extra_json);
 }
 
 /* Sends one op to the daemon (a connection of its own, without hello) and
@@ -79,34 +72,17 @@ static uint64_t ju64(const cJSON *o, const char *name)
 /* The daemon's verify op must find the heap consistent. */
 static void verify_ok(void)
 {
-    cJSON *r = op("{\"op\":\"verify\"}"), *p;
-    const cJSON *consistent = cJSON_GetObjectItemCaseSensitive(r, "consistent");
-
-    ck_assert_msg(reply_is_ok(r), "verify refused");
-    if (!cJSON_IsTrue(consistent)) {
-        cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(r, "problems"))
-        {
-            fprintf(stderr, "verify: %s\n", cJSON_IsString(p) ? p->valuestring : "?");
-        }
-    }
-    ck_assert_msg(cJSON_IsTrue(consistent), "the daemon's verify found problems (see stderr)");
-    cJSON_Delete(r);
+    fixture_verify(&fx);
 }
 
 static void finish(void)
 {
-    verify_ok();
-    daemon_stop(&fx);
-    ck_assert_msg(fx.clean_exit, "shmheapd did not exit cleanly");
+    fixture_finish(&fx);
 }
 
 static shmheap_t *attach_ok(void)
 {
-    shmheap_t *h = NULL;
-    int r = shmheap_attach(fx.socket_path, &h);
-
-    ck_assert_msg(r == 0, "attach: %s: %s", shmheap_strerror(r), shmheap_last_error());
-    return h;
+    return fixture_attach(&fx);
 }
 
 /* In a child: attach or exit failing. */

@@ -4,88 +4,29 @@
  * connect. The program is $SHMHEAPCTL, else $SHMHEAP_BUILD_DIR/shmheapctl,
  * else build/shmheapctl. */
 #include <check.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
 
 #include "shmheap.h"
 #include "tests/service/daemon_fixture.h"
+#include "tests/service/fixture.h"
+#include "tests/service/program.h"
 #include "tests/service/suites.h"
-
-#define CFG "{\"huge_pages\": \"off\", \"segment_size\": \"64M\"}"
 
 static struct daemon_fixture fx;
 
-struct run {
-    int status; /* exit status, or 128 + signal */
-    char out[256 * 1024];
-    char err[64 * 1024];
-};
-
-static const char *ctl_path(void)
-{
-    static char path[512];
-    const char *env = getenv("SHMHEAPCTL"), *dir = getenv("SHMHEAP_BUILD_DIR");
-
-    if (env && *env)
-        return env;
-    snprintf(path, sizeof(path), "%s/shmheapctl", dir && *dir ? dir : "build");
-    return path;
-}
-
-/* Reads both pipes to the end into r (NUL-terminated, truncated to fit). */
-static void drain(int out_fd, int err_fd, struct run *r)
-{
-    struct pollfd p[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
-    size_t lens[2] = {0, 0}, caps[2] = {sizeof(r->out) - 1, sizeof(r->err) - 1};
-    char *bufs[2] = {r->out, r->err}, sink[4096];
-    int open_fds = 2;
-
-    while (open_fds) {
-        int n = poll(p, 2, daemon_test_ms(30000));
-
-        ck_assert_msg(n > 0, "shmheapctl hangs");
-        for (int i = 0; i < 2; i++) {
-            ssize_t got;
-
-            if (p[i].fd < 0 || !p[i].revents)
-                continue;
-            if (lens[i] < caps[i])
-                got = read(p[i].fd, bufs[i] + lens[i], caps[i] - lens[i]);
-            else
-                got = read(p[i].fd, sink, sizeof(sink));
-            if (got < 0 && errno == EINTR)
-                continue;
-            if (got <= 0) {
-                (void) close(p[i].fd);
-                p[i].fd = -1;
-                open_fds--;
-                continue;
-            }
-            if (lens[i] < caps[i])
-                lens[i] += (size_t) got;
-        }
-    }
-    r->out[lens[0]] = 0;
-    r->err[lens[1]] = 0;
-}
-
 /* Runs shmheapctl with the arguments (NULL-terminated). */
-static struct run *ctl(const char *arg, ...)
+static struct program_run *ctl(const char *arg, ...)
 {
-    static struct run r;
+    static struct program_run r;
     const char *argv[32];
-    int out[2], err[2], status, argc = 0;
+    int argc = 0;
     va_list ap;
-    pid_t pid;
 
     argv[argc++] = "shmheapctl";
     va_start(ap, arg);
@@ -93,31 +34,13 @@ static struct run *ctl(const char *arg, ...)
         argv[argc++] = a;
     va_end(ap);
     argv[argc] = NULL;
-    ck_assert_int_eq(pipe2(out, O_CLOEXEC), 0);
-    ck_assert_int_eq(pipe2(err, O_CLOEXEC), 0);
-    fflush(NULL);
-    pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        (void) dup2(out[1], 1);
-        (void) dup2(err[1], 2);
-        execv(ctl_path(), (char *const *) argv);
-        fprintf(stderr, "exec %s: %s\n", ctl_path(), strerror(errno));
-        _exit(127);
-    }
-    (void) close(out[1]);
-    (void) close(err[1]);
-    memset(&r, 0, sizeof(r));
-    drain(out[0], err[0], &r);
-    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-    r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    ck_assert_msg(r.status != 127, "cannot run %s: %s", ctl_path(), r.err);
+    program_run(program_path("shmheapctl", "SHMHEAPCTL"), argv, &r);
     return &r;
 }
 
 #define S fx.socket_path
 
-static void expect(const struct run *r, int status, const char *what)
+static void expect(const struct program_run *r, int status, const char *what)
 {
     ck_assert_msg(r->status == status, "%s: exit %d, expected %d\nstdout: %s\nstderr: %s", what,
                   r->status, status, r->out, r->err);
@@ -129,7 +52,7 @@ static void has(const char *text, const char *needle)
 }
 
 /* The --json output: exactly one line, a JSON object with "ok". */
-static cJSON *json_line(const struct run *r)
+static cJSON *json_line(const struct program_run *r)
 {
     const char *nl = strchr(r->out, '\n');
     cJSON *j;
@@ -142,29 +65,26 @@ static cJSON *json_line(const struct run *r)
 
 static void start(void)
 {
-    int r = daemon_start(&fx, CFG);
-
-    ck_assert_msg(r == 0, "daemon_start: %s", strerror(-r));
+    fixture_start(&fx, NULL);
 }
 
 static void finish(void)
 {
-    struct run *r = ctl("--socket", S, "verify", NULL);
+    struct program_run *r = ctl("--socket", S, "verify", NULL);
 
     expect(r, 0, "verify");
-    daemon_stop(&fx);
-    ck_assert(fx.clean_exit);
+    fixture_stop(&fx);
 }
 
 START_TEST(ctl_stats)
 {
-    struct run *r;
+    struct program_run *r;
     shmheap_t *h;
     void *p;
     cJSON *j, *st;
 
     start();
-    ck_assert_int_eq(shmheap_attach(S, &h), 0);
+    h = fixture_attach(&fx);
     p = shmheap_malloc(h, 1000);
     ck_assert_ptr_nonnull(p);
 
@@ -211,13 +131,13 @@ END_TEST
 
 START_TEST(ctl_trim_clients_segments_verify)
 {
-    struct run *r;
+    struct program_run *r;
     char pid[32];
     shmheap_t *h;
     cJSON *j;
 
     start();
-    ck_assert_int_eq(shmheap_attach(S, &h), 0);
+    h = fixture_attach(&fx);
     shmheap_free(h, shmheap_malloc(h, 64));
     snprintf(pid, sizeof(pid), "%d", (int) getpid());
 
@@ -265,7 +185,7 @@ END_TEST
 
 START_TEST(ctl_config)
 {
-    struct run *r;
+    struct program_run *r;
     cJSON *j, *cfg;
 
     start();
@@ -347,7 +267,7 @@ START_TEST(ctl_usage)
             {"--socket", NULL},
             {"--bogus", "stats", NULL},
     };
-    struct run *r;
+    struct program_run *r;
 
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         r = ctl(bad[i][0], bad[i][1], bad[i][2], bad[i][3], NULL);
@@ -371,7 +291,7 @@ END_TEST
 START_TEST(ctl_no_daemon)
 {
     char path[128];
-    struct run *r;
+    struct program_run *r;
 
     snprintf(path, sizeof(path), "/tmp/shmheapctl-test-nobody-%d.sock", (int) getpid());
     r = ctl("--socket", path, "stats", NULL);

@@ -17,10 +17,10 @@
 #include "config/config.h"
 #include "shm/layout.h"
 #include "tests/service/daemon_fixture.h"
+#include "tests/service/fixture.h"
 #include "tests/service/suites.h"
 
 /* A small heap on normal pages: cheap and the same on every machine. */
-#define SMALL "\"segment_size\": 67108864, \"huge_pages\": \"off\""
 
 static double num(const cJSON *o, const char *name)
 {
@@ -28,27 +28,6 @@ static double num(const cJSON *o, const char *name)
 
     ck_assert_msg(cJSON_IsNumber(v), "field %s is not a number", name);
     return v->valuedouble;
-}
-
-static void assert_error(cJSON *reply, const char *code)
-{
-    ck_assert_msg(reply, "no reply");
-    ck_assert_msg(!reply_is_ok(reply), "expected %s, got ok", code);
-    ck_assert_msg(reply_error_code(reply) && strcmp(reply_error_code(reply), code) == 0,
-                  "expected %s, got %s (%s)", code, reply_error_code(reply),
-                  reply_error_message(reply));
-    ck_assert_msg(reply_error_message(reply) && strlen(reply_error_message(reply)) > 5,
-                  "no message");
-    cJSON_Delete(reply);
-}
-
-static cJSON *hello(int fd, int *fds, int *nfds)
-{
-    char line[64];
-
-    (void) snprintf(line, sizeof(line), "{\"op\":\"hello\",\"version\":1,\"pid\":%d}",
-                    (int) getpid());
-    return daemon_call(fd, line, fds, nfds);
 }
 
 START_TEST(daemon_hello_fds)
@@ -59,10 +38,10 @@ START_TEST(daemon_hello_fds)
     cJSON *r;
     int i = 0;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     fd = daemon_connect(f.socket_path);
     ck_assert_int_ge(fd, 0);
-    r = hello(fd, fds, &nfds);
+    r = fixture_hello(fd, fds, &nfds);
     ck_assert(reply_is_ok(r));
     ck_assert_int_eq((int) num(r, "version"), 1);
     ck_assert(num(r, "client_id") > 0);
@@ -97,17 +76,16 @@ START_TEST(daemon_hello_fds)
         (void) close(fds[i]);
     cJSON_Delete(r);
     /* Once per connection. */
-    assert_error(hello(fd, NULL, NULL), "bad_request");
+    expect_reply(fixture_hello(fd, NULL, NULL), "bad_request");
     (void) close(fd);
     /* Other versions and missing fields. */
-    assert_error(daemon_call_once(f.socket_path, "{\"op\":\"hello\",\"version\":2,\"pid\":1}"),
+    expect_reply(daemon_call_once(f.socket_path, "{\"op\":\"hello\",\"version\":2,\"pid\":1}"),
                  "bad_value");
-    assert_error(daemon_call_once(f.socket_path, "{\"op\":\"hello\",\"version\":1}"),
+    expect_reply(daemon_call_once(f.socket_path, "{\"op\":\"hello\",\"version\":1}"),
                  "bad_request");
-    assert_error(daemon_call_once(f.socket_path, "{\"op\":\"hello\",\"version\":\"1\",\"pid\":1}"),
+    expect_reply(daemon_call_once(f.socket_path, "{\"op\":\"hello\",\"version\":\"1\",\"pid\":1}"),
                  "bad_request");
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -118,11 +96,11 @@ START_TEST(daemon_segment_op)
     struct stat st;
     cJSON *r;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     fd = daemon_connect(f.socket_path);
-    assert_error(daemon_call(fd, "{\"op\":\"segment\",\"index\":1}", NULL, NULL), "not_attached");
-    assert_error(daemon_call(fd, "{\"op\":\"grow\",\"seen\":2}", NULL, NULL), "not_attached");
-    r = hello(fd, fds, &nfds);
+    expect_reply(daemon_call(fd, "{\"op\":\"segment\",\"index\":1}", NULL, NULL), "not_attached");
+    expect_reply(daemon_call(fd, "{\"op\":\"grow\",\"seen\":2}", NULL, NULL), "not_attached");
+    r = fixture_hello(fd, fds, &nfds);
     ck_assert(reply_is_ok(r));
     cJSON_Delete(r);
     for (int i = 0; i < nfds; i++)
@@ -136,17 +114,16 @@ START_TEST(daemon_segment_op)
     ck_assert_int_eq((int) num(cJSON_GetObjectItemCaseSensitive(r, "segment"), "index"), 1);
     (void) close(fds[0]);
     cJSON_Delete(r);
-    assert_error(daemon_call(fd, "{\"op\":\"segment\",\"index\":5}", NULL, NULL),
+    expect_reply(daemon_call(fd, "{\"op\":\"segment\",\"index\":5}", NULL, NULL),
                  "no_such_segment");
-    assert_error(daemon_call(fd, "{\"op\":\"segment\",\"index\":4000000000}", NULL, NULL),
+    expect_reply(daemon_call(fd, "{\"op\":\"segment\",\"index\":4000000000}", NULL, NULL),
                  "no_such_segment");
-    assert_error(daemon_call(fd, "{\"op\":\"segment\",\"index\":-1}", NULL, NULL), "bad_request");
-    assert_error(daemon_call(fd, "{\"op\":\"segment\",\"index\":\"1\"}", NULL, NULL),
+    expect_reply(daemon_call(fd, "{\"op\":\"segment\",\"index\":-1}", NULL, NULL), "bad_request");
+    expect_reply(daemon_call(fd, "{\"op\":\"segment\",\"index\":\"1\"}", NULL, NULL),
                  "bad_request");
-    assert_error(daemon_call(fd, "{\"op\":\"segment\"}", NULL, NULL), "bad_request");
+    expect_reply(daemon_call(fd, "{\"op\":\"segment\"}", NULL, NULL), "bad_request");
     (void) close(fd);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -169,9 +146,9 @@ START_TEST(daemon_grow)
     struct stat st;
     cJSON *r;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL ", \"max_segments\": 3}"), 0);
+    fixture_start(&f, "\"max_segments\": 3");
     fd = daemon_connect(f.socket_path);
-    r = hello(fd, fds, &nfds);
+    r = fixture_hello(fd, fds, &nfds);
     cJSON_Delete(r);
     for (int i = 0; i < nfds; i++)
         (void) close(fds[i]);
@@ -201,16 +178,15 @@ START_TEST(daemon_grow)
     (void) close(fds[0]);
     cJSON_Delete(r);
     /* max_segments (3) reached. */
-    assert_error(daemon_call(fd, "{\"op\":\"grow\",\"seen\":4}", NULL, NULL), "heap_full");
+    expect_reply(daemon_call(fd, "{\"op\":\"grow\",\"seen\":4}", NULL, NULL), "heap_full");
     ck_assert(daemon_log_wait(&f, "max_segments", 1000));
     /* Bad fields. */
-    assert_error(daemon_call(fd, "{\"op\":\"grow\",\"seen\":4,\"min_bytes\":1e15}", NULL, NULL),
+    expect_reply(daemon_call(fd, "{\"op\":\"grow\",\"seen\":4,\"min_bytes\":1e15}", NULL, NULL),
                  "bad_value");
-    assert_error(daemon_call(fd, "{\"op\":\"grow\"}", NULL, NULL), "bad_request");
-    assert_error(daemon_call(fd, "{\"op\":\"grow\",\"seen\":true}", NULL, NULL), "bad_request");
+    expect_reply(daemon_call(fd, "{\"op\":\"grow\"}", NULL, NULL), "bad_request");
+    expect_reply(daemon_call(fd, "{\"op\":\"grow\",\"seen\":true}", NULL, NULL), "bad_request");
     (void) close(fd);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -225,9 +201,9 @@ START_TEST(daemon_info_ops)
     const cJSON *st, *a, *c;
     cJSON *r;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     fd = daemon_connect(f.socket_path);
-    r = hello(fd, fds, &nfds);
+    r = fixture_hello(fd, fds, &nfds);
     cJSON_Delete(r);
     for (int i = 0; i < nfds; i++)
         (void) close(fds[i]);
@@ -272,8 +248,7 @@ START_TEST(daemon_info_ops)
     ck_assert(num(c, "connected_s") >= 0);
     cJSON_Delete(r);
     (void) close(fd);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -283,7 +258,7 @@ START_TEST(daemon_trim_verify)
     int fd;
     cJSON *r;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     fd = daemon_connect(f.socket_path);
     r = daemon_call(fd, "{\"op\":\"trim\"}", NULL, NULL);
     ck_assert(reply_is_ok(r));
@@ -296,8 +271,8 @@ START_TEST(daemon_trim_verify)
     ck_assert(reply_is_ok(r));
     ck_assert_int_eq((int) num(r, "trim_gen"), 2);
     cJSON_Delete(r);
-    assert_error(daemon_call(fd, "{\"op\":\"trim\",\"wait_ms\":70000}", NULL, NULL), "bad_value");
-    assert_error(daemon_call(fd, "{\"op\":\"trim\",\"wait_ms\":\"5\"}", NULL, NULL), "bad_request");
+    expect_reply(daemon_call(fd, "{\"op\":\"trim\",\"wait_ms\":70000}", NULL, NULL), "bad_value");
+    expect_reply(daemon_call(fd, "{\"op\":\"trim\",\"wait_ms\":\"5\"}", NULL, NULL), "bad_request");
     ck_assert(daemon_log_wait(&f, "trim (requested by pid", 1000));
     r = daemon_call(fd, "{\"op\":\"verify\"}", NULL, NULL);
     ck_assert(reply_is_ok(r));
@@ -306,8 +281,7 @@ START_TEST(daemon_trim_verify)
     ck_assert(num(r, "checked_blocks") > 0);
     cJSON_Delete(r);
     (void) close(fd);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -317,7 +291,7 @@ START_TEST(daemon_config_get_op)
     const cJSON *c;
     cJSON *r;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL ", \"bundle_objects\": 32}"), 0);
+    fixture_start(&f, "\"bundle_objects\": 32");
     r = daemon_call_once(f.socket_path, "{\"op\":\"config.get\"}");
     ck_assert(reply_is_ok(r));
     c = cJSON_GetObjectItemCaseSensitive(r, "config");
@@ -332,12 +306,11 @@ START_TEST(daemon_config_get_op)
     ck_assert_int_eq(cJSON_GetArraySize(c), 1);
     ck_assert_int_eq((int) num(c, "max_clients"), 64);
     cJSON_Delete(r);
-    assert_error(daemon_call_once(f.socket_path, "{\"op\":\"config.get\",\"key\":\"nope\"}"),
+    expect_reply(daemon_call_once(f.socket_path, "{\"op\":\"config.get\",\"key\":\"nope\"}"),
                  "unknown_key");
-    assert_error(daemon_call_once(f.socket_path, "{\"op\":\"config.get\",\"key\":7}"),
+    expect_reply(daemon_call_once(f.socket_path, "{\"op\":\"config.get\",\"key\":7}"),
                  "bad_request");
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -419,13 +392,11 @@ START_TEST(daemon_options)
     st = run_daemon(bad_metrics, out, sizeof(out));
     ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2);
     ck_assert_ptr_nonnull(strstr(out, "ADDR:PORT"));
-    ck_assert_int_eq(daemon_start_args(&f, "{" SMALL "}", metrics), 0);
+    fixture_start_args(&f, NULL, metrics);
     ck_assert(daemon_log_wait(&f, "not served yet", 1000));
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
-    ck_assert_int_eq(daemon_start_args(&f, "{" SMALL "}", metrics6), 0);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
+    fixture_start_args(&f, NULL, metrics6);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -452,7 +423,7 @@ START_TEST(daemon_socket_file)
      * socket is 0660. */
     (void) snprintf(sub, sizeof(sub), "%s/a/b", dir);
     (void) snprintf(path, sizeof(path), "%s/s.sock", sub);
-    ck_assert_int_eq(daemon_start_args(&f, "{" SMALL "}", args), 0);
+    fixture_start_args(&f, NULL, args);
     ck_assert_int_eq(stat(path, &st), 0);
     ck_assert(S_ISSOCK(st.st_mode));
     ck_assert_int_eq(st.st_mode & 07777, 0660);
@@ -463,7 +434,7 @@ START_TEST(daemon_socket_file)
     cJSON_Delete(r);
     /* A second daemon on the same path refuses to start and leaves the
      * first one alone. */
-    ck_assert_int_eq(daemon_start_args(&g, "{" SMALL "}", args), -ECHILD);
+    ck_assert_int_eq(daemon_start_args(&g, "{" FIXTURE_SMALL "}", args), -ECHILD);
     ck_assert(WIFEXITED(g.status) && WEXITSTATUS(g.status) != 0);
     ck_assert(daemon_log_wait(&g, "another daemon answers", 0));
     daemon_stop(&g);
@@ -471,18 +442,16 @@ START_TEST(daemon_socket_file)
     ck_assert(reply_is_ok(r));
     cJSON_Delete(r);
     /* A clean stop removes the socket. */
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
     ck_assert_int_eq(stat(path, &st), -1);
     /* A stale socket (nothing answers) is replaced. */
     make_stale_socket(path);
-    ck_assert_int_eq(daemon_start_args(&f, "{" SMALL "}", args), 0);
+    fixture_start_args(&f, NULL, args);
     ck_assert(daemon_log_wait(&f, "removed the stale socket", 0));
     r = daemon_call_once(path, "{\"op\":\"stats\"}");
     ck_assert(reply_is_ok(r));
     cJSON_Delete(r);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
     /* A file that is not a socket is never removed. */
     {
         FILE *fp = fopen(path, "w");
@@ -490,7 +459,7 @@ START_TEST(daemon_socket_file)
         fputs("precious\n", fp);
         fclose(fp);
     }
-    ck_assert_int_eq(daemon_start_args(&f, "{" SMALL "}", args), -ECHILD);
+    ck_assert_int_eq(daemon_start_args(&f, "{" FIXTURE_SMALL "}", args), -ECHILD);
     ck_assert(daemon_log_wait(&f, "is not a socket", 0));
     daemon_stop(&f);
     ck_assert_int_eq(stat(path, &st), 0);
@@ -523,7 +492,7 @@ START_TEST(daemon_systemd)
     (void) snprintf(cfg, sizeof(cfg), "%s/c.json", dir);
     (void) snprintf(logp, sizeof(logp), "%s/log", dir);
     fp = fopen(cfg, "w");
-    fputs("{" SMALL "}", fp);
+    fputs("{" FIXTURE_SMALL "}", fp);
     fclose(fp);
     lfd = socket(AF_UNIX, SOCK_STREAM, 0);
     memcpy(sa.sun_path, sock, strlen(sock) + 1);
@@ -641,7 +610,7 @@ START_TEST(daemon_huge_pages)
     } else {
         ck_assert_int_eq(r, 0);
         fd = daemon_connect(f.socket_path);
-        reply = hello(fd, fds, &nfds);
+        reply = fixture_hello(fd, fds, &nfds);
         ck_assert(reply_is_ok(reply));
         ck_assert_uint_eq(
                 (uint64_t) num(
@@ -653,15 +622,13 @@ START_TEST(daemon_huge_pages)
             (void) close(fds[i]);
         (void) close(fd);
         ck_assert(daemon_log_wait(&f, "segment 1 created: 64M bytes on 2M pages", 0));
-        daemon_stop(&f);
-        ck_assert(f.clean_exit);
+        fixture_stop(&f);
     }
     ck_assert_int_eq(daemon_start(&f, "{\"segment_size\": 67108864, \"huge_pages\": \"auto\"}"), 0);
     /* 1G pages, if any are free, round the segment up to 1G. */
     ck_assert(daemon_log_wait(&f, "segment 1 created: ", 0));
     ck_assert(daemon_log_wait(&f, "pages (huge_pages \"auto\")", 0));
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 

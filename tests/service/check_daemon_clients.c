@@ -16,9 +16,8 @@
 #include "shm/heap.h"
 #include "shm/layout.h"
 #include "tests/service/daemon_fixture.h"
+#include "tests/service/fixture.h"
 #include "tests/service/suites.h"
-
-#define SMALL "\"segment_size\": 67108864, \"huge_pages\": \"off\""
 
 /* ---- a minimal client: hello, then heap_attach with hooks that ask the
  * daemon (segment, grow) on the same connection ---- */
@@ -93,7 +92,6 @@ static int rc_attach(const char *sock, struct raw_client *rc)
     struct heap_hooks hooks = {.ctx = rc, .open_segment = rc_open_segment, .grow = rc_grow};
     int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, i = 0;
     const cJSON *seg;
-    char line[64];
     cJSON *r;
 
     memset(rc, 0, sizeof(*rc));
@@ -103,9 +101,7 @@ static int rc_attach(const char *sock, struct raw_client *rc)
     rc->sock = daemon_connect(sock);
     if (rc->sock < 0)
         return rc->sock;
-    (void) snprintf(line, sizeof(line), "{\"op\":\"hello\",\"version\":1,\"pid\":%d}",
-                    (int) getpid());
-    r = daemon_call(rc->sock, line, fds, &nfds);
+    r = fixture_hello(rc->sock, fds, &nfds);
     if (!r || !reply_is_ok(r)) {
         cJSON_Delete(r);
         return -EPROTO;
@@ -232,7 +228,7 @@ START_TEST(clients_sigkill_reclaim)
     pid_t pid;
     cJSON *r;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     ck_assert_int_eq(pipe(pfd), 0);
     pid = fork();
     ck_assert_int_ge(pid, 0);
@@ -285,8 +281,7 @@ START_TEST(clients_sigkill_reclaim)
     cJSON_Delete(r);
     heap_detach(me.h);
     (void) close(me.sock);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -302,7 +297,7 @@ START_TEST(clients_detach_then_exit)
     pid_t pid;
     cJSON *r;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     ck_assert_int_eq(pipe(pfd), 0);
     pid = fork();
     ck_assert_int_ge(pid, 0);
@@ -331,8 +326,7 @@ START_TEST(clients_detach_then_exit)
     r = daemon_call_once(f.socket_path, "{\"op\":\"clients\"}");
     ck_assert_int_eq(cJSON_GetArraySize(clients_of(r)), 0);
     cJSON_Delete(r);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -344,7 +338,7 @@ START_TEST(clients_clean_detach)
     pid_t pid;
     cJSON *r;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
@@ -371,8 +365,7 @@ START_TEST(clients_clean_detach)
     r = daemon_call_once(f.socket_path, "{\"op\":\"verify\"}");
     ck_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "consistent")));
     cJSON_Delete(r);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -386,7 +379,7 @@ START_TEST(clients_many_and_grow)
     int pfd[2];
     cJSON *r;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     ck_assert_int_eq(pipe(pfd), 0);
     for (int k = 0; k < N; k++) {
         pids[k] = fork();
@@ -449,8 +442,7 @@ START_TEST(clients_many_and_grow)
     r = daemon_call_once(f.socket_path, "{\"op\":\"verify\"}");
     ck_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "consistent")));
     cJSON_Delete(r);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -467,7 +459,7 @@ START_TEST(clients_bad_metadata)
     int pfd[2], st;
     pid_t pid;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     ck_assert_int_eq(pipe(pfd), 0);
     pid = fork();
     ck_assert_int_ge(pid, 0);
@@ -521,8 +513,7 @@ START_TEST(clients_bad_metadata)
         }
     }
     ck_assert_int_eq(kill(f.pid, 0), 0);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 

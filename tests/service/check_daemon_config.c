@@ -15,9 +15,8 @@
 #include "shm/atomic.h"
 #include "shm/layout.h"
 #include "tests/service/daemon_fixture.h"
+#include "tests/service/fixture.h"
 #include "tests/service/suites.h"
-
-#define SMALL "\"segment_size\": 67108864, \"huge_pages\": \"off\""
 
 /* An in-bounds value for every key, unlike its default. */
 static const struct {
@@ -44,14 +43,11 @@ static void map_ctl(const char *sock, struct ctl_map *m)
 {
     int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0;
     struct stat st;
-    char line[64];
     cJSON *r;
 
     m->sock = daemon_connect(sock);
     ck_assert_int_ge(m->sock, 0);
-    (void) snprintf(line, sizeof(line), "{\"op\":\"hello\",\"version\":1,\"pid\":%d}",
-                    (int) getpid());
-    r = daemon_call(m->sock, line, fds, &nfds);
+    r = fixture_hello(m->sock, fds, &nfds);
     ck_assert(r && reply_is_ok(r));
     cJSON_Delete(r);
     ck_assert_int_ge(nfds, 1);
@@ -124,7 +120,7 @@ START_TEST(dconfig_set_every_key)
     struct ctl_map m;
     int fd;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     map_ctl(f.socket_path, &m);
     fd = daemon_connect(f.socket_path);
     ck_assert_uint_eq(sizeof(new_values) / sizeof(new_values[0]), config_key_count());
@@ -159,8 +155,7 @@ START_TEST(dconfig_set_every_key)
     ck_assert(daemon_log_wait(&f, "config: bundle_objects changed from 64 to 32", 1000));
     (void) close(fd);
     unmap_ctl(&m);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -189,7 +184,7 @@ START_TEST(dconfig_set_refused)
     cJSON *before, *after;
     int fd;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     map_ctl(f.socket_path, &m);
     fd = daemon_connect(f.socket_path);
     before = daemon_call_once(f.socket_path, "{\"op\":\"config.get\"}");
@@ -211,8 +206,7 @@ START_TEST(dconfig_set_refused)
     cJSON_Delete(after);
     (void) close(fd);
     unmap_ctl(&m);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -232,7 +226,7 @@ START_TEST(dconfig_sighup)
     int fd;
     cJSON *r;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL ",\n \"bundle_objects\": 32}"), 0);
+    ck_assert_int_eq(daemon_start(&f, "{" FIXTURE_SMALL ",\n \"bundle_objects\": 32}"), 0);
     map_ctl(f.socket_path, &m);
     ck_assert_int_eq((int) get_num(f.socket_path, "bundle_objects"), 32);
     /* A runtime change, then a reload: the file wins (defaults + file). */
@@ -241,7 +235,7 @@ START_TEST(dconfig_sighup)
     ck_assert(reply_is_ok(r));
     cJSON_Delete(r);
     (void) close(fd);
-    ck_assert_int_eq(daemon_write_config(&f, "{" SMALL ",\n \"bundle_objects\": 100,\n"
+    ck_assert_int_eq(daemon_write_config(&f, "{" FIXTURE_SMALL ",\n \"bundle_objects\": 100,\n"
                                              " \"recycler_cap_bundles\": 7}\n"),
                      0);
     ck_assert_int_eq(kill(f.pid, SIGHUP), 0);
@@ -253,7 +247,8 @@ START_TEST(dconfig_sighup)
     ck_assert_uint_eq(load_relaxed(&m.c->config.recycler_cap_bundles), 7);
     ck_assert(daemon_log_wait(&f, "bundle_objects changed from 32 to 100 (reload of", 0));
     /* A broken file keeps the running config and says why. */
-    ck_assert_int_eq(daemon_write_config(&f, "{" SMALL ",\n \"bundle_objects\": 100000}\n"), 0);
+    ck_assert_int_eq(daemon_write_config(&f, "{" FIXTURE_SMALL ",\n \"bundle_objects\": 100000}\n"),
+                     0);
     ck_assert_int_eq(kill(f.pid, SIGHUP), 0);
     ck_assert(daemon_log_wait(&f, "config reload failed, keeping the running config", 3000));
     ck_assert(daemon_log_wait(&f, "shmheapd.json:2: bundle_objects must be between 2 and 4096", 0));
@@ -263,8 +258,7 @@ START_TEST(dconfig_sighup)
     ck_assert(daemon_log_wait(&f, "end of file", 3000));
     ck_assert_int_eq((int) get_num(f.socket_path, "bundle_objects"), 100);
     unmap_ctl(&m);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -316,7 +310,7 @@ START_TEST(dconfig_periodic_trim)
     cJSON *r;
     int fd;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL ", \"trim_interval_ms\": 100}"), 0);
+    fixture_start(&f, "\"trim_interval_ms\": 100");
     (void) usleep(700000);
     n0 = trims(f.socket_path);
     ck_assert_msg(n0 >= 3, "only %llu periodic trims in 700 ms", (unsigned long long) n0);
@@ -334,8 +328,7 @@ START_TEST(dconfig_periodic_trim)
     n2 = trims(f.socket_path);
     ck_assert_uint_ge(n2, n1 + 3);
     (void) close(fd);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -346,7 +339,7 @@ START_TEST(dconfig_log_level)
     cJSON *r;
     int fd, n = 0;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL ", \"log_level\": \"debug\"}"), 0);
+    fixture_start(&f, "\"log_level\": \"debug\"");
     fd = daemon_connect(f.socket_path);
     ck_assert(daemon_log_wait(&f, "debug: connection 1 from pid", 1000));
     r = set_key(fd, "log_level", "\"warning\"");
@@ -362,8 +355,7 @@ START_TEST(dconfig_log_level)
         n++;
     ck_assert_int_eq(n, 0);
     free(log);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 

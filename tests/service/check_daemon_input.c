@@ -15,26 +15,10 @@
 #include <unistd.h>
 
 #include "tests/service/daemon_fixture.h"
+#include "tests/service/fixture.h"
 #include "tests/service/suites.h"
 
-#define SMALL  "\"segment_size\": 67108864, \"huge_pages\": \"off\""
 #define NOBODY 65534
-
-static void expect_code(cJSON *reply, const char *code)
-{
-    ck_assert_msg(reply, "no reply (expected %s)", code ? code : "ok");
-    if (!code) {
-        ck_assert_msg(reply_is_ok(reply), "expected ok, got %s (%s)", reply_error_code(reply),
-                      reply_error_message(reply));
-    } else {
-        ck_assert_msg(!reply_is_ok(reply) && reply_error_code(reply) &&
-                              strcmp(reply_error_code(reply), code) == 0,
-                      "expected %s, got %s (%s)", code, reply_error_code(reply),
-                      reply_error_message(reply));
-        ck_assert(reply_error_message(reply) && *reply_error_message(reply));
-    }
-    cJSON_Delete(reply);
-}
 
 /* Sends raw bytes (a '\n' is not added) and reads one reply. */
 static cJSON *raw_call(int fd, const char *data, size_t len)
@@ -54,8 +38,8 @@ static cJSON *raw_call(int fd, const char *data, size_t len)
 static void good_request_works(const char *sock, int fd)
 {
     if (fd >= 0)
-        expect_code(daemon_call(fd, "{\"op\":\"stats\"}", NULL, NULL), NULL);
-    expect_code(daemon_call_once(sock, "{\"op\":\"stats\"}"), NULL);
+        expect_reply(daemon_call(fd, "{\"op\":\"stats\"}", NULL, NULL), NULL);
+    expect_reply(daemon_call_once(sock, "{\"op\":\"stats\"}"), NULL);
 }
 
 START_TEST(input_malformed)
@@ -104,7 +88,7 @@ START_TEST(input_malformed)
     struct daemon_fixture f;
     int fd;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     fd = daemon_connect(f.socket_path);
     ck_assert_int_ge(fd, 0);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -113,12 +97,11 @@ START_TEST(input_malformed)
 
         memcpy(line, cases[i].line, len);
         line[len++] = '\n';
-        expect_code(raw_call(fd, line, len), cases[i].code);
+        expect_reply(raw_call(fd, line, len), cases[i].code);
         good_request_works(f.socket_path, fd);
     }
     (void) close(fd);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -130,7 +113,7 @@ START_TEST(input_nesting)
     size_t o = 0;
     int fd;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     fd = daemon_connect(f.socket_path);
     o = (size_t) sprintf(line, "{\"op\":\"stats\",\"x\":");
     for (int i = 0; i < 15; i++)
@@ -139,7 +122,7 @@ START_TEST(input_nesting)
         line[o++] = ']';
     line[o++] = '}';
     line[o++] = '\n';
-    expect_code(raw_call(fd, line, o), NULL);
+    expect_reply(raw_call(fd, line, o), NULL);
     o = (size_t) sprintf(line, "{\"op\":\"stats\",\"x\":");
     for (int i = 0; i < 16; i++)
         line[o++] = '[';
@@ -147,17 +130,16 @@ START_TEST(input_nesting)
         line[o++] = ']';
     line[o++] = '}';
     line[o++] = '\n';
-    expect_code(raw_call(fd, line, o), "bad_json");
+    expect_reply(raw_call(fd, line, o), "bad_json");
     /* Deep enough to hurt a recursive parser, within one line. */
     o = 0;
     for (int i = 0; i < 50000; i++)
         line[o++] = '[';
     line[o++] = '\n';
-    expect_code(raw_call(fd, line, o), "bad_json");
+    expect_reply(raw_call(fd, line, o), "bad_json");
     good_request_works(f.socket_path, fd);
     (void) close(fd);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -170,19 +152,19 @@ START_TEST(input_long_lines)
     cJSON *r;
     int fd;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     /* Exactly 65,536 bytes with the '\n': allowed. */
     fd = daemon_connect(f.socket_path);
     memset(line, ' ', 65536);
     memcpy(line, "{\"op\":\"stats\"}", 14);
     line[65535] = '\n';
-    expect_code(raw_call(fd, line, 65536), NULL);
+    expect_reply(raw_call(fd, line, 65536), NULL);
     /* One more byte: refused, then closed. */
     memset(line, ' ', 65537);
     memcpy(line, "{\"op\":\"stats\"}", 14);
     line[65536] = '\n';
     r = raw_call(fd, line, 65537);
-    expect_code(r, "line_too_long");
+    expect_reply(r, "line_too_long");
     ck_assert(daemon_wait_eof(fd, daemon_test_ms(2000)));
     (void) close(fd);
     good_request_works(f.socket_path, -1);
@@ -196,14 +178,13 @@ START_TEST(input_long_lines)
     ck_assert_int_eq(daemon_recv(fd, &reply, NULL, NULL, daemon_test_ms(5000)), 0);
     r = cJSON_Parse(reply);
     free(reply);
-    expect_code(r, "line_too_long");
+    expect_reply(r, "line_too_long");
     ck_assert(daemon_wait_eof(fd, daemon_test_ms(2000)));
     (void) close(fd);
     good_request_works(f.socket_path, -1);
     ck_assert(daemon_log_wait(&f, "longer than 65536 bytes", 1000));
     free(line);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -214,7 +195,7 @@ START_TEST(input_binary_garbage)
     char buf[4096];
     int fd;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     fd = daemon_connect(f.socket_path);
     for (int round = 0; round < 20; round++) {
         size_t len = 1 + (size_t) (seed % (sizeof(buf) - 1));
@@ -230,12 +211,11 @@ START_TEST(input_binary_garbage)
         if (round % 2)
             buf[0] = '{'; /* looks like JSON for a moment */
         buf[len - 1] = '\n';
-        expect_code(raw_call(fd, buf, len), "bad_json");
+        expect_reply(raw_call(fd, buf, len), "bad_json");
     }
     good_request_works(f.socket_path, fd);
     (void) close(fd);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -248,7 +228,7 @@ START_TEST(input_half_line)
     cJSON *r;
     int fd;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL ", \"request_timeout_ms\": 300}"), 0);
+    fixture_start(&f, "\"request_timeout_ms\": 300");
     /* Half a line, then hang up. */
     fd = daemon_connect(f.socket_path);
     ck_assert_int_eq(daemon_send(fd, "{\"op\":\"sta", 10), 0);
@@ -257,14 +237,14 @@ START_TEST(input_half_line)
     /* Half a line after a good request on the same connection, then
      * silence: a timeout reply, then the daemon closes. */
     fd = daemon_connect(f.socket_path);
-    expect_code(daemon_call(fd, "{\"op\":\"stats\"}", NULL, NULL), NULL);
+    expect_reply(daemon_call(fd, "{\"op\":\"stats\"}", NULL, NULL), NULL);
     clock_gettime(CLOCK_MONOTONIC, &t0);
     ck_assert_int_eq(daemon_send(fd, "{\"op\":\"sta", 10), 0);
     ck_assert_int_eq(daemon_recv(fd, &reply, NULL, NULL, daemon_test_ms(5000)), 0);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     r = cJSON_Parse(reply);
     free(reply);
-    expect_code(r, "timeout");
+    expect_reply(r, "timeout");
     ms = (double) (t1.tv_sec - t0.tv_sec) * 1e3 + (double) (t1.tv_nsec - t0.tv_nsec) / 1e6;
     ck_assert_msg(ms >= 250, "timed out after %.0f ms, before request_timeout_ms", ms);
     ck_assert(daemon_wait_eof(fd, daemon_test_ms(2000)));
@@ -278,43 +258,39 @@ START_TEST(input_half_line)
     ck_assert_int_eq(daemon_recv(fd, &reply, NULL, NULL, daemon_test_ms(5000)), 0);
     r = cJSON_Parse(reply);
     free(reply);
-    expect_code(r, "timeout");
+    expect_reply(r, "timeout");
     (void) close(fd);
     good_request_works(f.socket_path, -1);
     ck_assert(daemon_log_wait(&f, "request not completed within 300 ms", 1000));
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
 START_TEST(input_idle_timeout)
 {
     struct daemon_fixture f;
-    char *reply = NULL, hello[64];
+    char *reply = NULL;
     int fd, fd2, fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0;
     cJSON *r;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL ", \"idle_timeout_ms\": 300}"), 0);
+    fixture_start(&f, "\"idle_timeout_ms\": 300");
     fd = daemon_connect(f.socket_path);
     fd2 = daemon_connect(f.socket_path);
-    (void) snprintf(hello, sizeof(hello), "{\"op\":\"hello\",\"version\":1,\"pid\":%d}",
-                    (int) getpid());
-    r = daemon_call(fd2, hello, fds, &nfds);
-    expect_code(r, NULL);
+    r = fixture_hello(fd2, fds, &nfds);
+    expect_reply(r, NULL);
     for (int i = 0; i < nfds; i++)
         (void) close(fds[i]);
     ck_assert_int_eq(daemon_recv(fd, &reply, NULL, NULL, daemon_test_ms(5000)), 0);
     r = cJSON_Parse(reply);
     free(reply);
-    expect_code(r, "timeout");
+    expect_reply(r, "timeout");
     ck_assert(daemon_wait_eof(fd, daemon_test_ms(2000)));
     (void) close(fd);
     /* An attached connection has no idle limit. */
     (void) usleep(600000);
-    expect_code(daemon_call(fd2, "{\"op\":\"stats\"}", NULL, NULL), NULL);
+    expect_reply(daemon_call(fd2, "{\"op\":\"stats\"}", NULL, NULL), NULL);
     (void) close(fd2);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -328,7 +304,7 @@ START_TEST(input_unread_replies)
     int fd, sent = 0;
     bool eof = false;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL ", \"request_timeout_ms\": 300}"), 0);
+    fixture_start(&f, "\"request_timeout_ms\": 300");
     fd = daemon_connect(f.socket_path);
     for (int i = 0; i < 100000; i++) {
         static const char req[] = "{\"op\":\"stats\"}\n";
@@ -348,8 +324,7 @@ START_TEST(input_unread_replies)
     ck_assert(eof);
     (void) close(fd);
     good_request_works(f.socket_path, -1);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -359,7 +334,7 @@ START_TEST(input_max_clients)
     struct daemon_fixture f;
     int fds[MAX + EXTRA], refused = 0, served = 0;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL ", \"max_clients\": 8}"), 0);
+    fixture_start(&f, "\"max_clients\": 8");
     for (int i = 0; i < MAX + EXTRA; i++) {
         fds[i] = daemon_connect(f.socket_path);
         ck_assert_int_ge(fds[i], 0);
@@ -372,7 +347,7 @@ START_TEST(input_max_clients)
             cJSON *r = cJSON_Parse(reply);
 
             free(reply);
-            expect_code(r, "too_many_clients");
+            expect_reply(r, "too_many_clients");
             ck_assert(daemon_wait_eof(fds[i], daemon_test_ms(2000)));
             (void) close(fds[i]);
             fds[i] = -1;
@@ -383,7 +358,7 @@ START_TEST(input_max_clients)
     for (int i = 0; i < MAX + EXTRA; i++) {
         if (fds[i] < 0)
             continue;
-        expect_code(daemon_call(fds[i], "{\"op\":\"stats\"}", NULL, NULL), NULL);
+        expect_reply(daemon_call(fds[i], "{\"op\":\"stats\"}", NULL, NULL), NULL);
         served++;
     }
     ck_assert_int_eq(served, MAX);
@@ -402,8 +377,7 @@ START_TEST(input_max_clients)
         ck_assert_int_lt(tries, 100);
         (void) usleep(10000);
     }
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 
@@ -471,7 +445,7 @@ START_TEST(input_permission)
     gid_t extra = 12345;
     cJSON *r;
 
-    ck_assert_int_eq(daemon_start(&f, "{" SMALL "}"), 0);
+    fixture_start(&f, NULL);
     /* Let nobody reach the socket at all; the daemon is what says no. */
     ck_assert_int_eq(chmod(f.dir, 0755), 0);
     ck_assert_int_eq(chmod(f.socket_path, 0666), 0);
@@ -497,8 +471,7 @@ START_TEST(input_permission)
     set_config(f.socket_path, "allowed_gids", "[12345]");
     as_nobody(f.socket_path, NULL, 0, stats, denied, true);
     as_nobody(f.socket_path, &extra, 1, stats, ok, false);
-    daemon_stop(&f);
-    ck_assert(f.clean_exit);
+    fixture_stop(&f);
 }
 END_TEST
 

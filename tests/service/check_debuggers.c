@@ -21,6 +21,7 @@
 #include "shmheap.h"
 #include "tests/common/mptest.h"
 #include "tests/service/daemon_fixture.h"
+#include "tests/service/fixture.h"
 #include "tests/service/suites.h"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -35,10 +36,7 @@ static void start(void)
 {
     /* Small segments and room for several: the limit a test meets is the
      * client's reservation, never max_segments. */
-    int r = daemon_start(&fx, "{\"huge_pages\": \"off\", \"segment_size\": \"64M\", "
-                              "\"max_segments\": 8}");
-
-    ck_assert_msg(r == 0, "daemon_start: %s", strerror(-r));
+    fixture_start(&fx, "\"max_segments\": 8");
 }
 
 static uint64_t stat_u64(const char *name)
@@ -59,14 +57,7 @@ static uint64_t stat_u64(const char *name)
 
 static void verify_and_stop(void)
 {
-    cJSON *r = daemon_call_once(fx.socket_path, "{\"op\":\"verify\"}");
-
-    ck_assert_msg(r && reply_is_ok(r), "verify refused");
-    ck_assert_msg(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "consistent")),
-                  "the daemon's verify found problems");
-    cJSON_Delete(r);
-    daemon_stop(&fx);
-    ck_assert_msg(fx.clean_exit, "shmheapd did not exit cleanly");
+    fixture_finish(&fx);
 }
 
 /* 40 GiB of address space: room for the control segment and one heap

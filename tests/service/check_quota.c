@@ -15,6 +15,7 @@
 #include "shmheap.h"
 #include "tests/common/mptest.h"
 #include "tests/service/daemon_fixture.h"
+#include "tests/service/fixture.h"
 #include "tests/service/suites.h"
 
 #define MiB      (UINT64_C(1) << 20)
@@ -25,25 +26,12 @@ static struct daemon_fixture fx;
 
 static void start(const char *quota_json)
 {
-    char cfg[256];
-    int r;
-
-    snprintf(cfg, sizeof(cfg), "{\"huge_pages\": \"off\", \"segment_size\": \"64M\", %s}",
-             quota_json);
-    r = daemon_start(&fx, cfg);
-    ck_assert_msg(r == 0, "daemon_start: %s", strerror(-r));
+    fixture_start(&fx, quota_json);
 }
 
 static void verify_and_stop(void)
 {
-    cJSON *r = daemon_call_once(fx.socket_path, "{\"op\":\"verify\"}");
-
-    ck_assert_msg(r && reply_is_ok(r), "verify refused");
-    ck_assert_msg(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "consistent")),
-                  "the daemon's verify found problems");
-    cJSON_Delete(r);
-    daemon_stop(&fx);
-    ck_assert_msg(fx.clean_exit, "shmheapd did not exit cleanly");
+    fixture_finish(&fx);
 }
 
 /* Shared with the children (mp_shared_alloc). */

@@ -14,6 +14,7 @@ Suite *daemon_config_suite(void);  /* check_daemon_config.c: config ops, reload,
 Suite *daemon_clients_suite(void); /* check_daemon_clients.c: attach, death, reclamation */
 Suite *client_suite(void);         /* check_client.c: libshmheap against the daemon */
 Suite *ctl_suite(void);            /* check_ctl.c: shmheapctl against the daemon */
+Suite *static_suite(void);         /* check_static.c: a static user of libshmheap.a */
 Suite *quota_suite(void);          /* check_quota.c: max_client_bytes, max_uid_bytes */
 Suite *debuggers_suite(void);      /* check_debuggers.c: valgrind, a tight RLIMIT_AS */
 

@@ -15,17 +15,11 @@
 #include "shm/heap.h"
 #include "shm/sizeclass.h"
 #include "tests/common/testheap.h"
+#include "tests/unit/heap_fixture.h"
 #include "tests/unit/suites.h"
 
 #define KiB (UINT64_C(1) << 10)
 #define MiB (UINT64_C(1) << 20)
-
-static struct test_heap th;
-
-static void heap_setup(void)
-{
-    th_create(&th, NULL, SHM_PAGES_OFF);
-}
 
 /* Flushes go straight to the slabs: no recycler to hold objects back. */
 static void heap_setup_no_recycler(void)
@@ -35,11 +29,6 @@ static void heap_setup_no_recycler(void)
     th_config(&cfg, 64 * MiB);
     cfg.recycler_cap_bundles = 0;
     th_create(&th, &cfg, SHM_PAGES_OFF);
-}
-
-static void heap_teardown(void)
-{
-    th_destroy(&th);
 }
 
 static void get_stats(struct heap *h, struct heap_stats *st)

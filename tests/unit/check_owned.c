@@ -41,6 +41,7 @@
 #include "shm/internal.h"
 #include "tests/common/mptest.h"
 #include "tests/common/testheap.h"
+#include "tests/unit/heap_fixture.h"
 #include "tests/unit/suites.h"
 
 #define KiB (UINT64_C(1) << 10)
@@ -48,18 +49,6 @@
 
 /* tag_at(): p is in no slab object and no run. */
 #define NO_TAG (-1)
-
-static struct test_heap th;
-
-static void heap_setup(void)
-{
-    th_create(&th, NULL, SHM_PAGES_OFF);
-}
-
-static void heap_teardown(void)
-{
-    th_destroy(&th);
-}
 
 static void get_stats(struct heap *h, struct heap_stats *st)
 {

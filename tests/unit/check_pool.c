@@ -11,22 +11,11 @@
 
 #include "shm/heap.h"
 #include "tests/common/testheap.h"
+#include "tests/unit/heap_fixture.h"
 #include "tests/unit/suites.h"
 
 #define KiB (UINT64_C(1) << 10)
 #define MiB (UINT64_C(1) << 20)
-
-static struct test_heap th;
-
-static void heap_setup(void)
-{
-    th_create(&th, NULL, SHM_PAGES_OFF);
-}
-
-static void heap_teardown(void)
-{
-    th_destroy(&th);
-}
 
 static uint64_t pool_new(struct heap *h, size_t size)
 {

@@ -11,19 +11,8 @@
 
 #include "shm/heap.h"
 #include "tests/common/testheap.h"
+#include "tests/unit/heap_fixture.h"
 #include "tests/unit/suites.h"
-
-static struct test_heap th;
-
-static void heap_setup(void)
-{
-    th_create(&th, NULL, SHM_PAGES_OFF);
-}
-
-static void heap_teardown(void)
-{
-    th_destroy(&th);
-}
 
 static uint64_t new_object(struct heap *h, size_t size)
 {

@@ -14,6 +14,7 @@
 #include "shm/heap.h"
 #include "shm/sizeclass.h"
 #include "tests/common/testheap.h"
+#include "tests/unit/heap_fixture.h"
 #include "tests/unit/suites.h"
 
 #define KiB (UINT64_C(1) << 10)
@@ -126,18 +127,6 @@ START_TEST(sizeclass_geometry_min_objects)
 END_TEST
 
 /* ---- through the heap ---- */
-
-static struct test_heap th;
-
-static void heap_setup(void)
-{
-    th_create(&th, NULL, SHM_PAGES_OFF);
-}
-
-static void heap_teardown(void)
-{
-    th_destroy(&th);
-}
 
 /* A sample of sizes in every class: its bounds and a point inside. */
 static size_t sample_sizes(size_t *out, size_t max)

@@ -16,5 +16,6 @@ Suite *layout_suite(void);
 Suite *hugepages_suite(void);
 Suite *trim_suite(void);
 Suite *owned_suite(void);
+Suite *wire_suite(void);
 
 #endif
