@@ -16,7 +16,21 @@
  *                               the daemon's verify op, boost check_sanity;
  *                               others: nothing
  *   BA_W4_PROCESSES             1: W4 runs producer and consumer as two
- *                               processes; 0: as two threads of one process
+ *                               processes, W6 its stages as four; 0: as
+ *                               threads of one process
+ *   ba_verify_shared            ba_verify from the parent of a run that forked
+ * W5b (memory held after a release):
+ *   BA_HAS_RELEASE              0: the allocator has no release call (boost)
+ *   BA_HELD_IS_RSS              1: ba_held is this process's RssAnon (the
+ *                               per-process allocators), 0: the heap's
+ *                               shared memory, which no RSS figure shows
+ *   ba_release(c)               gives free memory back: shmheap flushes the
+ *                               thread's cache and trims (heap_trim,
+ *                               shmheap_trim); glibc malloc_trim(0),
+ *                               mimalloc mi_collect(true), jemalloc its
+ *                               tcache flush and arena.<all>.purge, tcmalloc
+ *                               MallocExtension_ReleaseFreeMemory
+ *   ba_held(s, c, &bytes)       the memory held, as BA_HELD_IS_RSS says
  *
  * `ba_ctx_t c` is the attachment for shmheap and shmheap-api, the segment
  * for boost, and unused (NULL) for the per-process allocators, whose state
@@ -29,6 +43,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "bench/workloads.h"
 
 #define BENCH_ID_glibc       1
 #define BENCH_ID_mimalloc    2
@@ -43,6 +59,8 @@
 #endif
 
 #if BENCH_ALLOC_ID == BENCH_ID_shmheap
+
+#    include <sys/stat.h>
 
 #    include "shm/heap.h"
 #    include "shm/local.h"
@@ -73,30 +91,49 @@ static inline void *ba_from_handle(ba_ctx_t c, uint64_t v)
     return heap_from_off(c, v);
 }
 
-/* Default config, SHM_PAGES_AUTO (1G, then 2M, then 4K pages). */
-static int ba_shared_create(ba_shared_t **ret)
+/* Default config; pages as BENCH_HUGE_PAGES says: "off" (4 KiB, the
+ * default), "2M", "1G" or "auto" (1G, then 2M, then 4K). The driver pins
+ * it because on a shared machine the huge page pool changes under a run:
+ * with auto, a segment made while someone's test holds eight 2 MiB pages
+ * is a 2M segment whose commits fail once those are used (the creator
+ * then grows a 4K segment, a forked child cannot and gets ENOMEM), and
+ * the page size, which every figure depends on, changes from run to run. */
+static inline int ba_shared_create(ba_shared_t **ret)
 {
-    return heap_local_create(NULL, SHM_PAGES_AUTO, ret);
+    const char *v = getenv("BENCH_HUGE_PAGES");
+    int policy = SHM_PAGES_OFF;
+
+    if (v && strcmp(v, "auto") == 0)
+        policy = SHM_PAGES_AUTO;
+    else if (v && strcmp(v, "2M") == 0)
+        policy = SHM_PAGES_2M;
+    else if (v && strcmp(v, "1G") == 0)
+        policy = SHM_PAGES_1G;
+    else if (v && *v && strcmp(v, "off") != 0) {
+        fprintf(stderr, "bench: BENCH_HUGE_PAGES=%s: want off, 2M, 1G or auto\n", v);
+        return -EINVAL;
+    }
+    return heap_local_create(NULL, policy, ret);
 }
 
-static void ba_shared_destroy(ba_shared_t *s)
+static inline void ba_shared_destroy(ba_shared_t *s)
 {
     heap_local_destroy(s);
 }
 
-static int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
+static inline int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
 {
     return heap_local_attach(s, client_id, ret);
 }
 
-static void ba_detach(ba_ctx_t c)
+static inline void ba_detach(ba_ctx_t c)
 {
     heap_detach(c);
 }
 
 /* Walks the whole heap (heap_verify) and reports what it found on stderr.
  * Called untimed, while nothing allocates. */
-static int ba_verify(ba_ctx_t c)
+static inline int ba_verify(ba_ctx_t c)
 {
     struct verify_report rep;
     uint32_t i;
@@ -115,8 +152,43 @@ static int ba_verify(ba_ctx_t c)
     return -EIO;
 }
 
+#    define BA_HAS_RELEASE 1
+#    define BA_HELD_IS_RSS 0
+
+/* The thread's cache goes back, then a trim: the recyclers empty into the
+ * blocks and free blocks beyond retain_empty_blocks are decommitted. */
+static inline int ba_release(ba_ctx_t c)
+{
+    struct trim_result tr;
+
+    heap_thread_flush(c);
+    return heap_trim(c, 1000, &tr);
+}
+
+/* The shared memory the heap holds as the kernel counts it: the allocated
+ * blocks (st_blocks) of the control segment's and every heap segment's
+ * memfd. */
+static inline int ba_held(ba_shared_t *s, ba_ctx_t c, uint64_t *ret_bytes)
+{
+    uint64_t sum = 0;
+    struct stat st;
+    int fd;
+
+    (void) c;
+    for (uint32_t i = 0; i <= SHM_MAX_SEGMENTS; i++) {
+        fd = i == SHM_MAX_SEGMENTS ? heap_local_ctl_fd(s) : heap_local_segment_fd(s, i);
+        if (fd < 0)
+            continue;
+        if (fstat(fd, &st) < 0)
+            return -errno;
+        sum += (uint64_t) st.st_blocks * 512;
+    }
+    *ret_bytes = sum;
+    return 0;
+}
+
 /* Checks the heap really hands out its own memory and converts offsets. */
-static int ba_info(char *buf, size_t len)
+static inline int ba_info(char *buf, size_t len)
 {
     ba_shared_t *s;
     ba_ctx_t c;
@@ -200,10 +272,11 @@ static inline void *ba_from_handle(ba_ctx_t c, uint64_t v)
     return shmheap_from_off(c, v);
 }
 
+/* Each file that includes this has its own copy, set by its ba_shared_create. */
 static ba_shared_t ba_api_shared;
 
 /* Nothing to create: the daemon owns the heap. */
-static int ba_shared_create(ba_shared_t **ret)
+static inline int ba_shared_create(ba_shared_t **ret)
 {
     const char *s = getenv("BENCH_SHMHEAP_SOCKET");
 
@@ -212,13 +285,13 @@ static int ba_shared_create(ba_shared_t **ret)
     return 0;
 }
 
-static void ba_shared_destroy(ba_shared_t *s)
+static inline void ba_shared_destroy(ba_shared_t *s)
 {
     (void) s;
 }
 
 /* SHMHEAP_E* codes as negative errnos, for the workloads' messages. */
-static int ba_api_errno(int r)
+static inline int ba_api_errno(int r)
 {
     switch (-r) {
     case SHMHEAP_EINVAL:
@@ -239,7 +312,7 @@ static int ba_api_errno(int r)
     }
 }
 
-static int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
+static inline int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
 {
     int r;
 
@@ -254,14 +327,14 @@ static int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
     return 0;
 }
 
-static void ba_detach(ba_ctx_t c)
+static inline void ba_detach(ba_ctx_t c)
 {
     shmheap_detach(c);
 }
 
 /* BENCH_VERIFY=1: the daemon's `verify` op (heap_verify over the whole
  * heap) on a connection of its own; the reply must say consistent. */
-static int ba_verify(ba_ctx_t c)
+static inline int ba_verify(ba_ctx_t c)
 {
     static const char req[] = "{\"op\":\"verify\"}\n";
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -313,10 +386,40 @@ out:
     return r;
 }
 
+#    define BA_HAS_RELEASE 1
+#    define BA_HELD_IS_RSS 0
+
+/* As a client would: its thread's cache back, then the daemon's trim op. */
+static inline int ba_release(ba_ctx_t c)
+{
+    int r;
+
+    shmheap_thread_flush(c);
+    r = shmheap_trim(c, 1000);
+    return r < 0 ? ba_api_errno(r) : 0;
+}
+
+/* The daemon's heap as its figures count it (no fds here): the committed
+ * bytes of every segment and the control segment, from shmheap_stats. */
+static inline int ba_held(ba_shared_t *s, ba_ctx_t c, uint64_t *ret_bytes)
+{
+    struct shmheap_stats *st = calloc(1, sizeof(*st));
+    int r;
+
+    (void) s;
+    if (!st)
+        return -ENOMEM;
+    r = shmheap_stats(c, st);
+    if (r == 0)
+        *ret_bytes = st->bytes_committed;
+    free(st);
+    return r < 0 ? ba_api_errno(r) : 0;
+}
+
 /* Attaches, and checks that shmheap_malloc hands out heap memory whose
  * offsets convert both ways; reports the library version and the page
  * size of the daemon's first heap segment. */
-static int ba_info(char *buf, size_t len)
+static inline int ba_info(char *buf, size_t len)
 {
     struct shmheap_stats *st = NULL;
     ba_shared_t *s;
@@ -393,34 +496,53 @@ static inline void *ba_from_handle(ba_ctx_t c, uint64_t v)
     return bb_from_handle(c, v);
 }
 
-static int ba_shared_create(ba_shared_t **ret)
+static inline int ba_shared_create(ba_shared_t **ret)
 {
     return bb_create(ret);
 }
 
-static void ba_shared_destroy(ba_shared_t *s)
+static inline void ba_shared_destroy(ba_shared_t *s)
 {
     bb_destroy(s);
 }
 
-static int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
+static inline int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
 {
     (void) client_id;
     *ret = s;
     return 0;
 }
 
-static void ba_detach(ba_ctx_t c)
+static inline void ba_detach(ba_ctx_t c)
 {
     (void) c;
 }
 
-static int ba_verify(ba_ctx_t c)
+static inline int ba_verify(ba_ctx_t c)
 {
     return bb_verify(c);
 }
 
-static int ba_info(char *buf, size_t len)
+/* A managed_shared_memory never gives pages back while it is mapped
+ * (shrink_to_fit works only offline): no W5b. */
+#    define BA_HAS_RELEASE  0
+#    define BA_HELD_IS_RSS  0
+
+static inline int ba_release(ba_ctx_t c)
+{
+    (void) c;
+    return -ENOTSUP;
+}
+
+static inline int ba_held(ba_shared_t *s, ba_ctx_t c, uint64_t *ret_bytes)
+{
+    (void) s;
+    (void) c;
+    (void) ret_bytes;
+    return -ENOTSUP;
+}
+
+static inline int ba_info(char *buf, size_t len)
 {
     return bb_info(buf, len);
 }
@@ -456,18 +578,18 @@ static inline void *ba_from_handle(ba_ctx_t c, uint64_t v)
     return (void *) (uintptr_t) v;
 }
 
-static int ba_shared_create(ba_shared_t **ret)
+static inline int ba_shared_create(ba_shared_t **ret)
 {
     *ret = NULL;
     return 0;
 }
 
-static void ba_shared_destroy(ba_shared_t *s)
+static inline void ba_shared_destroy(ba_shared_t *s)
 {
     (void) s;
 }
 
-static int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
+static inline int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
 {
     (void) s;
     (void) client_id;
@@ -475,14 +597,31 @@ static int ba_attach(ba_shared_t *s, uint64_t client_id, ba_ctx_t *ret)
     return 0;
 }
 
-static void ba_detach(ba_ctx_t c)
+static inline void ba_detach(ba_ctx_t c)
 {
     (void) c;
 }
 
-static int ba_verify(ba_ctx_t c)
+static inline int ba_verify(ba_ctx_t c)
 {
     (void) c;
+    return 0;
+}
+
+#    define BA_HAS_RELEASE 1
+#    define BA_HELD_IS_RSS 1
+
+/* A per-process heap is private memory: RssAnon, from which the caller
+ * subtracts its baseline and its own bookkeeping. */
+static inline int ba_held(ba_shared_t *s, ba_ctx_t c, uint64_t *ret_bytes)
+{
+    int64_t rss = bench_rss_anon();
+
+    (void) s;
+    (void) c;
+    if (rss < 0)
+        return (int) rss;
+    *ret_bytes = (uint64_t) rss;
     return 0;
 }
 
@@ -493,8 +632,17 @@ static int ba_verify(ba_ctx_t c)
 
 #        define BA_NAME "glibc"
 
+/* Returns the free memory at the top of the heap and, since glibc 2.8,
+ * the free pages inside every arena (MADV_DONTNEED). */
+static inline int ba_release(ba_ctx_t c)
+{
+    (void) c;
+    (void) malloc_trim(0);
+    return 0;
+}
+
 /* glibc's own statistics must see our allocation. */
-static int ba_info(char *buf, size_t len)
+static inline int ba_info(char *buf, size_t len)
 {
     struct mallinfo2 before = mallinfo2(), after;
     void *p = malloc(1000);
@@ -517,8 +665,16 @@ static int ba_info(char *buf, size_t len)
 
 #        define BA_NAME "mimalloc"
 
+/* force: collects the abandoned and the thread's pages and purges. */
+static inline int ba_release(ba_ctx_t c)
+{
+    (void) c;
+    mi_collect(true);
+    return 0;
+}
+
 /* libmimalloc.so interposes malloc: a malloc'd block must be in its heap. */
-static int ba_info(char *buf, size_t len)
+static inline int ba_info(char *buf, size_t len)
 {
     void *p = malloc(64);
     int v = mi_version();
@@ -542,8 +698,19 @@ static int ba_info(char *buf, size_t len)
  * trip -Wredundant-decls, so declare the one control call we need. */
 int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
 
+/* The thread's tcache back to its arena, then every arena's dirty and
+ * muzzy pages purged (4096 is MALLCTL_ARENAS_ALL). */
+static inline int ba_release(ba_ctx_t c)
+{
+    (void) c;
+    if (mallctl("thread.tcache.flush", NULL, NULL, NULL, 0) != 0 ||
+        mallctl("arena.4096.purge", NULL, NULL, NULL, 0) != 0)
+        return -EIO;
+    return 0;
+}
+
 /* jemalloc's per-thread byte counter must see our allocation. */
-static int ba_info(char *buf, size_t len)
+static inline int ba_info(char *buf, size_t len)
 {
     uint64_t before = 0, after = 0;
     const char *ver = NULL;
@@ -577,8 +744,16 @@ static int ba_info(char *buf, size_t len)
 
 #        define BA_NAME "tcmalloc"
 
+/* Returns every free span of the page heap to the system. */
+static inline int ba_release(ba_ctx_t c)
+{
+    (void) c;
+    MallocExtension_ReleaseFreeMemory();
+    return 0;
+}
+
 /* tcmalloc must own what malloc returns. */
-static int ba_info(char *buf, size_t len)
+static inline int ba_info(char *buf, size_t len)
 {
     int major = 0, minor = 0;
     const char *patch = NULL;
@@ -601,5 +776,20 @@ static int ba_info(char *buf, size_t len)
 #    endif
 
 #endif
+
+/* After the children of a multi-process run have detached: attach the
+ * parent and check the heap. */
+static inline int ba_verify_shared(ba_shared_t *s)
+{
+    ba_ctx_t c;
+    int r;
+
+    r = ba_attach(s, 1000, &c);
+    if (r < 0)
+        return r;
+    r = ba_verify(c);
+    ba_detach(c);
+    return r;
+}
 
 #endif

@@ -18,9 +18,9 @@
 # and examples/examples.mk's $(B)/examples/attach_latency; and, when
 # defined, FLAGS_SIG with its $(B)/.flags stamp, msg and Q (quiet output).
 #
-# bench/workloads.c is compiled once per allocator (-DBENCH_ALLOC_ID) so
-# that every allocator is called directly from the timed loops;
-# bench/main.c is compiled once. The boost column adds bench/bench_boost.cpp
+# bench/workloads.c, bench/memory.c and bench/pipeline.c are compiled once
+# per allocator (-DBENCH_ALLOC_ID) so that every allocator is called
+# directly from the timed loops; bench/main.c is compiled once. The boost column adds bench/bench_boost.cpp
 # (C++, header-only Boost.Interprocess) and is linked with $(CXX).
 
 BENCH_PEERS    := glibc mimalloc jemalloc tcmalloc
@@ -37,7 +37,8 @@ BENCH_OBJDIR   := $(B)/obj/bench
 # also offer to "build" the included .d files (workloads-x.d from
 # workloads-x.d.o through make's built-in %: %.o rule).
 BENCH_C_BINS   := $(addprefix $(B)/bench/bench-,$(filter-out boost,$(BENCH_ALL)))
-BENCH_WL_OBJS  := $(patsubst %,$(BENCH_OBJDIR)/workloads-%.o,$(BENCH_ALL))
+# The sources built once per allocator: W1-W4, W5b (memory), W6 (pipeline).
+BENCH_WL_SRCS  := workloads memory pipeline
 
 # The per-process allocators interpose malloc/free from their shared
 # libraries; tcmalloc is gperftools' minimal build (no profiler hooks).
@@ -57,14 +58,19 @@ $(BENCH_OBJDIR)/main.o: bench/main.c $(BENCH_FLAGS_DEP)
 	@mkdir -p $(@D)
 	$(call msg,CC,$<)$(BENCH_COMPILE) -c $< -o $@
 
-$(BENCH_WL_OBJS): $(BENCH_OBJDIR)/workloads-%.o: bench/workloads.c $(BENCH_FLAGS_DEP)
-	@mkdir -p $(@D)
-	$(call msg,CC,$< [$*])$(BENCH_COMPILE) -DBENCH_ALLOC_ID=BENCH_ID_$(subst -,_,$*) -c $< -o $@
+# $(1): one of BENCH_WL_SRCS; makes $(BENCH_OBJDIR)/$(1)-<allocator>.o.
+define BENCH_WL_RULE
+$(patsubst %,$(BENCH_OBJDIR)/$(1)-%.o,$(BENCH_ALL)): $(BENCH_OBJDIR)/$(1)-%.o: bench/$(1).c $$(BENCH_FLAGS_DEP)
+	@mkdir -p $$(@D)
+	$$(call msg,CC,$$< [$$*])$$(BENCH_COMPILE) -DBENCH_ALLOC_ID=BENCH_ID_$$(subst -,_,$$*) -c $$< -o $$@
+endef
+$(foreach s,$(BENCH_WL_SRCS),$(eval $(call BENCH_WL_RULE,$(s))))
 
 $(B)/bench/bench-shmheap: $(B)/libshmcore.a
 $(B)/bench/bench-shmheap-api: $(CLIENT_A)
 
-$(BENCH_C_BINS): $(B)/bench/bench-%: $(BENCH_OBJDIR)/main.o $(BENCH_OBJDIR)/workloads-%.o
+$(BENCH_C_BINS): $(B)/bench/bench-%: $(BENCH_OBJDIR)/main.o $(BENCH_OBJDIR)/workloads-%.o \
+                                      $(BENCH_OBJDIR)/memory-%.o $(BENCH_OBJDIR)/pipeline-%.o
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)$(CC) -pthread $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.o,$^) \
 	    $(BENCH_LIBS_$*) $(LDLIBS)
@@ -76,6 +82,7 @@ $(BENCH_OBJDIR)/bench_boost.o: bench/bench_boost.cpp $(BENCH_FLAGS_DEP)
 	    $(CFLAGS) -c $< -o $@
 
 $(B)/bench/bench-boost: $(BENCH_OBJDIR)/main.o $(BENCH_OBJDIR)/workloads-boost.o \
+                        $(BENCH_OBJDIR)/memory-boost.o $(BENCH_OBJDIR)/pipeline-boost.o \
                         $(BENCH_OBJDIR)/bench_boost.o
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)$(CXX) -pthread $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)

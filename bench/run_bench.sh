@@ -5,15 +5,18 @@
 # Environment:
 #   B                 build directory (build); binaries in $B/bench
 #   BENCH_ALLOCS      allocators (shmheap shmheap-api glibc mimalloc jemalloc tcmalloc boost)
-#   BENCH_WORKLOADS   workloads (W1 W1c W2 W3 W4)
+#   BENCH_WORKLOADS   workloads (W1 W1c W2 W3 W4 W5b W6); boost has no W5b
+#                     (a managed_shared_memory gives nothing back while mapped)
 #   BENCH_REPS        repetitions per figure (5)
 #   BENCH_TIMEOUT     seconds one run may take before it counts as hung (300)
 #   BENCH_JSON        output ($B/bench.json); every run's line goes to $B/bench/runs.txt
+#   BENCH_HUGE_PAGES  shmheap's pages, core and daemon: off (default), 2M, 1G, auto
 #   BENCH_QUICK=1 and the sizes (BENCH_W1_OPS, ...) reach the binaries as they are.
 #
 # When BENCH_ALLOCS has shmheap-api, a shmheapd is started first in a fresh
 # temporary directory (--socket DIR/shmheap.sock, --config DIR/shmheapd.json
-# holding {}: every key at its default), and the shmheap-api runs attach to
+# holding {"huge_pages": BENCH_HUGE_PAGES}, every other key at its
+# default; {} with auto), and the shmheap-api runs attach to
 # it through the public API (BENCH_SHMHEAP_SOCKET). After the workloads,
 # examples/attach_latency measures, BENCH_REPS times against the same daemon,
 # the attach latency (BENCH_ATTACHES, 100 attaches) and the stats op's round
@@ -42,12 +45,18 @@ RUNS=$B/bench/runs.txt
 REPS=${BENCH_REPS:-5}
 TIMEOUT=${BENCH_TIMEOUT:-300}
 read -r -a ALLOCS <<<"${BENCH_ALLOCS:-shmheap shmheap-api glibc mimalloc jemalloc tcmalloc boost}"
-read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-W1 W1c W2 W3 W4}"
+read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-W1 W1c W2 W3 W4 W5b W6}"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SHMHEAPD=${BENCH_SHMHEAPD:-$B/shmheapd}
 SHMHEAPCTL=${BENCH_SHMHEAPCTL:-$B/shmheapctl}
 ATTACH_LATENCY=${BENCH_ATTACH_LATENCY:-$B/examples/attach_latency}
 DAEMON_WAIT=${BENCH_DAEMON_WAIT:-20}
+# shmheap's pages, core and daemon alike: off (4 KiB), 2M, 1G or auto.
+HUGE=${BENCH_HUGE_PAGES:-off}
+case $HUGE in
+off | 2M | 1G | auto) export BENCH_HUGE_PAGES=$HUGE ;;
+*) echo "run_bench.sh: BENCH_HUGE_PAGES=$HUGE: want off, 2M, 1G or auto" >&2; exit 2 ;;
+esac
 ATTACHES=${BENCH_ATTACHES:-100}
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
     STATS_REQS=${BENCH_STATS_REQUESTS:-500}
@@ -106,7 +115,12 @@ start_daemon() {
     }
     echo "$$" >"$svc_dir/owner"
     SOCK=$svc_dir/shmheap.sock
-    printf '{}\n' >"$svc_dir/shmheapd.json"
+    # Pages as for the core's runs (BENCH_HUGE_PAGES, alloc.h): pinned, so
+    # that the huge page pool of a shared machine cannot change them.
+    case $HUGE in
+    auto) printf '{}\n' ;;
+    *) printf '{"huge_pages": "%s"}\n' "$HUGE" ;;
+    esac >"$svc_dir/shmheapd.json"
     if [ ! -x "$SHMHEAPD" ]; then
         daemon_err="$SHMHEAPD is not built"
         return 1
@@ -184,7 +198,7 @@ trap 'exit 129' HUP
 
 {
     echo "# shmheap bench $(date -u +%Y-%m-%dT%H:%M:%SZ) host=$(uname -n) cpus=$(nproc)" \
-        "kernel=$(uname -r) quick=${BENCH_QUICK:-0} reps=$REPS"
+        "kernel=$(uname -r) quick=${BENCH_QUICK:-0} reps=$REPS huge_pages=$HUGE"
 } >"$RUNS"
 
 declare -A failed=()
@@ -262,6 +276,15 @@ run_one() {
     out=$(grep '^BENCH ' "$outf" | tail -n 1)
     if [ "$rc" -eq 0 ] && [ -n "$out" ]; then
         echo "$out" >>"$RUNS"
+        # A point of W3's curve beyond 2 processes can fail on its own
+        # (tputN=fail): that point is "fail", the rest of the run stands.
+        for p in $(grep -o 'tput[0-9]*=fail' <<<"$out"); do
+            p=${p%=fail}
+            [ -n "${failed["W3_${p#tput}p/$a"]:-}" ] ||
+                record_fail "$a" "W3_${p#tput}p" \
+                    "$(grep -m 1 -E 'signal|overwritten|failed|process [0-9]+ of|Cannot' "$errf" ||
+                        echo "a process failed")"
+        done
         return 0
     fi
     case $rc in
@@ -285,12 +308,13 @@ for w in "${WORKLOADS[@]}"; do
         for ((i = 0; i < n; i++)); do
             a=${ALLOCS[$(((i + r) % n))]}
             [ -n "${failed["$w/$a"]:-}" ] && continue
+            [ "$w/$a" = W5b/boost ] && continue # no release call: not applicable
             if run_one "$a" "$w"; then
-                if [ "$w" = W3 ]; then
-                    v=$(tail -n 1 "$RUNS" | grep -o 'scaling=[0-9.]*')
-                else
-                    v=$(tail -n 1 "$RUNS" | grep -o 'ns_per_op=[0-9.]*')
-                fi
+                case $w in
+                W3) v=$(grep '^BENCH ' "$outf" | tail -n 1 | grep -o 'scaling=[0-9.]*') ;;
+                W5b) v=$(grep '^BENCH ' "$outf" | tail -n 1 | grep -o 'ratio=[0-9.]*') ;;
+                *) v=$(grep '^BENCH ' "$outf" | tail -n 1 | grep -o 'ns_per_op=[0-9.]*') ;;
+                esac
                 printf ' %s %s' "$a" "${v#*=}" >&2
             fi
         done

@@ -51,32 +51,6 @@ static inline uint32_t range32(uint32_t x, uint32_t n)
     return (uint32_t) (((uint64_t) x * n) >> 32);
 }
 
-static void fill_result(struct bench_result *ret, uint64_t ops, uint64_t t0, uint64_t t1)
-{
-    uint64_t ns = t1 > t0 ? t1 - t0 : 1;
-
-    memset(ret, 0, sizeof(*ret));
-    ret->ops = ops;
-    ret->secs = (double) ns / 1e9;
-    ret->ns_per_op = (double) ns / (double) (ops ? ops : 1);
-    ret->per_s = (double) ops / ret->secs;
-}
-
-/* After the children of a multi-process run have detached: attach the
- * parent and check the heap. */
-static int verify_shared(ba_shared_t *s)
-{
-    ba_ctx_t c;
-    int r;
-
-    r = ba_attach(s, 1000, &c);
-    if (r < 0)
-        return r;
-    r = ba_verify(c);
-    ba_detach(c);
-    return r;
-}
-
 /* ---- W1, W1c ---- */
 
 static __attribute__((noinline)) int w1_loop(ba_ctx_t c, uint64_t ops)
@@ -133,7 +107,7 @@ int bench_w1(const struct bench_params *prm, bool keep_one_each, struct bench_re
     t1 = bench_now_ns();
     if (r < 0)
         goto out_free;
-    fill_result(ret, prm->w1_ops, t0, t1);
+    bench_fill_result(ret, prm->w1_ops, t0, t1);
 
 out_free:
     for (k = 0; k < 8; k++)
@@ -283,7 +257,7 @@ int bench_w2(const struct bench_params *prm, struct bench_result *ret)
         goto out_destroy;
     r = churn_timed(c, prm, prm->seed, prm->w2_ops, NULL, 0, &t0, &t1);
     if (r == 0)
-        fill_result(ret, prm->w2_ops, t0, t1);
+        bench_fill_result(ret, prm->w2_ops, t0, t1);
     if (r == 0 && prm->verify)
         r = ba_verify(c);
     ba_detach(c);
@@ -296,8 +270,8 @@ out_destroy:
  * have exited (waitpid orders the reads after the children's writes). */
 struct w3_shared {
     struct bench_barrier bar;
-    uint64_t t0[2];
-    uint64_t t1[2];
+    uint64_t t0[1u << (BENCH_W3_PHASES - 1)];
+    uint64_t t1[1u << (BENCH_W3_PHASES - 1)];
 };
 
 struct w3_arg {
@@ -305,13 +279,14 @@ struct w3_arg {
     ba_shared_t *heap;
     struct w3_shared *sh;
     uint32_t nproc;
+    uint64_t ops; /* per process */
 };
 
-/* Process idx's seed: process 0 replays W2's sequence, process 1 its own;
- * the same for every allocator. */
+/* Process idx's seed: process 0 replays W2's sequence, process 1 its own,
+ * and so on; the same for every allocator. */
 static uint64_t w3_seed(uint64_t seed, unsigned idx)
 {
-    return idx == 0 ? seed : seed ^ UINT64_C(0xD1B54A32D192ED03);
+    return idx == 0 ? seed : seed ^ (UINT64_C(0xD1B54A32D192ED03) * idx);
 }
 
 static int w3_child(void *arg, unsigned idx)
@@ -325,18 +300,23 @@ static int w3_child(void *arg, unsigned idx)
         fprintf(stderr, "bench: %s: W3 attach: %s\n", bench_alloc_name, strerror(-r));
         return r;
     }
-    r = churn_timed(c, a->prm, w3_seed(a->prm->seed, idx), a->prm->w3_ops, &a->sh->bar, a->nproc,
+    r = churn_timed(c, a->prm, w3_seed(a->prm->seed, idx), a->ops, &a->sh->bar, a->nproc,
                     &a->sh->t0[idx], &a->sh->t1[idx]);
+    if (r < 0)
+        fprintf(stderr, "bench: %s: W3 process %u of %u: %s\n", bench_alloc_name, idx + 1, a->nproc,
+                strerror(-r));
     ba_detach(c);
     return r;
 }
 
-/* One phase in nproc fresh processes; returns pairs per second (or <0). */
-static double w3_phase(const struct bench_params *prm, uint32_t nproc)
+/* One phase in nproc fresh processes, each doing `ops` pairs; returns the
+ * pairs per second of all of them together (or <0). */
+static double w3_phase(const struct bench_params *prm, uint32_t nproc, uint64_t ops)
 {
-    struct w3_arg a = {.prm = prm, .nproc = nproc};
+    struct w3_arg a = {.prm = prm, .nproc = nproc, .ops = ops};
     uint64_t t0 = UINT64_MAX, t1 = 0;
     double tput = -1;
+    char what[32];
     uint32_t i;
     int r;
 
@@ -348,9 +328,10 @@ static double w3_phase(const struct bench_params *prm, uint32_t nproc)
         fprintf(stderr, "bench: %s: W3 heap: %s\n", bench_alloc_name, strerror(-r));
         goto out;
     }
-    r = bench_run_children(nproc, w3_child, &a, nproc == 1 ? "W3 1 process" : "W3 2 processes");
+    (void) snprintf(what, sizeof(what), "W3 %u process%s", nproc, nproc == 1 ? "" : "es");
+    r = bench_run_children(nproc, w3_child, &a, what);
     if (r == 0 && prm->verify)
-        r = verify_shared(a.heap);
+        r = ba_verify_shared(a.heap);
     ba_shared_destroy(a.heap);
     if (r < 0)
         goto out;
@@ -359,27 +340,41 @@ static double w3_phase(const struct bench_params *prm, uint32_t nproc)
         t0 = a.sh->t0[i] < t0 ? a.sh->t0[i] : t0;
         t1 = a.sh->t1[i] > t1 ? a.sh->t1[i] : t1;
     }
-    tput = (double) prm->w3_ops * nproc / ((double) (t1 > t0 ? t1 - t0 : 1) / 1e9);
+    tput = (double) ops * nproc / ((double) (t1 > t0 ? t1 - t0 : 1) / 1e9);
 out:
     bench_unmap(a.sh, sizeof(*a.sh));
     return tput;
 }
 
+/* The curve: N = 1, 2, 4, 8 processes on one heap (shmheap, shmheap-api,
+ * boost) or N private heaps (the others). N = 1 and 2 each do w3_ops pairs
+ * per process, as W3 always has (W3_scaling is their ratio). Above 2 the
+ * phase keeps the 2-process phase's total, 2 * w3_ops pairs split over N,
+ * so that it takes about as long: on a machine with fewer CPUs than N it
+ * shows what oversubscription costs (a lock convoy, a spinner burning the
+ * time slice of a preempted holder) rather than more work. */
 int bench_w3(const struct bench_params *prm, struct bench_result *ret)
 {
-    double t1p, t2p;
+    double t[BENCH_W3_PHASES] = {0};
+    unsigned i;
 
-    t1p = w3_phase(prm, 1);
-    if (t1p < 0)
-        return -ECHILD;
-    t2p = w3_phase(prm, 2);
-    if (t2p < 0)
-        return -ECHILD;
+    for (i = 0; i < BENCH_W3_PHASES && (1u << i) <= prm->w3_procs; i++) {
+        uint32_t n = 1u << i;
+        uint64_t ops = n <= 2 ? prm->w3_ops : prm->w3_ops * 2 / n;
+
+        t[i] = w3_phase(prm, n, ops ? ops : 1);
+        /* W3 proper is N = 1 and 2: without them there is no figure. A
+         * failed point further along the curve is reported as failed
+         * (tput -1, the reason on stderr) and the curve goes on. */
+        if (t[i] < 0 && n <= 2)
+            return -ECHILD;
+    }
     memset(ret, 0, sizeof(*ret));
     ret->ops = prm->w3_ops;
-    ret->tput1 = t1p;
-    ret->tput2 = t2p;
-    ret->scaling = t2p / t1p;
+    memcpy(ret->tput, t, sizeof(t));
+    ret->tput1 = t[0];
+    ret->tput2 = t[1];
+    ret->scaling = t[1] > 0 ? t[1] / t[0] : 0; /* t[1] == 0: w3_procs was 1 */
     return 0;
 }
 
@@ -537,7 +532,7 @@ int bench_w4(const struct bench_params *prm, struct bench_result *ret)
     }
     r = w4_run(&a);
     if (r == 0 && prm->verify)
-        r = verify_shared(a.heap);
+        r = ba_verify_shared(a.heap);
     ba_shared_destroy(a.heap);
     if (r < 0)
         goto out;
@@ -549,7 +544,7 @@ int bench_w4(const struct bench_params *prm, struct bench_result *ret)
     }
     t0 = a.sh->t0[0] < a.sh->t0[1] ? a.sh->t0[0] : a.sh->t0[1];
     t1 = a.sh->t1[0] > a.sh->t1[1] ? a.sh->t1[0] : a.sh->t1[1];
-    fill_result(ret, prm->w4_objs, t0, t1);
+    bench_fill_result(ret, prm->w4_objs, t0, t1);
 out:
     if (a.ring)
         bench_unmap(a.ring, ring_bytes);

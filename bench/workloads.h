@@ -23,7 +23,14 @@
  *        others)
  *   W4   producer allocates 64-byte objects, consumer frees them, handles
  *        through an SPSC ring (two processes for shmheap, shmheap-api and
- *        boost, two threads for the others) */
+ *        boost, two threads for the others)
+ *   W5b  allocate 1 GiB in 64..256-byte objects, free the oldest 90 %,
+ *        release (trim), then read the memory still held against the
+ *        4 KiB pages that hold a live byte (bench/memory.c)
+ *   W6   a pipeline of 4 stages: each object is allocated in one stage and
+ *        freed in the next, handles through rings that live in the heap
+ *        (four processes for shmheap, shmheap-api and boost, four threads
+ *        for the others; bench/pipeline.c) */
 #ifndef BENCH_WORKLOADS_H
 #define BENCH_WORKLOADS_H
 
@@ -33,12 +40,18 @@
 #include <sys/types.h>
 #include <time.h>
 
+/* W3 runs N = 1, 2, 4, 8 processes (phase i: 1 << i). */
+#define BENCH_W3_PHASES 4
+
 /* Run sizes; each can be set from the environment (see bench_params_load). */
 struct bench_params {
     uint64_t w1_ops;  /* BENCH_W1_OPS: malloc+free pairs in W1 and W1c */
     uint64_t w2_ops;  /* BENCH_W2_OPS: free+malloc pairs in W2 */
     uint64_t w3_ops;  /* BENCH_W3_OPS: pairs per process in W3 */
     uint64_t w4_objs; /* BENCH_W4_OBJS: objects passed in W4 */
+    uint64_t w5b_bytes; /* BENCH_W5B_BYTES: bytes requested in W5b */
+    uint64_t w6_objs;   /* BENCH_W6_OBJS: objects entering the W6 pipeline */
+    uint32_t w3_procs;  /* BENCH_W3_PROCS: the W3 curve's largest N (1, 2, 4 or 8) */
     uint32_t live;    /* BENCH_LIVE: live objects in W2 and W3 */
     uint32_t ring;    /* BENCH_W4_RING: ring slots in W4, a power of two */
     uint64_t seed;    /* BENCH_SEED: xorshift64 seed, non-zero */
@@ -54,6 +67,15 @@ struct bench_result {
     double tput1;     /* W3: pairs per second, one process */
     double tput2;     /* W3: pairs per second, two processes together */
     double scaling;   /* W3: tput2 / tput1 */
+    /* W3's curve: pairs per second of N processes together, for N = 1, 2,
+     * 4, 8 (index 0..3; 0 where N was above w3_procs, -1 where that phase
+     * failed). tput[0] == tput1, tput[1] == tput2. */
+    double tput[BENCH_W3_PHASES];
+    /* W5b */
+    uint64_t held_bytes;   /* memory still held after the release call */
+    uint64_t before_bytes; /* the same, measured before the release call */
+    uint64_t floor_bytes;  /* 4 KiB pages holding a live byte, in bytes */
+    uint64_t live_bytes;   /* bytes requested by the live objects */
 };
 
 /* ---- per allocator (workloads.c, built once per allocator) ---- */
@@ -69,11 +91,25 @@ int bench_w1(const struct bench_params *prm, bool keep_one_each, struct bench_re
 int bench_w2(const struct bench_params *prm, struct bench_result *ret);
 int bench_w3(const struct bench_params *prm, struct bench_result *ret);
 int bench_w4(const struct bench_params *prm, struct bench_result *ret);
+int bench_w5b(const struct bench_params *prm, struct bench_result *ret); /* memory.c */
+int bench_w6(const struct bench_params *prm, struct bench_result *ret);  /* pipeline.c */
 
 /* ---- allocator-independent helpers (main.c) ---- */
 
 /* Fills *ret from the defaults and the environment; -EINVAL on a bad value. */
 int bench_params_load(struct bench_params *ret);
+
+/* Zeroes *ret and sets ops, secs, ns_per_op and per_s from a timed part
+ * that ran from t0 to t1 (bench_now_ns). */
+void bench_fill_result(struct bench_result *ret, uint64_t ops, uint64_t t0, uint64_t t1);
+
+/* This process's resident anonymous memory (RssAnon of /proc/self/status),
+ * in bytes; a negative errno if it cannot be read. */
+int64_t bench_rss_anon(void);
+
+/* Runs fn(arg, i) for i = 0..n-1 in n threads of this process (fn(arg, 0)
+ * in the calling one); returns the first negative result, else 0. */
+int bench_run_threads(unsigned n, int (*fn)(void *arg, unsigned idx), void *arg, const char *what);
 
 /* A zeroed anonymous mapping, NULL on failure. shared: MAP_SHARED, so that
  * children forked after it is made see the same memory; else private. */

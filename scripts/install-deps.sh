@@ -17,6 +17,9 @@ PACKAGES=(
     # llvm-profdata and llvm-cov (make fuzz-coverage).
     clang-14 libfuzzer-14-dev libclang-rt-14-dev llvm-14
     libmimalloc-dev libjemalloc-dev libgoogle-perftools-dev libboost-dev
+    # callgrind: make bench's instructions per W1 pair and W2 op (and the
+    # debuggers suite's memcheck runs)
+    valgrind
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
