@@ -100,12 +100,63 @@ static const struct {
         {"segments", CMD_SEGMENTS}, {"verify", CMD_VERIFY},
 };
 
+/* The command from the positional words pos[0 .. npos - 1] (npos > 0). */
+static int parse_command(const char *const *pos, int npos, struct ctl_args *ret)
+{
+    for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]); k++)
+        if (strcmp(pos[0], commands[k].word) == 0)
+            ret->command = commands[k].cmd;
+    if (ret->command != CMD_NONE) {
+        if (npos > 1)
+            return usage_error("'%s' takes no argument '%s'", pos[0], pos[1]);
+    } else if (strcmp(pos[0], "config") == 0) {
+        if (npos < 2)
+            return usage_error("'config' needs 'get' or 'set'");
+        if (strcmp(pos[1], "get") == 0) {
+            if (npos > 3)
+                return usage_error("'config get' takes at most one KEY");
+            ret->command = CMD_CONFIG_GET;
+            ret->key = npos == 3 ? pos[2] : NULL;
+        } else if (strcmp(pos[1], "set") == 0) {
+            if (npos != 4)
+                return usage_error("'config set' needs KEY and VALUE");
+            ret->command = CMD_CONFIG_SET;
+            ret->key = pos[2];
+            ret->value = pos[3];
+        } else {
+            return usage_error("unknown config command '%s' (get or set)", pos[1]);
+        }
+    } else {
+        return usage_error("unknown command '%s'", pos[0]);
+    }
+    return 0;
+}
+
+/* The checks of the options that depend on the command, then the output
+ * format. */
+static int apply_options(bool json, bool prom, const char *wait, struct ctl_args *ret)
+{
+    if (json && prom)
+        return usage_error("--json and --prometheus exclude each other");
+    if (prom && ret->command != CMD_STATS)
+        return usage_error("--prometheus is for 'stats' only");
+    if (wait) {
+        if (ret->command != CMD_TRIM)
+            return usage_error("--wait is for 'trim' only");
+        if (parse_ms(wait, &ret->wait_ms) < 0)
+            return usage_error("--wait needs milliseconds from 0 to 60000, got '%s'", wait);
+        ret->has_wait = true;
+    }
+    ret->format = json ? FMT_JSON : prom ? FMT_PROMETHEUS : FMT_TABLE;
+    return 0;
+}
+
 int args_parse(int argc, char **argv, struct ctl_args *ret)
 {
     const char *pos[8];
     bool only_positional = false, json = false, prom = false, missing;
     const char *wait = NULL, *v;
-    int npos = 0;
+    int npos = 0, r;
 
     memset(ret, 0, sizeof(*ret));
     for (int i = 1; i < argc; i++) {
@@ -144,43 +195,8 @@ int args_parse(int argc, char **argv, struct ctl_args *ret)
         return 0;
     if (npos == 0)
         return usage_error("no command given");
-    for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]); k++)
-        if (strcmp(pos[0], commands[k].word) == 0)
-            ret->command = commands[k].cmd;
-    if (ret->command != CMD_NONE) {
-        if (npos > 1)
-            return usage_error("'%s' takes no argument '%s'", pos[0], pos[1]);
-    } else if (strcmp(pos[0], "config") == 0) {
-        if (npos < 2)
-            return usage_error("'config' needs 'get' or 'set'");
-        if (strcmp(pos[1], "get") == 0) {
-            if (npos > 3)
-                return usage_error("'config get' takes at most one KEY");
-            ret->command = CMD_CONFIG_GET;
-            ret->key = npos == 3 ? pos[2] : NULL;
-        } else if (strcmp(pos[1], "set") == 0) {
-            if (npos != 4)
-                return usage_error("'config set' needs KEY and VALUE");
-            ret->command = CMD_CONFIG_SET;
-            ret->key = pos[2];
-            ret->value = pos[3];
-        } else {
-            return usage_error("unknown config command '%s' (get or set)", pos[1]);
-        }
-    } else {
-        return usage_error("unknown command '%s'", pos[0]);
-    }
-    if (json && prom)
-        return usage_error("--json and --prometheus exclude each other");
-    if (prom && ret->command != CMD_STATS)
-        return usage_error("--prometheus is for 'stats' only");
-    if (wait) {
-        if (ret->command != CMD_TRIM)
-            return usage_error("--wait is for 'trim' only");
-        if (parse_ms(wait, &ret->wait_ms) < 0)
-            return usage_error("--wait needs milliseconds from 0 to 60000, got '%s'", wait);
-        ret->has_wait = true;
-    }
-    ret->format = json ? FMT_JSON : prom ? FMT_PROMETHEUS : FMT_TABLE;
-    return 0;
+    r = parse_command(pos, npos, ret);
+    if (r != 0)
+        return r;
+    return apply_options(json, prom, wait, ret);
 }

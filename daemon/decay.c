@@ -203,35 +203,40 @@ static void read_pressure(struct daemon *d)
         dc->fig.pressure_ticks++;
 }
 
-static void tick(struct daemon *d)
+/* Reads the heap's figures: the committed bytes (c), the live bytes (u),
+ * the overhead (o: what is committed outside the segments' data, plus
+ * their metadata) and the largest page size in use. */
+static int sample_heap(struct daemon *d, uint64_t *c, uint64_t *u, uint64_t *o, uint64_t *max_unit)
 {
-    struct decay *dc = &d->decay;
-    struct heap_stats *st = dc->st;
-    struct decay_figures *fig = &dc->fig;
-    uint64_t now = mono_ns(), segs = 0, meta = 0, max_unit = SHM_BLOCK_SIZE, dt, cap;
-    uint64_t c, u, o, need, peak, floor, budget, rate = d->cfg.decay_release_rate;
-    uint32_t idle[SHM_MAX_SLOTS], nidle;
-    struct release_req req;
+    struct heap_stats *st = d->decay.st;
+    uint64_t segs = 0, meta = 0;
     int r;
 
-    fig->ticks++;
     r = heap_stats(d->heap, st);
-    if (r < 0) {
-        log_error("decay: cannot read the heap's figures, skipping a tick: %s", strerror(-r));
-        return;
-    }
+    if (r < 0)
+        return r;
+    *max_unit = SHM_BLOCK_SIZE;
     for (uint32_t i = 0; i < st->nsegments && i < SHM_MAX_SEGMENTS; i++) {
         segs += st->segs[i].committed_bytes;
         meta += st->segs[i].metadata_bytes < st->segs[i].committed_bytes
                         ? st->segs[i].metadata_bytes
                         : st->segs[i].committed_bytes;
-        if (st->segs[i].page_size > max_unit)
-            max_unit = st->segs[i].page_size;
+        if (st->segs[i].page_size > *max_unit)
+            *max_unit = st->segs[i].page_size;
     }
-    c = st->bytes_committed;
-    u = st->bytes_in_use;
-    o = (c > segs ? c - segs : 0) + meta;
-    read_pressure(d);
+    *c = st->bytes_committed;
+    *u = st->bytes_in_use;
+    *o = (*c > segs ? *c - segs : 0) + meta;
+    return 0;
+}
+
+/* Adds this tick's need to the window and sets the floor and the excess
+ * above it. */
+static void compute_floor(struct daemon *d, uint64_t now, uint64_t c, uint64_t u, uint64_t o)
+{
+    struct decay *dc = &d->decay;
+    struct decay_figures *fig = &dc->fig;
+    uint64_t need, peak, floor;
 
     /* The need of this tick (see the top of the file). After a release the
      * kernel's count fell by less than the bytes punched (pages never
@@ -255,9 +260,15 @@ static void tick(struct daemon *d)
     fig->window_peak_bytes = peak;
     fig->floor_bytes = floor;
     fig->excess_bytes = c > floor ? c - floor : 0;
+}
 
-    /* The rate bound: one second's worth at most, and at least a unit of
-     * the largest pages, so that a 1G-page segment can be released at all. */
+/* The rate bound: one second's worth at most, and at least a unit of the
+ * largest pages, so that a 1G-page segment can be released at all. */
+static void add_credit(struct daemon *d, uint64_t now, uint64_t max_unit)
+{
+    struct decay *dc = &d->decay;
+    uint64_t rate = d->cfg.decay_release_rate, dt, cap;
+
     dt = dc->last_tick_ns ? now - dc->last_tick_ns : (uint64_t) dc->tick_ms * 1000000u;
     dc->last_tick_ns = now;
     if (dt > 1000000000u)
@@ -266,17 +277,27 @@ static void tick(struct daemon *d)
     dc->credit += (uint64_t) ((double) rate * (double) dt / 1e9);
     if (dc->credit > cap)
         dc->credit = cap;
+}
 
-    nidle = scan_slots(d, now,
-                       fig->under_pressure ? (uint64_t) dc->tick_ms * 1000000u
-                                           : (uint64_t) d->cfg.decay_ms * 1000000u,
-                       idle);
+/* Decides what this tick releases: sets the state and *budget (0: only
+ * drain the idle caches). Returns false when there is nothing to start. */
+static bool decide_release(struct daemon *d,
+                           uint64_t now,
+                           uint64_t c,
+                           uint64_t u,
+                           uint64_t o,
+                           uint32_t nidle,
+                           uint64_t *budget)
+{
+    struct decay *dc = &d->decay;
+    struct decay_figures *fig = &dc->fig;
+
     if (dc->running) {
         if (dc->attempt_bytes)
             fig->state = "releasing"; /* the last release is still going */
-        return;
+        return false;
     }
-    budget = fig->excess_bytes < dc->credit ? fig->excess_bytes : dc->credit;
+    *budget = fig->excess_bytes < dc->credit ? fig->excess_bytes : dc->credit;
     if (fig->excess_bytes < DECAY_MIN_BYTES) {
         /* Nothing above the floor: what is committed beyond the live bytes
          * is held for the hysteresis (or is the overhead). Idle caches
@@ -284,19 +305,29 @@ static void tick(struct daemon *d)
          * unless blocks empty beyond the floor). */
         fig->state = c > o + u + DECAY_MIN_BYTES ? "holding" : "nothing_to_release";
         if (!nidle)
-            return;
-        budget = 0;
+            return false;
+        *budget = 0;
     } else if (now < dc->hold_until_ns) {
         fig->state = "unreleasable";
         if (!nidle)
-            return;
-        budget = 0;
-    } else if (budget < DECAY_MIN_BYTES) {
+            return false;
+        *budget = 0;
+    } else if (*budget < DECAY_MIN_BYTES) {
         fig->state = "rate_limited";
         if (!nidle)
-            return;
-        budget = 0;
+            return false;
+        *budget = 0;
     }
+    return true;
+}
+
+static void start_release(struct daemon *d, uint64_t budget, uint32_t *idle, uint32_t nidle)
+{
+    struct decay *dc = &d->decay;
+    struct decay_figures *fig = &dc->fig;
+    struct release_req req;
+    int r;
+
     req = (struct release_req){
             .max_bytes = budget,
             .retain_blocks = fig->under_pressure ? 0 : d->cfg.shm.retain_empty_blocks,
@@ -313,6 +344,32 @@ static void tick(struct daemon *d)
     dc->attempt_bytes = budget;
     if (budget)
         fig->state = fig->under_pressure ? "releasing_under_pressure" : "releasing";
+}
+
+static void tick(struct daemon *d)
+{
+    struct decay *dc = &d->decay;
+    struct decay_figures *fig = &dc->fig;
+    uint64_t now = mono_ns(), c, u, o, max_unit, budget;
+    uint32_t idle[SHM_MAX_SLOTS], nidle;
+    int r;
+
+    fig->ticks++;
+    r = sample_heap(d, &c, &u, &o, &max_unit);
+    if (r < 0) {
+        log_error("decay: cannot read the heap's figures, skipping a tick: %s", strerror(-r));
+        return;
+    }
+    read_pressure(d);
+    compute_floor(d, now, c, u, o);
+    add_credit(d, now, max_unit);
+    nidle = scan_slots(d, now,
+                       fig->under_pressure ? (uint64_t) dc->tick_ms * 1000000u
+                                           : (uint64_t) d->cfg.decay_ms * 1000000u,
+                       idle);
+    if (!decide_release(d, now, c, u, o, nidle, &budget))
+        return;
+    start_release(d, budget, idle, nidle);
 }
 
 static void tick_cb(uv_timer_t *t)

@@ -188,20 +188,9 @@ void daemon_shutdown(struct daemon *d, int status)
         log_info("waiting for %u running jobs", d->jobs);
 }
 
-int main(int argc, char **argv)
+/* The daemon's fields before anything can fail: no fd open yet. */
+static void daemon_defaults(struct daemon *d)
 {
-    static struct daemon dm;
-    struct daemon *d = &dm;
-    char err[CONFIG_ERR_MAX], b1[32], b2[32];
-    uv_loop_t loop;
-    uint64_t size;
-    uint32_t page;
-    int r;
-
-    r = parse_argv(argc, argv);
-    if (r != 0)
-        return r > 0 ? EXIT_SUCCESS : 2;
-    log_init();
     d->listen_fd = -1;
     d->ctl_fd = -1;
     d->state_dir_fd = -1;
@@ -211,6 +200,14 @@ int main(int argc, char **argv)
     link_init(&d->conns);
     link_init(&d->clients);
     pthread_mutex_init(&d->work_lock, NULL);
+}
+
+/* The config file, then the options that override it. Returns 0, or the
+ * exit status to stop with. */
+static int load_config(struct daemon *d)
+{
+    char err[CONFIG_ERR_MAX];
+    int r;
 
     r = config_load_file(arg_config_path ? arg_config_path : CONFIG_DEFAULT_PATH,
                          arg_config_path != NULL, &d->cfg, err, sizeof(err));
@@ -234,6 +231,116 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    return 0;
+}
+
+/* The heap and the control socket. On failure, undoes what it did (the
+ * loop stays open for the caller to close) and returns < 0. */
+static int open_heap_and_socket(struct daemon *d)
+{
+    int r;
+
+    r = owner_init(d);
+    if (r < 0)
+        goto out_heap;
+    r = listen_open(d);
+    if (r < 0)
+        goto out_listen;
+    return 0;
+
+out_listen:
+    listen_close(d);
+    (void) uv_run(d->loop, UV_RUN_NOWAIT);
+out_heap:
+    owner_fini(d);
+    return r;
+}
+
+static void log_started(struct daemon *d)
+{
+    char b1[32], b2[32];
+    uint64_t size;
+    uint32_t page;
+
+    (void) owner_segment(d, 1, &size, &page);
+    log_info("shmheapd %s started: socket %s%s, %s heap of %" PRIu32 " segments (segment 1: %s "
+             "bytes on %s pages), max_segments %" PRIu32 ", kept in %s",
+             SHMHEAP_VERSION, d->socket_path, d->socket_activated ? " (from systemd)" : "",
+             d->adopted ? "adopted" : "new", owner_nsegments(d) - 1,
+             bytes_name(size, b1, sizeof(b1)), page_size_name(page, b2, sizeof(b2)),
+             d->cfg.shm.max_segments,
+             d->state_dir_fd >= 0 ? d->state_dir
+             : d->use_fdstore     ? "systemd's fd store"
+                                  : "memory only (no state directory, no fd store)");
+}
+
+/* The trim timer, the automatic trim, the quotas, the service manager and
+ * the metrics endpoint, then READY=1. A failure here shuts the daemon down
+ * through the loop (so that what started is stopped in order). */
+static void start_services(struct daemon *d)
+{
+    char err[CONFIG_ERR_MAX];
+    int r;
+
+    (void) uv_timer_init(d->loop, &d->trim_timer);
+    d->trim_timer.data = d;
+    work_trim_timer_update(d);
+    r = decay_init(d, arg_pressure_file);
+    if (r < 0) {
+        log_error("cannot start the automatic trim: %s", strerror(-r));
+        daemon_shutdown(d, EXIT_FAILURE);
+        return;
+    }
+    quota_start(d);
+    r = service_init(d);
+    if (r < 0) {
+        daemon_shutdown(d, EXIT_FAILURE);
+        return;
+    }
+    log_started(d);
+    r = metrics_apply(d, err, sizeof(err));
+    if (r < 0) {
+        /* Asked for metrics and cannot serve them: say so and stop. */
+        log_error("%s", err);
+        daemon_shutdown(d, EXIT_FAILURE);
+        return;
+    }
+    service_ready(d);
+}
+
+/* Runs the loop until the daemon stops, then takes everything down.
+ * Returns the exit status. */
+static int run_and_stop(struct daemon *d)
+{
+    int r;
+
+    (void) uv_run(d->loop, UV_RUN_DEFAULT);
+    metrics_fini(d);
+    decay_fini(d);
+    owner_fini(d);
+    r = uv_loop_close(d->loop);
+    if (r < 0)
+        log_warning("the event loop did not close cleanly: %s", uv_strerror(r));
+    pthread_mutex_destroy(&d->work_lock);
+    log_info("stopped");
+    return d->exit_status;
+}
+
+int main(int argc, char **argv)
+{
+    static struct daemon dm;
+    struct daemon *d = &dm;
+    uv_loop_t loop;
+    int r;
+
+    r = parse_argv(argc, argv);
+    if (r != 0)
+        return r > 0 ? EXIT_SUCCESS : 2;
+    log_init();
+    daemon_defaults(d);
+    r = load_config(d);
+    if (r != 0)
+        return r;
     /* Before anything else reads LISTEN_FDS (sd_listen_fds unsets it). */
     fdstore_collect(d);
     d->use_fdstore = !d->cfg.state_dir[0] && getenv("NOTIFY_SOCKET") != NULL;
@@ -249,62 +356,10 @@ int main(int argc, char **argv)
         return EXIT_FAILURE;
     }
     d->loop = &loop;
-    r = owner_init(d);
-    if (r < 0)
-        goto out_heap;
-    r = listen_open(d);
-    if (r < 0)
-        goto out_listen;
-    (void) uv_timer_init(&loop, &d->trim_timer);
-    d->trim_timer.data = d;
-    work_trim_timer_update(d);
-    r = decay_init(d, arg_pressure_file);
-    if (r < 0) {
-        log_error("cannot start the automatic trim: %s", strerror(-r));
-        daemon_shutdown(d, EXIT_FAILURE);
-        goto run;
+    if (open_heap_and_socket(d) < 0) {
+        (void) uv_loop_close(&loop);
+        return EXIT_FAILURE;
     }
-    quota_start(d);
-    r = service_init(d);
-    if (r < 0) {
-        daemon_shutdown(d, EXIT_FAILURE);
-        goto run;
-    }
-    (void) owner_segment(d, 1, &size, &page);
-    log_info("shmheapd %s started: socket %s%s, %s heap of %" PRIu32 " segments (segment 1: %s "
-             "bytes on %s pages), max_segments %" PRIu32 ", kept in %s",
-             SHMHEAP_VERSION, d->socket_path, d->socket_activated ? " (from systemd)" : "",
-             d->adopted ? "adopted" : "new", owner_nsegments(d) - 1,
-             bytes_name(size, b1, sizeof(b1)), page_size_name(page, b2, sizeof(b2)),
-             d->cfg.shm.max_segments,
-             d->state_dir_fd >= 0 ? d->state_dir
-             : d->use_fdstore     ? "systemd's fd store"
-                                  : "memory only (no state directory, no fd store)");
-    r = metrics_apply(d, err, sizeof(err));
-    if (r < 0) {
-        /* Asked for metrics and cannot serve them: say so and stop. */
-        log_error("%s", err);
-        daemon_shutdown(d, EXIT_FAILURE);
-        goto run;
-    }
-    service_ready(d);
-run:
-    (void) uv_run(&loop, UV_RUN_DEFAULT);
-    metrics_fini(d);
-    decay_fini(d);
-    owner_fini(d);
-    r = uv_loop_close(&loop);
-    if (r < 0)
-        log_warning("the event loop did not close cleanly: %s", uv_strerror(r));
-    pthread_mutex_destroy(&d->work_lock);
-    log_info("stopped");
-    return d->exit_status;
-
-out_listen:
-    listen_close(d);
-    (void) uv_run(&loop, UV_RUN_NOWAIT);
-out_heap:
-    owner_fini(d);
-    (void) uv_loop_close(&loop);
-    return EXIT_FAILURE;
+    start_services(d);
+    return run_and_stop(d);
 }

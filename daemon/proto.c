@@ -239,35 +239,29 @@ static const char *printable(const char *s, char *buf, size_t len)
     return buf;
 }
 
-void proto_handle_line(struct conn *c, char *line, size_t len)
+/* The request on line, parsed: a JSON value and nothing after it but
+ * blanks. Else replies the error and returns NULL. */
+static cJSON *parse_request(struct conn *c, char *line, size_t len)
 {
-    const char *end = NULL, *opname = NULL;
-    const cJSON *opv;
+    const char *end = NULL;
     cJSON *req;
     size_t pos;
 
-    if (c->denied) {
-        reply_error(c, "permission_denied",
-                    "uid %u may not use this daemon (see allowed_uids and allowed_gids)",
-                    (unsigned) c->peer.uid);
-        c->close_after_flush = true;
-        return;
-    }
     if (len && line[len - 1] == '\r')
         line[--len] = 0;
     if (strnlen(line, len) != len) {
         reply_error(c, "bad_json", "the request holds a NUL byte at column %zu",
                     strnlen(line, len) + 1);
-        return;
+        return NULL;
     }
     if (!utf8_valid(line, len)) {
         reply_error(c, "bad_json", "the request is not valid UTF-8 (byte %zu)",
                     utf8_valid_prefix(line, len) + 1);
-        return;
+        return NULL;
     }
     if (!config_json_depth_ok(line, len, REQUEST_MAX_DEPTH)) {
         reply_error(c, "bad_json", "the request nests deeper than %u levels", REQUEST_MAX_DEPTH);
-        return;
+        return NULL;
     }
     /* line is NUL-terminated at len (conn.c replaced the '\n'). */
     req = cJSON_ParseWithLengthOpts(line, len, &end, false);
@@ -287,20 +281,29 @@ void proto_handle_line(struct conn *c, char *line, size_t len)
             reply_error(c, "bad_json", "empty request line");
         else
             reply_error(c, "bad_json", "malformed JSON at column %zu", pos + 1);
-        return;
     }
+    return req;
+}
+
+/* Hands the request to its op's handler, or replies why not. */
+static void dispatch(struct conn *c, cJSON *req)
+{
+    const char *opname;
+    const cJSON *opv;
+    char buf[64];
+
     if (!cJSON_IsObject(req)) {
         reply_error(c, "bad_json", "the request must be a JSON object");
-        goto out;
+        return;
     }
     opv = cJSON_GetObjectItemCaseSensitive(req, "op");
     if (!opv) {
         reply_error(c, "bad_request", "missing field \"op\"");
-        goto out;
+        return;
     }
     if (!cJSON_IsString(opv) || !opv->valuestring) {
         reply_error(c, "bad_request", "field \"op\" must be a string");
-        goto out;
+        return;
     }
     opname = opv->valuestring;
     for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
@@ -311,13 +314,25 @@ void proto_handle_line(struct conn *c, char *line, size_t len)
                         ops[i].name);
         else
             ops[i].handle(c, req);
-        goto out;
+        return;
     }
-    {
-        char buf[64];
+    reply_error(c, "unknown_op", "unknown op \"%s\"", printable(opname, buf, sizeof(buf)));
+}
 
-        reply_error(c, "unknown_op", "unknown op \"%s\"", printable(opname, buf, sizeof(buf)));
+void proto_handle_line(struct conn *c, char *line, size_t len)
+{
+    cJSON *req;
+
+    if (c->denied) {
+        reply_error(c, "permission_denied",
+                    "uid %u may not use this daemon (see allowed_uids and allowed_gids)",
+                    (unsigned) c->peer.uid);
+        c->close_after_flush = true;
+        return;
     }
-out:
+    req = parse_request(c, line, len);
+    if (!req)
+        return;
+    dispatch(c, req);
     cJSON_Delete(req);
 }

@@ -231,29 +231,19 @@ static int measure_attach(const char *path, unsigned attaches, uint64_t *t, int 
     return 0;
 }
 
-/* 2. stats round trips while nbusy (0 or BUSY_CLIENTS) processes allocate. */
-static int measure_stats(const char *path, unsigned requests, uint64_t *t, int machine, int nbusy)
+/* Forks nbusy busy clients (their pids in kids[]) and waits until they
+ * are attached and allocating. */
+static int start_busy_clients(const char *path, struct busy_shared *sh, pid_t *kids, int nbusy)
 {
-    static const char req[] = "{\"op\":\"stats\"}\n";
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    pid_t kids[BUSY_CLIENTS] = {0}, self = getpid();
-    struct busy_shared *sh;
-    static char reply[1 << 17];
-    uint64_t start, t0m = 0, t1m = 1;
-    struct summary s;
-    int fd = -1, r = -1;
+    pid_t self = getpid();
+    uint64_t start;
 
-    sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (sh == MAP_FAILED) {
-        perror("mmap");
-        return -1;
-    }
     fflush(NULL);
     for (int k = 0; k < nbusy; k++) {
         kids[k] = fork();
         if (kids[k] < 0) {
             perror("fork");
-            goto out;
+            return -1;
         }
         if (kids[k] == 0)
             busy_client(path, sh, k, self);
@@ -267,44 +257,105 @@ static int measure_stats(const char *path, unsigned requests, uint64_t *t, int m
             if (kids[k] > 0 && waitpid(kids[k], &st, WNOHANG) == kids[k]) {
                 fprintf(stderr, "busy client %d exited before it was ready (status %#x)\n", k, st);
                 kids[k] = 0;
-                goto out;
+                return -1;
             }
         if (now_ns() - start > (uint64_t) START_WAIT_MS * 1000000u) {
             fprintf(stderr, "busy clients not attached after %d ms\n", START_WAIT_MS);
-            goto out;
+            return -1;
         }
         usleep(1000);
     }
     if (nbusy)
         usleep(100 * 1000); /* let them get going */
+    return 0;
+}
+
+/* A connection to the daemon's socket, or -1. */
+static int connect_socket(const char *path)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int fd;
 
     if (strlen(path) >= sizeof(addr.sun_path)) {
         fprintf(stderr, "socket path too long: %s\n", path);
-        goto out;
+        return -1;
     }
     memcpy(addr.sun_path, path, strlen(path) + 1);
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0 || connect(fd, (struct sockaddr *) &addr, sizeof(addr)) < 0) {
         perror("connect");
-        goto out;
+        if (fd >= 0)
+            close(fd);
+        return -1;
     }
-    __atomic_store_n(&sh->measuring, 1, __ATOMIC_RELAXED);
-    t0m = now_ns();
+    return fd;
+}
+
+/* requests stats round trips on fd, each one's time in t[]. */
+static int time_stats(int fd, unsigned requests, uint64_t *t)
+{
+    static const char req[] = "{\"op\":\"stats\"}\n";
+    static char reply[1 << 17];
+
     for (unsigned i = 0; i < requests; i++) {
         uint64_t t0 = now_ns();
 
         if (write(fd, req, sizeof(req) - 1) != (ssize_t) sizeof(req) - 1) {
             perror("write");
-            goto out;
+            return -1;
         }
         if (read_reply(fd, reply, sizeof(reply)) < 0)
-            goto out;
+            return -1;
         t[i] = now_ns() - t0;
         if (strncmp(reply, "{\"ok\":true", 10) != 0) {
             fprintf(stderr, "stats reply: %.200s\n", reply);
-            goto out;
+            return -1;
         }
     }
+    return 0;
+}
+
+static void report_stats(unsigned requests, uint64_t *t, int machine, int nbusy, double mops)
+{
+    struct summary s = summarize(t, requests);
+
+    if (nbusy == 0) {
+        report("stats round trip, no busy client", requests, s);
+        if (machine)
+            printf("SERVICE what=stats_rtt_idle n=%u clients=0 min_us=%.1f median_us=%.1f "
+                   "p99_us=%.1f max_us=%.1f\n",
+                   requests, s.min, s.median, s.p99, s.max);
+    } else {
+        report("stats round trip, 2 busy clients", requests, s);
+        if (machine)
+            printf("SERVICE what=stats_rtt n=%u clients=%d min_us=%.1f median_us=%.1f "
+                   "p99_us=%.1f max_us=%.1f busy_mops=%.2f\n",
+                   requests, nbusy, s.min, s.median, s.p99, s.max, mops);
+    }
+}
+
+/* 2. stats round trips while nbusy (0 or BUSY_CLIENTS) processes allocate. */
+static int measure_stats(const char *path, unsigned requests, uint64_t *t, int machine, int nbusy)
+{
+    pid_t kids[BUSY_CLIENTS] = {0};
+    struct busy_shared *sh;
+    uint64_t t0m = 0, t1m = 1;
+    int fd = -1, r = -1;
+
+    sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (sh == MAP_FAILED) {
+        perror("mmap");
+        return -1;
+    }
+    if (start_busy_clients(path, sh, kids, nbusy) < 0)
+        goto out;
+    fd = connect_socket(path);
+    if (fd < 0)
+        goto out;
+    __atomic_store_n(&sh->measuring, 1, __ATOMIC_RELAXED);
+    t0m = now_ns();
+    if (time_stats(fd, requests, t) < 0)
+        goto out;
     t1m = now_ns();
     __atomic_store_n(&sh->measuring, 0, __ATOMIC_RELAXED);
     r = 0;
@@ -313,24 +364,9 @@ out:
         close(fd);
     if (stop_clients(sh, kids, BUSY_CLIENTS) < 0)
         r = -1;
-    if (r == 0) {
-        double mops = (double) (sh->pairs[0] + sh->pairs[1]) / ((double) (t1m - t0m) / 1e3);
-
-        s = summarize(t, requests);
-        if (nbusy == 0) {
-            report("stats round trip, no busy client", requests, s);
-            if (machine)
-                printf("SERVICE what=stats_rtt_idle n=%u clients=0 min_us=%.1f median_us=%.1f "
-                       "p99_us=%.1f max_us=%.1f\n",
-                       requests, s.min, s.median, s.p99, s.max);
-        } else {
-            report("stats round trip, 2 busy clients", requests, s);
-            if (machine)
-                printf("SERVICE what=stats_rtt n=%u clients=%d min_us=%.1f median_us=%.1f "
-                       "p99_us=%.1f max_us=%.1f busy_mops=%.2f\n",
-                       requests, nbusy, s.min, s.median, s.p99, s.max, mops);
-        }
-    }
+    if (r == 0)
+        report_stats(requests, t, machine, nbusy,
+                     (double) (sh->pairs[0] + sh->pairs[1]) / ((double) (t1m - t0m) / 1e3));
     munmap(sh, sizeof(*sh));
     return r;
 }

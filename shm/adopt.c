@@ -121,6 +121,78 @@ static int file_try(int dir_fd, const char *tmp, uint64_t size, uint64_t page, i
     return 0;
 }
 
+/* The new segment's file (under tmp in dir_fd) or memfd, sized by the
+ * rule of heap_segment_create() and on the largest pages the policy (or
+ * the directory's filesystem) allows. */
+static int segment_open(const struct shm_config *cfg,
+                        int dir_fd,
+                        uint64_t min_bytes,
+                        int policy,
+                        const char *tmp,
+                        int *ret_fd,
+                        uint64_t *ret_size,
+                        uint64_t *ret_page)
+{
+    static const uint64_t pages[] = {UINT64_C(1) << 30, 2 * MiB, 4096};
+    unsigned first = 0, last = 2;
+    uint64_t want;
+    int fd = -1, r;
+
+    /* The sizing rule of heap_segment_create(). */
+    want = cfg->segment_size;
+    if (min_bytes + min_bytes / 64 + 4 * MiB > want)
+        want = min_bytes + min_bytes / 64 + 4 * MiB;
+    if (policy == SHM_PAGES_1G)
+        last = 0;
+    else if (policy == SHM_PAGES_2M)
+        first = last = 1;
+    else if (policy == SHM_PAGES_OFF)
+        first = 2;
+    r = -ENOMEM;
+    for (unsigned i = first; i <= last && fd < 0; i++) {
+        /* A directory's filesystem decides the page size, not the policy. */
+        uint64_t pg = dir_fd >= 0 ? os_dir_page_size(dir_fd) : pages[i];
+        uint64_t unit = pg > SHM_BLOCK_SIZE ? pg : SHM_BLOCK_SIZE;
+        uint64_t sz = (want + unit - 1) & ~(unit - 1);
+
+        if (sz > SHM_SEG_SPAN)
+            continue;
+        r = dir_fd >= 0 ? file_try(dir_fd, tmp, sz, pg, &fd) : memfd_try(sz, pg, &fd);
+        if (r == 0) {
+            *ret_size = sz;
+            *ret_page = pg;
+        }
+        if (dir_fd >= 0)
+            break;
+    }
+    if (r < 0)
+        return r;
+    *ret_fd = fd;
+    return 0;
+}
+
+/* Formats the segment, and in a directory gives its file its real name. */
+static int segment_format(int fd,
+                          uint32_t index,
+                          uint64_t size,
+                          uint64_t page,
+                          int dir_fd,
+                          const char *tmp,
+                          const char *name)
+{
+    void *base;
+    int r;
+
+    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    if (base == MAP_FAILED)
+        return -errno;
+    r = seg_format(base, fd, index, size, (uint32_t) page);
+    (void) munmap(base, size);
+    if (r == 0 && dir_fd >= 0)
+        r = os_file_rename(dir_fd, tmp, name);
+    return r;
+}
+
 int heap_segment_create_kept(int ctl_fd,
                              const struct shm_config *cfg,
                              int dir_fd,
@@ -131,14 +203,11 @@ int heap_segment_create_kept(int ctl_fd,
                              int *ret_fd,
                              uint32_t *ret_index)
 {
-    static const uint64_t pages[] = {UINT64_C(1) << 30, 2 * MiB, 4096};
-    uint64_t ctl_size, want, size = 0, page = 0;
+    uint64_t ctl_size, size = 0, page = 0;
     char name[32], tmp[40];
-    unsigned first = 0, last = 2;
     struct ctl_header *c;
     uint32_t index;
     int fd = -1, r;
-    void *base;
 
     if (!cfg || !ret_fd || !ret_index || policy < 0 || policy >= _SHM_PAGES_MAX ||
         cfg->max_segments < 1 || cfg->max_segments >= SHM_MAX_SEGMENTS ||
@@ -161,46 +230,12 @@ int heap_segment_create_kept(int ctl_fd,
         r = -ENOSPC;
         goto out;
     }
-    /* The sizing rule of heap_segment_create(). */
-    want = cfg->segment_size;
-    if (min_bytes + min_bytes / 64 + 4 * MiB > want)
-        want = min_bytes + min_bytes / 64 + 4 * MiB;
     heap_segment_file_name(index, name, sizeof(name));
     (void) snprintf(tmp, sizeof(tmp), "%s.new", name);
-    if (policy == SHM_PAGES_1G)
-        last = 0;
-    else if (policy == SHM_PAGES_2M)
-        first = last = 1;
-    else if (policy == SHM_PAGES_OFF)
-        first = 2;
-    r = -ENOMEM;
-    for (unsigned i = first; i <= last && fd < 0; i++) {
-        /* A directory's filesystem decides the page size, not the policy. */
-        uint64_t pg = dir_fd >= 0 ? os_dir_page_size(dir_fd) : pages[i];
-        uint64_t unit = pg > SHM_BLOCK_SIZE ? pg : SHM_BLOCK_SIZE;
-        uint64_t sz = (want + unit - 1) & ~(unit - 1);
-
-        if (sz > SHM_SEG_SPAN)
-            continue;
-        r = dir_fd >= 0 ? file_try(dir_fd, tmp, sz, pg, &fd) : memfd_try(sz, pg, &fd);
-        if (r == 0) {
-            size = sz;
-            page = pg;
-        }
-        if (dir_fd >= 0)
-            break;
-    }
+    r = segment_open(cfg, dir_fd, min_bytes, policy, tmp, &fd, &size, &page);
     if (r < 0)
         goto out;
-    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
-    if (base == MAP_FAILED) {
-        r = -errno;
-        goto out_close;
-    }
-    r = seg_format(base, fd, index, size, (uint32_t) page);
-    (void) munmap(base, size);
-    if (r == 0 && dir_fd >= 0)
-        r = os_file_rename(dir_fd, tmp, name);
+    r = segment_format(fd, index, size, page, dir_fd, tmp, name);
     if (r < 0)
         goto out_close;
     /* Kept (a file in place, or the fd handed to the fd store) before it
