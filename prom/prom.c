@@ -54,7 +54,6 @@ static const struct family heap_families[] = {
 
 /* The automatic trim (the stats reply's "decay" object). */
 static const struct family decay_families[] = {
-        {"decay_ms", "decay_ms", "gauge", "The automatic trim's decay time in ms (0: off).", NULL},
         {"floor_bytes", "decay_floor_bytes", "gauge",
          "Committed bytes the automatic trim keeps: overhead plus the recent peak need with its "
          "margin.",

@@ -54,6 +54,11 @@ static void fuzz_setup(void)
     show = getenv("SHMHEAP_FUZZ_SHOW") != NULL;
     d->listen_fd = -1;
     d->ctl_fd = -1;
+    d->state_dir_fd = -1; /* no state directory, no fd store: memfds only */
+    d->state_lock_fd = -1;
+    d->passed_listen_fd = -1;
+    for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++)
+        d->stored_fds[i] = -1; /* nothing from systemd's fd store */
     link_init(&d->conns);
     link_init(&d->clients);
     pthread_mutex_init(&d->work_lock, NULL);

@@ -197,6 +197,9 @@ START_TEST(quota_client_refused_others_allocate)
 }
 END_TEST
 
+/* What one uid_filler allocates at full speed: 3/4 of the uid's quota. */
+#define UID_SHARE (12 * MiB)
+
 static int uid_filler(void *arg, unsigned idx)
 {
     struct quota_share *sh = arg;
@@ -205,14 +208,20 @@ static int uid_filler(void *arg, unsigned idx)
     unsigned n = 0;
 
     MP_REQUIRE(objs, "calloc");
-    /* A steady allocator: the daemon's tick (100 ms) catches up with it. */
+    /* A steady allocator: the daemon's tick (100 ms) catches up with it.
+     * Alone it stops short of the uid's quota (UID_SHARE), then trickles
+     * (an object every 20 ms) until the other client's share joins it and
+     * the tick refuses both: on a loaded machine one client may run long
+     * before the other starts, and must not reach the quota by itself. */
     for (;;) {
         MP_REQUIRE(n < MAX_OBJS, "client %u never refused", idx);
         objs[n] = shmheap_malloc(h, OBJ);
         if (!objs[n])
             break;
         n++;
-        if (n % 64 == 0)
+        if ((uint64_t) n * OBJ >= UID_SHARE)
+            usleep(20000);
+        else if (n % 64 == 0)
             usleep(2000);
     }
     MP_REQUIRE(errno == ENOMEM, "refusal with errno %d", errno);
