@@ -66,35 +66,6 @@ int heap_ctl_create_at(int dir_fd, const struct shm_config *cfg, int *ret_fd)
     return 0;
 }
 
-/* A memfd for a segment of `size` bytes on `page` pages, as ctl.c's
- * segment_try() makes them (huge pages taken for the metadata now; normal
- * pages sealed against shrinking). Kept apart from it so that this file
- * needs nothing of ctl.c's internals; the two should become one. */
-static int memfd_try(uint64_t size, uint64_t page, int *ret_fd)
-{
-    int fd, r;
-
-    fd = os_memfd("shmheap-seg", page);
-    if (fd < 0)
-        return page > 4096 && fd == -EINVAL ? -ENOMEM : fd;
-    r = os_truncate(fd, size);
-    if (r == 0 && page > 4096) {
-        uint64_t meta;
-
-        r = seg_metadata_bytes(size, (uint32_t) page, &meta);
-        if (r == 0)
-            r = os_commit(fd, 0, (meta + page - 1) & ~(page - 1));
-    } else if (r == 0) {
-        r = os_seal_shrink(fd);
-    }
-    if (r < 0) {
-        (void) close(fd);
-        return r;
-    }
-    *ret_fd = fd;
-    return 0;
-}
-
 /* A file `name` (under a .new name until formatted) in dir_fd. */
 static int file_try(int dir_fd, const char *tmp, uint64_t size, uint64_t page, int *ret_fd)
 {
@@ -133,41 +104,22 @@ static int segment_open(const struct shm_config *cfg,
                         uint64_t *ret_size,
                         uint64_t *ret_page)
 {
-    static const uint64_t pages[] = {UINT64_C(1) << 30, 2 * MiB, 4096};
-    unsigned first = 0, last = 2;
-    uint64_t want;
-    int fd = -1, r;
+    uint64_t want = create_segment_bytes(cfg, min_bytes), pg, unit, sz;
+    int r;
 
-    /* The sizing rule of heap_segment_create(). */
-    want = cfg->segment_size;
-    if (min_bytes + min_bytes / 64 + 4 * MiB > want)
-        want = min_bytes + min_bytes / 64 + 4 * MiB;
-    if (policy == SHM_PAGES_1G)
-        last = 0;
-    else if (policy == SHM_PAGES_2M)
-        first = last = 1;
-    else if (policy == SHM_PAGES_OFF)
-        first = 2;
-    r = -ENOMEM;
-    for (unsigned i = first; i <= last && fd < 0; i++) {
-        /* A directory's filesystem decides the page size, not the policy. */
-        uint64_t pg = dir_fd >= 0 ? os_dir_page_size(dir_fd) : pages[i];
-        uint64_t unit = pg > SHM_BLOCK_SIZE ? pg : SHM_BLOCK_SIZE;
-        uint64_t sz = (want + unit - 1) & ~(unit - 1);
-
-        if (sz > SHM_SEG_SPAN)
-            continue;
-        r = dir_fd >= 0 ? file_try(dir_fd, tmp, sz, pg, &fd) : memfd_try(sz, pg, &fd);
-        if (r == 0) {
-            *ret_size = sz;
-            *ret_page = pg;
-        }
-        if (dir_fd >= 0)
-            break;
-    }
+    if (dir_fd < 0)
+        return create_segment_memfd(want, policy, ret_fd, ret_size, ret_page);
+    /* A directory's filesystem decides the page size, not the policy. */
+    pg = os_dir_page_size(dir_fd);
+    unit = pg > SHM_BLOCK_SIZE ? pg : SHM_BLOCK_SIZE;
+    sz = (want + unit - 1) & ~(unit - 1);
+    if (sz > SHM_SEG_SPAN)
+        return -ENOMEM;
+    r = file_try(dir_fd, tmp, sz, pg, ret_fd);
     if (r < 0)
         return r;
-    *ret_fd = fd;
+    *ret_size = sz;
+    *ret_page = pg;
     return 0;
 }
 

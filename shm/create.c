@@ -142,11 +142,18 @@ fail:
     return r;
 }
 
-/* Makes the memfd of a segment of at least `size` bytes by `policy`:
- * the first page size that works, the size rounded up to whole pages and
- * blocks. */
-static int
-segment_make(uint64_t size, int policy, int *ret_fd, uint64_t *ret_size, uint64_t *ret_page)
+uint64_t create_segment_bytes(const struct shm_config *cfg, uint64_t min_bytes)
+{
+    uint64_t size = cfg->segment_size;
+
+    /* Room for the metadata (well under 1%) on top of what was asked. */
+    if (min_bytes + min_bytes / 64 + 4 * MiB > size)
+        size = min_bytes + min_bytes / 64 + 4 * MiB;
+    return size;
+}
+
+int create_segment_memfd(
+        uint64_t size, int policy, int *ret_fd, uint64_t *ret_size, uint64_t *ret_page)
 {
     static const uint64_t pages_auto[] = {GiB, 2 * MiB, 4096};
     const uint64_t *try;
@@ -218,11 +225,8 @@ int heap_segment_create(int ctl_fd,
         r = -ENOSPC;
         goto out;
     }
-    size = cfg->segment_size;
-    /* Room for the metadata (well under 1%) on top of what was asked. */
-    if (min_bytes + min_bytes / 64 + 4 * MiB > size)
-        size = min_bytes + min_bytes / 64 + 4 * MiB;
-    r = segment_make(size, policy, &fd, &size, &page);
+    size = create_segment_bytes(cfg, min_bytes);
+    r = create_segment_memfd(size, policy, &fd, &size, &page);
     if (r < 0)
         goto out;
     base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);

@@ -486,6 +486,14 @@ void heap_count_bad_free(struct heap *h);
 /* ---- ctl.c ---- */
 int ctl_check_header(const struct ctl_header *c, uint64_t size);
 /* Sizes fd and writes a fresh control segment with cfg into it. */
+/* The bytes of a new segment: segment_size, or more for a large request. */
+uint64_t create_segment_bytes(const struct shm_config *cfg, uint64_t min_bytes);
+/* Makes the memfd of a segment of at least `size` bytes by `policy`: the
+ * first page size that works (hugetlb: the metadata's pages reserved now;
+ * normal pages: sealed against shrinking), the size rounded up to whole
+ * pages and blocks. */
+int create_segment_memfd(
+        uint64_t size, int policy, int *ret_fd, uint64_t *ret_size, uint64_t *ret_page);
 int ctl_format(int fd, const struct shm_config *cfg);
 int ctl_lock(struct ctl_header *c);
 void ctl_unlock(struct ctl_header *c);
