@@ -187,7 +187,6 @@ struct quota_tick {
     size_t nuids, uids_cap;
     struct client_over *clients; /* sorted by client id for the owner-table walk */
     size_t nclients, clients_cap;
-    bool refusing; /* some owner entry has OWNER_REFUSE_UID set */
     /* Owner entries refused at the last tick. Stored with a relaxed atomic
      * store: the metrics thread reads it (relaxed load in metrics.c) for
      * clients_refused_uid_quota; no other data is published with it. */

@@ -40,6 +40,7 @@
 
 #include "daemon/daemon.h"
 #include "prom/prom.h"
+#include "shm/atomic.h"
 
 #define METRICS_CONN_LIMIT   64u
 #define METRICS_PER_IP_LIMIT 8u
@@ -108,8 +109,7 @@ static char *scrape(struct metrics *m, size_t *ret_len)
         return NULL;
     }
     /* relaxed: pairs with the relaxed store in quota.c; a number, nothing else. */
-    st = stats_json_build(m->heap, views, n,
-                          __atomic_load_n(&m->d->quota.refused, __ATOMIC_RELAXED));
+    st = stats_json_build(m->heap, views, n, load_relaxed(&m->d->quota.refused));
     free(views);
     if (st && decay && cJSON_AddItemToObject(st, "decay", decay))
         decay = NULL;

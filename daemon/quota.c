@@ -11,6 +11,7 @@
 #include <stdlib.h>
 
 #include "daemon/daemon.h"
+#include "shm/atomic.h"
 
 #define QUOTA_TICK_MS 100
 
@@ -107,7 +108,8 @@ void quota_tick(struct daemon *d)
     struct quota_tick *t = &d->quota;
     uint64_t limit = d->cfg.shm.max_uid_bytes;
 
-    if (limit == 0 && !t->refusing)
+    /* Off, and no owner entry left refused: nothing to do. */
+    if (limit == 0 && t->refused == 0)
         return;
     if (limit != 0 && !quota_sum(d, t)) {
         log_warning("uid quota: out of memory summing the clients; trying again");
@@ -128,9 +130,7 @@ void quota_tick(struct daemon *d)
     if (t->nclients > 1)
         qsort(t->clients, t->nclients, sizeof(t->clients[0]), cmp_client);
     /* relaxed: read by the metrics thread, which needs only the number. */
-    __atomic_store_n(&t->refused, heap_quota_refuse_uid(d->heap, client_over_cb, t),
-                     __ATOMIC_RELAXED);
-    t->refusing = t->refused > 0;
+    store_relaxed(&t->refused, heap_quota_refuse_uid(d->heap, client_over_cb, t));
     for (size_t i = 0; i < t->nuids; i++) {
         struct uid_sum *u = &t->uids[i];
         bool over = limit != 0 && u->bytes >= limit;

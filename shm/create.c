@@ -8,8 +8,14 @@
  * with its own limits (never the control segment's copy, which any
  * attacher can write); it makes a memfd, formats it (segment.c), fills in
  * its entry in the control segment and publishes the new count; attachers
- * map it on their next look at nsegments (heap_sync_segments, heap.c). */
+ * map it on their next look at nsegments (heap_sync_segments, heap.c).
+ * An owner that keeps its heap beyond its own life (a daemon with a state
+ * directory or systemd's fd store: daemon/owner.c) makes the segment a file
+ * in that directory, and has it kept before it is published
+ * (heap_segment_create_kept); adopting such a heap is adopt.c's. */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -107,6 +113,20 @@ fail:
 
 /* ---- heap segments ---- */
 
+/* Huge pages must really be there: takes the ones a segment's metadata
+ * needs now, so a pool without free pages is an error here, not SIGBUS
+ * later. Normal pages come on first touch: nothing to do. */
+static int reserve_metadata(int fd, uint64_t size, uint64_t page)
+{
+    uint64_t meta;
+    int r;
+
+    if (page <= 4096)
+        return 0;
+    r = seg_metadata_bytes(size, (uint32_t) page, &meta);
+    return r < 0 ? r : os_commit(fd, 0, (meta + page - 1) & ~(page - 1));
+}
+
 static int segment_try(uint64_t size, uint64_t page, int *ret_fd)
 {
     int fd, r;
@@ -119,22 +139,11 @@ static int segment_try(uint64_t size, uint64_t page, int *ret_fd)
     r = os_truncate(fd, size);
     if (r < 0)
         goto fail;
-    if (page > 4096) {
-        uint64_t meta;
-
-        /* Huge pages must really be there: take the ones the metadata
-         * needs now, so a pool without free pages is an error here, not
-         * SIGBUS later. */
-        r = seg_metadata_bytes(size, (uint32_t) page, &meta);
-        if (r == 0)
-            r = os_commit(fd, 0, (meta + page - 1) & ~(page - 1));
-        if (r < 0)
-            goto fail;
-    } else {
-        r = os_seal_shrink(fd);
-        if (r < 0)
-            goto fail;
-    }
+    /* A normal-page memfd is sealed against shrinking; a hugetlb one gets its
+     * metadata's pages reserved now. */
+    r = page > 4096 ? reserve_metadata(fd, size, page) : os_seal_shrink(fd);
+    if (r < 0)
+        goto fail;
     *ret_fd = fd;
     return 0;
 fail:
@@ -191,18 +200,93 @@ int create_segment_memfd(
     return r;
 }
 
-int heap_segment_create(int ctl_fd,
-                        const struct shm_config *cfg,
+/* A file `name` (under a .new name until formatted) in dir_fd. */
+static int file_try(int dir_fd, const char *tmp, uint64_t size, uint64_t page, int *ret_fd)
+{
+    int fd = os_file_create(dir_fd, tmp), r;
+
+    if (fd < 0)
+        return fd;
+    r = os_truncate(fd, size);
+    if (r == 0)
+        r = reserve_metadata(fd, size, page); /* hugetlbfs: as for a memfd */
+    if (r < 0) {
+        (void) unlinkat(dir_fd, tmp, 0);
+        (void) close(fd);
+        return r;
+    }
+    *ret_fd = fd;
+    return 0;
+}
+
+/* The new segment's file (under tmp in dir_fd) or memfd, sized by the
+ * rule of heap_segment_create() and on the largest pages the policy (or
+ * the directory's filesystem) allows. */
+static int segment_open(const struct shm_config *cfg,
+                        int dir_fd,
                         uint64_t min_bytes,
                         int policy,
+                        const char *tmp,
                         int *ret_fd,
-                        uint32_t *ret_index)
+                        uint64_t *ret_size,
+                        uint64_t *ret_page)
 {
-    uint64_t ctl_size, size, page = 0;
+    uint64_t want = create_segment_bytes(cfg, min_bytes), pg, unit, sz;
+    int r;
+
+    if (dir_fd < 0)
+        return create_segment_memfd(want, policy, ret_fd, ret_size, ret_page);
+    /* A directory's filesystem decides the page size, not the policy. */
+    pg = os_dir_page_size(dir_fd);
+    unit = pg > SHM_BLOCK_SIZE ? pg : SHM_BLOCK_SIZE;
+    sz = (want + unit - 1) & ~(unit - 1);
+    if (sz > SHM_SEG_SPAN)
+        return -ENOMEM;
+    r = file_try(dir_fd, tmp, sz, pg, ret_fd);
+    if (r < 0)
+        return r;
+    *ret_size = sz;
+    *ret_page = pg;
+    return 0;
+}
+
+/* Formats the segment, and in a directory gives its file its real name. */
+static int segment_format(int fd,
+                          uint32_t index,
+                          uint64_t size,
+                          uint64_t page,
+                          int dir_fd,
+                          const char *tmp,
+                          const char *name)
+{
+    void *base;
+    int r;
+
+    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    if (base == MAP_FAILED)
+        return -errno;
+    r = seg_format(base, fd, index, size, (uint32_t) page);
+    (void) munmap(base, size);
+    if (r == 0 && dir_fd >= 0)
+        r = os_file_rename(dir_fd, tmp, name);
+    return r;
+}
+
+int heap_segment_create_kept(int ctl_fd,
+                             const struct shm_config *cfg,
+                             int dir_fd,
+                             uint64_t min_bytes,
+                             int policy,
+                             void (*keep)(void *ctx, uint32_t index, int fd),
+                             void *ctx,
+                             int *ret_fd,
+                             uint32_t *ret_index)
+{
+    uint64_t ctl_size, size = 0, page = 0;
+    char name[32], tmp[40];
     struct ctl_header *c;
     uint32_t index;
     int fd = -1, r;
-    void *base;
 
     if (!cfg || !limits_valid(cfg) || !ret_fd || !ret_index || policy < 0 ||
         policy >= _SHM_PAGES_MAX)
@@ -225,32 +309,45 @@ int heap_segment_create(int ctl_fd,
         r = -ENOSPC;
         goto out;
     }
-    size = create_segment_bytes(cfg, min_bytes);
-    r = create_segment_memfd(size, policy, &fd, &size, &page);
+    heap_segment_file_name(index, name, sizeof(name));
+    (void) snprintf(tmp, sizeof(tmp), "%s.new", name);
+    r = segment_open(cfg, dir_fd, min_bytes, policy, tmp, &fd, &size, &page);
     if (r < 0)
         goto out;
-    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
-    if (base == MAP_FAILED) {
-        r = -errno;
-        goto out_close;
-    }
-    r = seg_format(base, fd, index, size, (uint32_t) page);
-    (void) munmap(base, size);
+    r = segment_format(fd, index, size, page, dir_fd, tmp, name);
     if (r < 0)
         goto out_close;
+    /* Kept (a file in place, or the fd handed to the fd store) before it
+     * is published: an owner that dies between the two leaves a segment
+     * nobody knows of, never a published one that cannot be found. */
+    if (keep)
+        keep(ctx, index, fd);
     store_relaxed(&c->segs[index].size, size);
     store_relaxed(&c->segs[index].page_size, (uint32_t) page);
     store_relaxed(&c->segs[index].state, SEG_LIVE);
     /* release: an attacher that reads the new count sees the entry filled
      * in and the segment formatted (pairs with ctl_nsegments()). */
     store_release(&c->nsegments, index + 1);
+    (void) munmap(c, ctl_size);
     *ret_fd = fd;
     *ret_index = index;
-    (void) munmap(c, ctl_size);
     return 0;
 out_close:
+    if (dir_fd >= 0)
+        (void) unlinkat(dir_fd, tmp, 0);
     (void) close(fd);
 out:
     (void) munmap(c, ctl_size);
     return r;
+}
+
+int heap_segment_create(int ctl_fd,
+                        const struct shm_config *cfg,
+                        uint64_t min_bytes,
+                        int policy,
+                        int *ret_fd,
+                        uint32_t *ret_index)
+{
+    return heap_segment_create_kept(ctl_fd, cfg, -1, min_bytes, policy, NULL, NULL, ret_fd,
+                                    ret_index);
 }

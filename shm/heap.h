@@ -62,8 +62,7 @@ int heap_segment_create(int ctl_fd,
                         int *ret_fd,
                         uint32_t *ret_index);
 
-/* ---- attachment (attach.c, heap.c) ---- */
-/* ---- a heap that outlives its owner (adopt.c) ---- */
+/* ---- a heap that outlives its owner (create.c, adopt.c) ---- */
 
 /* The file name of segment index in a state directory: "control-segment",
  * "heap-segment-N". Also the FDNAME under which the daemon stores it. */
@@ -129,7 +128,7 @@ struct heap_adopt_report {
  * found. */
 int heap_adopt_recover(struct heap *h, struct heap_adopt_report *ret);
 
-/* ---- attachment (heap.c) ---- */
+/* ---- attachment (attach.c, heap.c) ---- */
 
 /* Maps the control segment behind ctl_fd (which it dups) and every
  * published heap segment. client_id tags this attachment's cache slots.

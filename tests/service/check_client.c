@@ -16,7 +16,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,22 +43,6 @@ static struct daemon_fixture fx;
 static void start(const char *extra_json)
 {
     fixture_start(&fx, extra_json);
-}
-
-/* Sends one op to the daemon (a connection of its own, without hello) and
- * returns the reply, failing the test on a transport error. */
-__attribute__((format(printf, 1, 2))) static cJSON *op(const char *fmt, ...)
-{
-    char line[1024];
-    cJSON *reply;
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    reply = daemon_call_once(fx.socket_path, line);
-    ck_assert_msg(reply != NULL, "request %s: no reply", line);
-    return reply;
 }
 
 static uint64_t ju64(const cJSON *o, const char *name)
@@ -98,7 +81,7 @@ static shmheap_t *child_attach(void)
 /* True if the daemon's `clients` op lists pid. */
 static bool daemon_lists_pid(pid_t pid)
 {
-    cJSON *r = op("{\"op\":\"clients\"}"), *c;
+    cJSON *r = fixture_op(&fx, "{\"op\":\"clients\"}"), *c;
     bool found = false;
 
     ck_assert(reply_is_ok(r));
@@ -497,7 +480,7 @@ START_TEST(client_attach_denied)
     start(NULL);
     ck_assert_int_eq(chmod(fx.dir, 0750), 0);
     mp_wait_ok(mp_fork(nobody_child, NULL, 0), "denied child");
-    r = op("{\"op\":\"config.set\",\"key\":\"allowed_uids\",\"value\":[%d]}", NOBODY);
+    r = fixture_op(&fx, "{\"op\":\"config.set\",\"key\":\"allowed_uids\",\"value\":[%d]}", NOBODY);
     ck_assert(reply_is_ok(r));
     cJSON_Delete(r);
     mp_wait_ok(mp_fork(nobody_child, NULL, 1), "allowed child");
@@ -1108,7 +1091,7 @@ START_TEST(client_heap_grows)
         mp_fill(p, 4096, mp_tag(0, 0, i));
         sh->offs[i] = shmheap_to_off(h, p);
     }
-    r = op("{\"op\":\"segments\"}");
+    r = fixture_op(&fx, "{\"op\":\"segments\"}");
     ck_assert(reply_is_ok(r));
     ck_assert_int_ge(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r, "segments")), 2);
     cJSON_Delete(r);
@@ -1542,10 +1525,10 @@ START_TEST(client_config_reaches_clients)
     c = cached_after_burst(h, 1000);
     ck_assert_uint_gt(c, 16); /* defaults: bundles of 64, bins of 128 */
 
-    r = op("{\"op\":\"config.set\",\"key\":\"bundle_objects\",\"value\":8}");
+    r = fixture_op(&fx, "{\"op\":\"config.set\",\"key\":\"bundle_objects\",\"value\":8}");
     ck_assert_msg(reply_is_ok(r), "config.set bundle_objects refused");
     cJSON_Delete(r);
-    r = op("{\"op\":\"config.set\",\"key\":\"thread_cache_bytes\",\"value\":16384}");
+    r = fixture_op(&fx, "{\"op\":\"config.set\",\"key\":\"thread_cache_bytes\",\"value\":16384}");
     ck_assert_msg(reply_is_ok(r), "config.set thread_cache_bytes refused");
     ck_assert_uint_eq(ju64(cJSON_GetObjectItemCaseSensitive(r, "config"), "thread_cache_bytes"),
                       16384);
@@ -1561,12 +1544,12 @@ START_TEST(client_config_reaches_clients)
                   "allows 16",
                   c);
 
-    r = op("{\"op\":\"config.get\",\"key\":\"bundle_objects\"}");
+    r = fixture_op(&fx, "{\"op\":\"config.get\",\"key\":\"bundle_objects\"}");
     ck_assert(reply_is_ok(r));
     ck_assert_uint_eq(ju64(cJSON_GetObjectItemCaseSensitive(r, "config"), "bundle_objects"), 8);
     cJSON_Delete(r);
     /* Out of bounds: refused, nothing changes. */
-    r = op("{\"op\":\"config.set\",\"key\":\"bundle_objects\",\"value\":100000}");
+    r = fixture_op(&fx, "{\"op\":\"config.set\",\"key\":\"bundle_objects\",\"value\":100000}");
     ck_assert(!reply_is_ok(r));
     cJSON_Delete(r);
     shmheap_detach(h);

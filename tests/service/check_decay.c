@@ -14,7 +14,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,44 +29,12 @@
 #include "tests/common/mptest.h"
 #include "tests/common/testheap.h"
 #include "tests/service/daemon_fixture.h"
+#include "tests/service/fixture.h"
 #include "tests/service/suites.h"
 
 #define MiB (UINT64_C(1) << 20)
 
-/* 4K pages, 64 MiB segments, as the client suite. */
-#define CFG_BASE "\"huge_pages\": \"off\", \"segment_size\": \"64M\""
-
 static struct daemon_fixture fx;
-
-static void start_args(const char *extra_json, const char *const *args)
-{
-    char cfg[512];
-    int r;
-
-    snprintf(cfg, sizeof(cfg), "{" CFG_BASE "%s%s}", extra_json ? ", " : "",
-             extra_json ? extra_json : "");
-    r = daemon_start_args(&fx, cfg, args);
-    ck_assert_msg(r == 0, "daemon_start: %s", strerror(-r));
-}
-
-static void start(const char *extra_json)
-{
-    start_args(extra_json, NULL);
-}
-
-__attribute__((format(printf, 1, 2))) static cJSON *op(const char *fmt, ...)
-{
-    char line[1024];
-    cJSON *reply;
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    reply = daemon_call_once(fx.socket_path, line);
-    ck_assert_msg(reply != NULL, "request %s: no reply", line);
-    return reply;
-}
 
 static uint64_t ju64(const cJSON *o, const char *name)
 {
@@ -86,7 +53,7 @@ struct look {
 
 static struct look look(void)
 {
-    cJSON *r = op("{\"op\":\"stats\"}");
+    cJSON *r = fixture_op(&fx, "{\"op\":\"stats\"}");
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(r, "stats");
     const cJSON *dc = cJSON_GetObjectItemCaseSensitive(st, "decay");
     const cJSON *state = cJSON_GetObjectItemCaseSensitive(dc, "state");
@@ -113,41 +80,9 @@ static struct look look(void)
     return l;
 }
 
-static void verify_ok(void)
-{
-    cJSON *r = op("{\"op\":\"verify\"}"), *p;
-    const cJSON *consistent = cJSON_GetObjectItemCaseSensitive(r, "consistent");
-
-    ck_assert_msg(reply_is_ok(r), "verify refused");
-    if (!cJSON_IsTrue(consistent)) {
-        cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(r, "problems"))
-        {
-            fprintf(stderr, "verify: %s\n", cJSON_IsString(p) ? p->valuestring : "?");
-        }
-    }
-    ck_assert_msg(cJSON_IsTrue(consistent), "the daemon's verify found problems (see stderr)");
-    cJSON_Delete(r);
-}
-
-static void finish(void)
-{
-    verify_ok();
-    daemon_stop(&fx);
-    ck_assert_msg(fx.clean_exit, "shmheapd did not exit cleanly");
-}
-
-static shmheap_t *attach_ok(void)
-{
-    shmheap_t *h = NULL;
-    int r = shmheap_attach(fx.socket_path, &h);
-
-    ck_assert_msg(r == 0, "attach: %s: %s", shmheap_strerror(r), shmheap_last_error());
-    return h;
-}
-
 static void set_key(const char *key, const char *value)
 {
-    cJSON *r = op("{\"op\":\"config.set\",\"key\":\"%s\",\"value\":%s}", key, value);
+    cJSON *r = fixture_op(&fx, "{\"op\":\"config.set\",\"key\":\"%s\",\"value\":%s}", key, value);
 
     ck_assert_msg(reply_is_ok(r), "config.set %s: %s", key, reply_error_message(r));
     cJSON_Delete(r);
@@ -243,8 +178,8 @@ START_TEST(decay_peak_then_idle)
     uint64_t t0;
     shmheap_t *h;
 
-    start("\"decay_ms\": 300, \"decay_retain_percent\": 25");
-    h = attach_ok();
+    fixture_start(&fx, "\"decay_ms\": 300, \"decay_retain_percent\": 25");
+    h = fixture_attach(&fx);
     before = look();
     ck_assert(before.enabled);
     wset_alloc(h, &live, 1);
@@ -273,7 +208,7 @@ START_TEST(decay_peak_then_idle)
     free(peak.p);
     free(live.p);
     shmheap_detach(h);
-    finish();
+    fixture_finish(&fx);
 }
 END_TEST
 
@@ -288,8 +223,8 @@ START_TEST(decay_breathing_keeps_working_set)
     struct look l;
     shmheap_t *h;
 
-    start("\"decay_ms\": 1000");
-    h = attach_ok();
+    fixture_start(&fx, "\"decay_ms\": 1000");
+    h = fixture_attach(&fx);
     /* The first breath commits the working set and faults its pages. */
     faults_first = minflt();
     wset_alloc(h, &w, 0);
@@ -342,7 +277,7 @@ START_TEST(decay_breathing_keeps_working_set)
     ck_assert_uint_eq(l.trims, 0);
     free(w.p);
     shmheap_detach(h);
-    finish();
+    fixture_finish(&fx);
 }
 END_TEST
 
@@ -354,8 +289,8 @@ START_TEST(decay_ms_changes_live)
     struct look l, held;
     shmheap_t *h;
 
-    start("\"decay_ms\": 600000");
-    h = attach_ok();
+    fixture_start(&fx, "\"decay_ms\": 600000");
+    h = fixture_attach(&fx);
     wset_alloc(h, &w, 1);
     wset_free(h, &w, 1);
     /* Ten minutes of decay: the policy holds the peak. */
@@ -391,7 +326,7 @@ START_TEST(decay_ms_changes_live)
     ck_assert_uint_lt(l.committed, held.committed + 20 * MiB);
     free(w.p);
     shmheap_detach(h);
-    finish();
+    fixture_finish(&fx);
 }
 END_TEST
 
@@ -426,8 +361,8 @@ START_TEST(decay_pressure_releases_to_live)
     snprintf(path, sizeof(path), "%s/memory.pressure", dir);
     write_psi(path, "0.00");
     /* A long decay: only pressure can make it release soon. */
-    start_args("\"decay_ms\": 600000, \"decay_pressure_percent\": 10", args);
-    h = attach_ok();
+    fixture_start_args(&fx, "\"decay_ms\": 600000, \"decay_pressure_percent\": 10", args);
+    h = fixture_attach(&fx);
     wset_alloc(h, &live, 1);
     wset_alloc(h, &w, 2);
     wset_free(h, &w, 2);
@@ -450,7 +385,7 @@ START_TEST(decay_pressure_releases_to_live)
     free(w.p);
     free(live.p);
     shmheap_detach(h);
-    finish();
+    fixture_finish(&fx);
     ck_assert_int_eq(unlink(path), 0);
     ck_assert_int_eq(rmdir(dir), 0);
 }
@@ -463,9 +398,9 @@ START_TEST(decay_no_psi_runs_on_time)
     struct look l;
     shmheap_t *h;
 
-    start_args("\"decay_ms\": 200", args);
+    fixture_start_args(&fx, "\"decay_ms\": 200", args);
     ck_assert(daemon_log_wait(&fx, "no memory pressure information", daemon_test_ms(5000)));
-    h = attach_ok();
+    h = fixture_attach(&fx);
     wset_alloc(h, &w, 1);
     wset_free(h, &w, 1);
     ck_assert(wait_settled(&l, 25, 16, 200 + 1000 + 10000));
@@ -473,7 +408,7 @@ START_TEST(decay_no_psi_runs_on_time)
     ck_assert_uint_gt(l.releases, 0);
     free(w.p);
     shmheap_detach(h);
-    finish();
+    fixture_finish(&fx);
 }
 END_TEST
 
@@ -532,8 +467,8 @@ START_TEST(decay_drains_idle_thread)
     pthread_t th;
     char c;
 
-    start("\"decay_ms\": 200");
-    s.h = attach_ok();
+    fixture_start(&fx, "\"decay_ms\": 200");
+    s.h = fixture_attach(&fx);
     wset_alloc(s.h, &live, 3);
     ck_assert_int_eq(pipe(s.ready), 0);
     ck_assert_int_eq(pthread_create(&th, NULL, sleeper_main, &s), 0);
@@ -557,7 +492,7 @@ START_TEST(decay_drains_idle_thread)
     ck_assert_uint_eq(l.in_use, 0);
     free(live.p);
     shmheap_detach(s.h);
-    finish();
+    fixture_finish(&fx);
 }
 END_TEST
 
@@ -630,9 +565,9 @@ START_TEST(decay_kill_storm_keeps_live_objects)
     shmheap_t *h;
 
     /* An eager policy: a short decay, no margin, no retained blocks. */
-    start("\"decay_ms\": 20, \"decay_retain_percent\": 0, \"retain_empty_blocks\": 0, "
-          "\"max_segments\": 8");
-    h = attach_ok();
+    fixture_start(&fx, "\"decay_ms\": 20, \"decay_retain_percent\": 0, \"retain_empty_blocks\": 0, "
+                       "\"max_segments\": 8");
+    h = fixture_attach(&fx);
     wset_alloc(h, &live, 4);
     shmheap_thread_flush(h);
     p.want = look().in_use;
@@ -646,20 +581,20 @@ START_TEST(decay_kill_storm_keeps_live_objects)
                       "round %u: %" PRIu64 " bytes in use, the survivors hold %" PRIu64, i, p.seen,
                       p.want);
         if (i % 8 == 7)
-            verify_ok();
+            fixture_verify(&fx);
     }
     l = look();
     fprintf(stderr, "decay_kill_storm: %u rounds, %" PRIu64 " releases (%" PRIu64 " KiB)\n", rounds,
             l.releases, l.released >> 10);
     ck_assert_msg(l.releases > 0, "the policy never released during the storm");
     ck_assert_uint_eq(l.trims, 0);
-    verify_ok();
+    fixture_verify(&fx);
     wset_free(h, &live, 4);
     shmheap_thread_flush(h);
     ck_assert_uint_eq(look().in_use, 0);
     free(live.p);
     shmheap_detach(h);
-    finish();
+    fixture_finish(&fx);
 }
 END_TEST
 
@@ -672,7 +607,7 @@ START_TEST(decay_stats_everywhere)
     size_t len = 0;
     FILE *f;
 
-    start("\"decay_ms\": 5000");
+    fixture_start(&fx, "\"decay_ms\": 5000");
     mp_sleep_ms(800);
     snprintf(cmd, sizeof(cmd), "%s --socket %s stats --prometheus", ctl ? ctl : "build/shmheapctl",
              fx.socket_path);
@@ -695,7 +630,7 @@ START_TEST(decay_stats_everywhere)
     ck_assert_int_eq(pclose(f), 0);
     ck_assert_msg(strstr(out, "automatic trim") && strstr(out, "floor kept"), "%s", out);
     free(out);
-    finish();
+    fixture_finish(&fx);
 }
 END_TEST
 

@@ -1,5 +1,6 @@
 /* The per-test boilerplate of the service suites (fixture.h). */
 #include <check.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -61,6 +62,20 @@ shmheap_t *fixture_attach(const struct daemon_fixture *f)
 
     ck_assert_msg(r == 0, "attach: %s: %s", shmheap_strerror(r), shmheap_last_error());
     return h;
+}
+
+cJSON *fixture_op(const struct daemon_fixture *f, const char *fmt, ...)
+{
+    char line[1024];
+    cJSON *reply;
+    va_list ap;
+
+    va_start(ap, fmt);
+    (void) vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    reply = daemon_call_once(f->socket_path, line);
+    ck_assert_msg(reply != NULL, "request %s: no reply", line);
+    return reply;
 }
 
 cJSON *fixture_hello(int fd, int *ret_fds, int *ret_nfds)

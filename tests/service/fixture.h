@@ -42,6 +42,11 @@ void fixture_finish(struct daemon_fixture *f);
  * shmheap_last_error(). (In a forked child, use MP_REQUIRE instead.) */
 shmheap_t *fixture_attach(const struct daemon_fixture *f);
 
+/* One request, printf-style, on a connection of its own (no hello) to f's
+ * daemon: the parsed reply; no reply fails the test. */
+cJSON *fixture_op(const struct daemon_fixture *f, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
+
 /* hello (protocol version 1, this process's pid) on fd: the reply, NULL on
  * a transport failure; fds as daemon_call (NULL: closed). */
 cJSON *fixture_hello(int fd, int *ret_fds, int *ret_nfds);
