@@ -4,7 +4,19 @@
  * arena_header; its offset is the run's offset. Allocation is a CAS loop
  * on `used` (any process, any thread); reset stores 0 (O(1)); destroy
  * frees the run. Figures come from the header. SESSION arenas record their
- * creator's client id so the daemon can destroy them when it goes. */
+ * creator's client id so the daemon can destroy them when it goes.
+ *
+ * No kill leaks an arena (the run's metadata word is the record, run.c):
+ *   create   the run is claimed with the creator's owner tag in its head
+ *            word, under the segment lock and its journal; the header is
+ *            written after. A non-SESSION arena's tag is cleared once the
+ *            header is live, just before the offset is returned; a SESSION
+ *            arena keeps it for life. So a creator killed at any point
+ *            leaves a run its owner's sweep frees (reclaim.c), header or no
+ *            header, and a SESSION arena goes with its creator either way.
+ *   destroy  the magic is cleared and the blocks freed in one section
+ *            under the segment lock, after the journal names the blocks: a
+ *            destroyer killed there is finished by the next holder. */
 #include <errno.h>
 #include <string.h>
 
@@ -58,9 +70,10 @@ int heap_arena_create(struct heap *h, size_t capacity, unsigned flags, uint64_t 
         return -EINVAL;
     if (capacity > SHM_SEG_SPAN / 2)
         return -ENOMEM;
-    r = run_create(h, capacity + sizeof(*a), 1, RUN_ARENA, 0, &off);
+    r = run_create(h, capacity + sizeof(*a), 1, RUN_ARENA, h->owner_tag, &off);
     if (r < 0)
         return r;
+    shm_fault(FAULT_ARENA_CLAIMED);
     a = off_ptr(h, off);
     memset(a, 0, sizeof(*a));
     a->capacity = capacity;
@@ -69,6 +82,15 @@ int heap_arena_create(struct heap *h, size_t capacity, unsigned flags, uint64_t 
     /* release: a process that finds the arena by offset and sees the
      * magic sees the header (pairs with the acquire in arena_at). */
     store_release(&a->magic, ARENA_MAGIC);
+    shm_fault(FAULT_ARENA_HEADER);
+    if (!(flags & HEAP_ARENA_SESSION) && h->owner_tag) {
+        /* It outlives its creator from here on. */
+        r = run_retag(h, off, RUN_ARENA, 0);
+        if (r < 0) {
+            (void) heap_arena_destroy(h, off);
+            return r;
+        }
+    }
     *ret_arena = off;
     return 0;
 }
@@ -128,16 +150,34 @@ int heap_arena_destroy(struct heap *h, uint64_t arena)
 {
     struct seg_map *m;
     struct arena_header *a = h ? arena_at(h, arena, &m) : NULL;
-    uint64_t magic = ARENA_MAGIC;
+    struct tcache *tc;
 
     if (!a)
         return -EINVAL;
-    /* Exactly one destroyer wins; the others see -EINVAL. acq_rel: pairs
-     * with the creator's release of the magic, and with other destroyers. */
-    if (!cas_strong_acq_rel(&a->magic, &magic, 0))
+    tc = tcache_get(h);
+    /* Exactly one destroyer wins (the magic's CAS, under the lock, commits
+     * the free); the others see -EINVAL. */
+    return run_free_in(h, m, (uint32_t) ((arena & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT), RUN_ARENA,
+                       tc ? tc->slot : NULL, &a->magic, ARENA_MAGIC);
+}
+
+int arena_reap(struct heap *h, uint64_t off)
+{
+    struct seg_map *m = heap_seg_for(h, off);
+    struct arena_header *a;
+    uint32_t b;
+
+    if (!m || (off & (SHM_BLOCK_SIZE - 1)))
         return -EINVAL;
-    (void) m;
-    return run_destroy(h, arena, RUN_ARENA);
+    b = (uint32_t) ((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT);
+    a = off_ptr(h, off);
+    /* Claimed by an owner now gone, with or without a header: nobody else
+     * can have it (a non-SESSION arena loses its tag before its offset is
+     * returned), so it goes; a live header loses its magic with it, so no
+     * stale offset finds it once the blocks are reused. */
+    if (load_acquire(&a->magic) == ARENA_MAGIC)
+        return run_free_in(h, m, b, RUN_ARENA, NULL, &a->magic, ARENA_MAGIC);
+    return run_free_in(h, m, b, RUN_ARENA, NULL, NULL, 0);
 }
 
 int heap_arena_destroy_session(struct heap *h, uint64_t client_id)

@@ -14,6 +14,25 @@ enum shm_fault_point {
     FAULT_PUNCH_RESERVE_MID, /* a punch's reservation, lock held: a bit cleared, not recorded */
     FAULT_PUNCH_RESTORE_MID, /* a punch's restore, lock held: a bit set, still recorded */
     FAULT_COMMIT_COUNT_MID,  /* a unit's commit bit changed, committed_units not yet */
+    /* Runs, arenas, pools (run.c, arena.c, pool.c) */
+    FAULT_RUN_CLAIM_MID,      /* a run's blocks claimed, journal open, lock held */
+    FAULT_RUN_FREE_JOURNALED, /* a run free named in the journal, not committed, lock held */
+    FAULT_RUN_FREE_MID,       /* a run free committed, blocks not released, lock held */
+    FAULT_ARENA_CLAIMED,      /* an arena's run claimed (tagged), header not written */
+    FAULT_ARENA_HEADER,       /* an arena's header live, its creator's tag still on */
+    FAULT_POOL_CLAIMED,       /* a pool's first chunk claimed (tagged), header not written */
+    FAULT_POOL_HEADER,        /* a pool's header live, its creator's tag still on */
+    FAULT_POOL_GROW_CLAIMED,  /* a new chunk claimed (tagged), not linked */
+    FAULT_POOL_GROW_LINKED,   /* a new chunk linked, still tagged, bump not moved */
+    FAULT_POOL_DESTROY_MID,   /* a pool marked dying, one chunk freed, the rest not */
+    /* The cache layer's transfers (tcache.c, recycler.c, slab.c) */
+    FAULT_REFILL_POPPED,    /* a recycler pop's CAS done, the bundle not in the bin */
+    FAULT_REFILL_DELIVERED, /* the bundle in the bin, the transit record not cleared */
+    FAULT_FLUSH_CUT,        /* a bundle cut from its bin, not pushed */
+    FAULT_FLUSH_PUSHED,     /* the bundle pushed, the transit record not cleared */
+    FAULT_GIVE_BACK_CUT,    /* a flush: a bundle past the handoff word, not pushed */
+    FAULT_TAKE_DELIVERED,   /* a take's chain in the bin, journal open, lock held */
+    FAULT_COUNT,            /* one past the last point */
 };
 void shm_fault(enum shm_fault_point p);
 

@@ -32,7 +32,7 @@ struct seg_map {
     uint32_t page_size;
     uint32_t unit_shift;
     int fd;
-    bool needs_commit; /* hugetlb: units must be fallocated before use */
+    bool needs_commit;       /* hugetlb: units must be fallocated before use */
     uint32_t release_cursor; /* where heap_release's next punch starts (release.c) */
 };
 
@@ -321,10 +321,8 @@ bool commit_unit_is_set(struct seg_map *m, uint64_t u);
 /* Decommits free units beyond `retain` free blocks; returns bytes released. */
 uint64_t commit_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
 /* Same, decommitting at most max_bytes (whole units). */
-uint64_t commit_decommit_free_max(struct heap *h,
-                                  struct seg_map *m,
-                                  uint64_t *retain,
-                                  uint64_t max_bytes);
+uint64_t
+commit_decommit_free_max(struct heap *h, struct seg_map *m, uint64_t *retain, uint64_t max_bytes);
 uint64_t commit_bytes(struct seg_map *m);
 
 /* ---- run.c ---- */
@@ -339,8 +337,9 @@ int run_create(struct heap *h,
                uint64_t *ret_off);
 /* Frees the run at off if it is a run of `kind`; -EINVAL otherwise. */
 int run_destroy(struct heap *h, uint64_t off, enum run_kind kind);
-/* Inside segment m (each takes its lock). owner: the tag a RUN_LARGE run
- * starts with (meta_owner), else 0. count: the slot whose large-object
+/* Inside segment m (each takes its lock). owner: the tag the run starts
+ * with (meta_owner): a RUN_LARGE run's owner, or the creator of an arena or
+ * pool chunk until its creation is committed (run.c). count: the slot whose large-object
  * counters count the run (NULL: none); they move under the lock, so that a
  * death cannot part the run from its count by more than a couple of
  * stores. */
@@ -354,11 +353,31 @@ int run_alloc_in(struct heap *h,
                  uint32_t *ret_block);
 /* Clears the owner of the RUN_LARGE run whose head block is b. */
 int run_share_in(struct heap *h, struct seg_map *m, uint32_t b);
+/* Sets the owner tag of the run of kind whose head block is b (or at off). */
+int run_retag_in(struct heap *h, struct seg_map *m, uint32_t b, enum run_kind kind, uint16_t owner);
+int run_retag(struct heap *h, uint64_t off, enum run_kind kind, uint16_t owner);
+/* Frees the run of kind at block. magic: if not NULL, the word whose
+ * change from expect to 0 commits the free, under the lock (-EINVAL, and
+ * nothing freed, if it is not expect). */
 int run_free_in(struct heap *h,
                 struct seg_map *m,
                 uint32_t block,
                 enum run_kind kind,
-                struct cache_slot *count);
+                struct cache_slot *count,
+                uint64_t *magic,
+                uint64_t expect);
+/* With m's lock held: frees the n blocks of the run at block, journaled. */
+void run_free_locked(struct seg_map *m, uint32_t block, uint32_t n);
+
+/* ---- arenas and pools (arena.c, pool.c): what a sweep finds ---- */
+/* Frees an arena claimed by a gone owner (its head word carries the tag). */
+int arena_reap(struct heap *h, uint64_t off);
+/* A pool chunk claimed by a gone owner: untagged if its pool links it (0),
+ * else freed (1); -EAGAIN if the lock failed. */
+int pool_reap(struct heap *h, uint64_t off);
+/* Finishes the destroys the owner tagged `tag` left midway; returns the
+ * chunks freed. */
+int pool_finish_destroys(struct heap *h, uint16_t tag);
 
 /* ---- owner tags (owned.c) ----
  * An object carries owner X's tag while X's malloc has handed it out and

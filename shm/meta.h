@@ -4,7 +4,9 @@
  *   bits  0..3   enum blk_state
  *   bits  8..15  size class (BLK_SLAB, BLK_SLAB_TAIL)
  *   bits 16..31  free objects in the slab (BLK_SLAB), or the owner tag of a
- *                large object (BLK_RUN of RUN_LARGE; 0: shared)
+ *                run (BLK_RUN: a large object's owner, 0: shared; an arena's
+ *                or pool chunk's creator while it creates it, a SESSION
+ *                arena's for life: run.c)
  *   bits  8..31  of a BLK_BUSY block instead: the pid of the process that
  *                took it out of the free tree (commit.c's decommit), so a
  *                reaper can free it once that process is gone (reclaim.c)
@@ -91,8 +93,8 @@ static inline uint64_t meta_make_slab(unsigned cls, unsigned nfree, uint32_t blo
     return meta_make(BLK_SLAB, cls, nfree, blocks, RUN_LARGE);
 }
 
-/* The head word of a run of kind, len blocks long; owner: a RUN_LARGE
- * run's owner tag (0: shared, and for every other kind). */
+/* The head word of a run of kind, len blocks long, with owner tag owner
+ * (0: none). */
 static inline uint64_t meta_make_run(uint32_t len, enum run_kind kind, uint16_t owner)
 {
     return meta_make(BLK_RUN, 0, owner, len, kind);

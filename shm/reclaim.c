@@ -8,7 +8,10 @@
  *              is counted in deaths_mid_op.
  *   2. sweep   then the objects a gone owner allocated and never shared
  *              (their owner tag is still its own: owned.c) go back to their
- *              slabs, large ones to the free blocks. After the slots,
+ *              slabs, large ones to the free blocks; so do its SESSION
+ *              arenas and the arenas and pool chunks whose creation it did
+ *              not finish (their run carries its tag: run.c), and the pools
+ *              it was destroying are finished (pool.c). After the slots,
  *              because an object in a dead cache carries its freer's tag
  *              too: sweeping first would free it twice.
  *   3. BUSY    last, blocks a decommitter (commit.c) left BLK_BUSY, and the
@@ -126,7 +129,9 @@ sweep_segment(struct heap *h, struct seg_map *m, uint16_t tag, struct heap_owned
             const uint16_t *tags;
             unsigned cls;
 
-            if (meta_state(w) == BLK_RUN && meta_kind(w) == RUN_LARGE && meta_owner(w) == tag) {
+            /* Any kind: an arena or pool chunk whose creation its owner
+             * did not finish carries its tag too (run.c). */
+            if (meta_state(w) == BLK_RUN && meta_owner(w) == tag) {
                 large[nlarge++] = seg_off | (uint64_t) b << SHM_BLOCK_SHIFT;
                 continue;
             }
@@ -153,9 +158,23 @@ sweep_segment(struct heap *h, struct seg_map *m, uint16_t tag, struct heap_owned
         for (uint32_t i = 0; i < nlarge; i++) {
             struct seg_map *lm = m;
             uint32_t lb = (uint32_t) ((large[i] & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT);
-            uint64_t bytes = (uint64_t) meta_len(load_relaxed(&lm->meta[lb])) << SHM_BLOCK_SHIFT;
+            uint64_t w = load_relaxed(&lm->meta[lb]);
+            uint64_t bytes = (uint64_t) meta_len(w) << SHM_BLOCK_SHIFT;
 
-            if (run_free_in(h, lm, lb, RUN_LARGE, NULL) < 0)
+            /* Only the dead owner could change these runs meanwhile. An
+             * arena or pool chunk counts as a large free (the run was
+             * counted as a large allocation), not as a reclaimed object. */
+            if (meta_kind(w) == RUN_ARENA) {
+                if (arena_reap(h, large[i]) == 0)
+                    (void) fetch_add_relaxed(&c->owned_reclaimed_large, 1);
+                continue;
+            }
+            if (meta_kind(w) == RUN_POOL) {
+                if (pool_reap(h, large[i]) > 0) /* 0: its pool keeps it */
+                    (void) fetch_add_relaxed(&c->owned_reclaimed_large, 1);
+                continue;
+            }
+            if (run_free_in(h, lm, lb, RUN_LARGE, NULL, NULL, 0) < 0)
                 continue;
             (void) fetch_add_relaxed(&c->owned_reclaimed_large, 1);
             ret->objects++;
@@ -193,6 +212,14 @@ static int sweep_owner(struct heap *h, uint32_t index, struct heap_owned_reclaim
     for (uint32_t i = 1; i < heap_nmapped(h) && r == 0; i++)
         if (heap_mapped(h, i))
             r = sweep_segment(h, &h->segs[i], (uint16_t) (index + 1), ret);
+    /* Pools this owner was destroying when it went. */
+    if (r == 0) {
+        int n = pool_finish_destroys(h, (uint16_t) (index + 1));
+
+        if (n > 0)
+            (void) fetch_add_relaxed(&c->owned_reclaimed_large, (uint64_t) n);
+        r = n < 0 ? n : 0;
+    }
     if (r < 0) {
         /* Still SWEEPING with no sweeper: the next sweep takes it
          * (release: pairs with owner_take's acquire of sweeper). */

@@ -6,8 +6,12 @@
  * A run is a BLK_RUN head block and BLK_RUN_TAIL blocks (meta.h), of one
  * run_kind. Invariants, whenever the segment's lock is free:
  *   tail i's meta_len        == i (its distance back to the head)
- *   head's meta_owner        == the owner tag of a RUN_LARGE run, 0 if shared
- *                               (other kinds: 0)
+ *   head's meta_owner        == the owner tag of a RUN_LARGE run, 0 if shared;
+ *                               of an arena or pool chunk: its creator's tag
+ *                               until the creation is committed (a SESSION
+ *                               arena keeps it for life), else 0. So a run
+ *                               whose creator dies before it is reachable
+ *                               is found by that owner's sweep (reclaim.c)
  *   hdr->large_bytes         == the bytes of the segment's RUN_LARGE runs
  *   a slot's large counters  move under the same lock as the run, so a
  *                            death parts a run from its count by at most
@@ -77,7 +81,7 @@ int run_destroy(struct heap *h, uint64_t off, enum run_kind kind)
     if (!m || (off & (SHM_BLOCK_SIZE - 1)))
         return -EINVAL;
     b = (uint32_t) ((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT);
-    return run_free_in(h, m, b, kind, tc ? tc->slot : NULL);
+    return run_free_in(h, m, b, kind, tc ? tc->slot : NULL, NULL, 0);
 }
 
 /* ---- one segment's runs, under its lock ---- */
@@ -114,7 +118,10 @@ int run_alloc_in(struct heap *h,
         if (r < 0)
             return r; /* the lock is dropped */
     }
-    seg_blocks_claim(m, (uint32_t) b, meta_make_run(nblocks, kind, kind == RUN_LARGE ? owner : 0));
+    /* The owner tag is in the head word from the claim on: a creator
+     * killed before its run is reachable leaves it to its owner's sweep. */
+    seg_blocks_claim(m, (uint32_t) b, meta_make_run(nblocks, kind, owner));
+    shm_fault(FAULT_RUN_CLAIM_MID);
     if (kind == RUN_LARGE)
         store_relaxed(&m->hdr->large_bytes,
                       m->hdr->large_bytes + ((uint64_t) nblocks << SHM_BLOCK_SHIFT));
@@ -128,7 +135,7 @@ int run_alloc_in(struct heap *h,
     return 0;
 }
 
-int run_share_in(struct heap *h, struct seg_map *m, uint32_t b)
+int run_retag_in(struct heap *h, struct seg_map *m, uint32_t b, enum run_kind kind, uint16_t owner)
 {
     uint64_t w;
     int r;
@@ -137,17 +144,44 @@ int run_share_in(struct heap *h, struct seg_map *m, uint32_t b)
     if (r < 0)
         return r;
     w = b < m->nblocks ? seg_meta_get(m, b) : 0;
-    if (meta_state(w) == BLK_RUN && meta_kind(w) == RUN_LARGE)
-        seg_meta_put(m, b, meta_with_owner(w, 0));
+    if (meta_state(w) == BLK_RUN && meta_kind(w) == kind)
+        seg_meta_put(m, b, meta_with_owner(w, owner));
     seg_unlock(m);
     return 0;
+}
+
+int run_share_in(struct heap *h, struct seg_map *m, uint32_t b)
+{
+    return run_retag_in(h, m, b, RUN_LARGE, 0);
+}
+
+int run_retag(struct heap *h, uint64_t off, enum run_kind kind, uint16_t owner)
+{
+    struct seg_map *m = heap_seg_for(h, off);
+
+    if (!m || (off & (SHM_BLOCK_SIZE - 1)))
+        return -EINVAL;
+    return run_retag_in(h, m, (uint32_t) ((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT), kind, owner);
+}
+
+void run_free_locked(struct seg_map *m, uint32_t block, uint32_t n)
+{
+    /* The journal names the blocks first: a holder killed from here on is
+     * finished by the next holder's replay (the blocks become FREE). */
+    store_relaxed(&m->hdr->journal.block, block);
+    store_relaxed(&m->hdr->journal.n, n);
+    shm_fault(FAULT_RUN_FREE_MID);
+    seg_blocks_release(m, block, n);
+    store_relaxed(&m->hdr->journal.n, 0);
 }
 
 int run_free_in(struct heap *h,
                 struct seg_map *m,
                 uint32_t block,
                 enum run_kind kind,
-                struct cache_slot *count)
+                struct cache_slot *count,
+                uint64_t *magic,
+                uint64_t expect)
 {
     uint64_t w;
     uint32_t n;
@@ -164,11 +198,21 @@ int run_free_in(struct heap *h,
     n = meta_len(w);
     store_relaxed(&m->hdr->journal.block, block);
     store_relaxed(&m->hdr->journal.n, n);
+    shm_fault(FAULT_RUN_FREE_JOURNALED);
+    /* The commit of a destroy: the magic goes with the blocks, both under
+     * the lock and the journal, so a destroyer killed here leaves neither
+     * a live header on free blocks nor a dead header on claimed ones.
+     * acq_rel: pairs with the creator's release of the magic, and with
+     * other destroyers. */
+    if (magic && !cas_strong_acq_rel(magic, &expect, 0)) {
+        store_relaxed(&m->hdr->journal.n, 0);
+        seg_unlock(m);
+        return -EINVAL;
+    }
     if (kind == RUN_LARGE)
         store_relaxed(&m->hdr->large_bytes,
                       m->hdr->large_bytes - ((uint64_t) n << SHM_BLOCK_SHIFT));
-    seg_blocks_release(m, block, n);
-    store_relaxed(&m->hdr->journal.n, 0);
+    run_free_locked(m, block, n);
     if (count) {
         bump_relaxed(&count->large_frees, 1);
         bump_relaxed(&count->large_bytes_freed, (uint64_t) n << SHM_BLOCK_SHIFT);

@@ -127,15 +127,13 @@ static void verify_segment(struct verify_ctx *v, struct seg_map *m, uint64_t *ou
             if (st == BLK_RUN && (meta_len(w) == 0 || (uint64_t) b + meta_len(w) > m->nblocks ||
                                   meta_kind(w) >= _RUN_KIND_MAX))
                 problem(v, "segment %u block %u: bad run length or kind", m->index, b);
-            if (st == BLK_RUN && meta_kind(w) == RUN_LARGE) {
+            if (st == BLK_RUN && meta_kind(w) == RUN_LARGE)
                 large += (uint64_t) meta_len(w) << SHM_BLOCK_SHIFT;
-                if (meta_owner(w) && !owner_claimed(v, meta_owner(w)))
-                    problem(v, "segment %u block %u: large object of owner %u, which is gone",
-                            m->index, b, meta_owner(w));
-            } else if (st == BLK_RUN && meta_owner(w)) {
-                problem(v, "segment %u block %u: run of kind %u has an owner", m->index, b,
-                        meta_kind(w));
-            }
+            /* Arenas and pool chunks carry their creator's tag while it
+             * creates them (SESSION arenas for life): see run.c. */
+            if (st == BLK_RUN && meta_owner(w) && !owner_claimed(v, meta_owner(w)))
+                problem(v, "segment %u block %u: run of kind %u of owner %u, which is gone",
+                        m->index, b, meta_kind(w), meta_owner(w));
             break;
         case BLK_SLAB: {
             unsigned cls = meta_class(w), nfree = 0;
