@@ -481,8 +481,27 @@ static inline void tcache_leave(struct tcache *tc)
     store_release(&tc->slot->busy, 0);
 }
 
+/* Moves a bin's head from head_was to head and its net by dnet in one
+ * cas128 of the pair {head, net} (layout.h pins them together): a refill's
+ * or a cut's commit, so no kill parts objects from their count. Only the
+ * bin's holder (its owner while busy, or the holder of a dead slot) calls
+ * it, so it never fails but on a corrupt bin (false). */
+static inline bool bin_commit(struct cache_bin *b, uint64_t head_was, uint64_t head, int64_t dnet)
+{
+    tagged_head_t old, nw;
+
+    old.s.off = head_was;
+    old.s.tag = load_relaxed(&b->net);
+    nw.s.off = head;
+    nw.s.tag = old.s.tag + (uint64_t) dnet;
+    return cas128((tagged_head_t *) (void *) b, &old, nw);
+}
+
 /* ---- recycler.c ---- */
+/* actor: the slot whose transit record covers the bundle (NULL: none, the
+ * caller keeps the bundle reachable itself or accepts losing it). */
 bool recycler_push(struct heap *h,
+                   struct cache_slot *actor,
                    struct cache_bin *stats_bin,
                    unsigned cls,
                    uint64_t first,
@@ -490,8 +509,11 @@ bool recycler_push(struct heap *h,
                    uint32_t maxseg,
                    bool force);
 /* Pops a bundle; returns its first object's offset (0: empty). */
-uint64_t
-recycler_pop(struct heap *h, struct cache_bin *stats_bin, unsigned cls, uint32_t *ret_count);
+uint64_t recycler_pop(struct heap *h,
+                      struct cache_slot *actor,
+                      struct cache_bin *stats_bin,
+                      unsigned cls,
+                      uint32_t *ret_count);
 
 /* ---- heap.c ---- */
 int heap_map_segment(struct heap *h, uint32_t index);

@@ -36,10 +36,12 @@
 
 #include "shm/atomic.h"
 
-#define SHM_CTL_MAGIC      UINT64_C(0x4c54434850414548) /* "HEAPHCTL" */
-#define SHM_SEG_MAGIC      UINT64_C(0x4745534850414548) /* "HEAPHSEG" */
-/* 4: shm_config.reconnect_wait_ms, ctl_header.client_id_next (restart). */
-#define SHM_LAYOUT_VERSION 4u
+#define SHM_CTL_MAGIC UINT64_C(0x4c54434850414548) /* "HEAPHCTL" */
+#define SHM_SEG_MAGIC UINT64_C(0x4745534850414548) /* "HEAPHSEG" */
+/* 4: shm_config.reconnect_wait_ms, ctl_header.client_id_next (restart).
+ * 5: cache_slot.transit and transit_info; a recycler head's tag is
+ *    {sequence, actor} (recycler.c). */
+#define SHM_LAYOUT_VERSION 5u
 
 /* Offsets: 5 bits of segment index over 34 bits of byte offset. A process
  * reserves SHM_MAX_SEGMENTS << SHM_SEG_SHIFT bytes of address space per
@@ -176,6 +178,58 @@ static inline void bin_net_add(struct cache_bin *b, int64_t n)
     bump_relaxed(&b->net, (uint64_t) n);
 }
 
+/* A recycler head's tag: a sequence number every push and pop bumps (so no
+ * CAS succeeds on a head that moved since it was read: ABA), and the
+ * actor, the cache slot (index + 1; 0: none) whose CAS made it. */
+#define REC_ACTOR_BITS 16
+static inline uint64_t rec_tag(uint64_t seq, uint32_t actor)
+{
+    return seq << REC_ACTOR_BITS | actor;
+}
+
+static inline uint64_t rec_seq(uint64_t tag)
+{
+    return tag >> REC_ACTOR_BITS;
+}
+
+static inline uint32_t rec_actor(uint64_t tag)
+{
+    return (uint32_t) (tag & ((1u << REC_ACTOR_BITS) - 1));
+}
+
+/* A slot's transit word: the recycler sequence number its CAS expects,
+ * the class, push or pop, and the state. */
+enum transit_state {
+    TRANSIT_NONE = 0,
+    TRANSIT_PENDING, /* the CAS may or may not have happened */
+    TRANSIT_WON,     /* it happened: marked by the next mover of the head */
+};
+#define TRANSIT_PUSH 4u
+static inline uint64_t transit_word(uint64_t seq, unsigned cls, bool push, enum transit_state st)
+{
+    return seq << 12 | (uint64_t) (cls & 0xff) << 4 | (push ? TRANSIT_PUSH : 0) | st;
+}
+
+static inline uint64_t transit_seq(uint64_t w)
+{
+    return w >> 12;
+}
+
+static inline unsigned transit_cls(uint64_t w)
+{
+    return (unsigned) (w >> 4) & 0xff;
+}
+
+static inline bool transit_push(uint64_t w)
+{
+    return (w & TRANSIT_PUSH) != 0;
+}
+
+static inline enum transit_state transit_state(uint64_t w)
+{
+    return (enum transit_state)(w & 3);
+}
+
 enum slot_state {
     SLOT_FREE = 0,
     SLOT_OWNED,  /* a live thread uses it */
@@ -204,6 +258,14 @@ struct __attribute__((aligned(64))) cache_slot {
     int64_t claim_bytes;
     uint64_t claim_allocs;
     uint64_t claim_frees;
+    /* A bundle between this slot and a recycler (recycler.c): transit is
+     * {first object, transit_word()}, written by the owner before each
+     * CAS and marked won by whoever moves the recycler's head next;
+     * transit_info is the bundle's object count. Both 0 outside a
+     * transfer. */
+    uint64_t transit_info;
+    uint64_t pad1;
+    tagged_head_t transit;
     struct cache_bin bins[SHM_NCLASSES];
 };
 
@@ -305,7 +367,7 @@ struct ctl_header {
     uint64_t untracked_attaches; /* attachments made while the owner table was full */
     uint32_t owners_high;        /* 1 + the highest owner index ever claimed */
     uint32_t pad2;
-    uint64_t owned_reclaimed_large;       /* large objects among owned_reclaimed_objects */
+    uint64_t owned_reclaimed_large; /* large objects among owned_reclaimed_objects */
     /* The next client id the daemon hands out: a restarted daemon that
      * adopts the heap goes on from here, so that a new client never takes
      * the id of one that re-attaches (daemon/adopt.c). Written by the
@@ -378,6 +440,8 @@ struct seg_header {
 };
 
 _Static_assert(sizeof(struct cache_bin) == 64, "cache_bin is one cache line");
+_Static_assert(offsetof(struct cache_bin, net) == 8, "a bin's {head, net} is one cas128 pair");
+_Static_assert(offsetof(struct cache_slot, transit) % 16 == 0, "transit is 16-aligned");
 _Static_assert(sizeof(struct recycler) == 64, "recycler is one cache line");
 _Static_assert(offsetof(struct recycler, head) % 16 == 0, "recycler head is 16-aligned");
 _Static_assert(offsetof(struct cache_slot, bins) % 64 == 0, "bins start on a cache line");

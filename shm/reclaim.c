@@ -4,8 +4,9 @@
  *
  *   1. slots   a gone owner's cache slots are drained to the slabs and
  *              freed (the steal protocol of tcache.c keeps live trimmers
- *              and verify out). A thread killed inside a cache operation
- *              is counted in deaths_mid_op.
+ *              and verify out); a bundle it was moving to or from a
+ *              recycler is settled first (its transit record). A thread
+ *              killed inside a cache operation is counted in deaths_mid_op.
  *   2. sweep   then the objects a gone owner allocated and never shared
  *              (their owner tag is still its own: owned.c) go back to their
  *              slabs, large ones to the free blocks; so do its SESSION
@@ -46,10 +47,10 @@ bool reclaim_slot(struct heap *h, struct cache_slot *s)
         tcache_steal_end(s);
         return false;
     }
-    /* A thread killed inside a cache operation may have held a few objects
-     * in its registers (an object popped but not yet counted, a bundle
-     * between the recycler and a bin): they cannot be found, and the exact
-     * object count of heap_verify no longer applies. */
+    /* A thread killed inside a cache operation: counted, nothing more. What
+     * it was moving is in shared memory (a bin, the handoff word, the
+     * transit record: tcache_drain_slot settles them), so the exact object
+     * count of heap_verify still applies. */
     if (load_relaxed(&s->busy))
         (void) fetch_add_relaxed(&h->ctl->deaths_mid_op, 1);
     (void) tcache_drain_slot(h, s);

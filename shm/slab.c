@@ -157,10 +157,11 @@ int slab_take(struct heap *h,
     }
     if (bin) {
         /* The bin was empty (only empty bins are refilled from blocks).
-         * One store delivers the chain and its count: recovery sees the
-         * head's offset equal journal.chain and knows it was delivered. */
-        store_relaxed(&bin->head, bin_word(chain, taken));
-        bin_net_add(bin, taken);
+         * One CAS delivers the chain and counts it in the bin's net:
+         * recovery sees the head's offset equal journal.chain and knows it
+         * was delivered, and counted. */
+        (void) bin_commit(bin, load_relaxed(&bin->head), bin_word(chain, taken), taken);
+        shm_fault(FAULT_TAKE_DELIVERED);
     } else {
         *ret_chain = chain;
     }

@@ -203,8 +203,9 @@ int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead)
         took_over = true;
     }
     if (owner_dead) {
-        if (took_over)
-            tcache_settle_handoff(h, s);
+        /* Whatever its owner (or a dead trimmer) was moving goes where it
+         * belongs before anyone counts the slot. */
+        tcache_settle_handoff(h, s);
         return 0;
     }
     r = os_membarrier();
@@ -309,15 +310,98 @@ void tcache_drain_recyclers(struct heap *h)
         uint64_t first;
         uint32_t count;
 
-        while ((first = recycler_pop(h, NULL, cls, &count)) != 0)
+        while ((first = recycler_pop(h, NULL, NULL, cls, &count)) != 0)
             tcache_return_chain(h, first);
     }
 }
 
+static void transit_clear(struct cache_slot *s)
+{
+    store_relaxed(&s->transit.s.tag, 0);
+    store_relaxed(&s->transit.s.off, 0);
+    store_relaxed(&s->transit_info, 0);
+}
+
+/* Writes s's transit record for a push of `first` (count objects) before the
+ * bundle leaves the bin or the handoff word: from here to the push's CAS
+ * the record is what finds it (recycler.c). */
+static void transit_before_push(
+        struct heap *h, struct cache_slot *s, unsigned cls, uint64_t first, uint64_t count)
+{
+    tagged_head_t head = head_read(&h->ctl->rec[cls].head);
+
+    store_relaxed(&s->transit_info, count);
+    store_relaxed(&s->transit.s.off, first);
+    store_relaxed(&s->transit.s.tag, transit_word(rec_seq(head.s.tag), cls, true, TRANSIT_PENDING));
+}
+
+/* Puts the bundle of `count` objects at first (ours: a dead slot's, whose
+ * transfer did not complete) at the head of bin, counted in its net. */
+static void transit_deliver(struct heap *h, struct cache_bin *bin, uint64_t first, uint64_t count)
+{
+    uint64_t w = load_relaxed(&bin->head), x = first, last = 0, n = 0;
+
+    /* Its last object may still link on (a cut stopped short): the count
+     * is the truth. */
+    while (x && n < count && heap_obj_at(h, x)) {
+        last = x;
+        n++;
+        x = obj_words(h, x)[0];
+    }
+    if (!last)
+        return;
+    if (n < count)
+        (void) fetch_add_relaxed(&h->ctl->lost_objects, count - n); /* a corrupt chain */
+    obj_words(h, last)[0] = bin_off(w);
+    (void) bin_commit(bin, w, bin_word(first, bin_count(w) + (uint32_t) n), (int64_t) n);
+}
+
+static void tcache_settle_transit(struct heap *h, struct cache_slot *s)
+{
+    tagged_head_t t = head_read(&s->transit), head;
+    uint32_t self = (uint32_t) (s - h->ctl->slots) + 1;
+    struct cache_bin *bin;
+    uint64_t count;
+    unsigned cls;
+    bool won;
+
+    if (transit_state(t.s.tag) == TRANSIT_NONE)
+        return;
+    cls = transit_cls(t.s.tag);
+    if (cls >= SHM_NCLASSES || !heap_obj_at(h, t.s.off)) {
+        transit_clear(s);
+        return;
+    }
+    /* The head first, then the record again: a mover that marked the
+     * record WON did so before the head moved past the actor's tag. */
+    head = head_read(&h->ctl->rec[cls].head);
+    t = head_read(&s->transit);
+    won = transit_state(t.s.tag) == TRANSIT_WON ||
+          (rec_seq(head.s.tag) == transit_seq(t.s.tag) + 1 && rec_actor(head.s.tag) == self);
+    bin = &s->bins[cls];
+    if (transit_push(t.s.tag)) {
+        /* Landed: the recycler has it. Not cut yet: the bin or the handoff
+         * word still has it. Else it is ours, back into the bin. */
+        count = load_relaxed(&s->transit_info);
+        if (!won && bin_off(load_relaxed(&bin->head)) != t.s.off &&
+            load_relaxed(&s->handoff) != t.s.off)
+            transit_deliver(h, bin, t.s.off, count);
+    } else if (won && bin_off(load_relaxed(&bin->head)) != t.s.off) {
+        /* Popped, not delivered: its link word still has its count. */
+        count = bundle_count(obj_words(h, t.s.off)[1]);
+        transit_deliver(h, bin, t.s.off, count);
+    }
+    transit_clear(s);
+}
+
 void tcache_settle_handoff(struct heap *h, struct cache_slot *s)
 {
-    uint64_t x = load_relaxed(&s->handoff);
+    uint64_t x;
 
+    /* A transfer to or from a recycler first: its bundle may be meant for
+     * the handoff word's chain or a bin. */
+    tcache_settle_transit(h, s);
+    x = load_relaxed(&s->handoff);
     if (!x)
         return;
     /* Stopped before the chain was cut from its bin: the bin still has it. */
@@ -341,10 +425,14 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
     if (last_err < 0)
         return last_err;
     last_err = -ENOMEM;
-    first = recycler_pop(h, bin, cls, &count);
+    first = recycler_pop(h, tc->slot, bin, cls, &count);
     if (first) {
-        store_relaxed(&bin->head, bin_word(first, count));
-        bin_net_add(bin, count);
+        shm_fault(FAULT_REFILL_POPPED);
+        /* The commit: the bundle and its count in one CAS (the bin is
+         * empty: only empty bins are refilled). */
+        (void) bin_commit(bin, load_relaxed(&bin->head), bin_word(first, count), count);
+        shm_fault(FAULT_REFILL_DELIVERED);
+        transit_clear(tc->slot);
         return 0;
     }
     for (int attempt = 0; attempt < 4; attempt++) {
@@ -395,16 +483,24 @@ void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls)
     got = chain_len(h, first, n, &last, &maxseg, cls);
     if (got == 0)
         return;
-    /* Cut the first `got` objects off the bin as one bundle. */
-    store_relaxed(&bin->head, bin_word(obj_words(h, last)[0], bin_count(w) - (uint32_t) got));
-    bin_net_add(bin, -(int64_t) got);
+    transit_before_push(h, tc->slot, cls, first, got);
+    /* Cut the first `got` objects off the bin as one bundle: the bin's
+     * head and net in one commit. */
+    (void) bin_commit(bin, w, bin_word(obj_words(h, last)[0], bin_count(w) - (uint32_t) got),
+                      -(int64_t) got);
     obj_words(h, last)[0] = 0;
-    if (!recycler_push(h, bin, cls, first, (uint32_t) got, maxseg, false)) {
+    shm_fault(FAULT_FLUSH_CUT);
+    if (!recycler_push(h, tc->slot, bin, cls, first, (uint32_t) got, maxseg, false)) {
         /* The recycler is at its cap: to the blocks, through the slot's
-         * handoff word so a death midway loses nothing. */
+         * handoff word so a death midway loses nothing (the handoff has
+         * it before the record goes). */
         store_relaxed(&tc->slot->handoff, first);
+        transit_clear(tc->slot);
         tcache_return_handoff(h, &tc->slot->handoff);
+        return;
     }
+    shm_fault(FAULT_FLUSH_PUSHED);
+    transit_clear(tc->slot);
 }
 
 /* Empties one bin: to the recycler in bundles while it has room (a flush
@@ -423,9 +519,9 @@ bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls, bool to_blocks
     uint32_t n = load_relaxed(&h->bundle_n[cls]);
 
     store_relaxed(&s->handoff, chain);
-    store_relaxed(&bin->head, 0);
-    /* The bin's objects leave it: in use (net - count) stays as it was. */
-    bin_net_add(bin, -(int64_t) bin_count(w));
+    /* The bin's objects leave it: in use (net - count) stays as it was.
+     * The bin's head and net in one commit. */
+    (void) bin_commit(bin, w, 0, -(int64_t) bin_count(w));
     while (!to_blocks && chain) {
         uint64_t last, rest, got;
         uint32_t maxseg;
@@ -434,17 +530,23 @@ bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls, bool to_blocks
         if (got == 0)
             break;
         rest = obj_words(h, last)[0];
-        obj_words(h, last)[0] = 0;
+        /* The record first, then the handoff moves past the bundle, then
+         * the bundle is cut: at every step one of them has it. */
+        transit_before_push(h, s, cls, chain, got);
         store_relaxed(&s->handoff, rest);
-        if (!recycler_push(h, count_stats ? bin : NULL, cls, chain, (uint32_t) got, maxseg,
+        obj_words(h, last)[0] = 0;
+        shm_fault(FAULT_GIVE_BACK_CUT);
+        if (!recycler_push(h, s, count_stats ? bin : NULL, cls, chain, (uint32_t) got, maxseg,
                            false)) {
             obj_words(h, last)[0] = rest;
             store_relaxed(&s->handoff, chain);
+            transit_clear(s);
             break;
         }
         total += got;
         chain = rest;
     }
+    transit_clear(s);
     total += chain_len(h, load_relaxed(&s->handoff), UINT64_MAX, NULL, NULL, SHM_NCLASSES);
     tcache_return_handoff(h, &s->handoff);
     return total;
