@@ -366,6 +366,9 @@ int run_free_in(struct heap *h,
                 struct cache_slot *count,
                 uint64_t *magic,
                 uint64_t expect);
+/* With m's lock held, from a dead holder's journal: keeps the heap's large
+ * allocation and free counts equal across a run claim or free cut short. */
+void run_recover(struct heap *h, struct seg_map *m);
 /* With m's lock held: frees the n blocks of the run at block, journaled. */
 void run_free_locked(struct seg_map *m, uint32_t block, uint32_t n);
 

@@ -385,10 +385,14 @@ struct ctl_header {
  * it, so that the next holder, on EOWNERDEAD, can finish or undo it. */
 enum journal_op {
     JOP_NONE = 0,
-    JOP_TAKE,     /* objects leave slabs onto `chain` */
-    JOP_RETURN,   /* objects on `chain` go back to their slabs */
-    JOP_CARVE,    /* block `block` becomes a slab or run */
-    JOP_DECOMMIT, /* blocks [block, block+n) are being punched out */
+    JOP_TAKE,      /* objects leave slabs onto `chain` */
+    JOP_RETURN,    /* objects on `chain` go back to their slabs */
+    JOP_CARVE,     /* block `block` becomes a slab or run */
+    JOP_DECOMMIT,  /* blocks [block, block+n) are being punched out */
+    JOP_RUN_CLAIM, /* run [block, block+n) being claimed; slot_word: the slot whose
+                    * large_allocs was `chain` before (run.c) */
+    JOP_RUN_FREE,  /* run [block, block+n) being freed; slot_word: the slot whose
+                    * large_frees was `chain` before */
 };
 
 struct seg_journal {

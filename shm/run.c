@@ -72,6 +72,41 @@ int run_create(struct heap *h,
     return r == -ENOSPC || r == 0 ? -ENOMEM : r;
 }
 
+/* Opens the journal of a run's claim or free: op, and the counter of the
+ * counting slot (NULL: none) before the change. */
+static void run_journal(struct heap *h,
+                        struct seg_map *m,
+                        enum journal_op op,
+                        struct cache_slot *count,
+                        uint64_t before)
+{
+    store_relaxed(&m->hdr->journal.slot_word, count ? ptr_off(h, count) : 0);
+    store_relaxed(&m->hdr->journal.chain, before);
+    store_relaxed(&m->hdr->journal.op, op);
+}
+
+void run_recover(struct heap *h, struct seg_map *m)
+{
+    struct seg_journal *j = &m->hdr->journal;
+    const struct cache_slot *s;
+    uint64_t now;
+
+    /* Only a claim or free cut short (its blocks named) needs a word. */
+    if ((j->op != JOP_RUN_CLAIM && j->op != JOP_RUN_FREE) || !j->n)
+        return;
+    /* The replay frees the run (segment.c). The dead holder's slot says
+     * whether it had counted its step: a counted claim is undone by a
+     * free, an uncounted free is counted; as sweeps count theirs. A free
+     * with no counting slot is a sweeper's, whose count follows it. */
+    if (!j->slot_word || j->slot_word >= h->ctl->ctl_size ||
+        (j->slot_word - offsetof(struct ctl_header, slots)) % sizeof(struct cache_slot))
+        return;
+    s = off_ptr(h, j->slot_word);
+    now = j->op == JOP_RUN_CLAIM ? load_relaxed(&s->large_allocs) : load_relaxed(&s->large_frees);
+    if ((j->op == JOP_RUN_CLAIM) == (now != j->chain))
+        (void) fetch_add_relaxed(&h->ctl->owned_reclaimed_large, 1);
+}
+
 int run_destroy(struct heap *h, uint64_t off, enum run_kind kind)
 {
     struct seg_map *m = heap_seg_for(h, off);
@@ -118,6 +153,7 @@ int run_alloc_in(struct heap *h,
         if (r < 0)
             return r; /* the lock is dropped */
     }
+    run_journal(h, m, JOP_RUN_CLAIM, count, count ? load_relaxed(&count->large_allocs) : 0);
     /* The owner tag is in the head word from the claim on: a creator
      * killed before its run is reachable leaves it to its owner's sweep. */
     seg_blocks_claim(m, (uint32_t) b, meta_make_run(nblocks, kind, owner));
@@ -125,11 +161,14 @@ int run_alloc_in(struct heap *h,
     if (kind == RUN_LARGE)
         store_relaxed(&m->hdr->large_bytes,
                       m->hdr->large_bytes + ((uint64_t) nblocks << SHM_BLOCK_SHIFT));
-    store_relaxed(&m->hdr->journal.n, 0);
+    /* Counted while the journal is open: a replay that frees the run
+     * counts its free if the allocation was counted (run_recover). */
     if (count) {
         bump_relaxed(&count->large_allocs, 1);
         bump_relaxed(&count->large_bytes_alloc, (uint64_t) nblocks << SHM_BLOCK_SHIFT);
     }
+    store_relaxed(&m->hdr->journal.n, 0);
+    store_relaxed(&m->hdr->journal.op, JOP_NONE);
     seg_unlock(m);
     *ret_block = (uint32_t) b;
     return 0;
@@ -196,6 +235,7 @@ int run_free_in(struct heap *h,
         return -EINVAL;
     }
     n = meta_len(w);
+    run_journal(h, m, JOP_RUN_FREE, count, count ? load_relaxed(&count->large_frees) : 0);
     store_relaxed(&m->hdr->journal.block, block);
     store_relaxed(&m->hdr->journal.n, n);
     shm_fault(FAULT_RUN_FREE_JOURNALED);
@@ -206,17 +246,20 @@ int run_free_in(struct heap *h,
      * other destroyers. */
     if (magic && !cas_strong_acq_rel(magic, &expect, 0)) {
         store_relaxed(&m->hdr->journal.n, 0);
+        store_relaxed(&m->hdr->journal.op, JOP_NONE);
         seg_unlock(m);
         return -EINVAL;
     }
     if (kind == RUN_LARGE)
         store_relaxed(&m->hdr->large_bytes,
                       m->hdr->large_bytes - ((uint64_t) n << SHM_BLOCK_SHIFT));
-    run_free_locked(m, block, n);
+    /* Counted while the journal is open (see run_recover). */
     if (count) {
         bump_relaxed(&count->large_frees, 1);
         bump_relaxed(&count->large_bytes_freed, (uint64_t) n << SHM_BLOCK_SHIFT);
     }
+    run_free_locked(m, block, n);
+    store_relaxed(&m->hdr->journal.op, JOP_NONE);
     seg_unlock(m);
     return 0;
 }

@@ -314,6 +314,8 @@ static void seg_recover(struct seg_map *m, struct heap *h)
     struct seg_header *hdr = m->hdr;
     struct seg_journal *j = &hdr->journal;
 
+    /* A run's claim or free cut short: its counts (run.c). */
+    run_recover(h, m);
     /* A carve or run free cut short: its blocks become free again. */
     if (j->n && j->block < m->nblocks && j->block >= hdr->first_block &&
         (uint64_t) j->block + j->n <= m->nblocks) {
