@@ -16,6 +16,7 @@ int main(void)
     srunner_add_suite(sr, recycler_suite());
     srunner_add_suite(sr, death_suite());
     srunner_add_suite(sr, faults_suite());
+    srunner_add_suite(sr, storm_suite());
     srunner_add_suite(sr, trim_idle_suite());
     srunner_add_suite(sr, adopt_suite());
     if (!getenv("CK_FORK"))

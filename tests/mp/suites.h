@@ -7,6 +7,7 @@
 Suite *mp_alloc_suite(void);
 Suite *recycler_suite(void);
 Suite *death_suite(void);
+Suite *storm_suite(void);  /* check_storm.c: random kills, exact figures after each */
 Suite *faults_suite(void); /* check_faults.c: every fault point, hit and recovered */
 Suite *trim_idle_suite(void);
 Suite *adopt_suite(void); /* check_adopt.c: recovery when a new owner adopts a heap */
