@@ -89,7 +89,7 @@ static uint64_t runs_alive(struct heap *h)
 
 struct arena_ctx {
     struct test_heap *t;
-    bool session; /* SESSION arenas, kept; else plain ones, destroyed */
+    bool session;      /* SESSION arenas, kept; else plain ones, destroyed */
     uint32_t attached; /* atomic */
 };
 
@@ -366,6 +366,25 @@ START_TEST(storm_kill)
         ck_assert_int_eq(heap_stats(t.h, &st), 0);
         lost += st.lost_objects + (uint64_t) (un < 0 ? -un : un);
         ck_assert_msg(un == 0, "%s: %" PRId64 " objects unaccounted for", what, un);
+        if (st.allocs != st.frees + runs_alive(t.h)) {
+            uint64_t la = 0, lf = 0, sa = 0;
+            int64_t siu = 0;
+            struct ctl_header *c = t.h->ctl;
+
+            for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
+                la += c->slots[i].large_allocs;
+                lf += c->slots[i].large_frees;
+                sa += c->slots[i].allocs + c->slots[i].ops;
+                for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+                    siu += (int64_t) (c->slots[i].bins[cls].net -
+                                      bin_count(c->slots[i].bins[cls].head));
+            }
+            fprintf(stderr,
+                    "DIAG large_allocs %" PRIu64 " large_frees %" PRIu64
+                    " owned_reclaimed_large %" PRIu64 " small allocs %" PRIu64
+                    " small in use %" PRId64 " refused %" PRIu64 "\n",
+                    la, lf, c->owned_reclaimed_large, sa, siu, c->refused_frees);
+        }
         /* Nothing in use but the pool's chunks (each run counts as one
          * allocation until it is freed). */
         ck_assert_msg(st.allocs == st.frees + runs_alive(t.h) && st.bytes_in_use == 0,

@@ -21,6 +21,7 @@ Suite *quota_suite(void);          /* check_quota.c: max_client_bytes, max_uid_b
 Suite *debuggers_suite(void);      /* check_debuggers.c: valgrind, a tight RLIMIT_AS */
 Suite *metrics_suite(void);        /* check_metrics.c: GET /metrics, Prometheus, promtool */
 Suite *systemd_suite(void);        /* check_systemd.c: notify, activation, the units */
+Suite *kill_arenas_suite(void);    /* check_kill_arenas.c: arena creators killed */
 Suite *restart_suite(void);        /* check_restart.c: restart without loss, adoption */
 
 #endif
