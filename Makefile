@@ -431,7 +431,7 @@ run-clean:
 	$(MAKE) run
 
 # Not part of `make test`: about an hour. The multi-process suites at soak scale (among them
-# 12,000 random kills with exact figures after each: SHMHEAP_SOAK_KILLS), then the service suites.
+# 100,000 random kills with exact figures after each: SHMHEAP_SOAK_KILLS), then the service suites.
 soak: all
 	@$(RUN_TESTS_SH); SHMHEAP_SOAK=1; export SHMHEAP_SOAK; \
 	run_tests $(RUN_MP) $(RUN_SERVICE)

@@ -14,8 +14,8 @@
  *          middle of draining it) must not leave that thread waiting forever.
  * storm:   a child allocating in two threads is SIGKILLed after a random
  *          few milliseconds, 20 times (100 with SHMHEAP_SOAK=1); after each
- *          kill the parent reclaims the dead and verifies, and bounds the
- *          objects the kill took with it. Then trimmers, and processes that
+ *          kill the parent reclaims the dead and verifies with the exact
+ *          object count, and no object may be unaccounted for. Then trimmers, and processes that
  *          contend for the segment lock, are killed at random while another
  *          process allocates: it must never be left waiting (a deadlock is
  *          detected with a bound far above the normal run time).
@@ -204,11 +204,10 @@ static void run_fault(int point, const char *name)
             ck_assert_msg(use_heap(t.h, f.size, 1), "%s: the parent could not use the heap", what);
         }
         /* The dead child's slot is still there; the journal put back what
-         * it held, so the object count is exact until a reclaim counts
-         * the death as one inside a cache operation. */
+         * it held, so the object count is exact (and stays so after the
+         * reclaim). */
         ck_assert_msg(mp_verify(t.h, &counts), "%s: heap_verify (see stderr)", what);
-        if (round == 0 || point == FAULT_DECOMMIT_MID)
-            ck_assert_msg(counts, "%s: heap_verify skipped the object count", what);
+        ck_assert_msg(counts, "%s: heap_verify skipped the object count", what);
         /* The kept objects are still ours, still in a slab of their class. */
         for (unsigned i = 0; i < nkeep; i++) {
             ck_assert_msg(heap_usable_size(t.h, keep[i]) == sizeclass_size(sizeclass_of(keep_size)),
@@ -569,12 +568,10 @@ static int storm_child(void *arg, unsigned round)
 
 /* Objects out of their slabs that nobody accounts for, on a quiescent heap
  * whose cache slots are all free: out of slabs - (in use by the counters +
- * in the recyclers, walked). A thread killed inside a cache operation may
- * take a few objects with it (at most a bundle between the recycler and a
- * bin, or one object popped but not yet counted: tcache.c, trim.c); a
- * count cut short by one the other way (an object back in a bin whose free
- * was not yet counted) makes a class read -1. Anything beyond is a leak
- * (or, negative, an object counted twice). Fills out[] per class. */
+ * in the recyclers, walked). A thread killed inside a cache operation
+ * takes nothing with it (what it was moving is settled from its transit
+ * record, handoff word or journal), so anything but 0 is a leak (or,
+ * negative, an object counted twice). Fills out[] per class. */
 static void unaccounted_objects(struct heap *h, int64_t out[SHM_NCLASSES])
 {
     struct heap_stats st;
@@ -617,9 +614,9 @@ static void unaccounted_objects(struct heap *h, int64_t out[SHM_NCLASSES])
     }
 }
 
-/* The first half of the rounds gets a fresh heap each (so the exact object
- * count is checked whenever the kill did not land inside a cache
- * operation), the second half shares one heap (the dead pile up). */
+/* The first half of the rounds gets a fresh heap each, the second half
+ * shares one heap (the dead pile up); the exact object count is checked
+ * after every kill. */
 START_TEST(death_random_kill)
 {
     const char *soak = getenv("SHMHEAP_SOAK");
@@ -669,6 +666,8 @@ START_TEST(death_random_kill)
             ck_abort_msg("%s: heap_verify found problems after heap_reclaim_dead (see stderr)",
                          what);
         counted += counts;
+        /* No death loses objects any more (transit records, tcache.c). */
+        ck_assert_msg(counts, "%s: the exact object count was skipped", what);
         ck_assert_int_eq(heap_stats(t.h, &st), 0);
         ck_assert_msg(st.bad_frees == 0 && st.double_frees == 0,
                       "%s: %" PRIu64 " bad frees, %" PRIu64 " double frees", what, st.bad_frees,
@@ -690,11 +689,9 @@ START_TEST(death_random_kill)
             }
             if (lost != 0)
                 fprintf(stderr, "%s: %" PRId64 " objects unaccounted for\n", what, lost);
-            ck_assert_msg(lost <= 2 * 65 && min_class >= -2,
+            ck_assert_msg(lost == 0 && min_class == 0,
                           "%s: %" PRId64 " objects unaccounted for (lowest class %" PRId64 ")",
                           what, lost, min_class);
-            if (counts)
-                ck_assert_int_eq(lost, 0);
         }
         ck_assert_uint_eq(st.slots_in_use, 0);
     }
