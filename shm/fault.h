@@ -32,6 +32,7 @@ enum shm_fault_point {
     FAULT_FLUSH_PUSHED,     /* the bundle pushed, the transit record not cleared */
     FAULT_GIVE_BACK_CUT,    /* a flush: a bundle past the handoff word, not pushed */
     FAULT_TAKE_DELIVERED,   /* a take's chain in the bin, journal open, lock held */
+    FAULT_DRAIN_POPPED,     /* a full heap: a recycler's bundle popped, not yet handed off */
     FAULT_COUNT,            /* one past the last point */
 };
 void shm_fault(enum shm_fault_point p);

@@ -443,8 +443,11 @@ void tcache_detach(struct heap *h);
 void tcache_reload_config(struct heap *h);
 void tcache_flush_all(struct heap *h);
 /* Pops every bundle of every recycler and returns its objects to the
- * blocks. */
-void tcache_drain_recyclers(struct heap *h);
+ * blocks. s: the caller's own slot, inside its busy section, whose transit
+ * record and handoff word carry each bundle; NULL for the daemon's trim,
+ * release and verify, which have no slot (a kill there loses the bundle in
+ * hand: docs/ARCHITECTURE.md). */
+void tcache_drain_recyclers(struct heap *h, struct cache_slot *s);
 /* Returns the chain of objects starting at *handoff (word 0 links, 0
  * ends) to their slabs, whatever their segments, moving *handoff past each
  * object as it goes. *handoff is a cache slot's handoff word (so that the

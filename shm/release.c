@@ -77,7 +77,7 @@ int heap_release(struct heap *h, const struct release_req *req, struct release_r
             flushed++;
     }
     if (req->drain_recyclers)
-        tcache_drain_recyclers(h);
+        tcache_drain_recyclers(h, NULL);
     /* Blocks a decommitter left BUSY when it died outside the lock. */
     for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++)
         if (load_acquire(&h->segs[i].meta))

@@ -304,22 +304,32 @@ static void tcache_return_chain(struct heap *h, uint64_t chain)
     tcache_return_handoff(h, &handoff);
 }
 
-void tcache_drain_recyclers(struct heap *h)
-{
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
-        uint64_t first;
-        uint32_t count;
-
-        while ((first = recycler_pop(h, NULL, NULL, cls, &count)) != 0)
-            tcache_return_chain(h, first);
-    }
-}
-
 static void transit_clear(struct cache_slot *s)
 {
     store_relaxed(&s->transit.s.tag, 0);
     store_relaxed(&s->transit.s.off, 0);
     store_relaxed(&s->transit_info, 0);
+}
+
+void tcache_drain_recyclers(struct heap *h, struct cache_slot *s)
+{
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        uint64_t first;
+        uint32_t count;
+
+        while ((first = recycler_pop(h, s, NULL, cls, &count)) != 0) {
+            if (!s) {
+                tcache_return_chain(h, first);
+                continue;
+            }
+            /* The pop's transit record has the bundle until the handoff
+             * word takes it (one store: the commit). */
+            shm_fault(FAULT_DRAIN_POPPED);
+            store_relaxed(&s->handoff, first);
+            transit_clear(s);
+            tcache_return_handoff(h, &s->handoff);
+        }
+    }
 }
 
 /* Writes s's transit record for a push of `first` (count objects) before the
@@ -386,8 +396,10 @@ static void tcache_settle_transit(struct heap *h, struct cache_slot *s)
         if (!won && bin_off(load_relaxed(&bin->head)) != t.s.off &&
             load_relaxed(&s->handoff) != t.s.off)
             transit_deliver(h, bin, t.s.off, count);
-    } else if (won && bin_off(load_relaxed(&bin->head)) != t.s.off) {
-        /* Popped, not delivered: its link word still has its count. */
+    } else if (won && bin_off(load_relaxed(&bin->head)) != t.s.off &&
+               load_relaxed(&s->handoff) != t.s.off) {
+        /* Popped, not delivered (to the bin, or to the handoff word by a
+         * drain): its link word still has its count. */
         count = bundle_count(obj_words(h, t.s.off)[1]);
         transit_deliver(h, bin, t.s.off, count);
     }
@@ -601,14 +613,18 @@ void tcache_trim_self(struct heap *h, uint64_t gen)
 
 void tcache_release_cached(struct heap *h, struct tcache *tc, bool entered)
 {
-    if (tc) {
-        if (!entered)
-            tcache_enter(tc);
-        tcache_flush(h, tc, true);
-        if (!entered)
-            tcache_leave(tc);
+    if (!tc) {
+        tcache_drain_recyclers(h, NULL);
+        return;
     }
-    tcache_drain_recyclers(h);
+    if (!entered)
+        tcache_enter(tc);
+    tcache_flush(h, tc, true);
+    /* Our slot's transit record and handoff word carry each bundle: inside
+     * the busy section, so no trimmer settles them under us. */
+    tcache_drain_recyclers(h, tc->slot);
+    if (!entered)
+        tcache_leave(tc);
 }
 
 void tcache_tick(struct heap *h, struct tcache *tc)

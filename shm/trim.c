@@ -90,7 +90,7 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
             break;
         sleep_ms(1);
     }
-    tcache_drain_recyclers(h);
+    tcache_drain_recyclers(h, NULL);
     reclaim_busy_all(h);
     retain = load_relaxed(&c->config.retain_empty_blocks);
     for (uint32_t i = 1; i < heap_nmapped(h); i++)

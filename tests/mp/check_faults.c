@@ -41,6 +41,8 @@ struct fctx {
     uint64_t pool; /* made by the parent for the grow and destroy points */
     void **keep;   /* objects the parent keeps across the death */
     size_t nkeep;
+    void **big; /* large objects filling the heap (DRAIN_POPPED) */
+    size_t nbig;
 };
 
 /* ---- the child's operation, per point ---- */
@@ -153,6 +155,12 @@ static int fault_child(void *arg, unsigned idx)
         shm_fault_at = f->point;
         heap_thread_flush(h); /* the bin's bundles to the recycler */
         break;
+    case FAULT_DRAIN_POPPED:
+        /* The heap is full and this class has no slab: the refill empties
+         * the recyclers (the parent left bundles of SMALL there). */
+        shm_fault_at = f->point;
+        (void) heap_malloc(h, 1024);
+        break;
     default:
         break;
     }
@@ -213,6 +221,8 @@ static void setup(struct fctx *f)
 
     f->keep = NULL;
     f->nkeep = 0;
+    f->big = NULL;
+    f->nbig = 0;
     f->pool = 0;
     switch (f->point) {
     case FAULT_DECOMMIT_MID:
@@ -252,6 +262,29 @@ static void setup(struct fctx *f)
         for (unsigned i = 0; i < 3 * POOL_PER_CHK; i++) /* four chunks */
             ck_assert_ptr_nonnull(heap_pool_alloc(h, f->pool));
         break;
+    case FAULT_DRAIN_POPPED: {
+        struct heap_stats st;
+        uint64_t nfree = 0;
+        void *p[200];
+
+        /* Bundles of SMALL in the recycler, then every free block taken by
+         * a one-block large object (no allocation fails, which would drain
+         * the recyclers here). */
+        for (unsigned i = 0; i < 200; i++)
+            ck_assert_ptr_nonnull(p[i] = heap_malloc(h, SMALL));
+        for (unsigned i = 0; i < 200; i++)
+            heap_free(h, p[i]);
+        heap_thread_flush(h);
+        ck_assert_int_eq(heap_stats(h, &st), 0);
+        for (uint32_t i = 0; i < st.nsegments; i++)
+            nfree += st.segs[i].free_blocks;
+        f->big = calloc(nfree, sizeof(*f->big));
+        ck_assert_ptr_nonnull(f->big);
+        for (f->nbig = 0; f->nbig < nfree; f->nbig++)
+            ck_assert_ptr_nonnull(f->big[f->nbig] = heap_malloc(h, 32 * KiB + 1));
+        ck_assert_uint_gt(load_relaxed(&h->ctl->rec[sizeclass_of(SMALL)].nbundles), 0);
+        break;
+    }
     case FAULT_REFILL_POPPED:
     case FAULT_REFILL_DELIVERED: {
         void *p[200];
@@ -318,6 +351,7 @@ static const char *const point_names[FAULT_COUNT] = {
         [FAULT_FLUSH_PUSHED] = "FLUSH_PUSHED",
         [FAULT_GIVE_BACK_CUT] = "GIVE_BACK_CUT",
         [FAULT_TAKE_DELIVERED] = "TAKE_DELIVERED",
+        [FAULT_DRAIN_POPPED] = "DRAIN_POPPED",
 };
 
 static unsigned fault_rounds(void)
@@ -351,6 +385,12 @@ static unsigned run_point(int point, unsigned rounds)
                         point_names[point], round);
         setup(&f);
         mp_wait_signaled(mp_fork(fault_child, &f, round), SIGKILL, what);
+        /* Room again for the recovery's allocations. */
+        for (size_t i = 0; i < f.nbig; i++)
+            heap_free(t.h, f.big[i]);
+        free(f.big);
+        f.big = NULL;
+        f.nbig = 0;
         /* Someone else goes through the locks the child may have held. */
         if (round % 2)
             mp_wait_ok(mp_fork(recover_child, &f, round), what);
