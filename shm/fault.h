@@ -33,6 +33,8 @@ enum shm_fault_point {
     FAULT_GIVE_BACK_CUT,    /* a flush: a bundle past the handoff word, not pushed */
     FAULT_TAKE_DELIVERED,   /* a take's chain in the bin, journal open, lock held */
     FAULT_DRAIN_POPPED,     /* a full heap: a recycler's bundle popped, not yet handed off */
+    FAULT_POP_NOTED,        /* a pop's transit record written, its CAS not yet tried */
+    FAULT_PUSH_NOTED,       /* a push's transit record and link written, its CAS not yet tried */
     FAULT_COUNT,            /* one past the last point */
 };
 void shm_fault(enum shm_fault_point p);

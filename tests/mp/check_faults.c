@@ -139,12 +139,14 @@ static int fault_child(void *arg, unsigned idx)
         shm_fault_at = f->point;
         (void) heap_pool_destroy(h, f->pool);
         break;
+    case FAULT_POP_NOTED:
     case FAULT_REFILL_POPPED:
     case FAULT_REFILL_DELIVERED:
         /* The parent filled the recycler: the refill pops a bundle. */
         shm_fault_at = f->point;
         (void) heap_malloc(h, SMALL);
         break;
+    case FAULT_PUSH_NOTED:
     case FAULT_FLUSH_CUT:
     case FAULT_FLUSH_PUSHED:
         /* Frees overflow the bin: bundles go to the recycler. */
@@ -285,6 +287,7 @@ static void setup(struct fctx *f)
         ck_assert_uint_gt(load_relaxed(&h->ctl->rec[sizeclass_of(SMALL)].nbundles), 0);
         break;
     }
+    case FAULT_POP_NOTED:
     case FAULT_REFILL_POPPED:
     case FAULT_REFILL_DELIVERED: {
         void *p[200];
@@ -352,6 +355,8 @@ static const char *const point_names[FAULT_COUNT] = {
         [FAULT_GIVE_BACK_CUT] = "GIVE_BACK_CUT",
         [FAULT_TAKE_DELIVERED] = "TAKE_DELIVERED",
         [FAULT_DRAIN_POPPED] = "DRAIN_POPPED",
+        [FAULT_POP_NOTED] = "POP_NOTED",
+        [FAULT_PUSH_NOTED] = "PUSH_NOTED",
 };
 
 static unsigned fault_rounds(void)
