@@ -63,13 +63,9 @@ static void alloc_free(struct heap *h, unsigned n, size_t size, int fault_before
     free(p);
 }
 
-static int fault_child(void *arg, unsigned idx)
+/* Each does the operation that reaches f->point, if it is one of its own. */
+static void child_blocks(struct fctx *f, struct heap *h)
 {
-    struct fctx *f = arg;
-    struct heap *h = th_attach_child(f->t, 100 + idx);
-    uint64_t off;
-    void *p;
-
     switch (f->point) {
     case FAULT_TAKE_MID:
     case FAULT_CARVE_MID:
@@ -99,6 +95,17 @@ static int fault_child(void *arg, unsigned idx)
         shm_fault_at = f->point;
         (void) heap_malloc(h, SMALL);
         break;
+    default:
+        break;
+    }
+}
+
+static void child_runs(struct fctx *f, struct heap *h)
+{
+    uint64_t off;
+    void *p;
+
+    switch (f->point) {
     case FAULT_RUN_FREE_JOURNALED:
     case FAULT_RUN_FREE_MID:
         /* A large object's free, an arena's destroy, a pool's (its header,
@@ -139,6 +146,14 @@ static int fault_child(void *arg, unsigned idx)
         shm_fault_at = f->point;
         (void) heap_pool_destroy(h, f->pool);
         break;
+    default:
+        break;
+    }
+}
+
+static void child_cache(struct fctx *f, struct heap *h)
+{
+    switch (f->point) {
     case FAULT_POP_NOTED:
     case FAULT_REFILL_POPPED:
     case FAULT_REFILL_DELIVERED:
@@ -166,6 +181,16 @@ static int fault_child(void *arg, unsigned idx)
     default:
         break;
     }
+}
+
+static int fault_child(void *arg, unsigned idx)
+{
+    struct fctx *f = arg;
+    struct heap *h = th_attach_child(f->t, 100 + idx);
+
+    child_blocks(f, h);
+    child_runs(f, h);
+    child_cache(f, h);
     fprintf(stderr, "fault child: point %d was not reached\n", f->point);
     return 3;
 }
@@ -217,6 +242,30 @@ static int recover_child(void *arg, unsigned idx)
     return ok ? 0 : 1;
 }
 
+/* Bundles of SMALL in the recycler, then every free block taken by a
+ * one-block large object (no allocation fails, which would drain the
+ * recyclers here). */
+static void fill_heap(struct fctx *f, struct heap *h)
+{
+    struct heap_stats st;
+    uint64_t nfree = 0;
+    void *p[200];
+
+    for (unsigned i = 0; i < 200; i++)
+        ck_assert_ptr_nonnull(p[i] = heap_malloc(h, SMALL));
+    for (unsigned i = 0; i < 200; i++)
+        heap_free(h, p[i]);
+    heap_thread_flush(h);
+    ck_assert_int_eq(heap_stats(h, &st), 0);
+    for (uint32_t i = 0; i < st.nsegments; i++)
+        nfree += st.segs[i].free_blocks;
+    f->big = calloc(nfree, sizeof(*f->big));
+    ck_assert_ptr_nonnull(f->big);
+    for (f->nbig = 0; f->nbig < nfree; f->nbig++)
+        ck_assert_ptr_nonnull(f->big[f->nbig] = heap_malloc(h, 32 * KiB + 1));
+    ck_assert_uint_gt(load_relaxed(&h->ctl->rec[sizeclass_of(SMALL)].nbundles), 0);
+}
+
 static void setup(struct fctx *f)
 {
     struct heap *h = f->t->h;
@@ -264,29 +313,9 @@ static void setup(struct fctx *f)
         for (unsigned i = 0; i < 3 * POOL_PER_CHK; i++) /* four chunks */
             ck_assert_ptr_nonnull(heap_pool_alloc(h, f->pool));
         break;
-    case FAULT_DRAIN_POPPED: {
-        struct heap_stats st;
-        uint64_t nfree = 0;
-        void *p[200];
-
-        /* Bundles of SMALL in the recycler, then every free block taken by
-         * a one-block large object (no allocation fails, which would drain
-         * the recyclers here). */
-        for (unsigned i = 0; i < 200; i++)
-            ck_assert_ptr_nonnull(p[i] = heap_malloc(h, SMALL));
-        for (unsigned i = 0; i < 200; i++)
-            heap_free(h, p[i]);
-        heap_thread_flush(h);
-        ck_assert_int_eq(heap_stats(h, &st), 0);
-        for (uint32_t i = 0; i < st.nsegments; i++)
-            nfree += st.segs[i].free_blocks;
-        f->big = calloc(nfree, sizeof(*f->big));
-        ck_assert_ptr_nonnull(f->big);
-        for (f->nbig = 0; f->nbig < nfree; f->nbig++)
-            ck_assert_ptr_nonnull(f->big[f->nbig] = heap_malloc(h, 32 * KiB + 1));
-        ck_assert_uint_gt(load_relaxed(&h->ctl->rec[sizeclass_of(SMALL)].nbundles), 0);
+    case FAULT_DRAIN_POPPED:
+        fill_heap(f, h);
         break;
-    }
     case FAULT_POP_NOTED:
     case FAULT_REFILL_POPPED:
     case FAULT_REFILL_DELIVERED: {
