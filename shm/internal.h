@@ -206,6 +206,9 @@ void seg_map_init(struct seg_map *m, void *base, int fd, uint32_t index);
  * negative errno (the lock is then not held). */
 int seg_lock(struct seg_map *m, struct heap *h);
 void seg_unlock(struct seg_map *m);
+/* Takes and drops every segment's lock: whatever a dead holder left half
+ * done is finished now, while its cache is as it left it (tcache.c). */
+void seg_recover_all(struct heap *h);
 struct bittree_chain *seg_free_tree(struct seg_map *m);
 struct bittree_chain *seg_class_tree(struct seg_map *m, unsigned cls);
 uint64_t *seg_commit_map(struct seg_map *m);

@@ -54,11 +54,6 @@ bool reclaim_slot(struct heap *h, struct cache_slot *s)
     if (load_relaxed(&s->busy))
         (void) fetch_add_relaxed(&h->ctl->deaths_mid_op, 1);
     (void) tcache_drain_slot(h, s);
-    /* A lock its thread died holding is recovered before the slot can be
-     * claimed again: the recovery reads the slot's counters (run.c). */
-    for (uint32_t i = 1; i < heap_nmapped(h); i++)
-        if (heap_mapped(h, i) && seg_lock(&h->segs[i], h) == 0)
-            seg_unlock(&h->segs[i]);
     store_relaxed(&s->busy, 0);
     store_relaxed(&s->pid, 0);
     store_relaxed(&s->client_id, 0);

@@ -368,3 +368,11 @@ void seg_unlock(struct seg_map *m)
 {
     (void) pthread_mutex_unlock(&m->hdr->lock);
 }
+
+void seg_recover_all(struct heap *h)
+{
+    (void) heap_sync_segments(h);
+    for (uint32_t i = 1; i < heap_nmapped(h); i++)
+        if (heap_mapped(h, i) && seg_lock(&h->segs[i], h) == 0)
+            seg_unlock(&h->segs[i]);
+}

@@ -203,8 +203,15 @@ int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead)
         took_over = true;
     }
     if (owner_dead) {
-        /* Whatever its owner (or a dead trimmer) was moving goes where it
-         * belongs before anyone counts the slot. */
+        /* A lock its owner died holding is recovered first, while its bins
+         * and handoff word are as it left them: the replay of a take finds
+         * a chain it had delivered still at its bin's head (drained first,
+         * the chain would look undelivered and go back twice), and a run's
+         * recovery reads the slot's counters before the slot can be
+         * claimed again (run.c). Then whatever its owner (or a dead
+         * trimmer) was moving goes where it belongs before anyone counts
+         * the slot. */
+        seg_recover_all(h);
         tcache_settle_handoff(h, s);
         return 0;
     }
