@@ -366,6 +366,7 @@ START_TEST(storm_kill)
         ck_assert_int_eq(heap_stats(t.h, &st), 0);
         lost += st.lost_objects + (uint64_t) (un < 0 ? -un : un);
         ck_assert_msg(un == 0, "%s: %" PRId64 " objects unaccounted for", what, un);
+        /* On a mismatch, the counters it is made of (for the diagnosis). */
         if (st.allocs != st.frees + runs_alive(t.h)) {
             uint64_t la = 0, lf = 0, sa = 0;
             int64_t siu = 0;
@@ -380,10 +381,10 @@ START_TEST(storm_kill)
                                       bin_count(c->slots[i].bins[cls].head));
             }
             fprintf(stderr,
-                    "DIAG large_allocs %" PRIu64 " large_frees %" PRIu64
-                    " owned_reclaimed_large %" PRIu64 " small allocs %" PRIu64
-                    " small in use %" PRId64 " refused %" PRIu64 "\n",
-                    la, lf, c->owned_reclaimed_large, sa, siu, c->refused_frees);
+                    "%s: the counts behind the figures: large_allocs %" PRIu64
+                    " large_frees %" PRIu64 " owned_reclaimed_large %" PRIu64
+                    " small allocs %" PRIu64 " small in use %" PRId64 " refused %" PRIu64 "\n",
+                    what, la, lf, c->owned_reclaimed_large, sa, siu, c->refused_frees);
         }
         /* Nothing in use but the pool's chunks (each run counts as one
          * allocation until it is freed). */
