@@ -330,7 +330,11 @@ START_TEST(storm_kill)
     struct test_heap t;
     struct shm_config cfg;
     uint64_t rng = 0x5707e, leaked = 0, lost = 0, exact = 0, verify_failures = 0;
-    unsigned kills = storm_kills(), checkpoints = 0;
+    unsigned kills = storm_kills(), checkpoints = 0, every = 50;
+    const char *e = getenv("SHMHEAP_STORM_CHECKPOINT");
+
+    if (e && atoi(e) > 0)
+        every = (unsigned) atoi(e); /* kills between full-free checkpoints */
 
     th_config(&cfg, UINT64_C(512) << 20);
     cfg.retain_empty_blocks = 0;
@@ -395,7 +399,7 @@ START_TEST(storm_kill)
         ck_assert_uint_eq(st.lost_objects, 0);
         ck_assert_uint_eq(st.bad_frees + st.double_frees, 0);
         ck_assert_msg(verify_failures == 0, "%s: verify found problems (see stderr)", what);
-        if ((k + 1) % 50 == 0 || k + 1 == kills) {
+        if ((k + 1) % every == 0 || k + 1 == kills) {
             uint64_t b = checkpoint(s);
 
             leaked += b;
