@@ -70,6 +70,12 @@ struct heap {
         uint32_t off;
     } tag_geo[SHM_NCLASSES];
     uint32_t bundle_n[SHM_NCLASSES]; /* objects per bundle */
+    /* The per-CPU caches (percpu.h): their first cache in this mapping,
+     * NULL until percpu_attach() found the area (release/acquire); the
+     * CPUs they cover; whether this process looked for the area yet. */
+    char *pcpu_caches;
+    uint32_t pcpu_ncpus;
+    uint32_t pcpu_tried;
     struct seg_map segs[SHM_MAX_SEGMENTS];
 };
 

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sched.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -51,5 +52,13 @@ int os_file_rename(int dir_fd, const char *from, const char *to);
 uint64_t os_dir_page_size(int dir_fd);
 uint64_t os_now_ns(void);
 int os_tid(void);
+
+/* The calling thread's CPU affinity (the per-CPU caches' drain, percpu.c):
+ * save it, pin the thread to one CPU (-EINVAL when its cpuset forbids that
+ * CPU), put the saved set back; and the CPU it runs on now (-errno). */
+int os_affinity_save(cpu_set_t *ret_set);
+int os_pin_cpu(unsigned cpu);
+int os_affinity_restore(const cpu_set_t *set);
+int os_current_cpu(void);
 
 #endif

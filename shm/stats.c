@@ -7,6 +7,7 @@
 
 #include "shm/internal.h"
 #include "shm/os.h"
+#include "shm/percpu.h"
 
 /* Adds every slot's counters and bins to the figures. */
 static void stats_add_slots(struct ctl_header *c, struct heap_stats *ret)
@@ -32,6 +33,22 @@ static void stats_add_slots(struct ctl_header *c, struct heap_stats *ret)
             cs->rec_pops += load_relaxed(&b->rec_pops);
             cs->rec_retries += load_relaxed(&b->rec_retries);
         }
+    }
+}
+
+/* Adds the per-CPU caches (percpu.c): their objects in use and cached.
+ * Their allocations were counted in the slots' ticks, and the slots count
+ * as freed whatever they allocated that is not in their bins: take off
+ * what is in use through the CPU caches. */
+static void stats_add_percpu(struct heap *h, struct heap_stats *ret)
+{
+    uint64_t in_use[SHM_NCLASSES] = {0}, cached[SHM_NCLASSES] = {0};
+
+    percpu_counts(h, in_use, cached);
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        ret->classes[cls].in_use += in_use[cls];
+        ret->classes[cls].cached += cached[cls];
+        ret->frees -= in_use[cls];
     }
 }
 
@@ -87,6 +104,7 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
         ret->frees += load_relaxed(&c->rec[cls].reclaimed);
     }
     stats_add_slots(c, ret);
+    stats_add_percpu(h, ret);
     /* A free a slab refused was counted by the cache that took it: it is
      * not a free. */
     ret->frees -= load_relaxed(&c->refused_frees);
