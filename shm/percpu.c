@@ -229,8 +229,10 @@ void *percpu_malloc_slow(struct heap *h, struct tcache *tc, unsigned cls)
 
     if (!caches)
         return NULL;
-    for (unsigned tries = 0; tries < 2; tries++) {
-        if (pcpu_refill(h, tc, caches, cls) <= 0)
+    /* The first try takes what the cache has (this process may just have
+     * attached the area); then a refill before each. */
+    for (unsigned tries = 0; tries < 3; tries++) {
+        if (tries > 0 && pcpu_refill(h, tc, caches, cls) <= 0)
             return NULL; /* the thread cache's path sets errno */
         off = rseq_pcpu_pop(rseq_self(), &h->pcpu_ncpus, pcpu_cbase(caches, cls), h->base,
                             h->tag_geo[cls].off, h->tag_geo[cls].mul, tc->owner_tag);

@@ -60,6 +60,7 @@ static int shared_child(void *arg, unsigned idx)
 {
     struct shared_ctx *c = arg;
     struct heap *h = th_attach_child(c->t, 50 + idx);
+    void *got[SHARED_N];
 
     MP_REQUIRE(pin_cpu0() == 0, "sched_setaffinity");
     /* LIFO: the last object the other process freed comes out first. */
@@ -70,8 +71,10 @@ static int shared_child(void *arg, unsigned idx)
         MP_REQUIRE(heap_to_off(h, p) == c->offs[i], "object %u: %#" PRIx64 ", expected %#" PRIx64,
                    i, heap_to_off(h, p), c->offs[i]);
         MP_REQUIRE(mp_check_sparse(p, 96, mp_tag(1, 0, i)), "object %u lost its bytes", i);
-        percpu_free(h, p);
+        got[i] = p;
     }
+    for (unsigned i = 0; i < SHARED_N; i++)
+        percpu_free(h, got[i]);
     heap_detach(h);
     return 0;
 }
