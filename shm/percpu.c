@@ -60,6 +60,14 @@ static int pcpu_publish(struct heap *h, uint64_t off, uint64_t *ret_off)
     return 0;
 }
 
+/* Blocks of the area for ncpus CPUs. */
+static uint64_t pcpu_area_blocks(uint32_t ncpus)
+{
+    uint64_t bytes = PCPU_HDR + ((uint64_t) ncpus << PCPU_CPU_SHIFT);
+
+    return (bytes + SHM_BLOCK_SIZE - 1) >> SHM_BLOCK_SHIFT;
+}
+
 /* Makes an area for this machine's CPUs and publishes it (or finds the one
  * another process published meanwhile): 0 and *ret_off. */
 static int pcpu_create(struct heap *h, uint64_t *ret_off)
@@ -83,8 +91,17 @@ static int pcpu_create(struct heap *h, uint64_t *ret_off)
     hd->cap = PCPU_CAP;
     hd->bytes = bytes;
     r = pcpu_publish(h, mine, &off);
-    if (r < 0 || off != mine)
+    if (r < 0 || off != mine) {
         (void) run_destroy(h, mine, RUN_LARGE);
+    } else {
+        /* The published area is the allocator's, not this thread's:
+         * run_create counted it in the calling thread's slot (its owner
+         * writes it), so the client's figures and quota do not carry it. */
+        struct cache_slot *s = tcache_get(h)->slot;
+
+        bump_relaxed(&s->large_allocs, (uint64_t) -1);
+        bump_relaxed(&s->large_bytes_alloc, -(pcpu_area_blocks(ncpus) << SHM_BLOCK_SHIFT));
+    }
     if (r < 0)
         return r;
     *ret_off = off;
@@ -391,12 +408,13 @@ uint64_t percpu_drain_all(struct heap *h, uint64_t *ret_left)
     return drained;
 }
 
-void percpu_counts(struct heap *h, uint64_t in_use[SHM_NCLASSES], uint64_t cached[SHM_NCLASSES])
+uint64_t
+percpu_counts(struct heap *h, uint64_t in_use[SHM_NCLASSES], uint64_t cached[SHM_NCLASSES])
 {
     char *caches;
 
     if (percpu_attach(h, false) < 0)
-        return;
+        return 0;
     caches = load_acquire(&h->pcpu_caches);
     for (uint32_t cpu = 0; cpu < load_relaxed(&h->pcpu_ncpus); cpu++)
         for (unsigned cls = 0; cls < PCPU_NCLASSES; cls++) {
@@ -409,4 +427,5 @@ void percpu_counts(struct heap *h, uint64_t in_use[SHM_NCLASSES], uint64_t cache
             in_use[cls] += (uint64_t) (pcpu_net(w) - (int64_t) pcpu_count(w));
             cached[cls] += pcpu_count(w);
         }
+    return pcpu_area_blocks(load_relaxed(&h->pcpu_ncpus)) << SHM_BLOCK_SHIFT;
 }

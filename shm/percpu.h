@@ -148,8 +148,11 @@ int percpu_attach(struct heap *h, bool create);
 uint64_t percpu_drain_all(struct heap *h, uint64_t *ret_left);
 
 /* Sums the caches: per class, objects in use through them (net - count,
- * wrapping: add to other sums) and objects cached. Nothing when the heap
- * has no area. */
-void percpu_counts(struct heap *h, uint64_t in_use[SHM_NCLASSES], uint64_t cached[SHM_NCLASSES]);
+ * wrapping: add to other sums) and objects cached. Returns the area's
+ * bytes in whole blocks (a RUN_LARGE run that the figures take off the
+ * bytes in use: it is the allocator's own); 0 and nothing added when the
+ * heap has no area. */
+uint64_t
+percpu_counts(struct heap *h, uint64_t in_use[SHM_NCLASSES], uint64_t cached[SHM_NCLASSES]);
 
 #endif

@@ -159,8 +159,8 @@ START_TEST(percpu_stats_drain)
     ck_assert_uint_eq(st.classes[cls].in_use, 10);
     ck_assert_uint_ge(st.classes[cls].cached, 20);
     ck_assert_uint_ge(st.allocs, 30);
-    /* The area itself is a large object, allocated once and never freed. */
-    ck_assert_uint_eq(st.allocs - st.frees, 10 + 1);
+    /* The area itself (a large object) counts in no slot. */
+    ck_assert_uint_eq(st.allocs - st.frees, 10);
     drained = percpu_drain_all(h, &left);
     ck_assert_uint_eq(left, 0);
     ck_assert_uint_ge(drained, 20);
@@ -172,6 +172,8 @@ START_TEST(percpu_stats_drain)
         percpu_free(h, keep[i]);
     ck_assert_int_eq(heap_stats(h, &st), 0);
     ck_assert_uint_eq(st.classes[cls].in_use, 0);
+    /* Nor in the bytes in use. */
+    ck_assert_uint_eq(st.bytes_in_use, 0);
     verify_exact(h);
 }
 END_TEST
