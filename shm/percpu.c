@@ -350,35 +350,10 @@ static uint64_t pcpu_cpu_cached(char *caches, uint32_t cpu)
     return n;
 }
 
-/* Empties class cls's cache of the CPU the caller runs on (pinned) into
- * the slabs. */
-static uint64_t pcpu_drain_class(struct heap *h, char *caches, unsigned cls)
-{
-    uint64_t buf[PCPU_CAP], drained = 0, k;
-
-    while ((k = rseq_pcpu_pop_batch(rseq_self(), &h->pcpu_ncpus, pcpu_cbase(caches, cls), buf,
-                                    PCPU_CAP)) != 0) {
-        uint64_t chain = 0;
-
-        /* Linked through their first words, as a bin's list; returning
-         * them to their slabs clears their tags (slab.c). */
-        for (uint64_t i = k; i-- > 0;) {
-            if (!heap_obj_at(h, buf[i])) {
-                heap_count_bad_free(h);
-                continue;
-            }
-            obj_words(h, buf[i])[0] = chain;
-            chain = buf[i];
-        }
-        tcache_return_handoff(h, &chain);
-        drained += k;
-    }
-    return drained;
-}
-
 uint64_t percpu_drain_all(struct heap *h, uint64_t *ret_left)
 {
-    uint64_t drained = 0, left = 0;
+    uint64_t drained = 0, left = 0, k;
+    struct tcache *tc;
     bool can_pin;
     cpu_set_t old;
     char *caches;
@@ -388,7 +363,13 @@ uint64_t percpu_drain_all(struct heap *h, uint64_t *ret_left)
     if (!h || percpu_attach(h, false) < 0)
         return 0;
     caches = load_acquire(&h->pcpu_caches);
-    can_pin = rseq_available() && os_affinity_save(&old) == 0;
+    /* The objects go through our own thread cache (pcpu_flush): from the
+     * moment they leave a CPU cache they are in our bin a few stores
+     * later, reachable by whoever reclaims our slot, and never in our
+     * hands across a lock wait (a sweeper killed while it waits for a
+     * segment lock loses nothing). */
+    tc = tcache_get(h);
+    can_pin = tc && rseq_available() && os_affinity_save(&old) == 0;
     for (uint32_t cpu = 0; cpu < load_relaxed(&h->pcpu_ncpus); cpu++) {
         /* Pinned to cpu, every sequence of ours runs on its caches, and
          * any other thread's sequence there was preempted to let us run:
@@ -399,10 +380,13 @@ uint64_t percpu_drain_all(struct heap *h, uint64_t *ret_left)
             continue;
         }
         for (unsigned cls = 0; cls < PCPU_NCLASSES; cls++)
-            drained += pcpu_drain_class(h, caches, cls);
+            while ((k = pcpu_flush(h, tc, caches, cls)) != 0)
+                drained += k;
     }
-    if (can_pin)
+    if (can_pin) {
         (void) os_affinity_restore(&old);
+        heap_thread_flush(h); /* our bins on to the recyclers */
+    }
     if (ret_left)
         *ret_left = left;
     return drained;

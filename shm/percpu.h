@@ -140,8 +140,9 @@ void percpu_free(struct heap *h, void *p);
  * create), or a negative errno. Sets h->pcpu_caches. */
 int percpu_attach(struct heap *h, bool create);
 
-/* Drains every CPU's caches back to the slabs, pinning the calling thread
- * to each CPU in turn (restored after). Returns the objects drained, and
+/* Drains every CPU's caches, pinning the calling thread to each CPU in
+ * turn (restored after): the objects go through the caller's thread cache
+ * (tags cleared) on to the recyclers. Returns the objects drained, and
  * in *ret_left (if not NULL) those left in caches of CPUs this thread may
  * not run on (or every cached object when this process has no rseq). 0
  * and nothing left when the heap has no area. */
