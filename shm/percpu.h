@@ -32,7 +32,7 @@
 #define PCPU_CAP         31u /* objects per cache: the cache is 256 bytes */
 #define PCPU_BATCH       16u /* objects a refill or a flush moves */
 #define PCPU_CLASS_SHIFT 8u
-#define PCPU_CPU_SHIFT   13u /* PCPU_NCLASSES << PCPU_CLASS_SHIFT bytes per CPU */
+#define PCPU_CPU_SHIFT   RSEQ_PCPU_CPU_SHIFT /* PCPU_NCLASSES << PCPU_CLASS_SHIFT bytes per CPU */
 #define PCPU_HDR         4096u
 #define PCPU_MAX_CPUS    1024u
 

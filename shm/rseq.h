@@ -70,12 +70,19 @@ static inline int rseq_available(void)
     "jmp %l[" label "]\n\t"                                                    \
     ".popsection\n\t"
 
-/* The cache of this CPU: c = cbase + (cpu << 13), or "none". */
+/* Bytes between one CPU's caches and the next's, as a shift (percpu.h
+ * checks it against its layout). */
+#define RSEQ_PCPU_CPU_SHIFT 13
+#define RSEQ_STR2(x)        #x
+#define RSEQ_STR(x)         RSEQ_STR2(x)
+
+/* The cache of this CPU: c = cbase + (cpu << RSEQ_PCPU_CPU_SHIFT), or
+ * "none". */
 #define RSEQ_PCPU_CACHE                                                        \
     "movl 4(%[rs]), %k[c]\n\t"                                                 \
     "cmpl %[ncpu], %k[c]\n\t"                                                  \
     "jae %l[none]\n\t"                                                         \
-    "shlq $13, %[c]\n\t"                                                       \
+    "shlq $" RSEQ_STR(RSEQ_PCPU_CPU_SHIFT) ", %[c]\n\t"                        \
     "addq %[cbase], %[c]\n\t"
 
 /* Pop: the object's offset, or 0 (empty cache, or no cache for this CPU).
