@@ -342,8 +342,9 @@ static uint64_t pcpu_cpu_cached(char *caches, uint32_t cpu)
     uint64_t n = 0;
 
     for (unsigned cls = 0; cls < PCPU_NCLASSES; cls++) {
-        const struct pcpu_cache *pc = (const struct pcpu_cache *) (pcpu_cbase(caches, cls) +
-                                                                   ((uint64_t) cpu << PCPU_CPU_SHIFT));
+        const struct pcpu_cache *pc =
+                (const struct pcpu_cache *) (pcpu_cbase(caches, cls) +
+                                             ((uint64_t) cpu << PCPU_CPU_SHIFT));
 
         n += pcpu_count(load_relaxed(&pc->word));
     }
@@ -392,8 +393,7 @@ uint64_t percpu_drain_all(struct heap *h, uint64_t *ret_left)
     return drained;
 }
 
-uint64_t
-percpu_counts(struct heap *h, uint64_t in_use[SHM_NCLASSES], uint64_t cached[SHM_NCLASSES])
+uint64_t percpu_counts(struct heap *h, uint64_t in_use[SHM_NCLASSES], uint64_t cached[SHM_NCLASSES])
 {
     char *caches;
 

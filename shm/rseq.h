@@ -50,6 +50,9 @@ static inline int rseq_available(void)
     return __rseq_size != 0;
 }
 
+/* clang-format would break the asm templates' one instruction per line. */
+/* clang-format off */
+
 /* The descriptor (label 3), the sequence's start (1) and commit end (2),
  * and the abort handler (4) in its own section, after the signature. */
 #define RSEQ_CS_DESCRIPTOR                                                     \
@@ -177,8 +180,12 @@ abort:
 /* Batch push (a refill): moves buf[0..k-1] into the cache, k = min(n,
  * room), and adds k to both count and net in the one commit. Returns k (0:
  * full, or no cache for this CPU). */
-static inline uint64_t rseq_pcpu_push_batch(
-        struct rseq *rs, const uint32_t *ncpu, char *cbase, const uint64_t *buf, uint64_t n, uint32_t cap)
+static inline uint64_t rseq_pcpu_push_batch(struct rseq *rs,
+                                            const uint32_t *ncpu,
+                                            char *cbase,
+                                            const uint64_t *buf,
+                                            uint64_t n,
+                                            uint32_t cap)
 {
     uint64_t c, w, t, k, u, x;
 
@@ -266,5 +273,7 @@ none:
 abort:
     goto retry;
 }
+
+/* clang-format on */
 
 #endif
