@@ -76,6 +76,7 @@ struct heap {
     char *pcpu_caches;
     uint32_t pcpu_ncpus;
     uint32_t pcpu_tried;
+    uint64_t pcpu_missed_ns; /* when the figures last found no area (percpu_counts) */
     struct seg_map segs[SHM_MAX_SEGMENTS];
 };
 

@@ -395,10 +395,22 @@ uint64_t percpu_drain_all(struct heap *h, uint64_t *ret_left)
 
 uint64_t percpu_counts(struct heap *h, uint64_t in_use[SHM_NCLASSES], uint64_t cached[SHM_NCLASSES])
 {
+    uint64_t now = 0;
     char *caches;
 
-    if (percpu_attach(h, false) < 0)
-        return 0;
+    /* The figures look for an area at most every 100 ms while there is
+     * none (the lookup takes the control lock and reads the 256 roots: a
+     * quarter of heap_stats' time); an area made meanwhile shows a little
+     * later. Drains (trim, sweep, verify) always look. */
+    if (!load_acquire(&h->pcpu_caches)) {
+        now = os_now_ns();
+        if (now - load_relaxed(&h->pcpu_missed_ns) < 100000000u)
+            return 0;
+        if (percpu_attach(h, false) < 0) {
+            store_relaxed(&h->pcpu_missed_ns, now);
+            return 0;
+        }
+    }
     caches = load_acquire(&h->pcpu_caches);
     for (uint32_t cpu = 0; cpu < load_relaxed(&h->pcpu_ncpus); cpu++)
         for (unsigned cls = 0; cls < PCPU_NCLASSES; cls++) {
