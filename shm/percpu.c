@@ -218,15 +218,26 @@ static uint64_t pcpu_flush(struct heap *h, struct tcache *tc, char *caches, unsi
     tcache_enter(tc);
     k = rseq_pcpu_pop_batch(rseq_self(), &h->pcpu_ncpus, pcpu_cbase(caches, cls), buf, PCPU_BATCH);
     if (k) {
+        uint64_t n = 0;
+
         w = load_relaxed(&bin->head);
         head = bin_off(w);
         for (uint64_t i = k; i-- > 0;) {
+            /* Another process may have freed it in a segment we have not
+             * mapped yet: heap_obj_at maps it (and refuses a bad offset,
+             * which is then lost, and counted). */
+            if (!heap_obj_at(h, buf[i])) {
+                heap_count_bad_free(h);
+                (void) fetch_add_relaxed(&h->ctl->lost_objects, 1);
+                continue;
+            }
             store_relaxed(obj_tag(h, buf[i], cls), (uint16_t) 0);
             obj_words(h, buf[i])[0] = head;
             head = buf[i];
+            n++;
         }
-        store_relaxed(&bin->head, bin_word(head, bin_count(w) + (uint32_t) k));
-        bin_net_add(bin, (int64_t) k);
+        store_relaxed(&bin->head, bin_word(head, bin_count(w) + (uint32_t) n));
+        bin_net_add(bin, (int64_t) n);
         while (bin_count(load_relaxed(&bin->head)) >= load_relaxed(&h->bin_cap[cls])) {
             uint32_t before = bin_count(load_relaxed(&bin->head));
 
@@ -246,13 +257,17 @@ void *percpu_malloc_slow(struct heap *h, struct tcache *tc, unsigned cls)
 
     if (!caches)
         return NULL;
+    /* The top object may lie in a segment another process made and we
+     * have not mapped yet (it was published before that process could
+     * allocate there, so mapping what is published now covers it). */
+    (void) heap_sync_segments(h);
     /* The first try takes what the cache has (this process may just have
      * attached the area); then a refill before each. */
     for (unsigned tries = 0; tries < 3; tries++) {
         if (tries > 0 && pcpu_refill(h, tc, caches, cls) <= 0)
             return NULL; /* the thread cache's path sets errno */
-        off = rseq_pcpu_pop(rseq_self(), &h->pcpu_ncpus, pcpu_cbase(caches, cls), h->base,
-                            h->tag_geo[cls].off, h->tag_geo[cls].mul, tc->owner_tag);
+        off = rseq_pcpu_pop(rseq_self(), &h->pcpu_ncpus, &h->nmapped, pcpu_cbase(caches, cls),
+                            h->base, h->tag_geo[cls].off, h->tag_geo[cls].mul, tc->owner_tag);
         if (off) {
             struct cache_slot *s = tc->slot;
             uint32_t ops = load_relaxed(&s->ops) + 1;

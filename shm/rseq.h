@@ -30,6 +30,8 @@
 #include <stdint.h>
 #include <sys/rseq.h>
 
+#include "shm/layout.h"
+
 #if !defined(__x86_64__)
 #    error "shm/rseq.h: the per-CPU caches have an x86-64 implementation only"
 #endif
@@ -88,14 +90,18 @@ static inline int rseq_available(void)
     "shlq $" RSEQ_STR(RSEQ_PCPU_CPU_SHIFT) ", %[c]\n\t"                        \
     "addq %[cbase], %[c]\n\t"
 
-/* Pop: the object's offset, or 0 (empty cache, or no cache for this CPU).
- * Before the commit it writes `tag` into the object's owner tag: the u16
+/* Pop: the object's offset, or 0 (empty cache, no cache for this CPU, or
+ * the object lies in a segment at or past *nmapped, which this process
+ * has not mapped yet: another process freed it there; the caller maps
+ * and retries). Before the commit it writes `tag` into the object's owner
+ * tag: the u16
  * at its block's start + toff + 2 * ((bytes into the block * mul) >> 32)
  * (obj_tag_at() in internal.h). An abort after that store leaves the tag
  * on an object still in the cache (see percpu.c: the sweep drains the CPU
  * caches before it reads tags). */
 static inline __attribute__((always_inline)) uint64_t rseq_pcpu_pop(struct rseq *rs,
                                                                    const uint32_t *ncpu,
+                                                                   const uint32_t *nmapped,
                                                                    char *cbase,
                                                                    char *base,
                                                                    uint64_t toff,
@@ -113,6 +119,12 @@ retry:
              "jz %l[none]\n\t"
              /* slots[count - 1] is at c + 8 * count. */
              "movq (%[c],%[t],8), %[off]\n\t"
+             /* A plain load of nmapped is an acquire on x86-64 (pairs
+              * with heap_map_segment's release of it). */
+             "movq %[off], %[u]\n\t"
+             "shrq %[segshift], %[u]\n\t"
+             "cmpl %[nmapped], %k[u]\n\t"
+             "jae %l[none]\n\t"
              "leaq (%[base],%[off]), %[t]\n\t"
              "movzwl %w[t], %k[u]\n\t"
              "subq %[u], %[t]\n\t"
@@ -124,7 +136,8 @@ retry:
              "movq %[w], (%[c])\n\t" /* commit */
              "2:\n\t" RSEQ_CS_ABORT("abort")
              : [c] "=&r"(c), [w] "=&r"(w), [t] "=&r"(t), [u] "=&r"(u), [off] "=&r"(off)
-             : [rs] "r"(rs), [ncpu] "m"(*ncpu), [cbase] "r"(cbase), [base] "r"(base),
+             : [rs] "r"(rs), [ncpu] "m"(*ncpu), [nmapped] "m"(*nmapped),
+               [segshift] "i"(SHM_SEG_SHIFT), [cbase] "r"(cbase), [base] "r"(base),
                [toff] "r"(toff), [mul] "r"(mul), [tag] "r"(tag)
              : "memory", "cc"
              : none, abort);

@@ -3,6 +3,11 @@
  * shared:  a process frees objects into CPU 0's caches and another
  *          process, pinned to CPU 0 too, gets exactly those objects back:
  *          the caches belong to the CPU, not to a process.
+ * mapping: an object freed into a CPU cache by the process that grew the
+ *          heap lies in a segment another process has not mapped yet;
+ *          that process's pop must not touch it before it maps the
+ *          segment (it used to fault on the owner tag's store: found by
+ *          client_four_processes_cross_free in a PERCPU=1 build).
  * kill:    a child churning through the per-CPU path in two threads is
  *          SIGKILLed at a random moment, 20 times on one heap; after each
  *          kill the parent reclaims the dead (its slots, then the sweep of
@@ -15,6 +20,7 @@
  *          caches", kill windows).
  * Skipped (passing, with a note) where glibc registered no rseq. */
 #include <check.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
@@ -103,6 +109,94 @@ START_TEST(percpu_shared_by_processes)
     for (unsigned i = 0; i < SHARED_N; i++)
         percpu_free(t.h, p[i]);
     mp_wait_ok(mp_fork(shared_child, c, 0), "the other process on CPU 0");
+    th_verify(t.h);
+    th_destroy(&t);
+    mp_shared_free(c, sizeof(*c));
+}
+END_TEST
+
+/* ---- an object in a segment the popper has not mapped ---- */
+
+struct mapping_ctx {
+    struct test_heap *t;
+    uint32_t attached; /* atomic: the child has attached (mapped what exists) */
+    uint32_t pushed;   /* atomic: the parent has freed the object into CPU 0's cache */
+    uint64_t off;
+};
+
+static int mapping_child(void *arg, unsigned idx)
+{
+    struct mapping_ctx *c = arg;
+    struct heap *h = th_attach_child(c->t, 60 + idx);
+    void *p;
+
+    MP_REQUIRE(pin_cpu0() == 0, "sched_setaffinity");
+    p = percpu_malloc(h, 16); /* attaches the area; maps what exists now */
+    MP_REQUIRE(p != NULL, "percpu_malloc");
+    percpu_free(h, p);
+    __atomic_store_n(&c->attached, 1, __ATOMIC_RELEASE);
+    while (!__atomic_load_n(&c->pushed, __ATOMIC_ACQUIRE))
+        mp_sleep_ms(1);
+    MP_REQUIRE((c->off >> SHM_SEG_SHIFT) >= load_acquire(&h->nmapped),
+               "the object's segment is mapped already: the test tests nothing");
+    /* Here the new segment cannot be mapped at all (a heap_local child
+     * has no way to get its fd): the pop must leave the object alone
+     * rather than write its tag into unmapped address space. NULL (our
+     * segment is full and we cannot grow) or another object is fine. */
+    p = percpu_malloc(h, 96);
+    MP_REQUIRE(!p || heap_to_off(h, p) != c->off, "took an object it cannot have mapped");
+    if (p)
+        percpu_free(h, p);
+    heap_detach(h);
+    return 0;
+}
+
+START_TEST(percpu_pop_unmapped_segment)
+{
+    struct mapping_ctx *c = mp_shared_alloc(sizeof(*c));
+    struct shm_config cfg;
+    struct test_heap t;
+    void *big[64], *p = NULL;
+    unsigned nbig = 0;
+    pid_t pid;
+
+    if (no_rseq())
+        return;
+    th_config(&cfg, UINT64_C(64) << 20);
+    th_create(&t, &cfg, SHM_PAGES_OFF);
+    c->t = &t;
+    ck_assert_int_eq(pin_cpu0(), 0);
+    pid = mp_fork(mapping_child, c, 0);
+    while (!__atomic_load_n(&c->attached, __ATOMIC_ACQUIRE))
+        mp_sleep_ms(1);
+    /* Fill segment 1 with large objects until the heap grows, then take
+     * small objects until one lies in the new segment. */
+    while (load_acquire(&t.h->nmapped) < 3 && nbig < 64) {
+        big[nbig] = heap_malloc(t.h, UINT64_C(4) << 20);
+        ck_assert_ptr_nonnull(big[nbig]);
+        nbig++;
+    }
+    ck_assert_uint_ge(load_acquire(&t.h->nmapped), 3);
+    for (unsigned i = 0; i < 100000; i++) {
+        p = percpu_malloc(t.h, 96);
+        ck_assert_ptr_nonnull(p);
+        if ((heap_to_off(t.h, p) >> SHM_SEG_SHIFT) >= 2)
+            break;
+    }
+    c->off = heap_to_off(t.h, p);
+    ck_assert_uint_ge(c->off >> SHM_SEG_SHIFT, 2);
+    mp_fill_sparse(p, 96, mp_tag(2, 0, 0));
+    /* On top of CPU 0's cache of its class. */
+    (void) percpu_drain_all(t.h, NULL);
+    percpu_free(t.h, p);
+    __atomic_store_n(&c->pushed, 1, __ATOMIC_RELEASE);
+    mp_wait_ok(pid, "the process that had not mapped the segment");
+    /* Still on top of CPU 0's cache. */
+    ck_assert_ptr_eq(percpu_malloc(t.h, 96), p);
+    ck_assert(mp_check_sparse(p, 96, mp_tag(2, 0, 0)));
+    heap_free(t.h, p);
+    while (nbig > 0)
+        heap_free(t.h, big[--nbig]);
     th_verify(t.h);
     th_destroy(&t);
     mp_shared_free(c, sizeof(*c));
@@ -262,6 +356,7 @@ Suite *percpu_death_suite(void)
 
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, percpu_shared_by_processes);
+    tcase_add_test(tc, percpu_pop_unmapped_segment);
     tcase_add_test(tc, percpu_random_kill);
     suite_add_tcase(s, tc);
     return s;
