@@ -413,14 +413,21 @@ uint64_t percpu_counts(struct heap *h, uint64_t in_use[SHM_NCLASSES], uint64_t c
     uint64_t now = 0;
     char *caches;
 
-    /* The figures look for an area at most every 100 ms while there is
-     * none (the lookup takes the control lock and reads the 256 roots: a
-     * quarter of heap_stats' time); an area made meanwhile shows a little
-     * later. Drains (trim, sweep, verify) always look. */
+    /* Where the fast paths do not use the caches (a build without
+     * SHMHEAP_PERCPU: only tests enter them), the figures look for an area
+     * at most every 100 ms while there is none: the lookup takes the
+     * control lock and reads the 256 roots, about twice heap_stats' own
+     * time. With SHMHEAP_PERCPU they look every time (the first malloc
+     * makes the area, and from then on it is known), so that an area
+     * another process just made is never missed: the objects in use
+     * through it would be (decay_kill_storm_keeps_live_objects saw it).
+     * Drains (trim, sweep, verify) always look. */
     if (!load_acquire(&h->pcpu_caches)) {
         now = os_now_ns();
+#ifndef SHMHEAP_PERCPU
         if (now - load_relaxed(&h->pcpu_missed_ns) < 100000000u)
             return 0;
+#endif
         if (percpu_attach(h, false) < 0) {
             store_relaxed(&h->pcpu_missed_ns, now);
             return 0;

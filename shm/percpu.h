@@ -153,7 +153,8 @@ uint64_t percpu_drain_all(struct heap *h, uint64_t *ret_left);
  * wrapping: add to other sums) and objects cached. Returns the area's
  * bytes in whole blocks (a RUN_LARGE run that the figures take off the
  * bytes in use: it is the allocator's own); 0 and nothing added when the
- * heap has no area (looked for at most every 100 ms while there is none). */
+ * heap has no area (in a build without SHMHEAP_PERCPU looked for at most
+ * every 100 ms while there is none). */
 uint64_t
 percpu_counts(struct heap *h, uint64_t in_use[SHM_NCLASSES], uint64_t cached[SHM_NCLASSES]);
 
