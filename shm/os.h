@@ -4,9 +4,9 @@
 #define SHM_OS_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stddef.h>
-#include <sched.h>
 #include <stdint.h>
 #include <sys/types.h>
 

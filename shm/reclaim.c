@@ -191,9 +191,9 @@ static int sweep_owner(struct heap *h, uint32_t index, struct heap_owned_reclaim
         }
     }
     /* Objects in the per-CPU caches may carry its tag too (a pop aborted
-     * after its tag store, a free that kept the tag): the caches go back
-     * to the slabs first. A CPU we cannot run on may hold some: no sweep
-     * until one can (percpu.c). */
+     * after its tag store, a free that kept the tag): the caches are
+     * emptied first, clearing the tags on the way. A CPU we cannot run on
+     * may hold some: no sweep until one can (percpu.c). */
     {
         uint64_t left;
 

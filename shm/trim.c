@@ -91,7 +91,8 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
             break;
         sleep_ms(1);
     }
-    (void) percpu_drain_all(h, NULL); /* before the recyclers: they go to the slabs */
+    /* The per-CPU caches empty into the recyclers, which go to the slabs. */
+    (void) percpu_drain_all(h, NULL);
     tcache_drain_recyclers(h);
     reclaim_busy_all(h);
     retain = load_relaxed(&c->config.retain_empty_blocks);

@@ -297,8 +297,9 @@ int heap_verify(struct heap *h, struct verify_report *ret)
     memset(ret, 0, sizeof(*ret));
     ret->consistent = true;
     (void) heap_sync_segments(h);
-    /* The per-CPU caches go back to the slabs first (percpu.c): what a CPU
-     * we may not run on keeps is counted below, not walked. */
+    /* The per-CPU caches are emptied first (percpu.c: through our own
+     * cache to the recyclers, both walked below); what a CPU we may not
+     * run on keeps is counted below, not walked. */
     (void) percpu_drain_all(h, &pcpu_left);
     /* Freeze the caches: take every slot (dead owners' too). */
     for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++) {
