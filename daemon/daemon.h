@@ -37,6 +37,7 @@
 struct daemon;
 struct conn;
 struct client;
+struct proc;
 struct metrics;
 
 /* Doubly linked list links, kept by hand (no list library). */
@@ -106,8 +107,11 @@ struct conn {
     uint64_t connected_ns;
     struct client *client; /* after hello */
     struct outbuf *out_head, *out_tail;
-    size_t inlen;
-    char in[WIRE_LINE_MAX];
+    /* The request bytes read so far: allocated on the first byte, grown
+     * by doubling up to WIRE_LINE_MAX, freed once every line in it has
+     * been handled, so an idle connection costs no buffer (conn.c). */
+    char *in;
+    size_t incap, inlen;
 };
 
 struct client {
@@ -117,12 +121,10 @@ struct client {
     struct peer peer;
     uint64_t attached_ns;
     struct conn *conn; /* NULL after a detach */
-    int pidfd;         /* -1 if none could be had */
-    uv_poll_t pidfd_poll;
-    bool pidfd_polling;
-    bool exited;    /* reclamation started */
-    bool exit_seen; /* its pidfd said so (else only its hang-up did) */
-    unsigned handles;
+    struct proc *proc; /* its process's watch (procs.c), NULL if none */
+    bool held;         /* detached, but still holds owner entries or caches */
+    bool exited;       /* reclamation started */
+    bool exit_seen;    /* its pidfd said so (else only its hang-up did) */
 };
 
 /* The automatic trim policy's state (decay.c), on the loop thread only. */
@@ -241,6 +243,8 @@ struct daemon {
     uint64_t next_conn_serial;
     struct link clients;
     unsigned nclients; /* attached (connection open) */
+    struct link procs; /* procs.c: one pidfd per watched process */
+    unsigned nprocs;
     uint64_t next_client_id;
 
     /* The pool (work.c). */
@@ -423,6 +427,25 @@ void clients_reclaimed(struct client *cl,
                        int arenas,
                        int owned_r,
                        const struct heap_owned_reclaim *owned);
+/* procs.c: cl's process (a struct proc) has exited: reclaims every client
+ * that watches it. */
+void clients_process_exited(struct daemon *d, struct proc *p);
+/* work.c: the detach job of client_id is done; held: it still owns owner
+ * entries or caches (its record stays until its process exits); arenas:
+ * SESSION arenas destroyed (only when nothing was held). */
+void clients_detach_swept(struct daemon *d, uint64_t client_id, bool held, int arenas);
+
+/* ---- procs.c: one pidfd per client process ---- */
+/* A watch of pid's process, shared with the other clients of that process
+ * (conn_fd: a connection of the process, for SO_PEERPIDFD, or -1).
+ * Returns 0 or a negative errno. */
+int procs_watch(struct daemon *d, pid_t pid, int conn_fd, struct proc **ret);
+/* Drops a reference; the last one closes the pidfd. */
+void procs_unwatch(struct proc *p);
+/* Whether the watched process has exited (its pidfd readable now). */
+bool procs_exited(struct proc *p);
+pid_t procs_pid(const struct proc *p);
+
 /* ---- quota.c ---- */
 void quota_start(struct daemon *d);
 /* One tick: what the timer runs every QUOTA_TICK_MS (the fuzz harness

@@ -199,6 +199,7 @@ static void daemon_defaults(struct daemon *d)
     d->config_path = arg_config_path;
     link_init(&d->conns);
     link_init(&d->clients);
+    link_init(&d->procs);
     pthread_mutex_init(&d->work_lock, NULL);
 }
 

@@ -260,6 +260,9 @@ int heap_reclaim_owned(struct heap *h,
                        struct heap_owned_reclaim *ret);
 /* Same for every attachment that detached or whose process is gone. */
 int heap_reclaim_owned_gone(struct heap *h, struct heap_owned_reclaim *ret);
+/* Owner entries in use (live, detached or being swept) by client_id's
+ * attachments: 0 once a clean detach has been swept (owned.c). */
+uint32_t heap_client_owners(struct heap *h, uint64_t client_id);
 
 /* ---- figures (stats.c) ---- */
 struct heap_class_stats {

@@ -61,6 +61,7 @@ static void fuzz_setup(void)
         d->stored_fds[i] = -1; /* nothing from systemd's fd store */
     link_init(&d->conns);
     link_init(&d->clients);
+    link_init(&d->procs);
     pthread_mutex_init(&d->work_lock, NULL);
     /* A small heap on 4K pages, no periodic trim: what a test daemon runs. */
     r = config_parse_text("{\"segment_size\":\"64M\",\"huge_pages\":\"off\",\"max_segments\":4,"
