@@ -321,6 +321,13 @@ SHMHEAP_EXPORT int shmheap_attach(const char *socket_path, shmheap_t **out)
         r = r == -EPROTO || r == -EBADF ? -SHMHEAP_EPROTO : client_errno_code(r);
         goto fail_close;
     }
+    /* Under valgrind or ASan, before the first allocation (track.c). */
+    r = client_track_start(c, heap);
+    if (r < 0) {
+        heap_detach(heap);
+        r = client_errno_code(r);
+        goto fail_close;
+    }
     /* Fds of segments the core did not map (retired ones) are not needed;
      * from here on the hooks may run in any thread. */
     pthread_mutex_lock(&c->conn.lock);
@@ -330,6 +337,7 @@ SHMHEAP_EXPORT int shmheap_attach(const char *socket_path, shmheap_t **out)
     r = reconnect_start(c);
     if (r < 0) {
         heap_detach(heap);
+        client_track_stop(c);
         goto fail_close;
     }
     *out = (shmheap_t *) (void *) heap;
@@ -357,9 +365,12 @@ SHMHEAP_EXPORT void shmheap_detach(shmheap_t *h)
     /* The watcher reads the heap (its control fd, what is mapped): it
      * stops first. The hooks then use the connection as it is; one that
      * is down fails them (the daemon reclaims what could not go back). */
-    if (!forked)
+    if (!forked) {
         reconnect_stop(c); /* the parent's thread: not the child's to stop */
+        client_track_flush(c);
+    }
     heap_detach(handle_heap(h));
+    client_track_stop(c);
     pending_close_all(c);
     if (forked) {
         /* The parent's copy keeps the connection open; the lock may have

@@ -74,7 +74,8 @@ struct client {
     uint64_t reconnects;    /* under rc_lock */
     pthread_t rc_thread;
     bool rc_running;
-    int rc_wake; /* eventfd: tells the watcher to stop */
+    int rc_wake;         /* eventfd: tells the watcher to stop */
+    struct track *track; /* track.c: under valgrind or ASan, else NULL */
 };
 
 /* The owner entry of the attachment as the protocol's `owner` (index + 1),
@@ -98,6 +99,20 @@ static inline struct client *client_of(shmheap_t *h)
 /* ---- conn.c ---- */
 /* The socket path rule of INTERFACE.md into buf; -SHMHEAP_EINVAL when it
  * does not fit a sockaddr_un. */
+/* ---- track.c: memory debuggers (valgrind's memcheck, ASan) ---- */
+struct track;
+/* Tracks h's objects if a tool is there (SHMHEAP_TRACK=0: never). */
+int client_track_start(struct client *c, struct heap *h);
+void client_track_stop(struct client *c);
+/* The size asked for a tracked object p, 0 if p is not one. */
+size_t client_track_size(struct client *c, const void *p);
+/* realloc that always moves (each object keeps the size the tool knows). */
+void *client_track_realloc(struct client *c, void *p, size_t size);
+/* p is shared (shmheap_to_off): no longer this process's to free. */
+void client_track_share(struct client *c, const void *p);
+/* Frees what the quarantine holds (before the detach). */
+void client_track_flush(struct client *c);
+
 int conn_default_path(const char *arg, char *buf, size_t len);
 /* Connects (SOCK_CLOEXEC). -SHMHEAP_ECONNECT with the path in
  * shmheap_last_error() when nobody listens there. */

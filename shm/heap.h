@@ -143,6 +143,26 @@ void heap_detach(struct heap *h);
 /* Maps segments published since the last call. */
 int heap_sync_segments(struct heap *h);
 
+/* ---- tracking for memory debuggers (alloc.c) ----
+ * Set on an attachment (before its first allocation), these are told of
+ * every object its malloc family hands out and of every free this process
+ * makes of one, so that valgrind or ASan can report misuse of shmheap
+ * objects as of malloc's (client/track.c). A tracked attachment never
+ * takes the fast paths: its threads' caches are found by the slow lookup
+ * (tcache_get never makes them the thread's last cache), so the hooks live
+ * on the slow paths and an untracked attachment pays nothing for them. */
+struct heap_track {
+    void *ctx;
+    /* p was handed out for `size` bytes (its usable size may be more). */
+    void (*alloc)(void *ctx, void *p, size_t size);
+    /* p, a pointer this process frees: true if the hook keeps it (it
+     * frees it later through heap_free, when its own free returns false
+     * for it); false: the heap frees it now. */
+    bool (*free)(void *ctx, void *p);
+};
+/* NULL: untracked (the default). */
+void heap_set_track(struct heap *h, const struct heap_track *track);
+
 /* ---- allocation (tcache.c, alloc.c) ---- */
 void *heap_malloc(struct heap *h, size_t size);
 void *heap_calloc(struct heap *h, size_t n, size_t size);

@@ -51,6 +51,7 @@ struct heap {
     uint32_t seg_hint; /* the segment to try first for fresh blocks */
     uint32_t va_slots; /* segment slots the reservation covers (attach.c) */
     struct heap_hooks hooks;
+    const struct heap_track *track; /* NULL unless tracked (alloc.c, heap_set_track) */
     pthread_mutex_t local_lock; /* mapping new segments, the tcache list */
     pthread_key_t key;          /* flushes a thread's cache when it exits */
     struct tcache *caches;      /* every live tcache of this attachment */
