@@ -6,7 +6,11 @@
  * malloc that would need one past the cut fails with ENOMEM.
  *
  * Not under ASan or TSan: their shadow memory needs the address space a
- * tight RLIMIT_AS takes away, and valgrind cannot run sanitized programs. */
+ * tight RLIMIT_AS takes away, and valgrind cannot run sanitized programs.
+ *
+ * Then the tools' reports (client/track.c): tests/track/track_user makes
+ * one mistake per run with shmheap objects, which memcheck (and, in the
+ * ASan build, ASan) must report as it would for malloc's. */
 #include <check.h>
 #include <errno.h>
 #include <stdio.h>
