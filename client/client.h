@@ -74,6 +74,7 @@ struct client {
     uint64_t reconnects;    /* under rc_lock */
     pthread_t rc_thread;
     bool rc_running;
+    bool rc_started;     /* the watcher is past its start-up, under rc_lock */
     int rc_wake;         /* eventfd: tells the watcher to stop */
     struct track *track; /* track.c: under valgrind or ASan, else NULL */
 };
