@@ -125,6 +125,7 @@ int clients_attach(struct daemon *d, struct conn *c, uint64_t resume_id, struct 
         d->nclients++;
         if (!cl->proc)
             client_watch(cl, c->fd);
+        metrics_clients_changed(d);
         log_info("client %" PRIu64 " attached again: pid %d, uid %u (connection %" PRIu64 ")",
                  cl->id, (int) cl->peer.pid, (unsigned) cl->peer.uid, c->serial);
         *ret = cl;
@@ -232,6 +233,7 @@ void clients_detach_swept(struct daemon *d, uint64_t client_id, bool held, int a
         return; /* attached again, or its exit is being reclaimed */
     if (held) {
         cl->held = true;
+        metrics_clients_changed(d);
         log_info("client %" PRIu64 " (pid %d) detached; what it still holds is reclaimed when "
                  "it exits",
                  cl->id, (int) cl->peer.pid);

@@ -392,6 +392,7 @@ struct client_view {
     uint64_t id;
     pid_t pid;
     bool attached; /* its connection is open */
+    bool held;     /* detached, still holding owner entries or caches */
 };
 /* A copy of the client list (loop thread). Returns 0 or -ENOMEM; *ret_views
  * is malloc'd. */

@@ -96,7 +96,7 @@ int client_views(struct daemon *d, struct client_view **ret_views, size_t *ret_n
         const struct client *cl = container_of(l, struct client, link);
 
         v[i] = (struct client_view){
-                .id = cl->id, .pid = cl->peer.pid, .attached = cl->conn != NULL};
+                .id = cl->id, .pid = cl->peer.pid, .attached = cl->conn != NULL, .held = cl->held};
     }
     *ret_views = v;
     *ret_n = n;
@@ -122,7 +122,7 @@ static bool add_per_client(cJSON *stats,
 
         attached += views[i].attached;
         (void) heap_client_usage(heap, views[i].id, 0, &u);
-        if (!views[i].attached && u.threads == 0)
+        if (!views[i].attached && u.threads == 0 && !views[i].held)
             continue;
         o = cJSON_CreateObject();
         if (!o || !cJSON_AddItemToArray(a, o)) {
