@@ -1,9 +1,11 @@
 /* Attaching to shmheapd and detaching.
  *
  * shmheap_attach: connect to the socket (conn.c), send `hello`, receive the
- * segment list with one fd per segment (index 0 is the control segment),
- * and hand the control fd to the core's heap_attach, which maps every live
- * segment through hooks.open_segment. The connection stays open for the
+ * segment list with one fd per segment (index 0 is the control segment)
+ * and the header page's fd, and hand the control fd to the core's
+ * heap_attach, which maps the header page read-only over the control
+ * segment's first page (hooks.open_header) and every live segment through
+ * hooks.open_segment. The connection stays open for the
  * life of the handle: the daemon tracks the client by it and, when it
  * closes or the process dies, reclaims what the client left (caches,
  * SESSION arenas).
@@ -146,6 +148,16 @@ static int hook_open_segment(void *ctx, uint32_t index)
     return r;
 }
 
+/* The header page from hello, mapped once by heap_attach. */
+static int hook_open_header(void *ctx)
+{
+    struct client *c = ctx;
+    int fd = c->header_fd;
+
+    c->header_fd = -1;
+    return fd >= 0 ? fd : -EBADF;
+}
+
 static int hook_grow(void *ctx, uint64_t min_bytes)
 {
     struct client *c = ctx;
@@ -203,11 +215,12 @@ int client_hello(struct client *c,
                  struct conn *conn,
                  bool resume,
                  unsigned timeout_ms,
-                 int fds[SHM_MAX_SEGMENTS])
+                 int fds[SHM_MAX_SEGMENTS],
+                 int *ret_header_fd)
 {
     const cJSON *segs, *s;
     struct reply rep;
-    uint64_t version, client_id;
+    uint64_t version, client_id, header_page;
     unsigned i = 0;
     cJSON *req;
     int r, ctl_fd = -1;
@@ -244,9 +257,11 @@ int client_hello(struct client *c,
         goto out;
     }
     segs = cJSON_GetObjectItemCaseSensitive(rep.json, "segments");
-    if (!cJSON_IsArray(segs) || (unsigned) cJSON_GetArraySize(segs) != rep.nfds) {
-        client_set_error("shmheapd at %s sent %u fds for %d segments", c->conn.path, rep.nfds,
-                         cJSON_GetArraySize(segs));
+    /* One fd per segment, then the header page's. */
+    if (!json_get_u64(rep.json, "header_page", &header_page) || header_page != SHM_HEADER_PAGE ||
+        !cJSON_IsArray(segs) || (unsigned) cJSON_GetArraySize(segs) + 1 != rep.nfds) {
+        client_set_error("shmheapd at %s sent %u fds for %d segments and a header page",
+                         c->conn.path, rep.nfds, cJSON_GetArraySize(segs));
         goto out;
     }
     cJSON_ArrayForEach(s, segs)
@@ -274,6 +289,8 @@ int client_hello(struct client *c,
         goto out;
     }
     c->client_id = client_id;
+    *ret_header_fd = rep.fds[i];
+    rep.fds[i] = -1;
     r = ctl_fd;
     ctl_fd = -1;
 out:
@@ -285,7 +302,8 @@ out:
 
 SHMHEAP_EXPORT int shmheap_attach(const char *socket_path, shmheap_t **out)
 {
-    struct heap_hooks hooks = {.open_segment = hook_open_segment, .grow = hook_grow};
+    struct heap_hooks hooks = {
+            .open_segment = hook_open_segment, .grow = hook_grow, .open_header = hook_open_header};
     char path[sizeof(((struct conn *) 0)->path)];
     struct client *c;
     struct heap *heap;
@@ -303,12 +321,13 @@ SHMHEAP_EXPORT int shmheap_attach(const char *socket_path, shmheap_t **out)
         return -SHMHEAP_ENOMEM;
     c->pid = getpid();
     c->conn.fd = -1;
+    c->header_fd = -1;
     for (unsigned i = 0; i < SHM_MAX_SEGMENTS; i++)
         c->pending_fd[i] = -1;
     r = conn_open(&c->conn, path);
     if (r < 0)
         goto fail_free;
-    ctl_fd = client_hello(c, &c->conn, false, CONN_TIMEOUT_MS, c->pending_fd);
+    ctl_fd = client_hello(c, &c->conn, false, CONN_TIMEOUT_MS, c->pending_fd, &c->header_fd);
     if (ctl_fd < 0) {
         r = ctl_fd;
         goto fail_close;
@@ -335,6 +354,8 @@ SHMHEAP_EXPORT int shmheap_attach(const char *socket_path, shmheap_t **out)
     *out = (shmheap_t *) (void *) heap;
     return 0;
 fail_close:
+    if (c->header_fd >= 0)
+        (void) close(c->header_fd);
     pending_close_all(c);
     conn_close(&c->conn);
 fail_free:

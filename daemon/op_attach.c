@@ -32,7 +32,8 @@ cJSON *segment_json(struct daemon *d, uint32_t index)
  * Only a process that had it: the id was handed out (by this daemon or the
  * one whose heap it adopted), no connection holds it, and the heap's
  * tables tie it to the peer's pid (its owner entry, `owner` = index + 1,
- * or else its thread caches). The tables are shared memory any client can
+ * or else its thread caches). The tables are the writable part of the
+ * control segment, which any client can
  * write, so this keeps honest clients apart; it cannot stop a process
  * that scribbles on the heap, which could do worse anyway. */
 static bool resume_allowed(struct conn *c, uint64_t id, uint64_t owner)
@@ -88,7 +89,7 @@ static bool resume_allowed(struct conn *c, uint64_t id, uint64_t owner)
 void op_hello(struct conn *c, const cJSON *req)
 {
     struct daemon *d = c->d;
-    int fds[SHM_MAX_SEGMENTS], nfds = 0;
+    int fds[SHM_MAX_SEGMENTS + 1], nfds = 0;
     uint64_t version = 0, pid = 0, resume_id = 0, owner = 0;
     struct client *cl;
     cJSON *reply, *segs;
@@ -141,6 +142,9 @@ void op_hello(struct conn *c, const cJSON *req)
         }
         fds[nfds++] = fd;
     }
+    /* The header page last: clients map it read-only over the control
+     * segment's first page (shm/header.c). */
+    fds[nfds++] = d->hdr.fd;
     r = clients_attach(d, c, resume_id, &cl);
     if (r < 0) {
         cJSON_Delete(reply);
@@ -149,7 +153,8 @@ void op_hello(struct conn *c, const cJSON *req)
     }
     if (!cJSON_AddNumberToObject(reply, "version", WIRE_VERSION) ||
         !json_add_u64(reply, "client_id", cl->id) ||
-        !cJSON_AddBoolToObject(reply, "resumed", resume_id != 0))
+        !cJSON_AddBoolToObject(reply, "resumed", resume_id != 0) ||
+        !cJSON_AddNumberToObject(reply, "header_page", SHM_HEADER_PAGE))
         goto oom;
     reply_ok(c, reply, fds, nfds);
     return;

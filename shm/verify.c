@@ -33,18 +33,31 @@ struct verify_ctx {
     bool oom;
 };
 
+static void vproblem(struct verify_report *rep, const char *fmt, va_list ap)
+{
+    rep->consistent = false;
+    if (rep->nproblems < sizeof(rep->problems) / sizeof(rep->problems[0]))
+        (void) vsnprintf(rep->problems[rep->nproblems], sizeof(rep->problems[0]), fmt, ap);
+    rep->nproblems++;
+}
+
 __attribute__((format(printf, 2, 3))) static void
 problem(struct verify_ctx *v, const char *fmt, ...)
 {
     va_list ap;
 
-    v->rep->consistent = false;
-    if (v->rep->nproblems < sizeof(v->rep->problems) / sizeof(v->rep->problems[0])) {
-        va_start(ap, fmt);
-        (void) vsnprintf(v->rep->problems[v->rep->nproblems], sizeof(v->rep->problems[0]), fmt, ap);
-        va_end(ap);
-    }
-    v->rep->nproblems++;
+    va_start(ap, fmt);
+    vproblem(v->rep, fmt, ap);
+    va_end(ap);
+}
+
+void heap_verify_problem(struct verify_report *rep, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vproblem(rep, fmt, ap);
+    va_end(ap);
 }
 
 static void seen_add(struct verify_ctx *v, uint64_t off, unsigned cls)

@@ -22,14 +22,22 @@
 static const struct {
     const char *key, *value;
 } new_values[] = {
-        {"segment_size", "134217728"},   {"huge_pages", "\"2M\""},
-        {"thread_cache_bytes", "65536"}, {"bundle_objects", "32"},
-        {"recycler_cap_bundles", "8"},   {"retain_empty_blocks", "0"},
-        {"trim_interval_ms", "60000"},   {"max_clients", "100"},
-        {"max_segments", "20"},          {"allowed_uids", "[1000,1002]"},
-        {"allowed_gids", "[1001]"},      {"log_level", "\"debug\""},
-        {"request_timeout_ms", "5000"},  {"idle_timeout_ms", "0"},
-        {"max_client_bytes", "268435456"}, {"max_uid_bytes", "1073741824"},
+        {"segment_size", "134217728"},
+        {"huge_pages", "\"2M\""},
+        {"thread_cache_bytes", "65536"},
+        {"bundle_objects", "32"},
+        {"recycler_cap_bundles", "8"},
+        {"retain_empty_blocks", "0"},
+        {"trim_interval_ms", "60000"},
+        {"max_clients", "100"},
+        {"max_segments", "20"},
+        {"allowed_uids", "[1000,1002]"},
+        {"allowed_gids", "[1001]"},
+        {"log_level", "\"debug\""},
+        {"request_timeout_ms", "5000"},
+        {"idle_timeout_ms", "0"},
+        {"max_client_bytes", "268435456"},
+        {"max_uid_bytes", "1073741824"},
         {"metrics_listen", "\"\""}, /* the default: check_metrics.c moves the endpoint */
         {"reconnect_wait_ms", "2000"},
         {"state_dir", "\"/dev/shm/shmheap-test-unused\""},
@@ -45,7 +53,8 @@ struct ctl_map {
     int sock;
 };
 
-/* Attaches by hello and maps the control segment read-only. */
+/* Attaches by hello and maps the header page (hello's last fd: the config
+ * and its generation, layout.h) read-only. */
 static void map_ctl(const char *sock, struct ctl_map *m)
 {
     int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0;
@@ -57,10 +66,11 @@ static void map_ctl(const char *sock, struct ctl_map *m)
     r = fixture_hello(m->sock, fds, &nfds);
     ck_assert(r && reply_is_ok(r));
     cJSON_Delete(r);
-    ck_assert_int_ge(nfds, 1);
-    ck_assert_int_eq(fstat(fds[0], &st), 0);
+    ck_assert_int_ge(nfds, 2);
+    ck_assert_int_eq(fstat(fds[nfds - 1], &st), 0);
     m->size = (size_t) st.st_size;
-    m->c = mmap(NULL, m->size, PROT_READ, MAP_SHARED, fds[0], 0);
+    ck_assert_uint_eq(m->size, SHM_HEADER_PAGE);
+    m->c = mmap(NULL, m->size, PROT_READ, MAP_SHARED, fds[nfds - 1], 0);
     ck_assert_ptr_ne(m->c, MAP_FAILED);
     for (int i = 0; i < nfds; i++)
         (void) close(fds[i]);

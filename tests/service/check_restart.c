@@ -703,7 +703,8 @@ static void damage(enum damage what, const char **ret_file)
     uint32_t version = 2;
     int fd;
 
-    *ret_file = what == DAMAGE_VERSION ? "control-segment" : "heap-segment-1";
+    /* The version is the header page's (shm/layout.h). */
+    *ret_file = what == DAMAGE_VERSION ? "header-page" : "heap-segment-1";
     file_path(path, sizeof(path), *ret_file);
     fd = open(path, O_RDWR | O_CLOEXEC);
     ck_assert_int_ge(fd, 0);
@@ -712,7 +713,7 @@ static void damage(enum damage what, const char **ret_file)
         ck_assert_int_eq(pwrite(fd, "NOTAHEAP", 8, 0), 8);
         break;
     case DAMAGE_VERSION:
-        /* struct ctl_header: magic (8 bytes), then the version. */
+        /* struct ctl_header's header page: magic (8 bytes), then the version. */
         ck_assert_int_eq(pwrite(fd, &version, 4, 8), 4);
         break;
     case DAMAGE_SIZE:
