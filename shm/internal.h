@@ -386,6 +386,12 @@ void reclaim_busy_all(struct heap *h);
 /* Whether slot s is OWNED. acquire: pairs with slot_claim()'s CAS and with
  * the release of FREE (slot_release, reclaim_slot), which publishes the
  * drained bins. */
+/* A state word a slot can have; any other was scribbled (slot.c). */
+static inline bool slot_state_valid(uint32_t state)
+{
+    return state <= SLOT_ORPHAN;
+}
+
 static inline bool slot_is_owned(const struct cache_slot *s)
 {
     return load_acquire(&s->state) == SLOT_OWNED;

@@ -18,8 +18,15 @@
  *                              + sum over cls of in use * size(cls)
  *   allocations             == large_allocs + allocs + ops
  * slots_high bounds every loop over the slots: no slot at or past it has
- * ever been claimed, and it only grows. */
+ * ever been claimed, and it only grows.
+ *
+ * Slots are in memory every attached process can write. A slot whose state
+ * word is no slot state at all was scribbled: what its bins held is lost
+ * (verify reports the slot), and a claimer takes it as free after zeroing
+ * it, so that a table of garbage never stops a later attach. (A thread that
+ * still used such a slot was broken by the scribble already.) */
 #include <errno.h>
+#include <string.h>
 
 #include "shm/internal.h"
 
@@ -29,14 +36,18 @@ int slot_claim(struct heap *h, uint32_t *ret_index)
 
     for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
         struct cache_slot *s = &c->slots[i];
-        uint32_t expected = SLOT_FREE;
+        uint32_t expected = load_relaxed(&s->state);
 
-        if (load_relaxed(&s->state) != SLOT_FREE)
+        if (expected != SLOT_FREE && slot_state_valid(expected))
             continue;
         /* acq_rel: acquires the bins as the last releaser of FREE left
          * them (slot_release, reclaim_slot); pairs with slot_is_owned(). */
         if (!cas_strong_acq_rel(&s->state, &expected, SLOT_OWNED))
             continue;
+        if (expected != SLOT_FREE)
+            /* Scribbled: nothing in it is anyone's any more. */
+            memset((char *) s + offsetof(struct cache_slot, pid), 0,
+                   sizeof(*s) - offsetof(struct cache_slot, pid));
         store_relaxed(&s->pid, (uint32_t) h->pid);
         store_relaxed(&s->client_id, h->client_id);
         store_relaxed(&s->busy, 0);

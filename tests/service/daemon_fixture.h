@@ -28,7 +28,8 @@
 
 #include <cjson/cJSON.h>
 
-#define DAEMON_FIXTURE_MAX_FDS 32 /* room ret_fds must have (SHM_MAX_SEGMENTS) */
+#define DAEMON_FIXTURE_MAX_FDS 33 /* room ret_fds must have (SHM_MAX_SEGMENTS + the header page) \
+                                   */
 
 struct daemon_fixture {
     char dir[64];          /* the mkdtemp directory */
