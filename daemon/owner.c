@@ -24,6 +24,8 @@
 #include "daemon/daemon.h"
 #include "shm/atomic.h"
 
+static const char zero_page[SHM_HEADER_PAGE];
+
 static int hook_open_segment(void *ctx, uint32_t index)
 {
     struct daemon *d = ctx;
@@ -224,6 +226,14 @@ static int owner_create(struct daemon *d)
         log_error("cannot create the header page: %s", strerror(-r));
         return r;
     }
+    /* The control memfd's own first page is never read again (every
+     * attachment maps the header page over it): zeroed, so that verify
+     * can tell a client wrote it (owner_verify). */
+    if (pwrite(d->ctl_fd, zero_page, SHM_HEADER_PAGE, 0) != (ssize_t) SHM_HEADER_PAGE) {
+        r = -errno;
+        log_error("cannot clear the control segment's first page: %m");
+        return r;
+    }
     d->seg_fds[0] = d->ctl_fd;
     d->seg_size[0] = (uint64_t) st.st_size;
     d->seg_page[0] = 4096;
@@ -368,6 +378,7 @@ void owner_verify(struct daemon *d, struct verify_report *rep)
 {
     const struct ctl_header *hp = d->hdr.page, *seen = heap_ctl(d->heap);
     const struct shm_config *want = &d->cfg.shm, *got = &hp->config;
+    char first[SHM_HEADER_PAGE];
     struct stat st;
 
     /* What the daemon's attachment reads (the mapping every client has)
@@ -377,6 +388,10 @@ void owner_verify(struct daemon *d, struct verify_report *rep)
     if (load_relaxed(&hp->magic) != SHM_CTL_MAGIC || hp->version != SHM_LAYOUT_VERSION ||
         hp->header_size != sizeof(struct ctl_header))
         heap_verify_problem(rep, "control segment: header magic, version or size wrong");
+    if (pread(d->ctl_fd, first, sizeof(first), 0) != (ssize_t) sizeof(first) ||
+        memcmp(first, zero_page, sizeof(first)) != 0)
+        heap_verify_problem(rep, "control segment: its own first page, under the header page, was "
+                                 "written (by a client: no one reads it)");
     if (fstat(d->ctl_fd, &st) < 0 || hp->ctl_size != (uint64_t) st.st_size)
         heap_verify_problem(rep, "control segment: the header says %" PRIu64 " bytes, not fstat's",
                             hp->ctl_size);

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -290,6 +291,78 @@ START_TEST(scribbler_header_read_only)
 }
 END_TEST
 
+/* Issue 9, item 7: a client writes random words over the first 4 KiB of the
+ * control segment. Through its mapping (the control segment with the header
+ * page over its first page, as libshmheap maps it) the write faults; what it
+ * can write, the control memfd's own first page, nobody reads. */
+static int stray_writer(void *arg, unsigned idx)
+{
+    struct share *sh = arg;
+    int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, sock, st;
+    uint64_t rng = SEED + idx, words[SHM_HEADER_PAGE / 8];
+    struct stat sst;
+    char *base;
+    pid_t pid;
+
+    sock = raw_hello(sh->socket_path, fds, &nfds);
+    MP_REQUIRE(fstat(fds[0], &sst) == 0, "fstat");
+    base = mmap(NULL, (size_t) sst.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+    MP_REQUIRE(base != MAP_FAILED, "map the control segment");
+    MP_REQUIRE(mmap(base, SHM_HEADER_PAGE, PROT_READ, MAP_SHARED | MAP_FIXED, fds[nfds - 1], 0) ==
+                       base,
+               "map the header page over it");
+    pid = fork();
+    MP_REQUIRE(pid >= 0, "fork");
+    if (pid == 0) {
+        scribble(base, SHM_HEADER_PAGE, &rng);
+        _exit(0);
+    }
+    MP_REQUIRE(waitpid(pid, &st, 0) == pid && WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
+               "a write to the header page in a client's mapping did not fault (status %#x)", st);
+    MP_REQUIRE(((struct ctl_header *) base)->magic == SHM_CTL_MAGIC, "the header changed");
+    scribble(words, sizeof(words), &rng);
+    MP_REQUIRE(pwrite(fds[0], words, sizeof(words), 0) == (ssize_t) sizeof(words),
+               "write the control memfd's first page");
+    sh->scribbled = sizeof(words);
+    for (int i = 0; i < nfds; i++)
+        (void) close(fds[i]);
+    (void) close(sock);
+    return 0;
+}
+
+START_TEST(scribbler_first_page)
+{
+    struct share *sh = mp_shared_alloc(sizeof(*sh));
+    struct daemon_fixture f;
+    unsigned attached = 0;
+    const cJSON *p;
+    cJSON *r;
+
+    fixture_start(&f, NULL);
+    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f.socket_path);
+    mp_wait_ok(mp_fork(stray_writer, sh, 0), "the stray writer");
+    for (unsigned i = 0; i < ATTACH_ROUNDS; i++) {
+        int st = mp_wait(mp_fork(fresh_client, sh, 10 + i));
+
+        attached += WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    }
+    expect_alive(&f);
+    r = fixture_op(&f, "{\"op\":\"verify\"}");
+    ck_assert(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(r, "consistent")));
+    ck_assert_int_eq(cJSON_GetObjectItemCaseSensitive(r, "problems_total")->valuedouble, 1);
+    p = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r, "problems"), 0);
+    ck_assert_ptr_nonnull(strstr(p->valuestring, "first page"));
+    fprintf(stderr,
+            "scribbler: 4 KiB of random words over the control segment's first page: "
+            "attaches afterwards %u of %u, verify: %s\n",
+            attached, ATTACH_ROUNDS, p->valuestring);
+    cJSON_Delete(r);
+    ck_assert_uint_eq(attached, ATTACH_ROUNDS);
+    fixture_stop(&f);
+    mp_shared_free(sh, sizeof(*sh));
+}
+END_TEST
+
 START_TEST(scribbler_damage)
 {
     struct share *sh = mp_shared_alloc(sizeof(*sh));
@@ -376,6 +449,7 @@ Suite *scribbler_suite(void)
 
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, scribbler_header_read_only);
+    tcase_add_test(tc, scribbler_first_page);
     tcase_add_test(tc, scribbler_damage);
     suite_add_tcase(s, tc);
     return s;
