@@ -595,6 +595,28 @@ static uint64_t reclaimed_now(void)
     return v;
 }
 
+#ifndef F_SEAL_FUTURE_WRITE
+#    define F_SEAL_FUTURE_WRITE 0x0010
+#endif
+
+/* The fd store holds one header page, of generation gen (each restart
+ * stores a copy of the next one, then removes the old), sealed read-only. */
+static void expect_stored_header(int gen)
+{
+    char want[32];
+    int found = 0;
+
+    snprintf(want, sizeof(want), "header-page-%d", gen);
+    for (int i = 0; i < nstore; i++) {
+        if (strncmp(store_names[i], "header-page-", 12) != 0)
+            continue;
+        ck_assert_str_eq(store_names[i], want);
+        ck_assert_int_ne(fcntl(store_fds[i], F_GET_SEALS) & F_SEAL_FUTURE_WRITE, 0);
+        found++;
+    }
+    ck_assert_int_eq(found, 1);
+}
+
 static void run_restarts(bool fdstore)
 {
     pid_t workers[NWORKERS];
@@ -629,8 +651,10 @@ static void run_restarts(bool fdstore)
         ck_assert_int_eq(kill(v, SIGKILL), 0);
         ck_assert_int_eq(waitpid(v, &st, 0), v);
         (void) usleep(100000);
-        if (fdstore)
-            ck_assert_int_ge(nstore, 2); /* the control segment and segment 1 at least */
+        if (fdstore) {
+            ck_assert_int_ge(nstore, 3); /* the control segment, segment 1, the header page */
+            expect_stored_header(round);
+        }
         ck_assert_int_eq(start_daemon(fdstore, NULL, NULL), 0);
         wait_reattached(workers);
         (void) usleep(200000);
@@ -673,7 +697,7 @@ END_TEST
 
 /* ---- adoptions that must be refused ---- */
 
-enum damage { DAMAGE_MAGIC, DAMAGE_VERSION, DAMAGE_SIZE };
+enum damage { DAMAGE_MAGIC, DAMAGE_VERSION, DAMAGE_SIZE, DAMAGE_OLD_LAYOUT };
 
 static void file_path(char *buf, size_t len, const char *name)
 {
@@ -703,8 +727,15 @@ static void damage(enum damage what, const char **ret_file)
     uint32_t version = 2;
     int fd;
 
-    /* The version is the header page's (shm/layout.h). */
-    *ret_file = what == DAMAGE_VERSION ? "header-page" : "heap-segment-1";
+    /* The version is the header page's (shm/layout.h); a heap of layout
+     * version 4 had none, and its header in the control segment. */
+    *ret_file = what == DAMAGE_VERSION      ? "header-page"
+                : what == DAMAGE_OLD_LAYOUT ? "control-segment"
+                                            : "heap-segment-1";
+    if (what == DAMAGE_OLD_LAYOUT) {
+        file_path(path, sizeof(path), "header-page");
+        ck_assert_int_eq(unlink(path), 0);
+    }
     file_path(path, sizeof(path), *ret_file);
     fd = open(path, O_RDWR | O_CLOEXEC);
     ck_assert_int_ge(fd, 0);
@@ -719,6 +750,11 @@ static void damage(enum damage what, const char **ret_file)
     case DAMAGE_SIZE:
         ck_assert_int_eq(fstat(fd, &stt), 0);
         ck_assert_int_eq(ftruncate(fd, stt.st_size + 65536), 0);
+        break;
+    case DAMAGE_OLD_LAYOUT:
+        version = 4;
+        ck_assert_int_eq(pwrite(fd, "HEAPHCTL", 8, 0), 8); /* SHM_CTL_MAGIC, little-endian */
+        ck_assert_int_eq(pwrite(fd, &version, 4, 8), 4);
         break;
     }
     (void) close(fd);
@@ -753,7 +789,7 @@ static void refused(enum damage what, const char *why)
     snapshot(file, head1, &size1);
     ck_assert_int_eq(size0, size1);
     ck_assert(memcmp(head0, head1, 4096) == 0);
-    if (what == DAMAGE_VERSION) {
+    if (what == DAMAGE_VERSION || what == DAMAGE_OLD_LAYOUT) {
         /* Another layout version is never discarded: a rollback adopts it. */
         ck_assert_int_eq(start_daemon(false, "--discard-bad-heap", &st), -ECHILD);
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0);
@@ -783,6 +819,14 @@ END_TEST
 START_TEST(restart_refuse_version)
 {
     refused(DAMAGE_VERSION, "layout version 2, this build has layout version");
+}
+END_TEST
+
+/* A heap a shmheapd of layout version 4 left (no header page) is another
+ * layout version: refused and kept for a rollback. */
+START_TEST(restart_refuse_old_layout)
+{
+    refused(DAMAGE_OLD_LAYOUT, "layout version 4, this build has layout version");
 }
 END_TEST
 
@@ -894,6 +938,7 @@ Suite *restart_suite(void)
     tcase_add_test(tc, restart_refuse_magic);
     tcase_add_test(tc, restart_refuse_version);
     tcase_add_test(tc, restart_refuse_size);
+    tcase_add_test(tc, restart_refuse_old_layout);
     tcase_add_test(tc, restart_refuse_missing_fd);
     tcase_add_test(tc, restart_rehello_checks);
     suite_add_tcase(s, tc);
