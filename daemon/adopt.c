@@ -43,17 +43,28 @@ static int refuse(const char *source, uint32_t index, int r, const char *why)
 
 /* Without its header page, the heap cannot be adopted: the control
  * segment's own first page is client-writable. An older layout (which had
- * no header page) is refused as such, and left for a rollback. */
+ * no header page) is refused as such, and left for a rollback. A control
+ * segment of this layout whose own first page still holds the header with
+ * no heap segment is a creation cut short before its header page (it is
+ * zeroed once the header page exists): -ENODATA, nothing to adopt. */
 static int refuse_no_header(const char *source, int ctl_fd)
 {
     char why[160];
-    uint32_t version = 0;
+    uint32_t version = 0, nsegments = 0;
 
-    if (heap_adopt_version(ctl_fd, &version) == 0 && version != SHM_LAYOUT_VERSION) {
-        (void) snprintf(why, sizeof(why),
-                        "layout version %" PRIu32 ", this build has layout version %u", version,
-                        SHM_LAYOUT_VERSION);
-        return refuse(source, 0, -EPROTO, why);
+    if (heap_adopt_version(ctl_fd, &version, &nsegments) == 0) {
+        if (version != SHM_LAYOUT_VERSION) {
+            (void) snprintf(why, sizeof(why),
+                            "layout version %" PRIu32 ", this build has layout version %u", version,
+                            SHM_LAYOUT_VERSION);
+            return refuse(source, 0, -EPROTO, why);
+        }
+        if (nsegments == 1) {
+            log_notice("%s holds a control segment without a header page or heap segment (a "
+                       "creation cut short): starting a new heap",
+                       source);
+            return -ENODATA;
+        }
     }
     return refuse(source, 0, -EBADMSG, "its header page is missing");
 }

@@ -316,7 +316,8 @@ void statedir_close(struct daemon *d);
 /* Checks the segments in fds[] (index 0 the control segment; taken over
  * on success, left open otherwise) and makes them the daemon's: records,
  * its own attachment, recovery, the clients it finds. `source` names
- * where they came from for the logs. -EPROTO: another layout version. */
+ * where they came from for the logs. -EPROTO: another layout version;
+ * -ENODATA: nothing to adopt (a creation cut short before its header page). */
 int adopt_heap(struct daemon *d, int fds[SHM_MAX_SEGMENTS], int hdr_fd, const char *source);
 /* After the daemon's attachment mapped the adopted heap: recovery, and the
  * clients of the earlier daemon watched until they say hello again. */

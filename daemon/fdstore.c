@@ -60,12 +60,14 @@ static int64_t header_gen_of_name(const char *name)
 }
 
 /* Keeps the newest header page passed back; older ones (a restart that
- * died between storing its copy and removing the old one) are dropped. */
+ * died between storing its copy and removing the old one) are dropped
+ * from the store by name. Two of one generation are one page twice. */
 static void collect_header(struct daemon *d, int fd, uint64_t gen)
 {
     if (d->stored_hdr_fd >= 0 && d->stored_hdr_gen >= gen) {
         (void) close(fd);
-        fdstore_remove_header(d, gen);
+        if (d->stored_hdr_gen > gen)
+            fdstore_remove_header(d, gen);
         return;
     }
     if (d->stored_hdr_fd >= 0) {

@@ -138,6 +138,13 @@ static const char *owner_find_stored(struct daemon *d, int fds[SHM_MAX_SEGMENTS]
     if (d->state_dir_fd < 0) {
         *ret_hdr_fd = d->stored_hdr_fd;
         d->stored_hdr_fd = -1;
+        if (*ret_hdr_fd >= 0 && d->stored_fds[0] < 0) {
+            /* A header page without its control segment belongs to no
+             * heap: dropped, so that the new heap's is the only one. */
+            (void) close(*ret_hdr_fd);
+            *ret_hdr_fd = -1;
+            fdstore_remove_header(d, d->stored_hdr_gen);
+        }
         for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++) {
             fds[i] = d->stored_fds[i];
             d->stored_fds[i] = -1;
@@ -238,8 +245,10 @@ static int owner_create(struct daemon *d)
     d->seg_size[0] = (uint64_t) st.st_size;
     d->seg_page[0] = 4096;
     d->nsegs = 1;
-    fdstore_put(d, 0, d->ctl_fd);
+    /* The header page first: a control segment in the store always has
+     * its header page there. */
     fdstore_put_header(d, 0, d->hdr.fd);
+    fdstore_put(d, 0, d->ctl_fd);
     /* Attach first (there is no heap segment yet), so that growth reads the
      * published config through the attachment's view of the control. */
     r = owner_attach(d);
@@ -281,6 +290,15 @@ int owner_init(struct daemon *d)
             (void) close(fds[i]);
     if (hdr_fd >= 0)
         (void) close(hdr_fd);
+    if (r == -ENODATA) {
+        /* A creation cut short before its header page: no heap segment
+         * was ever published, so there is nothing to lose. */
+        if (d->state_dir_fd >= 0)
+            statedir_remove_from(d, 1);
+        else
+            fdstore_remove(d, 0);
+        return owner_create(d);
+    }
     if (r == 0) {
         r = owner_attach(d);
         if (r == 0)

@@ -130,7 +130,7 @@ int heap_adopt_check_ctl(int ctl_fd, int hdr_fd, uint32_t *ret_nsegments, char *
     return r;
 }
 
-int heap_adopt_version(int ctl_fd, uint32_t *ret_version)
+int heap_adopt_version(int ctl_fd, uint32_t *ret_version, uint32_t *ret_nsegments)
 {
     const struct ctl_header *c;
     uint64_t size;
@@ -145,8 +145,10 @@ int heap_adopt_version(int ctl_fd, uint32_t *ret_version)
     if (c == MAP_FAILED)
         return -errno;
     r = load_acquire(&c->magic) == SHM_CTL_MAGIC ? 0 : -EBADF;
-    if (r == 0)
+    if (r == 0) {
         *ret_version = c->version;
+        *ret_nsegments = load_relaxed(&c->nsegments);
+    }
     (void) munmap((void *) c, 4096);
     return r;
 }

@@ -38,6 +38,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "shm/layout.h"
 #include "shmheap.h"
 #include "tests/service/daemon_fixture.h"
 #include "tests/service/suites.h"
@@ -865,6 +866,51 @@ START_TEST(restart_refuse_missing_fd)
 }
 END_TEST
 
+/* A daemon killed while it created a new heap, after the control segment
+ * and before its header page, left a control segment whose own first page
+ * still holds the header and no heap segment: nothing to lose, so the next
+ * daemon starts a new heap instead of refusing. */
+START_TEST(restart_creation_cut_short)
+{
+    char path[256], page[SHM_HEADER_PAGE];
+    shmheap_off_t off;
+    uint32_t one = 1;
+    shmheap_t *h;
+    int fd;
+
+    setup_dir(false);
+    ck_assert_int_eq(start_daemon(false, NULL, NULL), 0);
+    ck_assert_int_eq(shmheap_attach(sock_path, &h), 0);
+    ck_assert_int_eq(shmheap_root_set(h, "kept", shmheap_to_off(h, shmheap_malloc(h, 64))), 0);
+    shmheap_detach(h);
+    stop_daemon(SIGTERM);
+    /* The state as creation left it: the header in the control segment's
+     * first page, one segment, no header page file, no heap segment. */
+    file_path(path, sizeof(path), "header-page");
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(read(fd, page, sizeof(page)), (ssize_t) sizeof(page));
+    (void) close(fd);
+    memcpy(page + offsetof(struct ctl_header, nsegments), &one, sizeof(one));
+    ck_assert_int_eq(unlink(path), 0);
+    file_path(path, sizeof(path), "heap-segment-1");
+    ck_assert_int_eq(unlink(path), 0);
+    file_path(path, sizeof(path), "control-segment");
+    fd = open(path, O_RDWR | O_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(pwrite(fd, page, sizeof(page), 0), (ssize_t) sizeof(page));
+    (void) close(fd);
+    ck_assert_int_eq(start_daemon(false, NULL, NULL), 0);
+    ck_assert_ptr_nonnull(strstr(read_log(), "creation cut short"));
+    ck_assert_int_eq(shmheap_attach(sock_path, &h), 0);
+    ck_assert_int_eq(shmheap_root_get(h, "kept", &off), -SHMHEAP_ENOENT);
+    ck_assert_ptr_nonnull(shmheap_malloc(h, 64));
+    shmheap_detach(h);
+    stop_daemon(SIGTERM);
+    teardown_dir();
+}
+END_TEST
+
 /* The re-hello's checks (docs/PROTOCOL.md): an id never handed out, one
  * attached elsewhere, an owner entry of someone else, owner without
  * client_id; and a genuine one after the connection dropped. */
@@ -939,6 +985,7 @@ Suite *restart_suite(void)
     tcase_add_test(tc, restart_refuse_version);
     tcase_add_test(tc, restart_refuse_size);
     tcase_add_test(tc, restart_refuse_old_layout);
+    tcase_add_test(tc, restart_creation_cut_short);
     tcase_add_test(tc, restart_refuse_missing_fd);
     tcase_add_test(tc, restart_rehello_checks);
     suite_add_tcase(s, tc);
