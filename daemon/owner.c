@@ -399,10 +399,6 @@ void owner_verify(struct daemon *d, struct verify_report *rep)
     char first[SHM_HEADER_PAGE];
     struct stat st;
 
-    /* What the daemon's attachment reads (the mapping every client has)
-     * must be the page the daemon writes: the sealed one. */
-    if (memcmp(seen->header_page, hp->header_page, SHM_HEADER_PAGE) != 0)
-        heap_verify_problem(rep, "control segment: the mapped header page is not the daemon's");
     if (load_relaxed(&hp->magic) != SHM_CTL_MAGIC || hp->version != SHM_LAYOUT_VERSION ||
         hp->header_size != sizeof(struct ctl_header))
         heap_verify_problem(rep, "control segment: header magic, version or size wrong");
@@ -424,7 +420,11 @@ void owner_verify(struct daemon *d, struct verify_report *rep)
         got->max_uid_bytes != want->max_uid_bytes ||
         got->reconnect_wait_ms != want->reconnect_wait_ms)
         heap_verify_problem(rep, "control segment: the config copy differs from the daemon's");
-    pthread_mutex_lock(&d->seg_lock);
+    pthread_mutex_lock(&d->seg_lock); /* no segment is published meanwhile */
+    /* What the daemon's attachment reads (the mapping every client has)
+     * must be the page the daemon writes: the sealed one. */
+    if (memcmp(seen->header_page, hp->header_page, SHM_HEADER_PAGE) != 0)
+        heap_verify_problem(rep, "control segment: the mapped header page is not the daemon's");
     if (load_acquire(&hp->nsegments) != d->nsegs)
         heap_verify_problem(rep,
                             "control segment: the table lists %" PRIu32 " segments, the "
