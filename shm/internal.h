@@ -32,7 +32,7 @@ struct seg_map {
     uint32_t page_size;
     uint32_t unit_shift;
     int fd;
-    bool needs_commit;       /* hugetlb: units must be fallocated before use */
+    bool needs_commit; /* hugetlb: units must be fallocated before use */
     uint32_t release_cursor; /* where heap_release's next punch starts (release.c) */
 };
 
@@ -321,8 +321,10 @@ bool commit_unit_is_set(struct seg_map *m, uint64_t u);
 /* Decommits free units beyond `retain` free blocks; returns bytes released. */
 uint64_t commit_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
 /* Same, decommitting at most max_bytes (whole units). */
-uint64_t
-commit_decommit_free_max(struct heap *h, struct seg_map *m, uint64_t *retain, uint64_t max_bytes);
+uint64_t commit_decommit_free_max(struct heap *h,
+                                  struct seg_map *m,
+                                  uint64_t *retain,
+                                  uint64_t max_bytes);
 uint64_t commit_bytes(struct seg_map *m);
 
 /* ---- run.c ---- */
