@@ -86,10 +86,12 @@ uint32_t slot_high(const struct ctl_header *c)
 }
 
 /* Objects of cls allocated through this slot and not freed through it
- * (negative when it freed others' objects). */
-static int64_t bin_in_use(const struct cache_bin *b)
+ * (negative, as a two's complement, when it freed others' objects). The
+ * counters are in memory any process can write, so every sum over them is
+ * made in uint64_t, where any value wraps (signed overflow would be UB). */
+static uint64_t bin_in_use(const struct cache_bin *b)
 {
-    return (int64_t) (load_relaxed(&b->net) - bin_count(load_relaxed(&b->head)));
+    return load_relaxed(&b->net) - bin_count(load_relaxed(&b->head));
 }
 
 uint64_t slot_allocs(const struct cache_slot *s)
@@ -99,30 +101,30 @@ uint64_t slot_allocs(const struct cache_slot *s)
 
 uint64_t slot_frees(const struct cache_slot *s)
 {
-    int64_t small_in_use = 0;
+    uint64_t small_in_use = 0;
 
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
         small_in_use += bin_in_use(&s->bins[cls]);
     /* Frees are what was allocated and is no longer in use. */
     return load_relaxed(&s->large_frees) + load_relaxed(&s->allocs) + load_relaxed(&s->ops) -
-           (uint64_t) small_in_use;
+           small_in_use;
 }
 
 int64_t slot_bytes_in_use(const struct cache_slot *s)
 {
-    int64_t bytes =
-            (int64_t) (load_relaxed(&s->large_bytes_alloc) - load_relaxed(&s->large_bytes_freed));
+    uint64_t bytes = load_relaxed(&s->large_bytes_alloc) - load_relaxed(&s->large_bytes_freed);
 
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
-        bytes += bin_in_use(&s->bins[cls]) * (int64_t) sizeclass_size(cls);
-    return bytes;
+        bytes += bin_in_use(&s->bins[cls]) * sizeclass_size(cls);
+    return (int64_t) bytes;
 }
 
 /* Adds what this slot's in-use bytes moved since its last report to the
  * heap-wide sample and raises the heap's peak if it passed it. */
 void slot_sample_peak(struct heap *h, struct cache_slot *s)
 {
-    int64_t cur = slot_bytes_in_use(s), delta = cur - load_relaxed(&s->reported_bytes);
+    int64_t cur = slot_bytes_in_use(s),
+            delta = (int64_t) ((uint64_t) cur - (uint64_t) load_relaxed(&s->reported_bytes));
     uint64_t total;
 
     if ((uint64_t) cur > load_relaxed(&s->peak_bytes) && cur > 0)
