@@ -1,8 +1,8 @@
 /* Attaching to shmheapd and detaching.
  *
  * shmheap_attach: connect to the socket (conn.c), send `hello`, receive the
- * segment list with one fd per segment (index 0 is the control segment)
- * and the header page's fd, and hand the control fd to the core's
+ * segment list with one fd per segment (index 0 is the control segment),
+ * ask for the header page's fd (header_page), and hand the control fd to the core's
  * heap_attach, which maps the header page read-only over the control
  * segment's first page (hooks.open_header) and every live segment through
  * hooks.open_segment. The connection stays open for the
@@ -148,7 +148,7 @@ static int hook_open_segment(void *ctx, uint32_t index)
     return r;
 }
 
-/* The header page from hello, mapped once by heap_attach. */
+/* The header page's fd from client_hello, mapped once by heap_attach. */
 static int hook_open_header(void *ctx)
 {
     struct client *c = ctx;
@@ -211,6 +211,38 @@ static int hook_grow(void *ctx, uint64_t min_bytes)
     return r;
 }
 
+/* The header page's fd (the header_page op), on conn after its hello. */
+static int
+request_header_page(struct client *c, struct conn *conn, unsigned timeout_ms, int *ret_fd)
+{
+    struct reply rep;
+    uint64_t size;
+    cJSON *req = cJSON_CreateObject();
+    int r;
+
+    if (!req || !cJSON_AddStringToObject(req, "op", "header_page")) {
+        cJSON_Delete(req);
+        return -SHMHEAP_ENOMEM;
+    }
+    r = conn_request(conn, req, timeout_ms, &rep);
+    cJSON_Delete(req);
+    if (r < 0)
+        return r;
+    if (!rep.ok) {
+        (void) reply_error(&rep, "header_page");
+        r = -SHMHEAP_EPROTO; /* a daemon without it speaks another protocol */
+    } else if (!json_get_u64(rep.json, "size", &size) || size != SHM_HEADER_PAGE || rep.nfds != 1) {
+        client_set_error("shmheapd at %s sent a header_page reply without its page", c->conn.path);
+        r = -SHMHEAP_EPROTO;
+    } else {
+        *ret_fd = rep.fds[0];
+        rep.fds[0] = -1;
+        r = 0;
+    }
+    reply_free(&rep);
+    return r;
+}
+
 int client_hello(struct client *c,
                  struct conn *conn,
                  bool resume,
@@ -220,7 +252,7 @@ int client_hello(struct client *c,
 {
     const cJSON *segs, *s;
     struct reply rep;
-    uint64_t version, client_id, header_page;
+    uint64_t version, client_id;
     unsigned i = 0;
     cJSON *req;
     int r, ctl_fd = -1;
@@ -257,11 +289,9 @@ int client_hello(struct client *c,
         goto out;
     }
     segs = cJSON_GetObjectItemCaseSensitive(rep.json, "segments");
-    /* One fd per segment, then the header page's. */
-    if (!json_get_u64(rep.json, "header_page", &header_page) || header_page != SHM_HEADER_PAGE ||
-        !cJSON_IsArray(segs) || (unsigned) cJSON_GetArraySize(segs) + 1 != rep.nfds) {
-        client_set_error("shmheapd at %s sent %u fds for %d segments and a header page",
-                         c->conn.path, rep.nfds, cJSON_GetArraySize(segs));
+    if (!cJSON_IsArray(segs) || (unsigned) cJSON_GetArraySize(segs) != rep.nfds) {
+        client_set_error("shmheapd at %s sent %u fds for %d segments", c->conn.path, rep.nfds,
+                         cJSON_GetArraySize(segs));
         goto out;
     }
     cJSON_ArrayForEach(s, segs)
@@ -288,9 +318,10 @@ int client_hello(struct client *c,
                          (unsigned long long) client_id, (unsigned long long) c->client_id);
         goto out;
     }
+    r = request_header_page(c, conn, timeout_ms, ret_header_fd);
+    if (r < 0)
+        goto out;
     c->client_id = client_id;
-    *ret_header_fd = rep.fds[i];
-    rep.fds[i] = -1;
     r = ctl_fd;
     ctl_fd = -1;
 out:

@@ -30,7 +30,7 @@
 #include "shm/internal.h"
 
 /* File descriptors one reply may carry: hello lists every segment. */
-#define CONN_FDS_MAX (SHM_MAX_SEGMENTS + 1) /* hello: every segment and the header page */
+#define CONN_FDS_MAX SHM_MAX_SEGMENTS
 /* How long a reply may take beyond what the request itself asks to wait. */
 #define CONN_TIMEOUT_MS 30000u
 
@@ -66,7 +66,7 @@ struct client {
     /* Segment fds received but not yet handed to the core, by index: from
      * hello, and from grow replies. Under conn.lock. */
     int pending_fd[SHM_MAX_SEGMENTS];
-    int header_fd; /* from hello until heap_attach maps it (hooks.open_header) */
+    int header_fd; /* from client_hello until heap_attach maps it (hooks.open_header) */
     /* Reconnection (reconnect.c). Lock order: conn.lock, then rc_lock. */
     pthread_mutex_t rc_lock;
     pthread_cond_t rc_cond; /* broadcast when state leaves RC_LOST */
@@ -144,8 +144,9 @@ int client_call(struct client *c, const cJSON *req, unsigned timeout_ms, struct 
 /* ---- attach.c ---- */
 /* Sends hello on conn (resume: a re-hello with c's client id and owner
  * entry), checks the reply and files the heap segments' fds into fds[] by
- * index and the header page's (the last fd) into *ret_header_fd. Returns
- * the control segment's fd (the caller's to close, as *ret_header_fd) or a
+ * index; then asks for the header page (header_page) and puts its fd in
+ * *ret_header_fd. Returns the control segment's fd (the caller's to close,
+ * as *ret_header_fd) or a
  * negative SHMHEAP_E* code. */
 int client_hello(struct client *c,
                  struct conn *conn,

@@ -45,8 +45,8 @@ static int refuse(const char *source, uint32_t index, int r, const char *why)
  * segment's own first page is client-writable. An older layout (which had
  * no header page) is refused as such, and left for a rollback. A control
  * segment of this layout whose own first page still holds the header with
- * no heap segment is a creation cut short before its header page (it is
- * zeroed once the header page exists): -ENODATA, nothing to adopt. */
+ * no heap segment is a creation cut short before its header page (with
+ * a header page, the first page is its copy): -ENODATA, nothing to adopt. */
 static int refuse_no_header(const char *source, int ctl_fd)
 {
     char why[160];
@@ -162,6 +162,15 @@ int adopt_heap(struct daemon *d, int fds[SHM_MAX_SEGMENTS], int hdr_fd, const ch
     }
     d->nsegs = n;
     d->ctl_fd = d->seg_fds[0];
+    /* The copy in the control segment's own first page, from the header
+     * page (whatever a client wrote there meanwhile). */
+    r = heap_header_mirror_to(&d->hdr, d->ctl_fd);
+    if (r < 0) {
+        pthread_mutex_unlock(&d->seg_lock);
+        log_error("cannot map the first page of the control segment of %s: %s", source,
+                  strerror(-r));
+        return r;
+    }
     pthread_mutex_unlock(&d->seg_lock);
     d->adopted = true;
     return 0;

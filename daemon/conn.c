@@ -228,7 +228,7 @@ static bool conn_send_pending(struct conn *c)
     while (c->out_head) {
         struct outbuf *o = c->out_head;
         union {
-            char buf[CMSG_SPACE(sizeof(int) * (SHM_MAX_SEGMENTS + 1))];
+            char buf[CMSG_SPACE(sizeof(int) * SHM_MAX_SEGMENTS)];
             struct cmsghdr align;
         } u;
         struct iovec iov = {.iov_base = o->data + o->off, .iov_len = o->len - o->off};
@@ -291,7 +291,7 @@ int conn_send(struct conn *c, const char *line, size_t len, const int *fds, int 
 
     if (c->closing)
         return -EPIPE;
-    if (nfds < 0 || nfds > (int) SHM_MAX_SEGMENTS + 1)
+    if (nfds < 0 || nfds > (int) SHM_MAX_SEGMENTS)
         return -EINVAL;
     o = malloc(sizeof(*o) + len + 1);
     if (!o)

@@ -76,8 +76,7 @@ struct outbuf {
     struct outbuf *next;
     size_t len, off;
     int nfds;
-    int fds[SHM_MAX_SEGMENTS + 1]; /* our dups (hello: every segment and the header
-                                    * page); sent with the first byte, then closed */
+    int fds[SHM_MAX_SEGMENTS]; /* our dups; sent with the first byte, then closed */
     char data[];
 };
 
@@ -379,6 +378,7 @@ bool req_string(
 /* ---- ops: op_attach.c, op_info.c, op_admin.c ---- */
 void op_hello(struct conn *c, const cJSON *req);
 void op_segment(struct conn *c, const cJSON *req);
+void op_header_page(struct conn *c, const cJSON *req);
 void op_grow(struct conn *c, const cJSON *req);
 void op_stats(struct conn *c, const cJSON *req);
 void op_clients(struct conn *c, const cJSON *req);

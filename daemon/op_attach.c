@@ -1,4 +1,4 @@
-/* The ops of attaching clients: hello, segment, grow. Each reply that
+/* The ops of attaching clients: hello, segment, header_page, grow. Each reply that
  * names segments carries their fds (SCM_RIGHTS, in the listed order). */
 #include <errno.h>
 #include <inttypes.h>
@@ -89,7 +89,7 @@ static bool resume_allowed(struct conn *c, uint64_t id, uint64_t owner)
 void op_hello(struct conn *c, const cJSON *req)
 {
     struct daemon *d = c->d;
-    int fds[SHM_MAX_SEGMENTS + 1], nfds = 0;
+    int fds[SHM_MAX_SEGMENTS], nfds = 0;
     uint64_t version = 0, pid = 0, resume_id = 0, owner = 0;
     struct client *cl;
     cJSON *reply, *segs;
@@ -142,9 +142,6 @@ void op_hello(struct conn *c, const cJSON *req)
         }
         fds[nfds++] = fd;
     }
-    /* The header page last: clients map it read-only over the control
-     * segment's first page (shm/header.c). */
-    fds[nfds++] = d->hdr.fd;
     r = clients_attach(d, c, resume_id, &cl);
     if (r < 0) {
         cJSON_Delete(reply);
@@ -153,8 +150,7 @@ void op_hello(struct conn *c, const cJSON *req)
     }
     if (!cJSON_AddNumberToObject(reply, "version", WIRE_VERSION) ||
         !json_add_u64(reply, "client_id", cl->id) ||
-        !cJSON_AddBoolToObject(reply, "resumed", resume_id != 0) ||
-        !cJSON_AddNumberToObject(reply, "header_page", SHM_HEADER_PAGE))
+        !cJSON_AddBoolToObject(reply, "resumed", resume_id != 0))
         goto oom;
     reply_ok(c, reply, fds, nfds);
     return;
@@ -198,6 +194,21 @@ void op_segment(struct conn *c, const cJSON *req)
         return;
     }
     reply_segment(c, (uint32_t) index);
+}
+
+/* The header page (shm/header.c): clients map it read-only over the control
+ * segment's first page, whose own bytes any client can write. */
+void op_header_page(struct conn *c, const cJSON *req)
+{
+    cJSON *reply = reply_new();
+
+    (void) req;
+    if (!reply || !cJSON_AddNumberToObject(reply, "size", SHM_HEADER_PAGE)) {
+        cJSON_Delete(reply);
+        reply_error(c, "internal", "out of memory");
+        return;
+    }
+    reply_ok(c, reply, &c->d->hdr.fd, 1);
 }
 
 void op_grow(struct conn *c, const cJSON *req)

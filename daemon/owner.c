@@ -24,8 +24,6 @@
 #include "daemon/daemon.h"
 #include "shm/atomic.h"
 
-static const char zero_page[SHM_HEADER_PAGE];
-
 static int hook_open_segment(void *ctx, uint32_t index)
 {
     struct daemon *d = ctx;
@@ -81,7 +79,7 @@ int owner_grow(struct daemon *d, uint64_t min_bytes, uint32_t *ret_index)
         policy = SHM_PAGES_AUTO;
     /* The limits are the daemon's own config, never the control segment's
      * copy (any client can write it). */
-    r = heap_segment_create_kept(d->hdr.page, &d->cfg.shm, d->state_dir_fd, min_bytes, (int) policy,
+    r = heap_segment_create_kept(&d->hdr, &d->cfg.shm, d->state_dir_fd, min_bytes, (int) policy,
                                  keep_segment, d, &fd, &index);
     if (r < 0) {
         uint32_t n = d->nsegs;
@@ -233,12 +231,11 @@ static int owner_create(struct daemon *d)
         log_error("cannot create the header page: %s", strerror(-r));
         return r;
     }
-    /* The control memfd's own first page is never read again (every
-     * attachment maps the header page over it): zeroed, so that verify
-     * can tell a client wrote it (owner_verify). */
-    if (pwrite(d->ctl_fd, zero_page, SHM_HEADER_PAGE, 0) != (ssize_t) SHM_HEADER_PAGE) {
-        r = -errno;
-        log_error("cannot clear the control segment's first page: %m");
+    /* The control memfd's own first page keeps a copy, for processes
+     * that map the control segment alone (shm/header.c). */
+    r = heap_header_mirror_to(&d->hdr, d->ctl_fd);
+    if (r < 0) {
+        log_error("cannot map the control segment's first page: %s", strerror(-r));
         return r;
     }
     d->seg_fds[0] = d->ctl_fd;
@@ -273,6 +270,7 @@ int owner_init(struct daemon *d)
 
     d->hdr.fd = -1;
     d->hdr.page = NULL;
+    d->hdr.mirror = NULL;
     pthread_mutex_init(&d->seg_lock, NULL);
     for (unsigned i = 0; i < SHM_MAX_SEGMENTS; i++)
         d->seg_fds[i] = -1;
@@ -366,46 +364,18 @@ uint32_t owner_nsegments(struct daemon *d)
 
 void owner_publish_config(struct daemon *d)
 {
-    struct ctl_header *ctl = d->hdr.page; /* our writable view of the header page */
-    const struct shm_config *c = &d->cfg.shm;
-
-    /* Each field is stored relaxed: a reader may see a mix of old and new
-     * fields while we write, which is harmless (every value alone is valid)
-     * and settles at its next look at config_gen. */
-    store_relaxed(&ctl->config.segment_size, c->segment_size);
-    store_relaxed(&ctl->config.huge_pages, c->huge_pages);
-    store_relaxed(&ctl->config.thread_cache_bytes, c->thread_cache_bytes);
-    store_relaxed(&ctl->config.bundle_objects, c->bundle_objects);
-    store_relaxed(&ctl->config.recycler_cap_bundles, c->recycler_cap_bundles);
-    store_relaxed(&ctl->config.retain_empty_blocks, c->retain_empty_blocks);
-    store_relaxed(&ctl->config.trim_interval_ms, c->trim_interval_ms);
-    store_relaxed(&ctl->config.max_clients, c->max_clients);
-    store_relaxed(&ctl->config.max_segments, c->max_segments);
-    store_relaxed(&ctl->config.max_client_bytes, c->max_client_bytes);
-    store_relaxed(&ctl->config.max_uid_bytes, c->max_uid_bytes);
-    store_relaxed(&ctl->config.reconnect_wait_ms, c->reconnect_wait_ms);
-    /* release: publishes the fields above. A client's tcache loads
-     * config_gen with acquire (tcache_reload_config) before it re-reads
-     * them, so once it sees the new generation it sees every new value.
-     * The daemon is the only writer of config_gen, so load + store (not an
-     * atomic add) is enough. */
-    store_release(&ctl->config_gen, load_relaxed(&ctl->config_gen) + 1);
+    heap_header_publish_config(&d->hdr, &d->cfg.shm);
 }
 
 void owner_verify(struct daemon *d, struct verify_report *rep)
 {
     const struct ctl_header *hp = d->hdr.page, *seen = heap_ctl(d->heap);
     const struct shm_config *want = &d->cfg.shm, *got = &hp->config;
-    char first[SHM_HEADER_PAGE];
     struct stat st;
 
     if (load_relaxed(&hp->magic) != SHM_CTL_MAGIC || hp->version != SHM_LAYOUT_VERSION ||
         hp->header_size != sizeof(struct ctl_header))
         heap_verify_problem(rep, "control segment: header magic, version or size wrong");
-    if (pread(d->ctl_fd, first, sizeof(first), 0) != (ssize_t) sizeof(first) ||
-        memcmp(first, zero_page, sizeof(first)) != 0)
-        heap_verify_problem(rep, "control segment: its own first page, under the header page, was "
-                                 "written (by a client: no one reads it)");
     if (fstat(d->ctl_fd, &st) < 0 || hp->ctl_size != (uint64_t) st.st_size)
         heap_verify_problem(rep, "control segment: the header says %" PRIu64 " bytes, not fstat's",
                             hp->ctl_size);
@@ -425,6 +395,13 @@ void owner_verify(struct daemon *d, struct verify_report *rep)
      * must be the page the daemon writes: the sealed one. */
     if (memcmp(seen->header_page, hp->header_page, SHM_HEADER_PAGE) != 0)
         heap_verify_problem(rep, "control segment: the mapped header page is not the daemon's");
+    /* The copy in the control memfd's own first page is any client's to
+     * write: reported, and restored from the header page. */
+    if (!heap_header_mirror_ok(&d->hdr)) {
+        heap_verify_problem(rep, "control segment: its first page (the copy of the header page) "
+                                 "was written by a client; restored");
+        heap_header_mirror_repair(&d->hdr);
+    }
     if (load_acquire(&hp->nsegments) != d->nsegs)
         heap_verify_problem(rep,
                             "control segment: the table lists %" PRIu32 " segments, the "

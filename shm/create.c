@@ -275,7 +275,7 @@ static int segment_format(int fd,
     return r;
 }
 
-int heap_segment_create_kept(struct ctl_header *hdr,
+int heap_segment_create_kept(struct heap_header *hp,
                              const struct shm_config *cfg,
                              int dir_fd,
                              uint64_t min_bytes,
@@ -290,17 +290,17 @@ int heap_segment_create_kept(struct ctl_header *hdr,
     uint32_t index;
     int fd = -1, r;
 
-    if (!hdr || !cfg || !limits_valid(cfg) || !ret_fd || !ret_index || policy < 0 ||
+    if (!hp || !hp->page || !cfg || !limits_valid(cfg) || !ret_fd || !ret_index || policy < 0 ||
         policy >= _SHM_PAGES_MAX)
         return -EINVAL;
-    r = ctl_check_page(hdr);
+    r = ctl_check_page(hp->page);
     if (r < 0)
         return r;
     /* The limits are the caller's, never the header's copy of the config.
      * nsegments is the owner's own count (only it writes the header page);
      * max_segments < SHM_MAX_SEGMENTS keeps the entry written below inside
      * the table whatever it says. */
-    index = ctl_nsegments(hdr);
+    index = ctl_nsegments(hp->page);
     if (index > cfg->max_segments)
         return -ENOSPC;
     heap_segment_file_name(index, name, sizeof(name));
@@ -316,12 +316,7 @@ int heap_segment_create_kept(struct ctl_header *hdr,
      * nobody knows of, never a published one that cannot be found. */
     if (keep)
         keep(ctx, index, fd);
-    store_relaxed(&hdr->segs[index].size, size);
-    store_relaxed(&hdr->segs[index].page_size, (uint32_t) page);
-    store_relaxed(&hdr->segs[index].state, SEG_LIVE);
-    /* release: an attacher that reads the new count sees the entry filled
-     * in and the segment formatted (pairs with ctl_nsegments()). */
-    store_release(&hdr->nsegments, index + 1);
+    heap_header_publish_segment(hp, index, size, (uint32_t) page);
     *ret_fd = fd;
     *ret_index = index;
     return 0;
@@ -339,6 +334,7 @@ int heap_segment_create(int ctl_fd,
                         int *ret_fd,
                         uint32_t *ret_index)
 {
+    struct heap_header hp = {.fd = -1};
     uint64_t ctl_size;
     struct ctl_header *c;
     int r;
@@ -351,8 +347,10 @@ int heap_segment_create(int ctl_fd,
     if (c == MAP_FAILED)
         return -errno;
     r = ctl_check_header(c, ctl_size);
+    hp.page = c;
     if (r == 0)
-        r = heap_segment_create_kept(c, cfg, -1, min_bytes, policy, NULL, NULL, ret_fd, ret_index);
+        r = heap_segment_create_kept(&hp, cfg, -1, min_bytes, policy, NULL, NULL, ret_fd,
+                                     ret_index);
     (void) munmap(c, ctl_size);
     return r;
 }

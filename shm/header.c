@@ -10,6 +10,12 @@
  * the control segment (heap_attach), so the code that reads the header,
  * the config and the segment table reads it there as before.
  *
+ * The control memfd's own first page keeps a copy (the mirror), written
+ * with every change in the same order, for a process that maps the control
+ * segment alone (a raw client of the protocol, an older tool): that copy any
+ * client can write, so the owner never reads it but to compare it with the
+ * header page (heap_header_mirror_ok, for verify) and restore it.
+ *
  * A sealed memfd cannot be written again, not even by a restarted owner:
  * a daemon that adopts a heap from systemd's fd store copies the stored
  * header page into a new one (header_gen + 1), and the clients that
@@ -86,6 +92,7 @@ static int header_create_memfd(int src_fd, struct heap_header *ret)
     }
     ret->page = page;
     ret->fd = fd;
+    ret->mirror = NULL;
     return 0;
 fail:
     (void) close(fd);
@@ -109,6 +116,7 @@ static int header_open_file(int dir_fd, int rw_fd, struct heap_header *ret)
     }
     ret->page = page;
     ret->fd = fd;
+    ret->mirror = NULL;
     return 0;
 }
 
@@ -170,10 +178,112 @@ int heap_header_open_at(int dir_fd, struct heap_header *ret)
     return r;
 }
 
+int heap_header_mirror_to(struct heap_header *hp, int ctl_fd)
+{
+    struct ctl_header *m = NULL;
+    uint64_t size;
+    int r;
+
+    if (!hp || !hp->page)
+        return -EINVAL;
+    r = os_fstat_size(ctl_fd, &size, NULL);
+    if (r == 0 && size < sizeof(struct ctl_header))
+        r = -EBADF;
+    if (r == 0)
+        r = header_map(ctl_fd, PROT_READ | PROT_WRITE, &m);
+    if (r < 0)
+        return r;
+    if (hp->mirror)
+        (void) munmap(hp->mirror, SHM_HEADER_PAGE);
+    hp->mirror = m;
+    heap_header_mirror_repair(hp);
+    return 0;
+}
+
+bool heap_header_mirror_ok(const struct heap_header *hp)
+{
+    return !hp->mirror || memcmp(hp->mirror, hp->page, SHM_HEADER_PAGE) == 0;
+}
+
+void heap_header_mirror_repair(struct heap_header *hp)
+{
+    if (hp->mirror)
+        memcpy(hp->mirror, hp->page, SHM_HEADER_PAGE);
+}
+
+/* Each change is made in the header page, then in the mirror, in the same
+ * order: the fields, then (release) the generation or count that
+ * publishes them. */
+static void publish_segment(struct ctl_header *c, uint32_t index, uint64_t size, uint32_t page)
+{
+    store_relaxed(&c->segs[index].size, size);
+    store_relaxed(&c->segs[index].page_size, page);
+    store_relaxed(&c->segs[index].state, SEG_LIVE);
+    /* release: an attacher that reads the new count sees the entry filled
+     * in and the segment formatted (pairs with ctl_nsegments()). */
+    store_release(&c->nsegments, index + 1);
+}
+
+void heap_header_publish_segment(struct heap_header *hp,
+                                 uint32_t index,
+                                 uint64_t size,
+                                 uint32_t page)
+{
+    publish_segment(hp->page, index, size, page);
+    if (hp->mirror)
+        publish_segment(hp->mirror, index, size, page);
+}
+
+static void publish_config(struct ctl_header *c, const struct shm_config *cfg, uint64_t gen)
+{
+    /* Each field relaxed: a reader may see a mix of old and new fields
+     * while they are written, which is harmless (every value alone is
+     * valid) and settles at its next look at config_gen. */
+    store_relaxed(&c->config.segment_size, cfg->segment_size);
+    store_relaxed(&c->config.huge_pages, cfg->huge_pages);
+    store_relaxed(&c->config.thread_cache_bytes, cfg->thread_cache_bytes);
+    store_relaxed(&c->config.bundle_objects, cfg->bundle_objects);
+    store_relaxed(&c->config.recycler_cap_bundles, cfg->recycler_cap_bundles);
+    store_relaxed(&c->config.retain_empty_blocks, cfg->retain_empty_blocks);
+    store_relaxed(&c->config.trim_interval_ms, cfg->trim_interval_ms);
+    store_relaxed(&c->config.max_clients, cfg->max_clients);
+    store_relaxed(&c->config.max_segments, cfg->max_segments);
+    store_relaxed(&c->config.max_client_bytes, cfg->max_client_bytes);
+    store_relaxed(&c->config.max_uid_bytes, cfg->max_uid_bytes);
+    store_relaxed(&c->config.reconnect_wait_ms, cfg->reconnect_wait_ms);
+    /* release: publishes the fields above. A client's tcache loads
+     * config_gen with acquire (tcache_reload_config) before it re-reads
+     * them, so once it sees the new generation it sees every new value. */
+    store_release(&c->config_gen, gen);
+}
+
+void heap_header_publish_config(struct heap_header *hp, const struct shm_config *cfg)
+{
+    /* The owner is the only writer of the header page's config_gen, so
+     * load + store (not an atomic add) is enough; the mirror takes the
+     * same generation, whatever a client wrote into it. */
+    uint64_t gen = load_relaxed(&hp->page->config_gen) + 1;
+
+    publish_config(hp->page, cfg, gen);
+    if (hp->mirror)
+        publish_config(hp->mirror, cfg, gen);
+}
+
+void heap_header_set_client_id_next(struct heap_header *hp, uint64_t id)
+{
+    /* relaxed: read only by the next owner, after this one is gone. */
+    store_relaxed(&hp->page->client_id_next, id);
+    if (hp->mirror)
+        store_relaxed(&hp->mirror->client_id_next, id);
+}
+
 void heap_header_close(struct heap_header *hp)
 {
     if (!hp)
         return;
+    if (hp->mirror)
+        (void) munmap(hp->mirror, SHM_HEADER_PAGE);
+    hp->mirror = NULL;
     if (hp->page)
         (void) munmap(hp->page, SHM_HEADER_PAGE);
     if (hp->fd >= 0)

@@ -22,6 +22,7 @@
 #include "shm/layout.h"
 
 struct heap;
+struct heap_header; /* the owner's header page (header.c), declared below */
 
 struct heap_hooks {
     void *ctx;
@@ -77,14 +78,12 @@ void heap_segment_file_name(uint32_t index, char *buf, size_t len);
  * instead of a memfd. Files cannot be sealed: whoever can write them can
  * shrink them. */
 int heap_ctl_create_at(int dir_fd, const struct shm_config *cfg, int *ret_fd);
-/* heap_segment_create for an owner with a header page of its own (hdr: its
- * writable mapping, heap_header_create) that keeps its segments beyond its
- * own life: a file in dir_fd (dir_fd >= 0; the filesystem gives the page size,
- * not `policy`) or a memfd (dir_fd -1), and keep(ctx, index, fd) (may be
- * NULL) called once the segment is formatted and before it is published,
- * so that it is kept (e.g. in systemd's fd store) by the time anyone can
- * use it. */
-int heap_segment_create_kept(struct ctl_header *hdr,
+/* heap_segment_create for an owner with a header page of its own (hp,
+ * heap_header_create) that keeps its segments beyond its own life: a file in dir_fd (dir_fd >= 0;
+ * the filesystem gives the page size, not `policy`) or a memfd (dir_fd -1), and keep(ctx, index,
+ * fd) (may be NULL) called once the segment is formatted and before it is published, so that it is
+ * kept (e.g. in systemd's fd store) by the time anyone can use it. */
+int heap_segment_create_kept(struct heap_header *hp,
                              const struct shm_config *cfg,
                              int dir_fd,
                              uint64_t min_bytes,
@@ -96,8 +95,9 @@ int heap_segment_create_kept(struct ctl_header *hdr,
 
 /* ---- the owner's header page (header.c; layout.h says what it holds) ---- */
 struct heap_header {
-    struct ctl_header *page; /* the owner's writable mapping: the header page's fields only */
-    int fd;                  /* what attachments map (hooks->open_header): sealed or read-only */
+    struct ctl_header *page;   /* the owner's writable mapping: the header page's fields only */
+    int fd;                    /* what attachments map (hooks->open_header): sealed or read-only */
+    struct ctl_header *mirror; /* the control segment's own first page (a copy), or NULL */
 };
 /* Makes the header page from src_fd's first page (a control segment just
  * made, or an adopted header page): a memfd sealed read-only for everyone
@@ -107,6 +107,20 @@ int heap_header_create(int src_fd, int dir_fd, struct heap_header *ret);
 /* Maps the header page file an earlier owner left in dir_fd. */
 int heap_header_open_at(int dir_fd, struct heap_header *ret);
 void heap_header_close(struct heap_header *hp);
+/* Keeps a copy of the header page in ctl_fd's own first page (the mirror,
+ * for processes that map the control segment alone; header.c), written by
+ * the publishing calls below, and copies the page there now. */
+int heap_header_mirror_to(struct heap_header *hp, int ctl_fd);
+/* False if the mirror differs from the header page (a client wrote it). */
+bool heap_header_mirror_ok(const struct heap_header *hp);
+void heap_header_mirror_repair(struct heap_header *hp);
+/* The owner's changes to the header page (and its mirror). */
+void heap_header_publish_segment(struct heap_header *hp,
+                                 uint32_t index,
+                                 uint64_t size,
+                                 uint32_t page);
+void heap_header_publish_config(struct heap_header *hp, const struct shm_config *cfg);
+void heap_header_set_client_id_next(struct heap_header *hp, uint64_t id);
 /* "header-page": its file name in a state directory. */
 void heap_header_file_name(char *buf, size_t len);
 

@@ -48,8 +48,7 @@ START_TEST(daemon_hello_fds)
     ck_assert(num(r, "client_id") > 0);
     segs = cJSON_GetObjectItemCaseSensitive(r, "segments");
     ck_assert_int_eq(cJSON_GetArraySize(segs), 2);
-    ck_assert_int_eq(nfds, 3); /* and the header page's */
-    ck_assert_uint_eq((uint64_t) num(r, "header_page"), SHM_HEADER_PAGE);
+    ck_assert_int_eq(nfds, 2);
     cJSON_ArrayForEach(s, segs)
     {
         struct stat st;
@@ -61,14 +60,13 @@ START_TEST(daemon_hello_fds)
         i++;
     }
     ck_assert_uint_eq((uint64_t) num(cJSON_GetArrayItem(segs, 1), "size"), 64u << 20);
-    /* The last fd is the header page: its magic and the config we gave. */
+    /* fd 0 is the control segment: its magic and the config we gave. */
     {
         struct stat st;
         struct ctl_header *c;
 
-        ck_assert_int_eq(fstat(fds[2], &st), 0);
-        ck_assert_uint_eq((uint64_t) st.st_size, SHM_HEADER_PAGE);
-        c = mmap(NULL, (size_t) st.st_size, PROT_READ, MAP_SHARED, fds[2], 0);
+        ck_assert_int_eq(fstat(fds[0], &st), 0);
+        c = mmap(NULL, (size_t) st.st_size, PROT_READ, MAP_SHARED, fds[0], 0);
         ck_assert_ptr_ne(c, MAP_FAILED);
         ck_assert_uint_eq(c->magic, SHM_CTL_MAGIC);
         ck_assert_uint_eq(c->config.segment_size, 64u << 20);

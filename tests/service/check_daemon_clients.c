@@ -25,7 +25,6 @@
 struct raw_client {
     int sock;
     int fds[SHM_MAX_SEGMENTS];
-    int header_fd; /* hello's last fd, until heap_attach maps it */
     uint64_t client_id;
     struct heap *h;
     pthread_mutex_t lock; /* the connection: one request at a time */
@@ -87,22 +86,10 @@ static int rc_grow(void *ctx, uint64_t min_bytes)
     return rc_fd_for(rc, 0, line) < 0 ? -ENOSPC : 0;
 }
 
-static int rc_open_header(void *ctx)
-{
-    struct raw_client *rc = ctx;
-    int fd = rc->header_fd;
-
-    rc->header_fd = -1;
-    return fd >= 0 ? fd : -EBADF;
-}
-
 /* Attaches; returns 0 or a negative errno. */
 static int rc_attach(const char *sock, struct raw_client *rc)
 {
-    struct heap_hooks hooks = {.ctx = rc,
-                               .open_segment = rc_open_segment,
-                               .grow = rc_grow,
-                               .open_header = rc_open_header};
+    struct heap_hooks hooks = {.ctx = rc, .open_segment = rc_open_segment, .grow = rc_grow};
     int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, i = 0;
     const cJSON *seg;
     cJSON *r;
@@ -129,7 +116,6 @@ static int rc_attach(const char *sock, struct raw_client *rc)
         i++;
     }
     cJSON_Delete(r);
-    rc->header_fd = i < nfds ? fds[i] : -1; /* after the segments' */
     if (rc->fds[0] < 0)
         return -EPROTO;
     return heap_attach(rc->fds[0], &hooks, rc->client_id, &rc->h);
@@ -496,10 +482,11 @@ START_TEST(clients_bad_metadata)
         s->bins[3].net = 7;
         s->bins[5].head = (UINT64_C(1) << SHM_SEG_SHIFT) | 0x10;
         s->large_bytes_alloc = UINT64_MAX / 3;
-        /* (The segment table and nsegments are in the header page, which
-         * no client can write: tests/service/check_scribbler.c.) */
+        c->segs[7].size = UINT64_C(1) << 40;
+        c->segs[7].page_size = 3;
         c->rec[2].head.s.off = UINT64_C(0xdeadbeef0);
         c->trim_gen = UINT64_MAX - 1;
+        store_release(&c->nsegments, 200);
         tell(pfd[1], 0, 0, 0);
         for (;;)
             pause();

@@ -28,8 +28,7 @@
 
 #include <cjson/cJSON.h>
 
-#define DAEMON_FIXTURE_MAX_FDS 33 /* room ret_fds must have (SHM_MAX_SEGMENTS + the header page) \
-                                   */
+#define DAEMON_FIXTURE_MAX_FDS 32 /* room ret_fds must have (SHM_MAX_SEGMENTS) */
 
 struct daemon_fixture {
     char dir[64];          /* the mkdtemp directory */
