@@ -24,8 +24,10 @@
  * connection's lock, which a parent's thread may have held at fork. */
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "shmheap.h"
@@ -253,6 +255,7 @@ int client_hello(struct client *c,
     const cJSON *segs, *s;
     struct reply rep;
     uint64_t version, client_id;
+    struct stat st = {0};
     unsigned i = 0;
     cJSON *req;
     int r, ctl_fd = -1;
@@ -316,6 +319,13 @@ int client_hello(struct client *c,
     if (resume && client_id != c->client_id) {
         client_set_error("shmheapd at %s gave client_id %llu back for %llu", c->conn.path,
                          (unsigned long long) client_id, (unsigned long long) c->client_id);
+        goto out;
+    }
+    /* Not a control segment: said now, before the next request. */
+    if (fstat(ctl_fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+        (uint64_t) st.st_size < sizeof(struct ctl_header)) {
+        client_set_error("shmheapd at %s sent a control segment of %jd bytes, not a heap",
+                         c->conn.path, (intmax_t) st.st_size);
         goto out;
     }
     r = request_header_page(c, conn, timeout_ms, ret_header_fd);
