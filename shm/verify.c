@@ -36,6 +36,8 @@ struct verify_ctx {
     uint64_t *offs; /* objects seen in caches and recyclers */
     uint32_t *cls_of;
     size_t n, cap;
+    size_t max_seen; /* no more can be in caches and recyclers (seen_bound) */
+    bool overflow;
     bool oom;
 };
 
@@ -68,6 +70,15 @@ void heap_verify_problem(struct verify_report *rep, const char *fmt, ...)
 
 static void seen_add(struct verify_ctx *v, uint64_t off, unsigned cls)
 {
+    if (v->n >= v->max_seen) {
+        if (!v->overflow)
+            problem(v,
+                    "caches and recyclers list more objects than the slabs have handed out "
+                    "(%lu): a cycle or garbage; the rest is not collected",
+                    (unsigned long) v->max_seen);
+        v->overflow = true;
+        return;
+    }
     if (v->n == v->cap) {
         size_t cap = v->cap ? v->cap * 2 : 4096;
         uint64_t *o = realloc(v->offs, cap * sizeof(*o));
@@ -271,7 +282,7 @@ collect_list(struct verify_ctx *v, uint64_t chain, unsigned cls, const char *whe
 {
     uint64_t n = 0;
 
-    while (chain) {
+    while (chain && !v->overflow) {
         if (!heap_obj_at(v->h, chain)) {
             problem(v, "%s: bad link %#lx", where, (unsigned long) chain);
             break;
@@ -347,6 +358,31 @@ static void verify_ctl(struct verify_ctx *v)
                 first_rec);
 }
 
+/* Objects the slabs have handed out, by their metadata (unlocked: a bound
+ * only): no more can sit in caches and recyclers, so the walks collect at
+ * most that many, whatever lists a scribbler made (a cycle counts again and
+ * again). This bounds verify's memory by the heap's live objects. */
+static size_t seen_bound(struct heap *h)
+{
+    size_t n = SHM_SLAB_MAX_OBJECTS; /* slack for slabs changing meanwhile */
+
+    for (uint32_t i = 1; i < heap_nmapped(h); i++) {
+        struct seg_map *m = heap_mapped(h, i);
+
+        for (uint32_t b = 0; m && b < m->nblocks; b++) {
+            uint64_t w = load_relaxed(&m->meta[b]);
+            struct slab_geometry g;
+
+            if (meta_state(w) != BLK_SLAB || meta_class(w) >= SHM_NCLASSES)
+                continue;
+            sizeclass_geometry(meta_class(w), &g);
+            if (meta_nfree(w) < g.capacity)
+                n += g.capacity - meta_nfree(w);
+        }
+    }
+    return n;
+}
+
 struct popped {
     uint64_t first;
     uint32_t count;
@@ -369,6 +405,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
     memset(ret, 0, sizeof(*ret));
     ret->consistent = true;
     (void) heap_sync_segments(h);
+    v.max_seen = seen_bound(h);
     verify_ctl(&v);
     /* Freeze the caches: take every slot (dead owners' too). */
     for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++) {
@@ -403,7 +440,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
         uint64_t first, bundles = 0;
         uint32_t count;
 
-        while ((first = recycler_pop(h, NULL, cls, &count)) != 0) {
+        while (!v.overflow && (first = recycler_pop(h, NULL, cls, &count)) != 0) {
             char where[48];
             uint64_t got;
 
@@ -471,7 +508,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
         refused += load_relaxed(&c->rec[cls].refused);
         in_use -= load_relaxed(&c->rec[cls].reclaimed); /* counted by no cache */
     }
-    ret->counts_checked = exact && !v.oom && load_relaxed(&c->lost_objects) == 0 &&
+    ret->counts_checked = exact && !v.oom && !v.overflow && load_relaxed(&c->lost_objects) == 0 &&
                           load_relaxed(&c->deaths_mid_op) == 0;
     if (ret->counts_checked && total_out != in_use + cached + recycled + refused)
         problem(&v,
