@@ -304,6 +304,48 @@ START_TEST(scribbler_header_read_only)
 }
 END_TEST
 
+/* With a state directory the header page is a file (files cannot be
+ * sealed): clients get a read-only fd of it, which maps read-only only. */
+START_TEST(scribbler_header_read_only_state_dir)
+{
+    char dir[] = "/dev/shm/shmheap-scribbler-XXXXXX", path[96];
+    const char *args[] = {"--state-dir", dir, NULL};
+    int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, sock, hdr;
+    struct daemon_fixture f;
+    void *p;
+
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    fixture_start_args(&f, NULL, args);
+    sock = raw_hello(f.socket_path, fds, &nfds);
+    hdr = fds[nfds - 1];
+    ck_assert_int_eq(fcntl(hdr, F_GETFL) & O_ACCMODE, O_RDONLY);
+    errno = 0;
+    p = mmap(NULL, SHM_HEADER_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, hdr, 0);
+    ck_assert(p == MAP_FAILED && errno == EACCES);
+    p = mmap(NULL, SHM_HEADER_PAGE, PROT_READ, MAP_SHARED, hdr, 0);
+    ck_assert_ptr_ne(p, MAP_FAILED);
+    ck_assert_uint_eq(((const struct ctl_header *) p)->magic, SHM_CTL_MAGIC);
+    ck_assert_int_eq(mprotect(p, SHM_HEADER_PAGE, PROT_READ | PROT_WRITE), -1);
+    ck_assert_int_eq(errno, EACCES);
+    (void) munmap(p, SHM_HEADER_PAGE);
+    ck_assert_int_eq(ftruncate(hdr, 0), -1);
+    for (int i = 0; i < nfds; i++)
+        (void) close(fds[i]);
+    (void) close(sock);
+    fixture_finish(&f);
+    /* The daemon's files: the segments and the header page. */
+    for (unsigned i = 0; i < 3; i++) {
+        static const char *const names[] = {"control-segment", "heap-segment-1", "header-page"};
+
+        (void) snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        ck_assert_int_eq(unlink(path), 0);
+    }
+    (void) snprintf(path, sizeof(path), "%s/lock", dir);
+    (void) unlink(path);
+    ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
 /* Issue 9, item 7: a client writes random words over the first 4 KiB of the
  * control segment. Through its mapping (the control segment with the header
  * page over its first page, as libshmheap maps it) the write faults; what it
@@ -471,6 +513,7 @@ Suite *scribbler_suite(void)
 
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, scribbler_header_read_only);
+    tcase_add_test(tc, scribbler_header_read_only_state_dir);
     tcase_add_test(tc, scribbler_first_page);
     tcase_add_test(tc, scribbler_damage);
     suite_add_tcase(s, tc);
