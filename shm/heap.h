@@ -132,7 +132,7 @@ void heap_header_file_name(char *buf, size_t len);
 int heap_adopt_check_ctl(
         int ctl_fd, int hdr_fd, uint32_t *ret_nsegments, char *why, size_t why_len);
 /* The layout version and segment count in the control segment's own first
- * page (written at creation, zeroed once the header page exists), for a
+ * page (written at creation, then a copy of the header page), for a
  * heap whose header page is missing: -EBADF if it has no magic there. */
 int heap_adopt_version(int ctl_fd, uint32_t *ret_version, uint32_t *ret_nsegments);
 struct heap_adopt_segment {

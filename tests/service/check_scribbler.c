@@ -7,10 +7,14 @@
  *
  * What clients can write (owner table, cache slots, recyclers, roots, and
  * the control memfd's own first page, a copy of the header page that
- * libshmheap never reads: it maps the header page over it) a scribbler fills with random bytes
- * while the daemon serves: the daemon stays up and answers, `verify` reports the damage, a client
- * that attaches afterwards works, and a client that does not touch the damaged structures keeps its
- * objects and goes on. */
+ * libshmheap never reads: it maps the header page over it) a scribbler
+ * fills with random bytes while the daemon serves: the daemon stays up and
+ * answers, `verify` reports the damage, a client that attaches afterwards
+ * works, and a client that does not touch the damaged structures keeps its
+ * objects and goes on.
+ *
+ * Figures (stderr): bytes scribbled, problems verify reported, attaches
+ * that worked afterwards; the daemon must stop cleanly (no crash). */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
