@@ -66,6 +66,7 @@ struct client {
     /* Segment fds received but not yet handed to the core, by index: from
      * hello, and from grow replies. Under conn.lock. */
     int pending_fd[SHM_MAX_SEGMENTS];
+    int header_fd; /* from client_hello until heap_attach maps it (hooks.open_header) */
     /* Reconnection (reconnect.c). Lock order: conn.lock, then rc_lock. */
     pthread_mutex_t rc_lock;
     pthread_cond_t rc_cond; /* broadcast when state leaves RC_LOST */
@@ -158,13 +159,16 @@ int client_call(struct client *c, const cJSON *req, unsigned timeout_ms, struct 
 /* ---- attach.c ---- */
 /* Sends hello on conn (resume: a re-hello with c's client id and owner
  * entry), checks the reply and files the heap segments' fds into fds[] by
- * index. Returns the control segment's fd (the caller's to close) or a
+ * index; then asks for the header page (header_page) and puts its fd in
+ * *ret_header_fd. Returns the control segment's fd (the caller's to close,
+ * as *ret_header_fd) or a
  * negative SHMHEAP_E* code. */
 int client_hello(struct client *c,
                  struct conn *conn,
                  bool resume,
                  unsigned timeout_ms,
-                 int fds[SHM_MAX_SEGMENTS]);
+                 int fds[SHM_MAX_SEGMENTS],
+                 int *ret_header_fd);
 /* True when h is used in a process other than the one that attached it
  * (a fork's child). Calls getpid(): for the cold, int-returning paths. */
 bool client_forked(shmheap_t *h);

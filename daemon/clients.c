@@ -139,9 +139,8 @@ int clients_attach(struct daemon *d, struct conn *c, uint64_t resume_id, struct 
         cl->id = resume_id;
     } else {
         cl->id = ++d->next_client_id;
-        /* A restarted daemon goes on from here (shm/adopt.c); relaxed: it
-         * is read only by the next daemon, after this one is gone. */
-        store_relaxed(&heap_ctl(d->heap)->client_id_next, d->next_client_id);
+        /* A restarted daemon goes on from here (shm/adopt.c). */
+        heap_header_set_client_id_next(&d->hdr, d->next_client_id);
     }
     cl->peer = c->peer;
     cl->attached_ns = now_ns();

@@ -220,6 +220,7 @@ struct daemon {
 
     /* The heap (owner.c). */
     int ctl_fd;
+    struct heap_header hdr;   /* the header page: ours to write, clients map it read-only */
     pthread_mutex_t seg_lock; /* seg_fds and segment creation */
     int seg_fds[SHM_MAX_SEGMENTS];
     uint64_t seg_size[SHM_MAX_SEGMENTS]; /* as created: the daemon's own record */
@@ -229,6 +230,8 @@ struct daemon {
 
     /* Restart (fdstore.c, statedir.c, adopt.c). */
     int stored_fds[SHM_MAX_SEGMENTS]; /* passed back by systemd's fd store, by index; -1 */
+    int stored_hdr_fd;                /* the newest header page passed back, or -1 */
+    uint64_t stored_hdr_gen;          /* its generation (FDNAME header-page-<gen>) */
     int passed_listen_fd;             /* the listening socket systemd passed, or -1 */
     bool use_fdstore;                 /* NOTIFY_SOCKET set and no state dir */
     bool discard_bad_heap;            /* --discard-bad-heap */
@@ -281,6 +284,9 @@ int owner_segment(struct daemon *d, uint32_t index, uint64_t *ret_size, uint32_t
 uint32_t owner_nsegments(struct daemon *d);
 /* Writes cfg.shm into the control segment and bumps config_gen. */
 void owner_publish_config(struct daemon *d);
+/* Adds to rep what of the header page and the segment table disagrees with
+ * the daemon's own records (config, segment fds and sizes). */
+void owner_verify(struct daemon *d, struct verify_report *rep);
 
 /* ---- fdstore.c: systemd's file descriptor store ---- */
 /* Takes every fd systemd passed (sd_listen_fds_with_names): stored
@@ -289,6 +295,9 @@ void owner_publish_config(struct daemon *d);
 void fdstore_collect(struct daemon *d);
 /* Hands segment index's fd to systemd (FDSTORE=1) when d->use_fdstore. */
 void fdstore_put(struct daemon *d, uint32_t index, int fd);
+/* The same for the header page of generation gen, and its removal. */
+void fdstore_put_header(struct daemon *d, uint64_t gen, int fd);
+void fdstore_remove_header(struct daemon *d, uint64_t gen);
 /* Asks systemd to drop the stored fd of segment index (FDSTOREREMOVE=1). */
 void fdstore_remove(struct daemon *d, uint32_t index);
 /* Closes the stored fds not taken by adoption. */
@@ -310,8 +319,9 @@ void statedir_close(struct daemon *d);
 /* Checks the segments in fds[] (index 0 the control segment; taken over
  * on success, left open otherwise) and makes them the daemon's: records,
  * its own attachment, recovery, the clients it finds. `source` names
- * where they came from for the logs. -EPROTO: another layout version. */
-int adopt_heap(struct daemon *d, int fds[SHM_MAX_SEGMENTS], const char *source);
+ * where they came from for the logs. -EPROTO: another layout version;
+ * -ENODATA: nothing to adopt (a creation cut short before its header page). */
+int adopt_heap(struct daemon *d, int fds[SHM_MAX_SEGMENTS], int hdr_fd, const char *source);
 /* After the daemon's attachment mapped the adopted heap: recovery, and the
  * clients of the earlier daemon watched until they say hello again. */
 int adopt_recover(struct daemon *d, const char *source);
@@ -372,6 +382,7 @@ bool req_string(
 /* ---- ops: op_attach.c, op_info.c, op_admin.c ---- */
 void op_hello(struct conn *c, const cJSON *req);
 void op_segment(struct conn *c, const cJSON *req);
+void op_header_page(struct conn *c, const cJSON *req);
 void op_grow(struct conn *c, const cJSON *req);
 void op_stats(struct conn *c, const cJSON *req);
 void op_clients(struct conn *c, const cJSON *req);

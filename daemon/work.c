@@ -111,6 +111,9 @@ static void after_work_cb(uv_work_t *req, int status)
         trim_done(j);
         break;
     case JOB_VERIFY:
+        /* On the loop thread: the daemon's own records are the loop's. */
+        if (j->r == 0)
+            owner_verify(d, j->verify);
         op_verify_done(j->conn, j->r, j->verify);
         break;
     case JOB_RECLAIM:

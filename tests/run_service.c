@@ -27,6 +27,7 @@ int main(void)
             systemd_suite,
             restart_suite,
             resources_suite,
+            scribbler_suite,
     };
     /* clang-format on */
     /* ---- end of the suite list ---- */

@@ -59,6 +59,7 @@ static void fuzz_setup(void)
     d->passed_listen_fd = -1;
     for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++)
         d->stored_fds[i] = -1; /* nothing from systemd's fd store */
+    d->stored_hdr_fd = -1;
     link_init(&d->conns);
     link_init(&d->clients);
     link_init(&d->procs);
