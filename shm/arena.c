@@ -9,11 +9,12 @@
  * No kill leaks an arena (the run's metadata word is the record, run.c):
  *   create   the run is claimed with the creator's owner tag in its head
  *            word, under the segment lock and its journal; the header is
- *            written after. A non-SESSION arena's tag is cleared once the
- *            header is live, just before the offset is returned; a SESSION
- *            arena keeps it for life. So a creator killed at any point
- *            leaves a run its owner's sweep frees (reclaim.c), header or no
- *            header, and a SESSION arena goes with its creator either way.
+ *            written after, and the tag cleared once it is live, just
+ *            before the offset is returned. So a creator killed at any
+ *            point leaves a run its owner's sweep finds (reclaim.c): freed
+ *            if it has no header, or a plain one; untagged if it has a
+ *            live SESSION header, which heap_arena_destroy_session then
+ *            destroys with the rest of its client's SESSION arenas.
  *   destroy  the magic is cleared and the blocks freed in one section
  *            under the segment lock, after the journal names the blocks: a
  *            destroyer killed there is finished by the next holder. */
@@ -83,8 +84,9 @@ int heap_arena_create(struct heap *h, size_t capacity, unsigned flags, uint64_t 
      * magic sees the header (pairs with the acquire in arena_at). */
     store_release(&a->magic, ARENA_MAGIC);
     shm_fault(FAULT_ARENA_HEADER);
-    if (!(flags & HEAP_ARENA_SESSION) && h->owner_tag) {
-        /* It outlives its creator from here on. */
+    if (h->owner_tag) {
+        /* Reachable from here on: a plain arena outlives its creator, a
+         * SESSION one goes by its client id (heap_arena_destroy_session). */
         r = run_retag(h, off, RUN_ARENA, 0);
         if (r < 0) {
             (void) heap_arena_destroy(h, off);
@@ -171,12 +173,18 @@ int arena_reap(struct heap *h, uint64_t off)
         return -EINVAL;
     b = (uint32_t) ((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT);
     a = off_ptr(h, off);
-    /* Claimed by an owner now gone, with or without a header: nobody else
-     * can have it (a non-SESSION arena loses its tag before its offset is
-     * returned), so it goes; a live header loses its magic with it, so no
-     * stale offset finds it once the blocks are reused. */
-    if (load_acquire(&a->magic) == ARENA_MAGIC)
+    /* Claimed by an owner now gone that had not returned it (the tag goes
+     * before the offset is returned). A live SESSION header names its
+     * client: it goes as the client's SESSION arenas go, by its client id
+     * (the daemon's heap_arena_destroy_session, on the client's exit or
+     * clean detach), so it only loses the tag here (1). Anything else
+     * nobody can have: it goes (0), a live header losing its magic with
+     * it, so no stale offset finds it once the blocks are reused. */
+    if (load_acquire(&a->magic) == ARENA_MAGIC) {
+        if (load_relaxed(&a->flags) & HEAP_ARENA_SESSION)
+            return run_retag_in(h, m, b, RUN_ARENA, 0) < 0 ? -EAGAIN : 1;
         return run_free_in(h, m, b, RUN_ARENA, NULL, &a->magic, ARENA_MAGIC);
+    }
     return run_free_in(h, m, b, RUN_ARENA, NULL, NULL, 0);
 }
 

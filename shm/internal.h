@@ -51,9 +51,10 @@ struct heap {
     uint32_t seg_hint; /* the segment to try first for fresh blocks */
     uint32_t va_slots; /* segment slots the reservation covers (attach.c) */
     struct heap_hooks hooks;
-    pthread_mutex_t local_lock; /* mapping new segments, the tcache list */
-    pthread_key_t key;          /* flushes a thread's cache when it exits */
-    struct tcache *caches;      /* every live tcache of this attachment */
+    const struct heap_track *track; /* NULL unless tracked (alloc.c, heap_set_track) */
+    pthread_mutex_t local_lock;     /* mapping new segments, the tcache list */
+    pthread_key_t key;              /* flushes a thread's cache when it exits */
+    struct tcache *caches;          /* every live tcache of this attachment */
     /* Config as this process uses it, re-read when config_gen moves. */
     uint64_t cfg_gen;
     uint32_t bundle_objects;
@@ -70,6 +71,13 @@ struct heap {
         uint32_t off;
     } tag_geo[SHM_NCLASSES];
     uint32_t bundle_n[SHM_NCLASSES]; /* objects per bundle */
+    /* The per-CPU caches (percpu.h): their first cache in this mapping,
+     * NULL until percpu_attach() found the area (release/acquire); the
+     * CPUs they cover; whether this process looked for the area yet. */
+    char *pcpu_caches;
+    uint32_t pcpu_ncpus;
+    uint32_t pcpu_tried;
+    uint64_t pcpu_missed_ns; /* when the figures last found no area (percpu_counts) */
     struct seg_map segs[SHM_MAX_SEGMENTS];
 };
 
@@ -376,7 +384,9 @@ void run_recover(struct heap *h, struct seg_map *m);
 void run_free_locked(struct seg_map *m, uint32_t block, uint32_t n);
 
 /* ---- arenas and pools (arena.c, pool.c): what a sweep finds ---- */
-/* Frees an arena claimed by a gone owner (its head word carries the tag). */
+/* An arena claimed by a gone owner (its head word carries the tag): freed
+ * (0), or untagged if a live SESSION header names its client (1, left to
+ * heap_arena_destroy_session); -EAGAIN/-EINVAL if neither could be done. */
 int arena_reap(struct heap *h, uint64_t off);
 /* A pool chunk claimed by a gone owner: untagged if its pool links it (0),
  * else freed (1); -EAGAIN if the lock failed. */
@@ -413,6 +423,12 @@ void reclaim_busy_all(struct heap *h);
 /* Whether slot s is OWNED. acquire: pairs with slot_claim()'s CAS and with
  * the release of FREE (slot_release, reclaim_slot), which publishes the
  * drained bins. */
+/* A state word a slot can have; any other was scribbled (slot.c). */
+static inline bool slot_state_valid(uint32_t state)
+{
+    return state <= SLOT_ORPHAN;
+}
+
 static inline bool slot_is_owned(const struct cache_slot *s)
 {
     return load_acquire(&s->state) == SLOT_OWNED;
@@ -532,15 +548,21 @@ struct seg_map *heap_seg_for(struct heap *h, uint64_t off); /* maps on demand */
 void *heap_at(struct heap *h, uint64_t off, uint64_t len, uint64_t align);
 void *heap_obj_at(struct heap *h, uint64_t off);
 void heap_count_bad_free(struct heap *h);
+/* Maps the header page behind fd read-only at base (the control segment's
+ * first page) and closes fd; fd < 0 is returned as the error. */
+int heap_map_header(void *base, int fd);
 
 /* ---- ctl.c ---- */
+/* The header page's magic, layout version, header size and max_segments. */
+int ctl_check_page(const struct ctl_header *c);
+/* ctl_check_page, and the control segment's size (fstat) against ctl_size. */
 int ctl_check_header(const struct ctl_header *c, uint64_t size);
 /* Sizes fd and writes a fresh control segment with cfg into it. */
 /* The bytes of a new segment: segment_size, or more for a large request. */
 uint64_t create_segment_bytes(const struct shm_config *cfg, uint64_t min_bytes);
 /* Makes the memfd of a segment of at least `size` bytes by `policy`: the
  * first page size that works (hugetlb: the metadata's pages reserved now;
- * normal pages: sealed against shrinking), the size rounded up to whole
+ * then sealed against shrinking and growing), the size rounded up to whole
  * pages and blocks. */
 int create_segment_memfd(
         uint64_t size, int policy, int *ret_fd, uint64_t *ret_size, uint64_t *ret_page);

@@ -5,8 +5,7 @@
  *   bits  8..15  size class (BLK_SLAB, BLK_SLAB_TAIL)
  *   bits 16..31  free objects in the slab (BLK_SLAB), or the owner tag of a
  *                run (BLK_RUN: a large object's owner, 0: shared; an arena's
- *                or pool chunk's creator while it creates it, a SESSION
- *                arena's for life: run.c)
+ *                or pool chunk's creator while it creates it: run.c)
  *   bits  8..31  of a BLK_BUSY block instead: the pid of the process that
  *                took it out of the free tree (commit.c's decommit), so a
  *                reaper can free it once that process is gone (reclaim.c)

@@ -9,10 +9,11 @@
  *              killed inside a cache operation is counted in deaths_mid_op.
  *   2. sweep   then the objects a gone owner allocated and never shared
  *              (their owner tag is still its own: owned.c) go back to their
- *              slabs, large ones to the free blocks; so do its SESSION
- *              arenas and the arenas and pool chunks whose creation it did
- *              not finish (their run carries its tag: run.c), and the pools
- *              it was destroying are finished (pool.c). After the slots,
+ *              slabs, large ones to the free blocks; so do the arenas
+ *              and pool chunks whose creation it did not finish (their run
+ *              carries its tag: run.c; a SESSION arena with a live header
+ *              is left to heap_arena_destroy_session), and the pools it
+ *              was destroying are finished (pool.c). After the slots,
  *              because an object in a dead cache carries its freer's tag
  *              too: sweeping first would free it twice.
  *   3. BUSY    last, blocks a decommitter (commit.c) left BLK_BUSY, and the
@@ -32,6 +33,7 @@
 
 #include "shm/internal.h"
 #include "shm/os.h"
+#include "shm/percpu.h"
 
 /* Large objects collected under the lock, freed after it. */
 #define SWEEP_BATCH 256u
@@ -207,6 +209,19 @@ static int sweep_owner(struct heap *h, uint32_t index, struct heap_owned_reclaim
                 return -EAGAIN;
             }
             (void) usleep(1000);
+        }
+    }
+    /* Objects in the per-CPU caches may carry its tag too (a pop aborted
+     * after its tag store, a free that kept the tag): the caches are
+     * emptied first, clearing the tags on the way. A CPU we cannot run on
+     * may hold some: no sweep until one can (percpu.c). */
+    {
+        uint64_t left;
+
+        (void) percpu_drain_all(h, &left);
+        if (left) {
+            store_release(&e->sweeper, 0); /* as below */
+            return -EAGAIN;
         }
     }
     (void) heap_sync_segments(h);

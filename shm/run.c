@@ -8,8 +8,8 @@
  *   tail i's meta_len        == i (its distance back to the head)
  *   head's meta_owner        == the owner tag of a RUN_LARGE run, 0 if shared;
  *                               of an arena or pool chunk: its creator's tag
- *                               until the creation is committed (a SESSION
- *                               arena keeps it for life), else 0. So a run
+ *                               until the creation is committed, else 0.
+ *                               So a run
  *                               whose creator dies before it is reachable
  *                               is found by that owner's sweep (reclaim.c)
  *   hdr->large_bytes         == the bytes of the segment's RUN_LARGE runs

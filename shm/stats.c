@@ -7,6 +7,7 @@
 
 #include "shm/internal.h"
 #include "shm/os.h"
+#include "shm/percpu.h"
 
 /* Adds every slot's counters and bins to the figures. */
 static void stats_add_slots(struct ctl_header *c, struct heap_stats *ret)
@@ -33,6 +34,23 @@ static void stats_add_slots(struct ctl_header *c, struct heap_stats *ret)
             cs->rec_retries += load_relaxed(&b->rec_retries);
         }
     }
+}
+
+/* Adds the per-CPU caches (percpu.c): their objects in use and cached.
+ * Their allocations were counted in the slots' ticks, and the slots count
+ * as freed whatever they allocated that is not in their bins: take off
+ * what is in use through the CPU caches. */
+static uint64_t stats_add_percpu(struct heap *h, struct heap_stats *ret)
+{
+    uint64_t in_use[SHM_NCLASSES] = {0}, cached[SHM_NCLASSES] = {0};
+    uint64_t area = percpu_counts(h, in_use, cached);
+
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        ret->classes[cls].in_use += in_use[cls];
+        ret->classes[cls].cached += cached[cls];
+        ret->frees -= in_use[cls];
+    }
+    return area;
 }
 
 /* Adds every mapped segment's figures. */
@@ -67,7 +85,8 @@ static void stats_add_segments(struct heap *h, struct heap_stats *ret)
 int heap_stats(struct heap *h, struct heap_stats *ret)
 {
     struct ctl_header *c;
-    int64_t in_use;
+    uint64_t in_use; /* wraps: the counters are any process's to write */
+    uint64_t pcpu_area;
 
     if (!h || !ret)
         return -EINVAL;
@@ -87,19 +106,22 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
         ret->frees += load_relaxed(&c->rec[cls].reclaimed);
     }
     stats_add_slots(c, ret);
+    pcpu_area = stats_add_percpu(h, ret);
     /* A free a slab refused was counted by the cache that took it: it is
      * not a free. */
     ret->frees -= load_relaxed(&c->refused_frees);
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
         ret->frees -= load_relaxed(&c->rec[cls].refused);
-        in_use += (int64_t) ret->classes[cls].in_use * (int64_t) ret->classes[cls].object_size;
+        in_use += ret->classes[cls].in_use * ret->classes[cls].object_size;
     }
-    ret->bytes_in_use = in_use > 0 ? (uint64_t) in_use : 0;
+    ret->bytes_in_use = (int64_t) in_use > 0 ? in_use : 0;
     /* The control segment's pages as the kernel counts them: most of its
      * 1024 cache slots are never touched. */
     if (os_fstat_size(h->ctl_fd, NULL, &ret->bytes_committed) < 0)
         ret->bytes_committed = c->ctl_size;
     stats_add_segments(h, ret);
+    /* The per-CPU caches' area is a large object, the allocator's own. */
+    ret->bytes_in_use -= ret->bytes_in_use < pcpu_area ? ret->bytes_in_use : pcpu_area;
     /* The peak is sampled by threads every TCACHE_TICK operations and on
      * flushes; the snapshot taken here counts too. */
     ret->peak_bytes_in_use = ctl_raise_peak(c, ret->bytes_in_use);
@@ -136,7 +158,10 @@ int heap_client_usage(struct heap *h,
         ret->threads++;
         ret->allocs += slot_allocs(s) - load_relaxed(&s->claim_allocs);
         ret->frees += slot_frees(s) - load_relaxed(&s->claim_frees);
-        ret->bytes_in_use += slot_bytes_in_use(s) - load_relaxed(&s->claim_bytes);
+        /* In uint64_t: any of these may be garbage (signed overflow is UB). */
+        ret->bytes_in_use =
+                (int64_t) ((uint64_t) ret->bytes_in_use + (uint64_t) slot_bytes_in_use(s) -
+                           (uint64_t) load_relaxed(&s->claim_bytes));
     }
     return 0;
 }

@@ -438,6 +438,9 @@ static unsigned run_point(int point, unsigned rounds)
             ck_assert_msg(counts, "%s: the object count skipped before the reclaim", what);
             exact++;
         }
+        /* What the daemon does for a client that died: its SESSION arenas,
+         * then its caches and what it never shared. */
+        ck_assert_int_ge(heap_arena_destroy_session(t.h, 100 + round), 0);
         ck_assert_int_ge(heap_reclaim_dead(t.h), 0);
         if (round % 3 == 2)
             ck_assert_msg(use_heap(t.h, 1), "%s: the parent could not use the heap", what);

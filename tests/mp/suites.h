@@ -10,6 +10,7 @@ Suite *death_suite(void);
 Suite *storm_suite(void);  /* check_storm.c: random kills, exact figures after each */
 Suite *faults_suite(void); /* check_faults.c: every fault point, hit and recovered */
 Suite *trim_idle_suite(void);
+Suite *percpu_death_suite(void); /* check_percpu_death.c: the per-CPU caches, shared and killed */
 Suite *adopt_suite(void); /* check_adopt.c: recovery when a new owner adopts a heap */
 
 #endif

@@ -23,5 +23,7 @@ Suite *metrics_suite(void);        /* check_metrics.c: GET /metrics, Prometheus,
 Suite *systemd_suite(void);        /* check_systemd.c: notify, activation, the units */
 Suite *kill_arenas_suite(void);    /* check_kill_arenas.c: arena creators killed */
 Suite *restart_suite(void);        /* check_restart.c: restart without loss, adoption */
+Suite *resources_suite(void);      /* check_resources.c: fds, memory, connections bounded */
+Suite *scribbler_suite(void);      /* check_scribbler.c: untrusted shared memory, sealed header */
 
 #endif
