@@ -112,8 +112,10 @@ static void after_work_cb(uv_work_t *req, int status)
         break;
     case JOB_VERIFY:
         /* On the loop thread: the daemon's own records are the loop's. */
-        if (j->r == 0)
+        if (j->r == 0) {
             owner_verify(d, j->verify);
+            owner_lock_report(d, j->verify);
+        }
         op_verify_done(j->conn, j->r, j->verify);
         break;
     case JOB_RECLAIM:
@@ -136,6 +138,8 @@ static void after_work_cb(uv_work_t *req, int status)
         decay_released(d, j->r, &j->released, j->idle_slots, j->release.nidle);
         break;
     }
+    if (j->kind != JOB_VERIFY || j->r != 0)
+        owner_lock_report(d, NULL); /* the log says what the job's locks found */
     if (j->conn)
         conn_resume(j->conn);
     free(j->idle_slots);

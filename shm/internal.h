@@ -32,8 +32,9 @@ struct seg_map {
     uint32_t page_size;
     uint32_t unit_shift;
     int fd;
-    bool needs_commit; /* hugetlb: units must be fallocated before use */
+    bool needs_commit;       /* hugetlb: units must be fallocated before use */
     uint32_t release_cursor; /* where heap_release's next punch starts (release.c) */
+    uint32_t stuck_word;     /* guarded locks: the lock word a wait timed out on (segment.c) */
 };
 
 struct tcache;
@@ -52,9 +53,9 @@ struct heap {
     uint32_t va_slots; /* segment slots the reservation covers (attach.c) */
     struct heap_hooks hooks;
     const struct heap_track *track; /* NULL unless tracked (alloc.c, heap_set_track) */
-    pthread_mutex_t local_lock; /* mapping new segments, the tcache list */
-    pthread_key_t key;          /* flushes a thread's cache when it exits */
-    struct tcache *caches;      /* every live tcache of this attachment */
+    pthread_mutex_t local_lock;     /* mapping new segments, the tcache list */
+    pthread_key_t key;              /* flushes a thread's cache when it exits */
+    struct tcache *caches;          /* every live tcache of this attachment */
     /* Config as this process uses it, re-read when config_gen moves. */
     uint64_t cfg_gen;
     uint32_t bundle_objects;
@@ -72,6 +73,10 @@ struct heap {
     } tag_geo[SHM_NCLASSES];
     uint32_t bundle_n[SHM_NCLASSES]; /* objects per bundle */
     struct seg_map segs[SHM_MAX_SEGMENTS];
+    /* Segment locks taken by os_mutex_lock_guarded (heap_guard_locks): the
+     * daemon's attachment. 0: pthread_mutex_lock (a client's). */
+    uint32_t lock_wait_ms;
+    struct heap_lock_report lock_report; /* relaxed counters (segment.c) */
 };
 
 /* A thread's cache for one attachment. Lives in thread-local storage; its
@@ -322,10 +327,8 @@ bool commit_unit_is_set(struct seg_map *m, uint64_t u);
 /* Decommits free units beyond `retain` free blocks; returns bytes released. */
 uint64_t commit_decommit_free(struct heap *h, struct seg_map *m, uint64_t *retain);
 /* Same, decommitting at most max_bytes (whole units). */
-uint64_t commit_decommit_free_max(struct heap *h,
-                                  struct seg_map *m,
-                                  uint64_t *retain,
-                                  uint64_t max_bytes);
+uint64_t
+commit_decommit_free_max(struct heap *h, struct seg_map *m, uint64_t *retain, uint64_t max_bytes);
 uint64_t commit_bytes(struct seg_map *m);
 
 /* ---- run.c ---- */

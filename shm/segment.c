@@ -351,9 +351,55 @@ static void seg_recover(struct seg_map *m, struct heap *h)
     seg_repair(m);
 }
 
+/* The daemon's lock: bounded, and what it repaired is counted for its
+ * verify and log (library code does not log). */
+static int seg_lock_guarded(struct seg_map *m, struct heap *h)
+{
+    struct heap_lock_report *rep = &h->lock_report;
+    struct os_lock_guard g;
+    uint32_t wait_ms = h->lock_wait_ms, seg = m->index, stuck = load_relaxed(&m->stuck_word);
+    int r;
+
+    /* Still the word a wait timed out on: the same holder has it (or the
+     * same written word is there), so one try, not another full wait: a
+     * job that takes the lock many times must not wait for each. */
+    if (stuck && load_relaxed((uint32_t *) &m->hdr->lock.__data.__lock) == stuck)
+        wait_ms = 0;
+    r = os_mutex_lock_guarded(&m->hdr->lock, wait_ms, &g);
+    store_relaxed(&m->stuck_word, r == ETIMEDOUT ? g.word : 0);
+
+    if (g.dead_tid) {
+        store_relaxed(&rep->last_tid, g.dead_tid);
+        (void) __atomic_fetch_add(&rep->dead_words, 1, __ATOMIC_RELAXED);
+    }
+    if (g.kind_fixed)
+        (void) __atomic_fetch_add(&rep->kinds_fixed, 1, __ATOMIC_RELAXED);
+    if (r == ETIMEDOUT)
+        (void) __atomic_fetch_add(&rep->timeouts, 1, __ATOMIC_RELAXED);
+    if (g.dead_tid || g.kind_fixed || r == ETIMEDOUT)
+        store_relaxed(&rep->last_seg, seg);
+    return r;
+}
+
+void heap_guard_locks(struct heap *h, uint32_t wait_ms)
+{
+    h->lock_wait_ms = wait_ms;
+}
+
+void heap_lock_report(struct heap *h, struct heap_lock_report *ret)
+{
+    const struct heap_lock_report *rep = &h->lock_report;
+
+    ret->dead_words = load_relaxed(&rep->dead_words);
+    ret->kinds_fixed = load_relaxed(&rep->kinds_fixed);
+    ret->timeouts = load_relaxed(&rep->timeouts);
+    ret->last_tid = load_relaxed(&rep->last_tid);
+    ret->last_seg = load_relaxed(&rep->last_seg);
+}
+
 int seg_lock(struct seg_map *m, struct heap *h)
 {
-    int r = pthread_mutex_lock(&m->hdr->lock);
+    int r = h->lock_wait_ms ? seg_lock_guarded(m, h) : pthread_mutex_lock(&m->hdr->lock);
 
     if (r == EOWNERDEAD) {
         seg_recover(m, h);

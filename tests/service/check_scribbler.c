@@ -18,6 +18,8 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -510,6 +512,150 @@ START_TEST(scribbler_damage)
 }
 END_TEST
 
+/* Waits until the daemon lists client pid `by` with a large object. */
+static void wait_allocated(struct daemon_fixture *f, pid_t by)
+{
+    for (int tries = 0;; tries++) {
+        bool seen = false;
+        const cJSON *cl;
+        cJSON *r = fixture_op(f, "{\"op\":\"clients\"}");
+
+        cJSON_ArrayForEach(cl, cJSON_GetObjectItemCaseSensitive(r, "clients"))
+        {
+            const cJSON *pid = cJSON_GetObjectItemCaseSensitive(cl, "pid");
+            const cJSON *b = cJSON_GetObjectItemCaseSensitive(cl, "bytes_allocated");
+
+            seen |= cJSON_IsNumber(pid) && (pid_t) pid->valuedouble == by && cJSON_IsNumber(b) &&
+                    b->valuedouble >= (1 << 20);
+        }
+        cJSON_Delete(r);
+        if (seen)
+            return;
+        ck_assert_msg(tries < 2000, "the bystander never allocated");
+        mp_sleep_ms(5);
+    }
+}
+
+/* verify answers, finds the heap inconsistent, and one of its problems
+ * contains `what`. */
+static void expect_verify_says(struct daemon_fixture *f, const char *what)
+{
+    cJSON *r = fixture_op(f, "{\"op\":\"verify\"}");
+    const cJSON *p;
+    bool found = false;
+
+    ck_assert_msg(reply_is_ok(r), "verify: %s", reply_error_message(r));
+    ck_assert(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(r, "consistent")));
+    cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(r, "problems"))
+    {
+        found |= cJSON_IsString(p) && strstr(p->valuestring, what);
+    }
+    if (!found) {
+        char *s = cJSON_Print(r);
+
+        fprintf(stderr, "verify said:\n%s\n", s);
+        free(s);
+    }
+    cJSON_Delete(r);
+    ck_assert_msg(found, "verify did not report \"%s\"", what);
+}
+
+/* A pid that no process has: a child that has exited and been reaped. */
+static pid_t dead_pid(void)
+{
+    pid_t p = fork();
+
+    ck_assert_int_ge(p, 0);
+    if (p == 0)
+        _exit(0);
+    ck_assert_int_eq(waitpid(p, NULL, 0), p);
+    return p;
+}
+
+enum lock_scribble { LOCK_DEAD_TID, LOCK_KIND, LOCK_LIVE_TID };
+
+/* Segment 1's lock, mapped as any client can map it, gets a word no holder
+ * wrote: a thread that does not exist, a kind that is not the lock's, or
+ * this (live, never locking) process's pid. The daemon keeps answering
+ * stats, a trim finishes, verify reports what it found, and the bystander
+ * (which does not lock while the word is written: glibc would abort it, as
+ * it aborted the daemon before the guarded lock) then allocates. */
+static void lock_scribble(enum lock_scribble how, const char *what)
+{
+    struct share *sh = mp_shared_alloc(sizeof(*sh));
+    int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, sock;
+    struct daemon_fixture f;
+    struct seg_header *seg;
+    struct stat st;
+    pid_t by;
+    cJSON *r;
+
+    fixture_start(&f, NULL);
+    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f.socket_path);
+    ck_assert_int_eq(pipe(sh->go), 0);
+    by = mp_fork(bystander, sh, 0);
+    sh->bystander = by;
+    (void) close(sh->go[0]);
+    wait_allocated(&f, by);
+    sock = raw_hello(f.socket_path, fds, &nfds);
+    ck_assert_int_eq(fstat(fds[1], &st), 0);
+    seg = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+    ck_assert_msg(seg != MAP_FAILED, "map segment 1: %s", strerror(errno));
+    switch (how) {
+    case LOCK_DEAD_TID:
+        __atomic_store_n(&seg->lock.__data.__lock, (int) dead_pid(), __ATOMIC_RELAXED);
+        break;
+    case LOCK_KIND:
+        __atomic_store_n(&seg->lock.__data.__kind, 0, __ATOMIC_RELAXED);
+        break;
+    case LOCK_LIVE_TID:
+        __atomic_store_n(&seg->lock.__data.__lock, (int) getpid(), __ATOMIC_RELAXED);
+        break;
+    }
+    expect_alive(&f);
+    r = fixture_op(&f, "{\"op\":\"trim\",\"wait_ms\":0}");
+    ck_assert_ptr_nonnull(r); /* an answer: ok, or an error saying the lock stayed taken */
+    cJSON_Delete(r);
+    expect_alive(&f);
+    expect_verify_says(&f, what);
+    ck_assert(daemon_log_wait(&f, "segment 1: its lock", 5000));
+    if (how == LOCK_LIVE_TID) /* the "holder" lets go */
+        __atomic_store_n(&seg->lock.__data.__lock, 0, __ATOMIC_RELEASE);
+    else
+        ck_assert_int_ne(__atomic_load_n(&seg->lock.__data.__lock, __ATOMIC_RELAXED) &
+                                 FUTEX_TID_MASK,
+                         (int) getpid()); /* repaired, not just left */
+    ck_assert_int_eq(write(sh->go[1], "g", 1), 1);
+    (void) close(sh->go[1]);
+    mp_wait_ok(by, "the bystander");
+    mp_wait_ok(mp_fork(fresh_client, sh, 3), "a client attached afterwards");
+    expect_alive(&f);
+    (void) munmap(seg, (size_t) st.st_size);
+    for (int i = 0; i < nfds; i++)
+        (void) close(fds[i]);
+    (void) close(sock);
+    fixture_stop(&f);
+    mp_shared_free(sh, sizeof(*sh));
+}
+
+START_TEST(scribbler_lock_dead_tid)
+{
+    lock_scribble(LOCK_DEAD_TID, "which does not exist");
+}
+END_TEST
+
+START_TEST(scribbler_lock_kind)
+{
+    lock_scribble(LOCK_KIND, "lock kind written");
+}
+END_TEST
+
+START_TEST(scribbler_lock_live_tid)
+{
+    lock_scribble(LOCK_LIVE_TID, "lock held over");
+}
+END_TEST
+
 Suite *scribbler_suite(void)
 {
     Suite *s = suite_create("scribbler");
@@ -520,6 +666,9 @@ Suite *scribbler_suite(void)
     tcase_add_test(tc, scribbler_header_read_only_state_dir);
     tcase_add_test(tc, scribbler_first_page);
     tcase_add_test(tc, scribbler_damage);
+    tcase_add_test(tc, scribbler_lock_dead_tid);
+    tcase_add_test(tc, scribbler_lock_kind);
+    tcase_add_test(tc, scribbler_lock_live_tid);
     suite_add_tcase(s, tc);
     return s;
 }
