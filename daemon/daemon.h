@@ -494,7 +494,7 @@ int work_verify(struct daemon *d, struct conn *c);
 int work_reclaim(struct daemon *d, struct client *cl);
 /* Frees the private objects of client_id's detached attachments (its
  * process lives on; their mappings are gone). */
-int work_reclaim_detached(struct daemon *d, uint64_t client_id);
+int work_reclaim_detached(struct daemon *d, uint64_t client_id, pid_t pid);
 /* (Re)arms the periodic trim by cfg.shm.trim_interval_ms. */
 void work_trim_timer_update(struct daemon *d);
 /* Runs heap_release(req) in the pool (req and its slot list are copied);

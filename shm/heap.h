@@ -339,6 +339,15 @@ int heap_reclaim_owned(struct heap *h,
                        uint64_t client_id,
                        bool process_gone,
                        struct heap_owned_reclaim *ret);
+/* The same, for an owner that knows the client's process (the daemon,
+ * from its peer credentials): only entries of that pid are swept, and a
+ * sweep cut short is taken over only if it is that pid's or its process
+ * is gone. An entry's words are any client's to write; the pid is not. */
+int heap_reclaim_owned_by(struct heap *h,
+                          uint64_t client_id,
+                          uint32_t pid,
+                          bool process_gone,
+                          struct heap_owned_reclaim *ret);
 /* Same for every attachment that detached or whose process is gone. */
 int heap_reclaim_owned_gone(struct heap *h, struct heap_owned_reclaim *ret);
 /* Owner entries in use (live, detached or being swept) by client_id's

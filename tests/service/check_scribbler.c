@@ -50,6 +50,7 @@ struct share {
     pid_t bystander; /* a client that does not touch the damaged structures */
     int go[2];       /* parent -> bystander: the scribbler is done */
     uint64_t scribbled;
+    int hold[2]; /* exiter: exits when it reads EOF from hold[0] */
 };
 
 static uint64_t next_rand(uint64_t *s)
@@ -656,6 +657,109 @@ START_TEST(scribbler_lock_live_tid)
 }
 END_TEST
 
+/* Attaches, allocates nothing, and exits without detaching when its pipe
+ * closes: the daemon then reclaims what its owner entry tags (nothing). */
+static int exiter(void *arg, unsigned idx)
+{
+    const struct share *sh = arg;
+    shmheap_t *h;
+    char c;
+
+    (void) idx;
+    (void) close(sh->go[1]);
+    (void) close(sh->hold[1]);
+    MP_REQUIRE(shmheap_attach(sh->socket_path, &h) == 0, "attach: %s", shmheap_last_error());
+    (void) read(sh->hold[0], &c, 1);
+    _exit(0);
+}
+
+/* The owner entry of process pid in the mapped control segment, or NULL. */
+static struct owner_entry *entry_of(struct ctl_header *c, pid_t pid)
+{
+    for (unsigned i = 0; i < SHM_MAX_OWNERS; i++)
+        if (__atomic_load_n(&c->owners[i].pid, __ATOMIC_RELAXED) == (uint32_t) pid &&
+            __atomic_load_n(&c->owners[i].state, __ATOMIC_ACQUIRE) == OWNER_LIVE)
+            return &c->owners[i];
+    return NULL;
+}
+
+/* The bystander's live owner entry is written so that the daemon's sweep
+ * of another client, which exits, would take it: its client id becomes
+ * the exiting client's, or its state SWEEPING (a sweep cut short, which
+ * any sweep used to take over). The daemon matches entries by the pid it
+ * knows from the exiting client's credentials: it frees none of the
+ * bystander's objects (the log says 0 objects freed), and the bystander
+ * finds them intact and goes on. */
+static void owner_scribble(bool sweeping)
+{
+    struct share *sh = mp_shared_alloc(sizeof(*sh));
+    int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, sock;
+    struct owner_entry *mine, *its;
+    struct daemon_fixture f;
+    struct ctl_header *c;
+    char needle[64], *log;
+    struct stat st;
+    pid_t by, x;
+
+    fixture_start(&f, NULL);
+    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f.socket_path);
+    ck_assert_int_eq(pipe(sh->go), 0);
+    by = mp_fork(bystander, sh, 0);
+    sh->bystander = by;
+    wait_allocated(&f, by);
+    ck_assert_int_eq(pipe(sh->hold), 0); /* after the bystander's fork: only the exiter's */
+    x = mp_fork(exiter, sh, 1);
+    (void) close(sh->go[0]);
+    (void) close(sh->hold[0]);
+    sock = raw_hello(f.socket_path, fds, &nfds);
+    ck_assert_int_eq(fstat(fds[0], &st), 0);
+    c = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+    ck_assert_msg(c != MAP_FAILED, "map the control segment: %s", strerror(errno));
+    for (int tries = 0; !(its = entry_of(c, x)); tries++) {
+        ck_assert_msg(tries < 2000, "the exiting client never attached");
+        mp_sleep_ms(5);
+    }
+    mine = entry_of(c, by);
+    ck_assert_ptr_nonnull(mine);
+    if (sweeping)
+        __atomic_store_n(&mine->state, OWNER_SWEEPING, __ATOMIC_RELEASE);
+    else
+        __atomic_store_n(&mine->client_id, its->client_id, __ATOMIC_RELEASE);
+    (void) close(sh->hold[1]); /* the exiting client exits */
+    mp_wait_ok(x, "the exiting client");
+    (void) snprintf(needle, sizeof(needle), "(pid %d) exited: ", (int) x);
+    ck_assert(daemon_log_wait(&f, needle, 10000));
+    log = daemon_log(&f);
+    ck_assert_msg(strstr(strstr(log, needle), "freed 0 objects (0 bytes)"),
+                  "the sweep of the exited client freed the bystander's objects:\n%s", log);
+    free(log);
+    expect_alive(&f);
+    if (!sweeping) /* the entry is the bystander's again, for its detach */
+        __atomic_store_n(&mine->client_id, 0, __ATOMIC_RELAXED);
+    ck_assert_int_eq(write(sh->go[1], "g", 1), 1);
+    (void) close(sh->go[1]);
+    mp_wait_ok(by, "the bystander");
+    expect_alive(&f);
+    (void) munmap(c, (size_t) st.st_size);
+    for (int i = 0; i < nfds; i++)
+        (void) close(fds[i]);
+    (void) close(sock);
+    fixture_stop(&f);
+    mp_shared_free(sh, sizeof(*sh));
+}
+
+START_TEST(scribbler_owner_client_id)
+{
+    owner_scribble(false);
+}
+END_TEST
+
+START_TEST(scribbler_owner_sweeping)
+{
+    owner_scribble(true);
+}
+END_TEST
+
 Suite *scribbler_suite(void)
 {
     Suite *s = suite_create("scribbler");
@@ -669,6 +773,8 @@ Suite *scribbler_suite(void)
     tcase_add_test(tc, scribbler_lock_dead_tid);
     tcase_add_test(tc, scribbler_lock_kind);
     tcase_add_test(tc, scribbler_lock_live_tid);
+    tcase_add_test(tc, scribbler_owner_client_id);
+    tcase_add_test(tc, scribbler_owner_sweeping);
     suite_add_tcase(s, tc);
     return s;
 }
