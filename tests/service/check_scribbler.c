@@ -32,6 +32,7 @@
 #include <cjson/cJSON.h>
 
 #include "shm/layout.h"
+#include "shm/meta.h"
 #include "shmheap.h"
 #include "tests/common/mptest.h"
 #include "tests/service/daemon_fixture.h"
@@ -760,6 +761,54 @@ START_TEST(scribbler_owner_sweeping)
 }
 END_TEST
 
+/* The last block of segment 1 (free: nothing lives there) gets a slab
+ * head word of a class past the table, and the segment's punch record
+ * names it, with a puncher that does not exist. The next trim or verify
+ * reaps the dead puncher's punch (shm/punch.c): it used to read the
+ * class's geometry from past the table (an assert abort in shmheapd).
+ * Now the word is checked first: the daemon answers, verify reports the
+ * block, and clients attach and allocate. */
+START_TEST(scribbler_slab_meta)
+{
+    struct share *sh = mp_shared_alloc(sizeof(*sh));
+    int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, sock;
+    struct daemon_fixture f;
+    struct seg_header *seg;
+    uint64_t *meta;
+    uint32_t last;
+    struct stat st;
+    char what[64];
+
+    fixture_start(&f, NULL);
+    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f.socket_path);
+    sock = raw_hello(f.socket_path, fds, &nfds);
+    ck_assert_int_eq(fstat(fds[1], &st), 0);
+    seg = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+    ck_assert_msg(seg != MAP_FAILED, "map segment 1: %s", strerror(errno));
+    meta = (uint64_t *) ((char *) seg + seg->meta_off);
+    last = seg->nblocks - 1;
+    ck_assert_uint_eq(meta_state(meta[last]), BLK_FREE);
+    __atomic_store_n(&meta[last], meta_make(BLK_SLAB, 200, 3, 5, RUN_LARGE), __ATOMIC_RELAXED);
+    seg->punch_block = last;
+    seg->punch_phase = PUNCH_RESTORING;
+    __atomic_store_n(&seg->punch_pid, (uint32_t) dead_pid(), __ATOMIC_RELEASE);
+    expect_alive(&f);
+    cJSON_Delete(fixture_op(&f, "{\"op\":\"trim\",\"wait_ms\":0}"));
+    expect_alive(&f);
+    (void) snprintf(what, sizeof(what), "block %u: bad class 200", last);
+    expect_verify_says(&f, what);
+    for (unsigned i = 0; i < 3; i++)
+        mp_wait_ok(mp_fork(fresh_client, sh, 20 + i), "a client attached afterwards");
+    expect_alive(&f);
+    (void) munmap(seg, (size_t) st.st_size);
+    for (int i = 0; i < nfds; i++)
+        (void) close(fds[i]);
+    (void) close(sock);
+    fixture_stop(&f);
+    mp_shared_free(sh, sizeof(*sh));
+}
+END_TEST
+
 Suite *scribbler_suite(void)
 {
     Suite *s = suite_create("scribbler");
@@ -775,6 +824,7 @@ Suite *scribbler_suite(void)
     tcase_add_test(tc, scribbler_lock_live_tid);
     tcase_add_test(tc, scribbler_owner_client_id);
     tcase_add_test(tc, scribbler_owner_sweeping);
+    tcase_add_test(tc, scribbler_slab_meta);
     suite_add_tcase(s, tc);
     return s;
 }
