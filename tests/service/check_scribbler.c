@@ -809,6 +809,49 @@ START_TEST(scribbler_slab_meta)
 }
 END_TEST
 
+/* Segment 1's journal says a dead holder was returning a chain whose
+ * handoff word is in the header page (read-only in every mapping), and
+ * its lock word names a thread that does not exist: the daemon's next
+ * lock of it recovers and replays the journal. Before, the replay stored
+ * into the header page (SIGSEGV in shmheapd), and it read each journal
+ * field again after checking it. Now each is read once and checked: the
+ * daemon answers, verify reports the lock, clients attach and allocate. */
+START_TEST(scribbler_journal)
+{
+    struct share *sh = mp_shared_alloc(sizeof(*sh));
+    int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, sock;
+    struct daemon_fixture f;
+    struct seg_header *seg;
+    struct stat st;
+
+    fixture_start(&f, NULL);
+    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f.socket_path);
+    sock = raw_hello(f.socket_path, fds, &nfds);
+    ck_assert_int_eq(fstat(fds[1], &st), 0);
+    seg = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+    ck_assert_msg(seg != MAP_FAILED, "map segment 1: %s", strerror(errno));
+    seg->journal.chain = (UINT64_C(1) << SHM_SEG_SHIFT) | 0x12340;
+    seg->journal.slot_word = 64; /* in the header page */
+    seg->journal.block = seg->first_block;
+    seg->journal.n = UINT32_MAX;
+    __atomic_store_n(&seg->journal.op, JOP_RETURN, __ATOMIC_RELEASE);
+    __atomic_store_n(&seg->lock.__data.__lock, (int) dead_pid(), __ATOMIC_RELEASE);
+    expect_alive(&f);
+    cJSON_Delete(fixture_op(&f, "{\"op\":\"trim\",\"wait_ms\":0}"));
+    expect_alive(&f);
+    expect_verify_says(&f, "which does not exist");
+    for (unsigned i = 0; i < 3; i++)
+        mp_wait_ok(mp_fork(fresh_client, sh, 30 + i), "a client attached afterwards");
+    expect_alive(&f);
+    (void) munmap(seg, (size_t) st.st_size);
+    for (int i = 0; i < nfds; i++)
+        (void) close(fds[i]);
+    (void) close(sock);
+    fixture_stop(&f);
+    mp_shared_free(sh, sizeof(*sh));
+}
+END_TEST
+
 Suite *scribbler_suite(void)
 {
     Suite *s = suite_create("scribbler");
@@ -825,6 +868,7 @@ Suite *scribbler_suite(void)
     tcase_add_test(tc, scribbler_owner_client_id);
     tcase_add_test(tc, scribbler_owner_sweeping);
     tcase_add_test(tc, scribbler_slab_meta);
+    tcase_add_test(tc, scribbler_journal);
     suite_add_tcase(s, tc);
     return s;
 }
