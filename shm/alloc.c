@@ -11,6 +11,9 @@
 #include <unistd.h>
 
 #include "shm/internal.h"
+#ifdef SHMHEAP_PERCPU
+#    include "shm/percpu.h"
+#endif
 
 /* Under TSan: an object changes hands through the allocator, possibly
  * through another process TSan cannot see (freed here, reallocated there,
@@ -115,6 +118,17 @@ void *heap_malloc(struct heap *h, size_t size)
         struct cache_bin *bin = &s->bins[cls];
         uint64_t w;
 
+#ifdef SHMHEAP_PERCPU
+        /* The per-CPU caches first (percpu.h); NULL: the thread cache. */
+        if (likely(cls < PCPU_NCLASSES)) {
+            void *p = percpu_malloc_fast(h, tc, cls);
+
+            if (likely(p != NULL)) {
+                tsan_object_handoff(p);
+                return p;
+            }
+        }
+#endif
         store_relaxed(&s->busy, 1);
         compiler_barrier();
         /* acquire: pairs with a trimmer's release of steal
@@ -280,6 +294,10 @@ void heap_free(struct heap *h, void *p)
         if (unlikely(!sizeclass_is_object(cls, rel)))
             goto slow; /* not an object's start: counted there */
         tsan_object_handoff(p);
+#ifdef SHMHEAP_PERCPU
+        if (likely(cls < PCPU_NCLASSES) && likely(percpu_free_fast(h, tc, off, cls)))
+            return;
+#endif
         store_relaxed(&s->busy, 1);
         compiler_barrier();
         head = load_relaxed(&bin->head);

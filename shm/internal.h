@@ -72,6 +72,13 @@ struct heap {
         uint32_t off;
     } tag_geo[SHM_NCLASSES];
     uint32_t bundle_n[SHM_NCLASSES]; /* objects per bundle */
+    /* The per-CPU caches (percpu.h): their first cache in this mapping,
+     * NULL until percpu_attach() found the area (release/acquire); the
+     * CPUs they cover; whether this process looked for the area yet. */
+    char *pcpu_caches;
+    uint32_t pcpu_ncpus;
+    uint32_t pcpu_tried;
+    uint64_t pcpu_missed_ns; /* when the figures last found no area (percpu_counts) */
     struct seg_map segs[SHM_MAX_SEGMENTS];
     /* Segment locks taken by os_mutex_lock_guarded (heap_guard_locks): the
      * daemon's attachment. 0: pthread_mutex_lock (a client's). */
