@@ -519,6 +519,13 @@ int create_segment_memfd(
         uint64_t size, int policy, int *ret_fd, uint64_t *ret_size, uint64_t *ret_page);
 int ctl_format(int fd, const struct shm_config *cfg);
 int ctl_lock(struct ctl_header *c);
+/* ctl_lock for h: guarded like its segment locks when heap_guard_locks
+ * was called (the daemon's adoption takes it), else ctl_lock. */
+int ctl_lock_for(struct heap *h);
+/* Counts what a guarded lock of segment seg (0: the control segment)
+ * found, for heap_lock_report (segment.c). */
+struct os_lock_guard;
+void heap_lock_note(struct heap *h, uint32_t seg, const struct os_lock_guard *g, int r);
 void ctl_unlock(struct ctl_header *c);
 /* Raises the heap's peak of bytes in use to `bytes` if it is higher;
  * returns the peak. */

@@ -364,9 +364,8 @@ static void seg_recover(struct seg_map *m, struct heap *h)
  * verify and log (library code does not log). */
 static int seg_lock_guarded(struct seg_map *m, struct heap *h)
 {
-    struct heap_lock_report *rep = &h->lock_report;
     struct os_lock_guard g;
-    uint32_t wait_ms = h->lock_wait_ms, seg = m->index, stuck = load_relaxed(&m->stuck_word);
+    uint32_t wait_ms = h->lock_wait_ms, stuck = load_relaxed(&m->stuck_word);
     int r;
 
     /* Still the word a wait timed out on: the same holder has it (or the
@@ -376,18 +375,24 @@ static int seg_lock_guarded(struct seg_map *m, struct heap *h)
         wait_ms = 0;
     r = os_mutex_lock_guarded(&m->hdr->lock, wait_ms, &g);
     store_relaxed(&m->stuck_word, r == ETIMEDOUT ? g.word : 0);
+    heap_lock_note(h, m->index, &g, r);
+    return r;
+}
 
-    if (g.dead_tid) {
-        store_relaxed(&rep->last_tid, g.dead_tid);
+void heap_lock_note(struct heap *h, uint32_t seg, const struct os_lock_guard *g, int r)
+{
+    struct heap_lock_report *rep = &h->lock_report;
+
+    if (g->dead_tid) {
+        store_relaxed(&rep->last_tid, g->dead_tid);
         (void) __atomic_fetch_add(&rep->dead_words, 1, __ATOMIC_RELAXED);
     }
-    if (g.kind_fixed)
+    if (g->kind_fixed)
         (void) __atomic_fetch_add(&rep->kinds_fixed, 1, __ATOMIC_RELAXED);
     if (r == ETIMEDOUT)
         (void) __atomic_fetch_add(&rep->timeouts, 1, __ATOMIC_RELAXED);
-    if (g.dead_tid || g.kind_fixed || r == ETIMEDOUT)
+    if (g->dead_tid || g->kind_fixed || r == ETIMEDOUT)
         store_relaxed(&rep->last_seg, seg);
-    return r;
 }
 
 void heap_guard_locks(struct heap *h, uint32_t wait_ms)
