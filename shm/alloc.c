@@ -1,11 +1,15 @@
 /* The malloc family. The fast paths pop from and push to the calling
  * thread's cache (tcache.c); everything else is a slow path here.
  *
- * Fast path of malloc: the tcache lookup (one TLS load, two compares), the
- * class (a shift for <= 128 bytes, a clz otherwise), then in the owner's
- * slot: busy = 1, a look at steal, pop the bin's head (its first word
- * links to the next), bump the alloc counter, busy = 0. Free reads the
- * block's metadata word for the class and pushes. */
+ * Every object in a thread's cache already carries the attachment's owner
+ * tag (free writes it, a refill tags what it brings in: see obj_tag() in
+ * internal.h), so malloc hands an object out without touching its slab's
+ * tag line. Fast path of malloc: the tcache lookup (one TLS load, two
+ * compares), the class (a shift for <= 128 bytes, a table up to 1024, a
+ * clz above), then in the owner's slot: busy = 1, a look at steal, pop the
+ * bin's head (its first word links to the next), bump the ops counter,
+ * busy = 0. Free reads the block's metadata word for the class, checks
+ * that p is an object's start, tags it and pushes. */
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
@@ -59,9 +63,7 @@ malloc_class_slow(struct heap *h, struct tcache *tc, unsigned cls)
         }
     }
     p = obj_words(h, bin_off(w));
-    /* The tag before the pop: see obj_tag() in internal.h. */
-    store_relaxed(obj_tag(h, bin_off(w), cls), tc->owner_tag);
-    compiler_barrier();
+    /* Tagged already: every object in our bins carries our tag. */
     store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
     store_relaxed(&tc->slot->ops, load_relaxed(&tc->slot->ops) + 1);
     tcache_leave(tc);
@@ -90,48 +92,73 @@ static __attribute__((noinline)) void *malloc_slow(struct heap *h, size_t size)
     return malloc_class_slow(h, tc, sizeclass_of_inline(size));
 }
 
+/* The owner's side of the busy/steal protocol (tcache.c), for the fast
+ * paths: true if the slot is ours until slot_leave_fast(); false if a
+ * trimmer holds it (leave, and let the slow path wait). acquire: pairs
+ * with a trimmer's release of steal (tcache_steal_end), as in
+ * tcache_enter(). */
+static inline __attribute__((always_inline)) bool slot_enter_fast(struct cache_slot *s)
+{
+    store_relaxed(&s->busy, 1);
+    compiler_barrier();
+    return likely(!load_acquire(&s->steal));
+}
+
+/* tcache_leave() with the slot already in a register. release: publishes
+ * the bin to a trimmer that sees busy == 0 (pairs with tcache_steal_begin's
+ * acquire of busy). */
+static inline __attribute__((always_inline)) void slot_leave_fast(struct cache_slot *s)
+{
+    compiler_barrier();
+    store_release(&s->busy, 0);
+}
+
+/* The class of a small size: sizeclass_of_inline(), with h's table for
+ * 129 to 1024 bytes (one load from a register, where the clz takes ten
+ * instructions). */
+static inline __attribute__((always_inline)) unsigned class_of_fast(struct heap *h, size_t size)
+{
+    if (size <= 128)
+        return (unsigned) ((size - 1) >> 4);
+    if (size <= 1024)
+        return h->class_by_16[(size + 15) >> 4];
+    return sizeclass_of_inline(size);
+}
+
+/* Past TCACHE_TICK allocations: the tick, as a tail call that returns p,
+ * so that nothing of the fast path lives across a call. */
+static __attribute__((noinline)) void *malloc_tick(struct heap *h, struct tcache *tc, void *p)
+{
+    tcache_tick(h, tc);
+    return p;
+}
+
 void *heap_malloc(struct heap *h, size_t size)
 {
     struct tcache *tc = tcache_fast(h);
 
     if (likely(tc && size - 1 < SHM_SMALL_MAX)) {
-        unsigned cls = sizeclass_of_inline(size);
+        unsigned cls = class_of_fast(h, size);
         struct cache_slot *s = tc->slot;
         struct cache_bin *bin = &s->bins[cls];
         uint64_t w;
 
-        store_relaxed(&s->busy, 1);
-        compiler_barrier();
-        /* acquire: pairs with a trimmer's release of steal
-         * (tcache_steal_end), as in tcache_enter(). */
-        /* Classes whose slabs span blocks find their tags through the
-         * metadata: the slow path (a call here would cost every malloc
-         * its registers). */
-        if (likely(!load_acquire(&s->steal)) &&
-            likely(bin_off(w = load_relaxed(&bin->head)) != 0) && likely(h->tag_geo[cls].mul)) {
+        if (slot_enter_fast(s) && likely(bin_off(w = load_relaxed(&bin->head)) != 0)) {
             uint64_t *p = obj_words(h, bin_off(w));
             uint32_t ops = load_relaxed(&s->ops) + 1;
 
-            /* The object takes our tag, then one store pops it (offset
-             * and count share the word; the allocation is counted by the
-             * tick's own counter). Tag first: see obj_tag(). */
-            uint64_t next = p[0];
-            uint16_t *tag = obj_tag_at(h, p, cls);
-
-            /* The link is read before the tag's store, whose address comes
-             * late (a multiply): the load must not wait behind it. */
-            compiler_barrier();
-            store_relaxed(tag, tc->owner_tag);
-            compiler_barrier();
-            store_relaxed(&bin->head, bin_word(next, bin_count(w) - 1));
+            /* One store pops (offset and count share the word; the
+             * allocation is counted by the tick's own counter). The
+             * object carries our tag already. */
+            store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
             store_relaxed(&s->ops, ops);
-            tcache_leave(tc);
-            if (unlikely(ops >= TCACHE_TICK))
-                tcache_tick(h, tc);
+            slot_leave_fast(s);
             tsan_object_handoff(p);
+            if (unlikely(ops >= TCACHE_TICK))
+                return malloc_tick(h, tc, p);
             return p;
         }
-        tcache_leave(tc);
+        slot_leave_fast(s);
         return malloc_class_slow(h, tc, cls);
     }
     return malloc_slow(h, size);
@@ -222,6 +249,8 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
         tc->free_tick = tc->free_tick > n ? tc->free_tick - n : 0;
     }
     w = load_relaxed(&bin->head);
+    /* Every object in our bins carries our tag (see heap_free). */
+    store_relaxed(obj_tag(h, off, cls), tc->owner_tag);
     obj_words(h, off)[0] = bin_off(w);
     store_relaxed(&bin->head, bin_word(off, bin_count(w) + 1));
     tcache_leave(tc);
@@ -231,54 +260,82 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
     }
 }
 
+/* The block's metadata word of heap offset off (< SHM_VA_SPAN), or 0 if
+ * its segment is not mapped here; *ret_blk: the block's index. The word's
+ * address comes from the offset alone (the array is at SHM_META_OFF in
+ * every segment), off the chain of dependent loads; a mapped segment (meta
+ * set) is at least SHM_SEG_MIN_SIZE, so even a block index past nblocks
+ * reads inside the mapping before it is refused. The acquire of meta pairs
+ * with heap_map_segment's release (heap.c). */
+static inline __attribute__((always_inline)) uint64_t
+meta_word_fast(struct heap *h, uint64_t off, uint64_t *ret_blk)
+{
+    struct seg_map *m = &h->segs[off >> SHM_SEG_SHIFT];
+    uint64_t blk = (off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT, w;
+
+    if (unlikely(load_acquire(&m->meta) == NULL))
+        return 0;
+    w = load_relaxed((uint64_t *) (h->base + (off & ~SHM_OFF_MASK) + SHM_META_OFF) + blk);
+    if (unlikely(blk >= m->nblocks))
+        return 0;
+    *ret_blk = blk;
+    return w;
+}
+
+/* Whether p, rel bytes into its slab of class cls, is an object's start;
+ * if so *ret_tag is its owner tag (see struct heap's cls_geo). */
+static inline __attribute__((always_inline)) bool
+object_tag_fast(struct heap *h, char *p, uint64_t rel, unsigned cls, uint16_t **ret_tag)
+{
+    const struct cls_geo *g = &h->cls_geo[cls];
+    uint64_t idx = (rel * g->div_mul) >> 40;
+
+    *ret_tag = (uint16_t *) (p - rel + g->tags_off) + idx;
+    return likely(idx * g->size == rel) && likely(idx < g->capacity);
+}
+
 void heap_free(struct heap *h, void *p)
 {
     struct tcache *tc = tcache_fast(h); /* NULL for a NULL h */
-    uint64_t off = tc ? ptr_off(h, p) : UINT64_MAX, w;
-    struct seg_map *m;
+    uint64_t off = tc ? ptr_off(h, p) : UINT64_MAX, w, blk = 0;
 
-    /* The block's metadata word, inline and without out-parameters (the
-     * slow path's block_of() does the same with its checks spelled out).
-     * Its address comes from the offset alone (the array is at
-     * SHM_META_OFF in every segment), off the chain of dependent loads;
-     * a mapped segment (meta set) is at least SHM_SEG_MIN_SIZE, so even a
-     * block index past nblocks reads inside the mapping before it is
-     * refused. The acquire of meta pairs with heap_map_segment's release
-     * (heap.c); that of steal, with a trimmer's release (tcache.c). */
-    if (likely(off < SHM_VA_SPAN) &&
-        likely(load_acquire(&(m = &h->segs[off >> SHM_SEG_SHIFT])->meta) != NULL) &&
-        (w = load_relaxed((uint64_t *) (h->base + (off & ~SHM_OFF_MASK) + SHM_META_OFF) +
-                          ((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT)),
-         likely(((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT) < m->nblocks)) &&
-        likely(meta_state(w) == BLK_SLAB || meta_state(w) == BLK_SLAB_TAIL)) {
+    if (likely(off < SHM_VA_SPAN) && (w = meta_word_fast(h, off, &blk),
+                                      likely(meta_state(w) == BLK_SLAB) ||
+                                              likely(meta_state(w) == BLK_SLAB_TAIL))) {
         unsigned cls = meta_class(w);
         struct cache_slot *s = tc->slot;
         struct cache_bin *bin = &s->bins[cls];
-        uint64_t blk = (off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT, head;
         /* Bytes from the slab's start: a tail block knows its distance. */
-        uint64_t rel =
-                (off & SHM_OFF_MASK) -
-                ((blk - (meta_state(w) == BLK_SLAB_TAIL ? meta_len(w) : 0)) << SHM_BLOCK_SHIFT);
+        uint64_t rel = (off & (SHM_BLOCK_SIZE - 1)) +
+                       ((uint64_t) (meta_state(w) == BLK_SLAB_TAIL ? meta_len(w) : 0)
+                        << SHM_BLOCK_SHIFT);
+        uint16_t *tag;
+        uint64_t head;
 
-        if (unlikely(!sizeclass_is_object(cls, rel)))
+        if (unlikely(!object_tag_fast(h, p, rel, cls, &tag)))
             goto slow; /* not an object's start: counted there */
         tsan_object_handoff(p);
-        store_relaxed(&s->busy, 1);
-        compiler_barrier();
-        head = load_relaxed(&bin->head);
-        /* acquire: pairs with a trimmer's release of steal (tcache.c). */
-        if (likely(!load_acquire(&s->steal)) && likely(bin_off(head) != off) &&
-            likely(bin_count(head) < load_relaxed(&h->bin_cap[cls]))) {
-            /* One store pushes; the free is counted by the count itself
-             * (objects in use = bin net - count). */
-            ((uint64_t *) p)[0] = bin_off(head);
-            store_relaxed(&bin->head, bin_word(off, bin_count(head) + 1));
-            tcache_leave(tc);
-            /* No tick here: malloc ticks, and a thread that only frees
-             * reaches the slow path (a full bin) often enough. */
-            return;
+        /* Tagged ours first, then pushed (in either order a death between
+         * the two leaves it in our cache, or freed by its caller and tagged
+         * ours, which the sweep frees). Before the slot is entered: the
+         * slow path, should it come to that, tags it again; an immediate
+         * double free finds it in our bin, ours already. */
+        store_relaxed(tag, h->owner_tag);
+        if (slot_enter_fast(s)) {
+            head = load_relaxed(&bin->head);
+            if (likely(bin_off(head) != off) &&
+                likely(bin_count(head) < load_relaxed(&h->bin_cap[cls]))) {
+                /* One store pushes; the free is counted by the count
+                 * itself (objects in use = bin net - count). */
+                ((uint64_t *) p)[0] = bin_off(head);
+                store_relaxed(&bin->head, bin_word(off, bin_count(head) + 1));
+                slot_leave_fast(s);
+                /* No tick here: malloc ticks, and a thread that only frees
+                 * reaches the slow path (a full bin) often enough. */
+                return;
+            }
         }
-        tcache_leave(tc);
+        slot_leave_fast(s);
     }
 slow:
     free_slow(h, p);
