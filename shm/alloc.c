@@ -261,25 +261,20 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
 }
 
 /* The block's metadata word of heap offset off (< SHM_VA_SPAN), or 0 if
- * its segment is not mapped here; *ret_blk: the block's index. The word's
- * address comes from the offset alone (the array is at SHM_META_OFF in
- * every segment), off the chain of dependent loads; a mapped segment (meta
- * set) is at least SHM_SEG_MIN_SIZE, so even a block index past nblocks
- * reads inside the mapping before it is refused. The acquire of meta pairs
- * with heap_map_segment's release (heap.c). */
+ * its segment is not mapped here (nblocks 0) or the block is past its end;
+ * *ret_blk: the block's index. The word's address comes from the offset
+ * alone (the array is at SHM_META_OFF in every segment), off the chain of
+ * dependent loads. The acquire of nblocks pairs with heap_map_segment's
+ * release (heap.c), stored once the segment is mapped. */
 static inline __attribute__((always_inline)) uint64_t
 meta_word_fast(struct heap *h, uint64_t off, uint64_t *ret_blk)
 {
-    struct seg_map *m = &h->segs[off >> SHM_SEG_SHIFT];
-    uint64_t blk = (off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT, w;
+    uint64_t blk = (off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT;
 
-    if (unlikely(load_acquire(&m->meta) == NULL))
-        return 0;
-    w = load_relaxed((uint64_t *) (h->base + (off & ~SHM_OFF_MASK) + SHM_META_OFF) + blk);
-    if (unlikely(blk >= m->nblocks))
+    if (unlikely(blk >= load_acquire(&h->segs[off >> SHM_SEG_SHIFT].nblocks)))
         return 0;
     *ret_blk = blk;
-    return w;
+    return load_relaxed((uint64_t *) (h->base + (off & ~SHM_OFF_MASK) + SHM_META_OFF) + blk);
 }
 
 /* Whether p, rel bytes into its slab of class cls, is an object's start;
