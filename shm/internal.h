@@ -75,7 +75,7 @@ struct heap {
         uint32_t tags_off;
         uint32_t tag_mul;
     } cls_geo[SHM_NCLASSES];
-    /* The class of n bytes, 128 < n <= 1024, at [(n + 15) / 16]: every
+    /* The class of n bytes, 0 < n <= 1024, at [(n + 15) / 16]: every
      * class boundary there is a multiple of 16 (malloc's fast path). */
     uint8_t class_by_16[65];
     uint32_t bundle_n[SHM_NCLASSES]; /* objects per bundle */
