@@ -326,6 +326,62 @@ START_TEST(owned_tags_small)
 }
 END_TEST
 
+/* A shared object freed into our cache is pushed untagged (free writes no
+ * tag) and its bin marked; malloc hands it out again tagged ours, and so
+ * every object of a marked bin, through the bin's overflows (a bundle
+ * cut off a marked bin leaves the rest marked) and for every class, the
+ * multi-block ones (20000 bytes) included. */
+START_TEST(owned_tags_shared_then_freed_here)
+{
+    static const size_t sizes[] = {48, 700, 20000};
+    enum { N = 300 };
+    struct heap *h = th.h;
+    struct heap_stats st;
+    void **p = calloc(N, sizeof(*p));
+
+    ck_assert_ptr_nonnull(p);
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        void *q;
+
+        /* One object, shared, freed, allocated again: the same one, ours. */
+        q = heap_malloc(h, sizes[k]);
+        ck_assert_ptr_nonnull(q);
+        (void) heap_to_off(h, q);
+        ck_assert_int_eq(tag_at(h, q), 0);
+        heap_free(h, q);
+        ck_assert_int_eq(tag_at(h, q), 0); /* free read the tag, wrote none */
+        ck_assert_ptr_eq(heap_malloc(h, sizes[k]), q);
+        ck_assert_int_eq(tag_at(h, q), h->owner_tag);
+        heap_free(h, q);
+
+        /* Many, half of them shared, freed in an order that mixes them and
+         * overflows the bin: every one comes back tagged ours. */
+        for (unsigned i = 0; i < N; i++) {
+            p[i] = heap_malloc(h, sizes[k]);
+            ck_assert_ptr_nonnull(p[i]);
+            if (i % 2)
+                (void) heap_to_off(h, p[i]);
+        }
+        for (unsigned i = 0; i < N; i++)
+            heap_free(h, p[(i * 7) % N]);
+        for (unsigned i = 0; i < N; i++) {
+            p[i] = heap_malloc(h, sizes[k]);
+            ck_assert_ptr_nonnull(p[i]);
+            if (tag_at(h, p[i]) != h->owner_tag)
+                ck_abort_msg("size %zu, object %u: tag %d, ours is %u", sizes[k], i,
+                             tag_at(h, p[i]), h->owner_tag);
+        }
+        for (unsigned i = 0; i < N; i++)
+            heap_free(h, p[i]);
+    }
+    free(p);
+    heap_thread_flush(h);
+    get_stats(h, &st);
+    ck_assert_uint_eq(st.bytes_in_use, 0);
+    th_verify(h);
+}
+END_TEST
+
 /* calloc, aligned_alloc (small and large) and realloc tag what they return;
  * a realloc that moves leaves the old object untagged. */
 START_TEST(owned_tags_other_entry_points)
@@ -1713,6 +1769,7 @@ Suite *owned_suite(void)
 
     tcase_add_checked_fixture(tags, heap_setup, heap_teardown);
     tcase_add_test(tags, owned_tags_small);
+    tcase_add_test(tags, owned_tags_shared_then_freed_here);
     tcase_add_test(tags, owned_tags_other_entry_points);
     tcase_add_test(tags, owned_tags_large);
     tcase_add_test(tags, owned_tags_not_on_arenas_pools);
