@@ -74,7 +74,8 @@ struct client {
     uint64_t reconnects;    /* under rc_lock */
     pthread_t rc_thread;
     bool rc_running;
-    int rc_wake; /* eventfd: tells the watcher to stop */
+    bool rc_started; /* the watcher is past its start-up, under rc_lock */
+    int rc_wake;     /* eventfd: tells the watcher to stop */
 };
 
 /* The owner entry of the attachment as the protocol's `owner` (index + 1),

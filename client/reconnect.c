@@ -146,6 +146,10 @@ static void *watcher(void *arg)
 {
     struct client *c = arg;
 
+    pthread_mutex_lock(&c->rc_lock);
+    c->rc_started = true;
+    pthread_cond_broadcast(&c->rc_cond);
+    pthread_mutex_unlock(&c->rc_lock);
     for (;;) {
         struct pollfd p[2] = {{.fd = c->rc_wake, .events = POLLIN},
                               {.fd = -1, .events = POLLRDHUP}};
@@ -222,6 +226,13 @@ int reconnect_start(struct client *c)
         return -SHMHEAP_ENOMEM;
     }
     c->rc_running = true;
+    /* Attach returns once the thread runs our code: its start-up (a
+     * sanitizer's allocator, say) may take locks that no atfork handler
+     * releases, and a fork right after attach must not copy them held. */
+    pthread_mutex_lock(&c->rc_lock);
+    while (!c->rc_started)
+        pthread_cond_wait(&c->rc_cond, &c->rc_lock);
+    pthread_mutex_unlock(&c->rc_lock);
     return 0;
 }
 
