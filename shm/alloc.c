@@ -321,36 +321,45 @@ void heap_free(struct heap *h, void *p)
     struct tcache *tc = tcache_fast(h); /* NULL for a NULL h */
     uint64_t off = tc ? ptr_off(h, p) : UINT64_MAX, w, blk = 0;
 
-    if (likely(off < SHM_VA_SPAN) && (w = meta_word_fast(h, off, &blk),
-                                      likely(meta_state(w) == BLK_SLAB) ||
-                                              likely(meta_state(w) == BLK_SLAB_TAIL))) {
+    if (likely(off < SHM_VA_SPAN) &&
+        (w = meta_word_fast(h, off, &blk),
+         likely(meta_state(w) == BLK_SLAB) || likely(meta_state(w) == BLK_SLAB_TAIL))) {
         unsigned cls = meta_class(w);
         struct cache_slot *s = tc->slot;
         struct cache_bin *bin = &s->bins[cls];
         /* Bytes from the slab's start: a tail block knows its distance. */
-        uint64_t rel = (off & (SHM_BLOCK_SIZE - 1)) +
-                       ((uint64_t) (meta_state(w) == BLK_SLAB_TAIL ? meta_len(w) : 0)
-                        << SHM_BLOCK_SHIFT);
+        uint64_t rel =
+                (off & (SHM_BLOCK_SIZE - 1)) +
+                ((uint64_t) (meta_state(w) == BLK_SLAB_TAIL ? meta_len(w) : 0) << SHM_BLOCK_SHIFT);
         uint16_t *tag;
         uint64_t head;
+        uint32_t cap;
+        bool foreign;
 
         if (unlikely(!object_tag_fast(h, p, rel, cls, &tag)))
             goto slow; /* not an object's start: counted there */
         tsan_object_handoff(p);
+        /* Not ours (shared, or another owner's): pushed as it is and the
+         * bin marked, so that malloc tags it. The tag is read, never
+         * written here; read before the slot is entered, so that its load
+         * is not on the chain from one operation's head word to the next
+         * one's (the mark is a second store, on a branch). */
+        foreign = load_relaxed(tag) != h->owner_tag;
+        cap = load_relaxed(&h->bin_cap[cls]);
+        /* Settled here, so that what stays live across the slot's entry
+         * is one register each (not the tag and ours, nor h and cls). */
+        __asm__("" : "+r"(foreign), "+r"(cap));
         if (slot_enter_fast(s)) {
             head = load_relaxed(&bin->head);
-            if (likely(bin_off(head) != off) &&
-                likely(bin_count(head) < load_relaxed(&h->bin_cap[cls]))) {
-                /* Not ours (shared, or another owner's): pushed as it is
-                 * and the bin marked, so that malloc tags it. The tag is
-                 * read, never written here. */
-                uint64_t mark = (head & BIN_UNTAGGED) |
-                                (load_relaxed(tag) != h->owner_tag); /* bit 0 */
+            if (likely(bin_off(head) != off) && likely(bin_count(head) < cap)) {
+                uint64_t nw = bin_word(off, bin_count(head) + 1) | (head & BIN_UNTAGGED);
 
                 /* One store pushes; the free is counted by the count
                  * itself (objects in use = bin net - count). */
                 ((uint64_t *) p)[0] = bin_off(head);
-                store_relaxed(&bin->head, bin_word(off, bin_count(head) + 1) | mark);
+                store_relaxed(&bin->head, nw);
+                if (unlikely(foreign))
+                    store_relaxed(&bin->head, nw | BIN_UNTAGGED);
                 slot_leave_fast(s);
                 /* No tick here: malloc ticks, and a thread that only frees
                  * reaches the slow path (a full bin) often enough. */
