@@ -1,21 +1,19 @@
 /* The malloc family. The fast paths pop from and push to the calling
  * thread's cache (tcache.c); everything else is a slow path here.
  *
- * Owner tags (see obj_tag() in internal.h): an object in a bin carries
- * the owner's tag unless the bin is marked BIN_UNTAGGED (layout.h). A
- * refill tags what it brings in; free, when it finds the object tagged
- * ours (we allocated it and never shared it: nearly always), pushes it as
- * it is, and otherwise pushes it untagged and marks the bin, which writes
- * no tag on the free path: a tag line another process is writing is only
- * read. So malloc's pop from an unmarked bin touches no tag; from a marked
- * one it tags the object before the pop, as every pop used to.
+ * Owner tags (see obj_tag() in internal.h): every object in a cache
+ * carries its owner's tag. A refill tags what it brings in; free makes the
+ * object's tag ours, writing it only when it is not (a shared object, or
+ * another owner's): nearly always we allocated it and never shared it, and
+ * then the tag line is only read, so a line holding other processes'
+ * objects' tags stays shared with them. So malloc's pop touches no tag.
  *
  * Fast path of malloc: the tcache lookup (one TLS load, two compares), the
  * class (a table up to 1024 bytes, a clz above), then in the owner's slot:
  * busy = 1, a look at steal, pop the bin's head (its first word links to
  * the next), bump the ops counter, busy = 0. Free reads the block's
- * metadata word for the class, checks that p is an object's start, reads
- * its tag and pushes. */
+ * metadata word for the class, checks that p is an object's start, makes
+ * its tag ours and pushes. */
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
@@ -38,19 +36,13 @@
 
 static void *large_alloc(struct heap *h, size_t size, size_t align);
 
-/* Makes *tag ours, writing only if it is not (a tag line is shared with
- * other objects' tags, maybe other processes'). */
+/* Makes *tag ours, writing only if it is not (a tag line holds other
+ * objects' tags, maybe other processes': a store would take the line from
+ * them). */
 static inline __attribute__((always_inline)) void tag_ours(uint16_t *tag, uint16_t owner)
 {
     if (unlikely(load_relaxed(tag) != owner))
         store_relaxed(tag, owner);
-}
-
-/* The head word after popping the first object of w, whose link is next:
- * the mark stays while objects do. */
-static inline __attribute__((always_inline)) uint64_t bin_pop_word(uint64_t w, uint64_t next)
-{
-    return bin_word(next, bin_count(w) - 1) | (next ? w & BIN_UNTAGGED : 0);
 }
 
 static inline struct tcache *tcache_fast(struct heap *h)
@@ -84,11 +76,11 @@ malloc_class_slow(struct heap *h, struct tcache *tc, unsigned cls)
         }
     }
     p = obj_words(h, bin_off(w));
-    /* The tag before the pop (an unmarked bin's objects carry it already:
-     * then nothing is written). */
+    /* Ours already (every cached object is); checked here, where it is
+     * cheap, the tag before the pop (see obj_tag() in internal.h). */
     tag_ours(obj_tag(h, bin_off(w), cls), tc->owner_tag);
     compiler_barrier();
-    store_relaxed(&bin->head, bin_pop_word(w, p[0]));
+    store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
     store_relaxed(&tc->slot->ops, load_relaxed(&tc->slot->ops) + 1);
     tcache_leave(tc);
     if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen ||
@@ -165,9 +157,7 @@ void *heap_malloc(struct heap *h, size_t size)
         struct cache_bin *bin = &s->bins[cls];
         uint64_t w;
 
-        /* A marked bin (BIN_UNTAGGED) takes the slow path, which tags. */
-        if (slot_enter_fast(s) && likely(!((w = load_relaxed(&bin->head)) & BIN_UNTAGGED)) &&
-            likely(bin_off(w) != 0)) {
+        if (slot_enter_fast(s) && likely(bin_off(w = load_relaxed(&bin->head)) != 0)) {
             uint64_t *p = obj_words(h, bin_off(w));
             uint32_t ops = load_relaxed(&s->ops) + 1;
 
@@ -275,11 +265,11 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
     w = load_relaxed(&bin->head);
     /* Tagged ours, then pushed: a death between the two leaves it out of
      * our cache and tagged ours, which the sweep frees (as its caller
-     * asked). The mark stays as it is. */
+     * asked). */
     tag_ours(obj_tag(h, off, cls), tc->owner_tag);
     compiler_barrier();
     obj_words(h, off)[0] = bin_off(w);
-    store_relaxed(&bin->head, bin_word(off, bin_count(w) + 1) | (w & BIN_UNTAGGED));
+    store_relaxed(&bin->head, bin_word(off, bin_count(w) + 1));
     tcache_leave(tc);
     if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen || tc->free_tick == 0) {
         tc->free_tick = TCACHE_TICK;
@@ -334,32 +324,27 @@ void heap_free(struct heap *h, void *p)
         uint16_t *tag;
         uint64_t head;
         uint32_t cap;
-        bool foreign;
 
         if (unlikely(!object_tag_fast(h, p, rel, cls, &tag)))
             goto slow; /* not an object's start: counted there */
         tsan_object_handoff(p);
-        /* Not ours (shared, or another owner's): pushed as it is and the
-         * bin marked, so that malloc tags it. The tag is read, never
-         * written here; read before the slot is entered, so that its load
-         * is not on the chain from one operation's head word to the next
-         * one's (the mark is a second store, on a branch). */
-        foreign = load_relaxed(tag) != h->owner_tag;
+        /* Ours before the push: a death between the two leaves it out of
+         * our cache and tagged ours, which the sweep frees (as its caller
+         * asked). Before the slot is entered, so that the tag's load is
+         * off the chain from one operation's head word to the next one's;
+         * should the slow path come to it, it finds the tag ours. */
+        tag_ours(tag, h->owner_tag);
         cap = load_relaxed(&h->bin_cap[cls]);
-        /* Settled here, so that what stays live across the slot's entry
-         * is one register each (not the tag and ours, nor h and cls). */
-        __asm__("" : "+r"(foreign), "+r"(cap));
+        /* Settled here, so that h and cls need not stay live across the
+         * slot's entry. */
+        __asm__("" : "+r"(cap));
         if (slot_enter_fast(s)) {
             head = load_relaxed(&bin->head);
             if (likely(bin_off(head) != off) && likely(bin_count(head) < cap)) {
-                uint64_t nw = bin_word(off, bin_count(head) + 1) | (head & BIN_UNTAGGED);
-
                 /* One store pushes; the free is counted by the count
                  * itself (objects in use = bin net - count). */
                 ((uint64_t *) p)[0] = bin_off(head);
-                store_relaxed(&bin->head, nw);
-                if (unlikely(foreign))
-                    store_relaxed(&bin->head, nw | BIN_UNTAGGED);
+                store_relaxed(&bin->head, bin_word(off, bin_count(head) + 1));
                 slot_leave_fast(s);
                 /* No tick here: malloc ticks, and a thread that only frees
                  * reaches the slow path (a full bin) often enough. */

@@ -151,13 +151,9 @@ struct __attribute__((aligned(64))) cache_bin {
 
 /* A cache bin's head word: the first object's offset and the number of
  * objects on the list, so a pop or a push is one store (offsets fit in
- * 39 bits), and BIN_UNTAGGED: the list may hold objects that do not carry
- * the owner's tag (objects another owner allocated and shared, freed here;
- * see heap_free in alloc.c). Set only while the list is not empty. Packed
- * and unpacked only here. */
+ * 39 bits). Packed and unpacked only here. */
 #define BIN_COUNT_SHIFT 48
-#define BIN_UNTAGGED    UINT64_C(1) /* objects are 16-byte aligned: bit 0 is free */
-#define BIN_OFF_MASK    (((UINT64_C(1) << BIN_COUNT_SHIFT) - 1) & ~BIN_UNTAGGED)
+#define BIN_OFF_MASK    ((UINT64_C(1) << BIN_COUNT_SHIFT) - 1)
 static inline uint64_t bin_word(uint64_t off, uint32_t count)
 {
     return off | (uint64_t) count << BIN_COUNT_SHIFT;

@@ -330,9 +330,9 @@ void tcache_settle_handoff(struct heap *h, struct cache_slot *s)
 }
 
 /* Tags the objects of a freshly refilled bin ours: the recycler's and the
- * slabs' objects carry no tag, and malloc's fast path hands the objects of
- * a bin without BIN_UNTAGGED out as they are (see obj_tag() in
- * internal.h). After the delivery, inside the cache operation: a death
+ * slabs' objects carry no tag, and malloc's fast path hands objects out as
+ * they are (every object in a cache carries its owner's tag: see obj_tag()
+ * in internal.h). After the delivery, inside the cache operation: a death
  * midway leaves tagged and untagged objects in our cache, which the
  * reclaimer drains to the slabs (clearing their tags) before any sweep. */
 static void bin_tag_refill(struct heap *h, struct tcache *tc, struct cache_bin *bin, unsigned cls)
@@ -413,10 +413,8 @@ void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls)
     got = chain_len(h, first, n, &last, &maxseg, cls);
     if (got == 0)
         return;
-    /* Cut the first `got` objects off the bin as one bundle (what stays
-     * keeps BIN_UNTAGGED: it may hold untagged objects still). */
-    store_relaxed(&bin->head, bin_word(obj_words(h, last)[0], bin_count(w) - (uint32_t) got) |
-                                      (w & BIN_UNTAGGED));
+    /* Cut the first `got` objects off the bin as one bundle. */
+    store_relaxed(&bin->head, bin_word(obj_words(h, last)[0], bin_count(w) - (uint32_t) got));
     bin_net_add(bin, -(int64_t) got);
     obj_words(h, last)[0] = 0;
     if (!recycler_push(h, bin, cls, first, (uint32_t) got, maxseg, false)) {
