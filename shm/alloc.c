@@ -2,11 +2,13 @@
  * thread's cache (tcache.c); everything else is a slow path here.
  *
  * Owner tags (see obj_tag() in internal.h): every object in a cache
- * carries its owner's tag. A refill tags what it brings in; free makes the
- * object's tag ours, writing it only when it is not (a shared object, or
- * another owner's): nearly always we allocated it and never shared it, and
- * then the tag line is only read, so a line holding other processes'
- * objects' tags stays shared with them. So malloc's pop touches no tag.
+ * carries its owner's tag, except the last refill's objects not handed out
+ * yet (the bin's `untagged` count), which malloc tags before their pop.
+ * free makes the object's tag ours, writing it only when it is not (a
+ * shared object, or another owner's): nearly always we allocated it and
+ * never shared it, and then the tag line is only read, so a line holding
+ * other processes' objects' tags stays shared with them. So malloc's pop
+ * of an object that came back through free touches no tag.
  *
  * Fast path of malloc: the tcache lookup (one TLS load, two compares), the
  * class (a table up to 1024 bytes, a clz above), then in the owner's slot:
@@ -76,11 +78,13 @@ malloc_class_slow(struct heap *h, struct tcache *tc, unsigned cls)
         }
     }
     p = obj_words(h, bin_off(w));
-    /* Ours already (every cached object is); checked here, where it is
-     * cheap, the tag before the pop (see obj_tag() in internal.h). */
+    /* The tag before the pop (see obj_tag() in internal.h): ours already
+     * unless the object is one of the last refill's. */
     tag_ours(obj_tag(h, bin_off(w), cls), tc->owner_tag);
     compiler_barrier();
     store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
+    if (bin_count(w) <= load_relaxed(&bin->untagged))
+        store_relaxed(&bin->untagged, bin_count(w) - 1);
     store_relaxed(&tc->slot->ops, load_relaxed(&tc->slot->ops) + 1);
     tcache_leave(tc);
     if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen ||
@@ -147,6 +151,30 @@ static __attribute__((noinline)) void *malloc_tick(struct heap *h, struct tcache
     return p;
 }
 
+/* The rest of a fast-path pop (the slot entered, the bin not empty) whose
+ * object is one of the last refill's, untagged: the tag before the pop
+ * (see obj_tag() in internal.h), the pop, the count of untagged objects
+ * down to what stays below it. */
+static __attribute__((noinline)) void *
+malloc_pop_untagged(struct heap *h, struct tcache *tc, unsigned cls)
+{
+    struct cache_slot *s = tc->slot;
+    struct cache_bin *bin = &s->bins[cls];
+    uint64_t w = load_relaxed(&bin->head), *p = obj_words(h, bin_off(w));
+    uint32_t ops = load_relaxed(&s->ops) + 1;
+
+    tag_ours(obj_tag(h, bin_off(w), cls), tc->owner_tag);
+    compiler_barrier();
+    store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
+    store_relaxed(&bin->untagged, bin_count(w) - 1);
+    store_relaxed(&s->ops, ops);
+    slot_leave_fast(s);
+    tsan_object_handoff(p);
+    if (unlikely(ops >= TCACHE_TICK))
+        tcache_tick(h, tc);
+    return p;
+}
+
 void *heap_malloc(struct heap *h, size_t size)
 {
     struct tcache *tc = tcache_fast(h);
@@ -161,6 +189,11 @@ void *heap_malloc(struct heap *h, size_t size)
             uint64_t *p = obj_words(h, bin_off(w));
             uint32_t ops = load_relaxed(&s->ops) + 1;
 
+            /* One of the last refill's objects (the bottom `untagged` of
+             * the list): tagged before the pop, by a tail call (a tag
+             * here would cost every malloc its registers). */
+            if (unlikely(bin_count(w) <= load_relaxed(&bin->untagged)))
+                return malloc_pop_untagged(h, tc, cls);
             /* One store pops (offset and count share the word; the
              * allocation is counted by the tick's own counter). The
              * object carries our tag already. */

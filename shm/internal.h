@@ -374,16 +374,16 @@ int run_free_in(struct heap *h,
  * An object carries owner X's tag while X's malloc has handed it out and
  * it has not been shared (heap_to_off), and while it sits in one of X's
  * caches; anywhere else (recyclers, slabs) it carries 0. Every object in
- * X's cache carries X's tag: a refill tags what it brings in (tcache.c),
- * free makes the tag X's before the push (writing only if it is not: the
- * object was shared, or another owner's), and so malloc's pop touches no
- * tag. A bundle leaving a cache for the recycler has its tags cleared
- * (tcache.c), and a return to a slab clears them (slab.c). A thread
- * killed between free's tag and its push leaves the object out of its
- * cache and tagged (the sweep frees it, as its caller asked); killed after
- * the push, or midway through a refill's tagging, it leaves objects in its
- * cache, drained to the slabs before a sweep: never lost, never freed
- * twice. */
+ * X's cache carries X's tag, except the last refill's objects not handed
+ * out yet (the bin's `untagged` count, at the bottom of its list), which
+ * malloc tags before their pop; free makes the tag X's before the push
+ * (writing only if it is not: the object was shared, or another owner's),
+ * and so malloc's pop of a freed object touches no tag. A bundle leaving
+ * a cache for the recycler has its tags cleared (tcache.c), and a return
+ * to a slab clears them (slab.c). A thread killed between a tag and a pop
+ * leaves the object in its cache (drained to the slabs before a sweep);
+ * between free's tag and its push, out of its cache and tagged (the sweep
+ * frees it, as its caller asked): never lost, never freed twice. */
 /* Claims this attachment's owner entry (none if the table is full). */
 void owned_attach(struct heap *h);
 /* Marks it detached: its private objects are unreachable from now on. */

@@ -329,20 +329,13 @@ void tcache_settle_handoff(struct heap *h, struct cache_slot *s)
     tcache_return_handoff(h, &s->handoff);
 }
 
-/* Tags the objects of a freshly refilled bin ours: the recycler's and the
- * slabs' objects carry no tag, and malloc's fast path hands objects out as
- * they are (every object in a cache carries its owner's tag: see obj_tag()
- * in internal.h). After the delivery, inside the cache operation: a death
- * midway leaves tagged and untagged objects in our cache, which the
- * reclaimer drains to the slabs (clearing their tags) before any sweep. */
-static void bin_tag_refill(struct heap *h, struct tcache *tc, struct cache_bin *bin, unsigned cls)
+/* A refill filled the (empty) bin: its objects carry no tag yet. malloc
+ * tags each before its pop (alloc.c): a walk here would take a cache miss
+ * per object back to back (the recycler's come from other threads and
+ * processes) where the pops spread them out. */
+static void bin_refilled(struct cache_bin *bin)
 {
-    uint64_t w = load_relaxed(&bin->head), x = bin_off(w);
-
-    for (uint32_t n = bin_count(w); x && n > 0; n--) {
-        store_relaxed(obj_tag(h, x, cls), tc->owner_tag);
-        x = obj_words(h, x)[0];
-    }
+    store_relaxed(&bin->untagged, bin_count(load_relaxed(&bin->head)));
 }
 
 int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
@@ -361,7 +354,7 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
     if (first) {
         store_relaxed(&bin->head, bin_word(first, count));
         bin_net_add(bin, count);
-        bin_tag_refill(h, tc, bin, cls);
+        bin_refilled(bin);
         return 0;
     }
     for (int attempt = 0; attempt < 4; attempt++) {
@@ -377,7 +370,7 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
             r = slab_take(h, m, cls, n, bin, NULL);
             if (r > 0) {
                 store_relaxed(&h->seg_hint, i); /* a hint: any value works */
-                bin_tag_refill(h, tc, bin, cls);
+                bin_refilled(bin);
                 return 0;
             }
             if (r < 0)
