@@ -96,6 +96,7 @@ UNIT_SRCS    := $(if $(wildcard tests/run_unit.c),tests/run_unit.c $(wildcard te
 MP_SRCS      := $(if $(wildcard tests/run_mp.c),tests/run_mp.c $(wildcard tests/mp/*.c))
 SERVICE_SRCS := $(if $(wildcard tests/run_service.c),tests/run_service.c $(wildcard tests/service/*.c))
 STATIC_SRCS  := $(wildcard tests/static/*.c)
+TRACK_SRCS   := $(wildcard tests/track/*.c)
 
 SHM_OBJS     := $(call obj,$(SHM_SRCS))
 CONFIG_OBJS  := $(call obj,$(CONFIG_SRCS))
@@ -109,6 +110,7 @@ UNIT_OBJS    := $(call obj,$(UNIT_SRCS))
 MP_OBJS      := $(call obj,$(MP_SRCS))
 SERVICE_OBJS := $(call obj,$(SERVICE_SRCS))
 STATIC_OBJS  := $(call obj,$(STATIC_SRCS))
+TRACK_OBJS   := $(call obj,$(TRACK_SRCS))
 
 # Each artifact is empty when its sources do not exist (yet).
 SHMCORE     := $(if $(SHM_SRCS),$(B)/libshmcore.a)
@@ -124,6 +126,7 @@ RUN_UNIT    := $(if $(UNIT_SRCS),$(B)/tests/run_unit)
 RUN_MP      := $(if $(MP_SRCS),$(B)/tests/run_mp)
 RUN_SERVICE := $(if $(SERVICE_SRCS),$(B)/tests/run_service)
 STATIC_USER := $(if $(CLIENT_A),$(if $(STATIC_SRCS),$(B)/tests/static_user))
+TRACK_USER  := $(if $(CLIENT_A),$(if $(TRACK_SRCS),$(B)/tests/track_user))
 TESTS       := $(RUN_UNIT) $(RUN_MP) $(RUN_SERVICE)
 # The installed units: systemd/*.in with the install paths filled in. The
 # committed systemd/shmheapd.service is the same for the default PREFIX
@@ -132,7 +135,7 @@ UNIT_TEMPLATES := $(wildcard systemd/*.in)
 UNITS          := $(patsubst systemd/%.in,$(B)/systemd/%,$(UNIT_TEMPLATES))
 
 ALL_OBJS := $(sort $(SHM_OBJS) $(CONFIG_OBJS) $(WIRE_OBJS) $(PROM_OBJS) $(CLIENT_OBJS) $(DAEMON_OBJS) \
-              $(CTL_OBJS) $(COMMON_OBJS) $(UNIT_OBJS) $(MP_OBJS) $(SERVICE_OBJS) $(STATIC_OBJS))
+              $(CTL_OBJS) $(COMMON_OBJS) $(UNIT_OBJS) $(MP_OBJS) $(SERVICE_OBJS) $(STATIC_OBJS) $(TRACK_OBJS))
 
 # ---------------------------------------------------------------------------
 # Build
@@ -309,9 +312,15 @@ $(B)/tests/static_user: $(STATIC_OBJS) $(CLIENT_A)
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)$(LINK) -o $@ $(STATIC_OBJS) $(CLIENT_A) $(CLIENT_LIBS) $(LDLIBS)
 
+# A user of libshmheap run under valgrind or ASan by the debugger tests
+# (tests/track/track_user.c).
+$(B)/tests/track_user: $(TRACK_OBJS) $(CLIENT_A)
+	@mkdir -p $(@D)
+	$(call msg,LD,$@)$(LINK) -o $@ $(TRACK_OBJS) $(CLIENT_A) $(CLIENT_LIBS) $(LDLIBS)
+
 # The service suite drives the real programs, so they must be built first.
 $(B)/tests/run_service: $(SERVICE_OBJS) $(COMMON_OBJS) $(CLIENT_A) $(SHMCONFIG) $(SHMCORE) \
-                        | $(DAEMON) $(CTL) $(STATIC_USER)
+                        | $(DAEMON) $(CTL) $(STATIC_USER) $(TRACK_USER)
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)$(LINK) -o $@ $(inputs) $(CLIENT_LIBS) $(CJSON_LIBS) $(CHECK_LIBS) $(LDLIBS)
 

@@ -42,6 +42,8 @@ SHMHEAP_EXPORT void *shmheap_realloc(shmheap_t *h, void *p, size_t size)
         errno = ESTALE;
         return NULL;
     }
+    if (h && unlikely(handle_heap(h)->track))
+        return client_track_realloc(client_of(h), p, size);
     return heap_realloc(handle_heap(h), p, size);
 }
 
@@ -52,6 +54,13 @@ SHMHEAP_EXPORT void *shmheap_aligned_alloc(shmheap_t *h, size_t align, size_t si
 
 SHMHEAP_EXPORT size_t shmheap_usable_size(shmheap_t *h, const void *p)
 {
+    /* A tracked object's is the size asked: what the tool lets one use. */
+    if (h && p && unlikely(handle_heap(h)->track)) {
+        size_t asked = client_track_size(client_of(h), p);
+
+        if (asked)
+            return asked;
+    }
     return heap_usable_size(handle_heap(h), p); /* 0 for a NULL handle */
 }
 
@@ -64,7 +73,11 @@ SHMHEAP_EXPORT void shmheap_thread_flush(shmheap_t *h)
 
 SHMHEAP_EXPORT shmheap_off_t shmheap_to_off(shmheap_t *h, const void *p)
 {
-    return h ? heap_to_off(handle_heap(h), p) : SHMHEAP_OFF_NULL;
+    if (!h)
+        return SHMHEAP_OFF_NULL;
+    if (unlikely(handle_heap(h)->track) && p)
+        client_track_share(client_of(h), p); /* another process may free it */
+    return heap_to_off(handle_heap(h), p);
 }
 
 SHMHEAP_EXPORT void *shmheap_from_off(shmheap_t *h, shmheap_off_t off)

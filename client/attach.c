@@ -2,8 +2,10 @@
  *
  * shmheap_attach: connect to the socket (conn.c), send `hello`, receive the
  * segment list with one fd per segment (index 0 is the control segment),
- * and hand the control fd to the core's heap_attach, which maps every live
- * segment through hooks.open_segment. The connection stays open for the
+ * ask for the header page's fd (header_page), and hand the control fd to the core's
+ * heap_attach, which maps the header page read-only over the control
+ * segment's first page (hooks.open_header) and every live segment through
+ * hooks.open_segment. The connection stays open for the
  * life of the handle: the daemon tracks the client by it and, when it
  * closes or the process dies, reclaims what the client left (caches,
  * SESSION arenas).
@@ -22,8 +24,10 @@
  * connection's lock, which a parent's thread may have held at fork. */
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "shmheap.h"
@@ -146,6 +150,16 @@ static int hook_open_segment(void *ctx, uint32_t index)
     return r;
 }
 
+/* The header page's fd from client_hello, mapped once by heap_attach. */
+static int hook_open_header(void *ctx)
+{
+    struct client *c = ctx;
+    int fd = c->header_fd;
+
+    c->header_fd = -1;
+    return fd >= 0 ? fd : -EBADF;
+}
+
 static int hook_grow(void *ctx, uint64_t min_bytes)
 {
     struct client *c = ctx;
@@ -199,15 +213,49 @@ static int hook_grow(void *ctx, uint64_t min_bytes)
     return r;
 }
 
+/* The header page's fd (the header_page op), on conn after its hello. */
+static int
+request_header_page(struct client *c, struct conn *conn, unsigned timeout_ms, int *ret_fd)
+{
+    struct reply rep;
+    uint64_t size;
+    cJSON *req = cJSON_CreateObject();
+    int r;
+
+    if (!req || !cJSON_AddStringToObject(req, "op", "header_page")) {
+        cJSON_Delete(req);
+        return -SHMHEAP_ENOMEM;
+    }
+    r = conn_request(conn, req, timeout_ms, &rep);
+    cJSON_Delete(req);
+    if (r < 0)
+        return r;
+    if (!rep.ok) {
+        (void) reply_error(&rep, "header_page");
+        r = -SHMHEAP_EPROTO; /* a daemon without it speaks another protocol */
+    } else if (!json_get_u64(rep.json, "size", &size) || size != SHM_HEADER_PAGE || rep.nfds != 1) {
+        client_set_error("shmheapd at %s sent a header_page reply without its page", c->conn.path);
+        r = -SHMHEAP_EPROTO;
+    } else {
+        *ret_fd = rep.fds[0];
+        rep.fds[0] = -1;
+        r = 0;
+    }
+    reply_free(&rep);
+    return r;
+}
+
 int client_hello(struct client *c,
                  struct conn *conn,
                  bool resume,
                  unsigned timeout_ms,
-                 int fds[SHM_MAX_SEGMENTS])
+                 int fds[SHM_MAX_SEGMENTS],
+                 int *ret_header_fd)
 {
     const cJSON *segs, *s;
     struct reply rep;
     uint64_t version, client_id;
+    struct stat st = {0};
     unsigned i = 0;
     cJSON *req;
     int r, ctl_fd = -1;
@@ -273,6 +321,16 @@ int client_hello(struct client *c,
                          (unsigned long long) client_id, (unsigned long long) c->client_id);
         goto out;
     }
+    /* Not a control segment: said now, before the next request. */
+    if (fstat(ctl_fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+        (uint64_t) st.st_size < sizeof(struct ctl_header)) {
+        client_set_error("shmheapd at %s sent a control segment of %jd bytes, not a heap",
+                         c->conn.path, (intmax_t) st.st_size);
+        goto out;
+    }
+    r = request_header_page(c, conn, timeout_ms, ret_header_fd);
+    if (r < 0)
+        goto out;
     c->client_id = client_id;
     r = ctl_fd;
     ctl_fd = -1;
@@ -285,7 +343,8 @@ out:
 
 SHMHEAP_EXPORT int shmheap_attach(const char *socket_path, shmheap_t **out)
 {
-    struct heap_hooks hooks = {.open_segment = hook_open_segment, .grow = hook_grow};
+    struct heap_hooks hooks = {
+            .open_segment = hook_open_segment, .grow = hook_grow, .open_header = hook_open_header};
     char path[sizeof(((struct conn *) 0)->path)];
     struct client *c;
     struct heap *heap;
@@ -303,12 +362,13 @@ SHMHEAP_EXPORT int shmheap_attach(const char *socket_path, shmheap_t **out)
         return -SHMHEAP_ENOMEM;
     c->pid = getpid();
     c->conn.fd = -1;
+    c->header_fd = -1;
     for (unsigned i = 0; i < SHM_MAX_SEGMENTS; i++)
         c->pending_fd[i] = -1;
     r = conn_open(&c->conn, path);
     if (r < 0)
         goto fail_free;
-    ctl_fd = client_hello(c, &c->conn, false, CONN_TIMEOUT_MS, c->pending_fd);
+    ctl_fd = client_hello(c, &c->conn, false, CONN_TIMEOUT_MS, c->pending_fd, &c->header_fd);
     if (ctl_fd < 0) {
         r = ctl_fd;
         goto fail_close;
@@ -321,6 +381,13 @@ SHMHEAP_EXPORT int shmheap_attach(const char *socket_path, shmheap_t **out)
         r = r == -EPROTO || r == -EBADF ? -SHMHEAP_EPROTO : client_errno_code(r);
         goto fail_close;
     }
+    /* Under valgrind or ASan, before the first allocation (track.c). */
+    r = client_track_start(c, heap);
+    if (r < 0) {
+        heap_detach(heap);
+        r = client_errno_code(r);
+        goto fail_close;
+    }
     /* Fds of segments the core did not map (retired ones) are not needed;
      * from here on the hooks may run in any thread. */
     pthread_mutex_lock(&c->conn.lock);
@@ -330,11 +397,14 @@ SHMHEAP_EXPORT int shmheap_attach(const char *socket_path, shmheap_t **out)
     r = reconnect_start(c);
     if (r < 0) {
         heap_detach(heap);
+        client_track_stop(c);
         goto fail_close;
     }
     *out = (shmheap_t *) (void *) heap;
     return 0;
 fail_close:
+    if (c->header_fd >= 0)
+        (void) close(c->header_fd);
     pending_close_all(c);
     conn_close(&c->conn);
 fail_free:
@@ -357,9 +427,12 @@ SHMHEAP_EXPORT void shmheap_detach(shmheap_t *h)
     /* The watcher reads the heap (its control fd, what is mapped): it
      * stops first. The hooks then use the connection as it is; one that
      * is down fails them (the daemon reclaims what could not go back). */
-    if (!forked)
+    if (!forked) {
         reconnect_stop(c); /* the parent's thread: not the child's to stop */
+        client_track_flush(c);
+    }
     heap_detach(handle_heap(h));
+    client_track_stop(c);
     pending_close_all(c);
     if (forked) {
         /* The parent's copy keeps the connection open; the lock may have

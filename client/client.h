@@ -66,6 +66,7 @@ struct client {
     /* Segment fds received but not yet handed to the core, by index: from
      * hello, and from grow replies. Under conn.lock. */
     int pending_fd[SHM_MAX_SEGMENTS];
+    int header_fd; /* from client_hello until heap_attach maps it (hooks.open_header) */
     /* Reconnection (reconnect.c). Lock order: conn.lock, then rc_lock. */
     pthread_mutex_t rc_lock;
     pthread_cond_t rc_cond; /* broadcast when state leaves RC_LOST */
@@ -74,8 +75,9 @@ struct client {
     uint64_t reconnects;    /* under rc_lock */
     pthread_t rc_thread;
     bool rc_running;
-    bool rc_started; /* the watcher is past its start-up, under rc_lock */
-    int rc_wake;     /* eventfd: tells the watcher to stop */
+    bool rc_started;     /* the watcher is past its start-up, under rc_lock */
+    int rc_wake;         /* eventfd: tells the watcher to stop */
+    struct track *track; /* track.c: under valgrind or ASan, else NULL */
 };
 
 /* The owner entry of the attachment as the protocol's `owner` (index + 1),
@@ -99,6 +101,20 @@ static inline struct client *client_of(shmheap_t *h)
 /* ---- conn.c ---- */
 /* The socket path rule of INTERFACE.md into buf; -SHMHEAP_EINVAL when it
  * does not fit a sockaddr_un. */
+/* ---- track.c: memory debuggers (valgrind's memcheck, ASan) ---- */
+struct track;
+/* Tracks h's objects if a tool is there (SHMHEAP_TRACK=0: never). */
+int client_track_start(struct client *c, struct heap *h);
+void client_track_stop(struct client *c);
+/* The size asked for a tracked object p, 0 if p is not one. */
+size_t client_track_size(struct client *c, const void *p);
+/* realloc that always moves (each object keeps the size the tool knows). */
+void *client_track_realloc(struct client *c, void *p, size_t size);
+/* p is shared (shmheap_to_off): no longer this process's to free. */
+void client_track_share(struct client *c, const void *p);
+/* Frees what the quarantine holds (before the detach). */
+void client_track_flush(struct client *c);
+
 int conn_default_path(const char *arg, char *buf, size_t len);
 /* Connects (SOCK_CLOEXEC). -SHMHEAP_ECONNECT with the path in
  * shmheap_last_error() when nobody listens there. */
@@ -143,13 +159,16 @@ int client_call(struct client *c, const cJSON *req, unsigned timeout_ms, struct 
 /* ---- attach.c ---- */
 /* Sends hello on conn (resume: a re-hello with c's client id and owner
  * entry), checks the reply and files the heap segments' fds into fds[] by
- * index. Returns the control segment's fd (the caller's to close) or a
+ * index; then asks for the header page (header_page) and puts its fd in
+ * *ret_header_fd. Returns the control segment's fd (the caller's to close,
+ * as *ret_header_fd) or a
  * negative SHMHEAP_E* code. */
 int client_hello(struct client *c,
                  struct conn *conn,
                  bool resume,
                  unsigned timeout_ms,
-                 int fds[SHM_MAX_SEGMENTS]);
+                 int fds[SHM_MAX_SEGMENTS],
+                 int *ret_header_fd);
 /* True when h is used in a process other than the one that attached it
  * (a fork's child). Calls getpid(): for the cold, int-returning paths. */
 bool client_forked(shmheap_t *h);

@@ -91,14 +91,14 @@ static bool same_file(int a, int b)
 static int reconnect_once(struct client *c)
 {
     struct heap *heap = c->heap;
-    int fds[SHM_MAX_SEGMENTS], ctl_fd, r;
+    int fds[SHM_MAX_SEGMENTS], ctl_fd, hdr_fd = -1, r;
     struct conn tmp = {.fd = -1};
 
     for (unsigned i = 0; i < SHM_MAX_SEGMENTS; i++)
         fds[i] = -1;
     if (conn_open(&tmp, c->conn.path) < 0)
         return -EAGAIN;
-    ctl_fd = client_hello(c, &tmp, true, REHELLO_TIMEOUT, fds);
+    ctl_fd = client_hello(c, &tmp, true, REHELLO_TIMEOUT, fds, &hdr_fd);
     if (ctl_fd < 0) {
         /* Refused (the daemon does not know this client) or another
          * protocol: orphaned. Anything else (a daemon busy, full, or
@@ -110,6 +110,16 @@ static int reconnect_once(struct client *c)
         client_set_error("shmheapd at %s serves another heap now; this attachment keeps its "
                          "mapped segments but cannot grow",
                          c->conn.path);
+        r = -ESTALE;
+        goto out;
+    }
+    /* A restarted daemon (fd store) made a new header page: a copy of
+     * the old one, which it can no longer write. Mapped over the old. */
+    r = heap_remap_header(heap, hdr_fd);
+    hdr_fd = -1;
+    if (r < 0) {
+        client_set_error("shmheapd at %s sent a header page that does not match this heap: %s",
+                         c->conn.path, strerror(-r));
         r = -ESTALE;
         goto out;
     }
@@ -135,6 +145,8 @@ static int reconnect_once(struct client *c)
 out:
     if (ctl_fd >= 0)
         (void) close(ctl_fd);
+    if (hdr_fd >= 0)
+        (void) close(hdr_fd);
     for (unsigned i = 0; i < SHM_MAX_SEGMENTS; i++)
         if (fds[i] >= 0)
             (void) close(fds[i]);

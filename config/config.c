@@ -74,7 +74,8 @@ static const struct config_enum log_level_names[] = {
  * floor under it, which heap_ctl_create() enforces for local heaps and
  * tests. */
 #define SEGMENT_SIZE_MIN (64 * MiB)
-_Static_assert(SEGMENT_SIZE_MIN >= SHM_SEG_MIN_SIZE, "segment_size's bound is above the layout's floor");
+_Static_assert(SEGMENT_SIZE_MIN >= SHM_SEG_MIN_SIZE,
+               "segment_size's bound is above the layout's floor");
 
 /* The defaults of the heap's keys are those of heap_config_default()
  * (shm/create.c); check_config.c holds the two together. */
@@ -191,6 +192,15 @@ static const struct config_key keys[] = {
          .min = 1,
          .max = 4096,
          .help = "connections the daemon serves at once: 1..4096 (default 64)"},
+        {.name = "max_connections_per_uid",
+         .type = CONFIG_COUNT,
+         .scope = CONFIG_SCOPE_DAEMON,
+         FIELD(max_connections_per_uid),
+         .def = 0,
+         .min = 0,
+         .max = 4096,
+         .help = "connections one uid may hold at once: 0 (only max_clients bounds them) or "
+                 "1..4096 (default 0)"},
         {.name = "max_segments",
          .type = CONFIG_COUNT,
          .scope = CONFIG_SCOPE_HEAP,

@@ -40,6 +40,7 @@ struct config {
     uint32_t log_level;          /* syslog level: 3 err .. 7 debug */
     uint32_t request_timeout_ms; /* a request left half-sent is answered `timeout` */
     uint32_t idle_timeout_ms;    /* a connection without hello idle this long; 0 never */
+    uint32_t max_connections_per_uid; /* connections of one uid at once; 0: max_clients only */
     /* The automatic trim policy (daemon/decay.c). */
     uint32_t decay_ms;               /* memory unused this long goes back; 0: off */
     uint32_t decay_retain_percent;   /* margin kept above the recent peak of bytes in use */

@@ -2,7 +2,9 @@
  * store or a state directory) takes it over instead of creating one.
  *
  * Nothing is trusted that cannot be checked (shm/adopt.c checks the
- * control segment and every heap segment against fstat and each other); a
+ * header page, the control segment and every heap segment against fstat
+ * and each other; the header page is the earlier daemon's, never a
+ * client's: shm/header.c); a
  * segment that fails is refused with a log line that says why, and the
  * daemon exits non-zero, leaving everything as it found it, unless
  * --discard-bad-heap says to start clean. A heap of another layout version
@@ -17,6 +19,7 @@
  * reclaimed too. */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -38,7 +41,65 @@ static int refuse(const char *source, uint32_t index, int r, const char *why)
     return r;
 }
 
-int adopt_heap(struct daemon *d, int fds[SHM_MAX_SEGMENTS], const char *source)
+/* Without its header page, the heap cannot be adopted: the control
+ * segment's own first page is client-writable. An older layout (which had
+ * no header page) is refused as such, and left for a rollback. A control
+ * segment of this layout whose own first page still holds the header with
+ * no heap segment is a creation cut short before its header page (with
+ * a header page, the first page is its copy): -ENODATA, nothing to adopt. */
+static int refuse_no_header(const char *source, int ctl_fd)
+{
+    char why[160];
+    uint32_t version = 0, nsegments = 0;
+
+    if (heap_adopt_version(ctl_fd, &version, &nsegments) == 0) {
+        if (version != SHM_LAYOUT_VERSION) {
+            (void) snprintf(why, sizeof(why),
+                            "layout version %" PRIu32 ", this build has layout version %u", version,
+                            SHM_LAYOUT_VERSION);
+            return refuse(source, 0, -EPROTO, why);
+        }
+        if (nsegments == 1) {
+            log_notice("%s holds a control segment without a header page or heap segment (a "
+                       "creation cut short): starting a new heap",
+                       source);
+            return -ENODATA;
+        }
+    }
+    return refuse(source, 0, -EBADMSG, "its header page is missing");
+}
+
+/* The daemon's header page for the adopted heap: in a state directory the
+ * file itself; from the fd store a copy of the stored (sealed, so
+ * unwritable) page, of the next generation, stored before the old one is
+ * removed. */
+static int adopt_header(struct daemon *d, int hdr_fd, const char *source)
+{
+    uint64_t gen;
+    int r;
+
+    if (d->state_dir_fd >= 0) {
+        r = heap_header_open_at(d->state_dir_fd, &d->hdr);
+        if (r < 0)
+            log_error("cannot map the header page in %s: %s", source, strerror(-r));
+        return r;
+    }
+    r = heap_header_create(hdr_fd, -1, &d->hdr);
+    if (r < 0) {
+        log_error("cannot copy the header page from %s: %s", source, strerror(-r));
+        return r;
+    }
+    gen = load_relaxed(&d->hdr.page->header_gen) + 1;
+    store_relaxed(&d->hdr.page->header_gen, gen);
+    fdstore_put_header(d, gen, d->hdr.fd);
+    if (gen - 1 != d->stored_hdr_gen)
+        log_warning("the header page stored as generation %" PRIu64 " says %" PRIu64,
+                    d->stored_hdr_gen, gen - 1);
+    fdstore_remove_header(d, d->stored_hdr_gen);
+    return 0;
+}
+
+int adopt_heap(struct daemon *d, int fds[SHM_MAX_SEGMENTS], int hdr_fd, const char *source)
 {
     struct heap_adopt_segment s;
     char why[256];
@@ -46,11 +107,13 @@ int adopt_heap(struct daemon *d, int fds[SHM_MAX_SEGMENTS], const char *source)
     struct stat st;
     int r;
 
-    r = heap_adopt_check_ctl(fds[0], &n, why, sizeof(why));
+    if (hdr_fd < 0)
+        return refuse_no_header(source, fds[0]);
+    r = heap_adopt_check_ctl(fds[0], hdr_fd, &n, why, sizeof(why));
     if (r < 0)
         return refuse(source, 0, r, why);
     for (uint32_t i = 1; i < n; i++) {
-        r = heap_adopt_check_segment(fds[0], i, fds[i], &s, why, sizeof(why));
+        r = heap_adopt_check_segment(hdr_fd, i, fds[i], &s, why, sizeof(why));
         if (r < 0)
             return refuse(source, i, r, why);
         if (s.state == SEG_RETIRED && fds[i] >= 0) {
@@ -75,6 +138,9 @@ int adopt_heap(struct daemon *d, int fds[SHM_MAX_SEGMENTS], const char *source)
         else
             fdstore_remove(d, i);
     }
+    r = adopt_header(d, hdr_fd, source);
+    if (r < 0)
+        return r;
     /* The records, from what was checked: fstat for sizes, as owner_grow
      * does for segments it creates. */
     pthread_mutex_lock(&d->seg_lock);
@@ -96,6 +162,15 @@ int adopt_heap(struct daemon *d, int fds[SHM_MAX_SEGMENTS], const char *source)
     }
     d->nsegs = n;
     d->ctl_fd = d->seg_fds[0];
+    /* The copy in the control segment's own first page, from the header
+     * page (whatever a client wrote there meanwhile). */
+    r = heap_header_mirror_to(&d->hdr, d->ctl_fd);
+    if (r < 0) {
+        pthread_mutex_unlock(&d->seg_lock);
+        log_error("cannot map the first page of the control segment of %s: %s", source,
+                  strerror(-r));
+        return r;
+    }
     pthread_mutex_unlock(&d->seg_lock);
     d->adopted = true;
     return 0;

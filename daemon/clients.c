@@ -2,17 +2,20 @@
  *
  * A client is watched two ways. Its connection closing is a detach (the
  * library flushed its caches first); its process exiting, seen on a pidfd
- * (SO_PEERPIDFD, else pidfd_open), is the end: the daemon then gives back
- * the caches of every slot tagged with the client's id and destroys its
- * SESSION arenas (work.c runs that in the pool). A detached client is kept
- * until its process exits, so that whatever it left is reclaimed then.
- * Polling pids or heartbeats is not used: both misfire under load and on
- * pid reuse. */
+ * (SO_PEERPIDFD, else pidfd_open; one per process, shared by its clients:
+ * procs.c), is the end: the daemon then gives back the caches of every
+ * slot tagged with the client's id and destroys its SESSION arenas
+ * (work.c runs that in the pool). After a detach the daemon frees what the
+ * attachment kept private and looks at what it still holds: after a clean
+ * detach nothing, and its record goes with its SESSION arenas; a client
+ * whose connection dropped while its attachment lives (owner entry still
+ * live, or caches left) is kept until it attaches again or its process
+ * exits, so that whatever it left is reclaimed then. Polling pids or
+ * heartbeats is not used: both misfire under load and on pid reuse. */
 #include <errno.h>
 #include <inttypes.h>
-#include <poll.h>
-#include <stdlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -31,27 +34,15 @@ static uint64_t now_ns(void)
 
 static void client_maybe_free(struct client *cl)
 {
-    if (cl->handles == 0 && cl->pidfd < 0 && !cl->conn && cl->link.next == &cl->link)
+    if (!cl->proc && !cl->conn && cl->link.next == &cl->link)
         free(cl);
-}
-
-static void pidfd_closed_cb(uv_handle_t *h)
-{
-    struct client *cl = h->data;
-
-    cl->handles--;
-    client_maybe_free(cl);
 }
 
 static void client_unwatch(struct client *cl)
 {
-    if (cl->pidfd_polling) {
-        uv_close((uv_handle_t *) &cl->pidfd_poll, pidfd_closed_cb);
-        cl->pidfd_polling = false;
-    }
-    if (cl->pidfd >= 0)
-        (void) close(cl->pidfd);
-    cl->pidfd = -1;
+    if (cl->proc)
+        procs_unwatch(cl->proc);
+    cl->proc = NULL;
 }
 
 /* The client's process is gone: stop watching it and reclaim. */
@@ -81,41 +72,32 @@ static void client_exited(struct client *cl, bool seen)
     metrics_clients_changed(d);
 }
 
-static void pidfd_cb(uv_poll_t *h, int status, int events)
+void clients_process_exited(struct daemon *d, struct proc *p)
 {
-    (void) status;
-    (void) events;
-    client_exited(h->data, true);
+    struct link *l = d->clients.next;
+
+    while (l != &d->clients) {
+        struct client *cl = container_of(l, struct client, link);
+
+        /* client_exited may unlink cl (never another client). */
+        l = l->next;
+        if (cl->proc == p)
+            client_exited(cl, true);
+    }
 }
 
-/* Starts watching cl's process through a pidfd: from the connection
- * (SO_PEERPIDFD) when there is one, else pidfd_open. */
+/* Starts watching cl's process: the watch its other clients share, else a
+ * new pidfd from the connection (SO_PEERPIDFD) or pidfd_open. */
 static void client_watch(struct client *cl, int conn_fd)
 {
-    struct daemon *d = cl->d;
-    int r;
+    int r = procs_watch(cl->d, cl->peer.pid, conn_fd, &cl->proc);
 
-    cl->pidfd = peer_pidfd(conn_fd, cl->peer.pid);
-    if (cl->pidfd < 0) {
+    if (r < 0) {
         log_warning("cannot watch pid %d (%s): its caches will be reclaimed when its connection "
                     "closes",
-                    (int) cl->peer.pid, strerror(-cl->pidfd));
-        cl->pidfd = -1;
-        return;
+                    (int) cl->peer.pid, strerror(-r));
+        cl->proc = NULL;
     }
-    r = uv_poll_init(d->loop, &cl->pidfd_poll, cl->pidfd);
-    if (r < 0) {
-        log_warning("cannot poll the pidfd of pid %d (%s): its caches will be reclaimed "
-                    "when its connection closes",
-                    (int) cl->peer.pid, uv_strerror(r));
-        (void) close(cl->pidfd);
-        cl->pidfd = -1;
-        return;
-    }
-    cl->pidfd_poll.data = cl;
-    cl->handles++;
-    cl->pidfd_polling = true;
-    (void) uv_poll_start(&cl->pidfd_poll, UV_READABLE, pidfd_cb);
 }
 
 struct client *clients_find(struct daemon *d, uint64_t id)
@@ -139,9 +121,11 @@ int clients_attach(struct daemon *d, struct conn *c, uint64_t resume_id, struct 
         cl->peer = c->peer;
         cl->conn = c;
         c->client = cl;
+        cl->held = false;
         d->nclients++;
-        if (cl->pidfd < 0)
+        if (!cl->proc)
             client_watch(cl, c->fd);
+        metrics_clients_changed(d);
         log_info("client %" PRIu64 " attached again: pid %d, uid %u (connection %" PRIu64 ")",
                  cl->id, (int) cl->peer.pid, (unsigned) cl->peer.uid, c->serial);
         *ret = cl;
@@ -155,13 +139,11 @@ int clients_attach(struct daemon *d, struct conn *c, uint64_t resume_id, struct 
         cl->id = resume_id;
     } else {
         cl->id = ++d->next_client_id;
-        /* A restarted daemon goes on from here (shm/adopt.c); relaxed: it
-         * is read only by the next daemon, after this one is gone. */
-        store_relaxed(&heap_ctl(d->heap)->client_id_next, d->next_client_id);
+        /* A restarted daemon goes on from here (shm/adopt.c). */
+        heap_header_set_client_id_next(&d->hdr, d->next_client_id);
     }
     cl->peer = c->peer;
     cl->attached_ns = now_ns();
-    cl->pidfd = -1;
     client_watch(cl, c->fd);
     cl->conn = c;
     c->client = cl;
@@ -198,9 +180,8 @@ int clients_adopt(struct daemon *d, uint64_t id, pid_t pid)
         cl->peer.gid = stat(proc, &st) == 0 ? st.st_gid : (gid_t) -1;
     }
     cl->attached_ns = now_ns();
-    cl->pidfd = -1;
     client_watch(cl, -1);
-    if (cl->pidfd < 0) {
+    if (!cl->proc) {
         free(cl);
         return -ESRCH;
     }
@@ -214,7 +195,6 @@ int clients_adopt(struct daemon *d, uint64_t id, pid_t pid)
 void clients_detach(struct client *cl)
 {
     struct daemon *d = cl->d;
-    struct pollfd pfd = {.fd = cl->pidfd, .events = POLLIN};
 
     if (!cl->conn)
         return;
@@ -226,19 +206,49 @@ void clients_detach(struct client *cl)
     /* Without a pidfd the hang-up is all we will ever know: reclaim now.
      * With one, a process that has already exited is reclaimed at once
      * (its hang-up usually comes just before its pidfd turns readable). */
-    if (cl->pidfd < 0 || poll(&pfd, 1, 0) > 0) {
-        client_exited(cl, cl->pidfd >= 0);
+    if (!cl->proc || procs_exited(cl->proc)) {
+        client_exited(cl, cl->proc != NULL);
         return;
     }
-    log_info("client %" PRIu64 " (pid %d) detached; anything it left is reclaimed when it "
-             "exits",
-             cl->id, (int) cl->peer.pid);
     /* A clean detach marked its owner entry: what it kept private is
-     * unreachable now and can go at once. */
-    if (work_reclaim_detached(d, cl->id) < 0)
+     * unreachable now and can go at once. The job then looks at what the
+     * client still holds: nothing after a clean detach, and the record
+     * goes (clients_detach_swept); a connection that dropped while its
+     * attachment lives keeps its owner entry, and the record stays until
+     * the process exits. */
+    if (work_reclaim_detached(d, cl->id) < 0) {
+        cl->held = true;
         log_warning("client %" PRIu64 ": cannot schedule freeing its private objects now; they "
                     "go when it exits",
                     cl->id);
+    }
+}
+
+void clients_detach_swept(struct daemon *d, uint64_t client_id, bool held, int arenas)
+{
+    struct client *cl = clients_find(d, client_id);
+
+    if (!cl || cl->conn || cl->exited)
+        return; /* attached again, or its exit is being reclaimed */
+    if (held) {
+        cl->held = true;
+        metrics_clients_changed(d);
+        log_info("client %" PRIu64 " (pid %d) detached; what it still holds is reclaimed when "
+                 "it exits",
+                 cl->id, (int) cl->peer.pid);
+        return;
+    }
+    if (arenas > 0)
+        log_info("client %" PRIu64 " (pid %d) detached: destroyed %d session arenas", cl->id,
+                 (int) cl->peer.pid, arenas);
+    else
+        log_info("client %" PRIu64 " (pid %d) detached", cl->id, (int) cl->peer.pid);
+    /* Nothing left to reclaim: the record and its share of the process's
+     * pidfd go now, so attach/detach cycles cost the daemon nothing. */
+    client_unwatch(cl);
+    link_remove(&cl->link);
+    metrics_clients_changed(d);
+    client_maybe_free(cl);
 }
 
 void clients_reclaimed(struct client *cl,

@@ -10,7 +10,10 @@
  *
  * Lines are framed by wire_line_end(): at most WIRE_LINE_MAX bytes with the
  * '\n'; a buffer full without a '\n' is answered line_too_long and the
- * connection closed. A partial line
+ * connection closed. The input buffer is allocated with the first byte of
+ * a request, doubled as the line grows (4 KiB to 64 KiB) and freed once its
+ * lines are handled: an idle connection costs its struct and its fd, so
+ * max_clients of them cost little memory. A partial line
  * older than request_timeout_ms is answered timeout and closed; so is a
  * connection without hello idle for idle_timeout_ms. */
 #include <errno.h>
@@ -32,14 +35,19 @@ static uint64_t now_ns(void)
     return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
 }
 
+/* The first size of a connection's input buffer: most requests fit. */
+#define CONN_IN_FIRST 4096u
+
 static void conn_poll_cb(uv_poll_t *handle, int status, int events);
 static void conn_process(struct conn *c);
 static void conn_flush(struct conn *c);
 
 static void conn_maybe_free(struct conn *c)
 {
-    if (c->closing && c->handles == 0 && c->jobs == 0)
+    if (c->closing && c->handles == 0 && c->jobs == 0) {
+        free(c->in);
         free(c);
+    }
 }
 
 static void conn_handle_closed_cb(uv_handle_t *handle)
@@ -163,6 +171,17 @@ void conn_refuse_raw(int fd, const char *code, const char *message)
     }
 }
 
+/* Open connections of one uid: a walk, at most max_clients long, made only
+ * when max_connections_per_uid is set. */
+static unsigned conns_of_uid(struct daemon *d, uid_t uid)
+{
+    unsigned n = 0;
+
+    for (struct link *l = d->conns.next; l != &d->conns; l = l->next)
+        n += container_of(l, struct conn, link)->peer.uid == uid;
+    return n;
+}
+
 void conn_accept(struct daemon *d, int fd, const struct peer *p)
 {
     const char *why = NULL;
@@ -181,6 +200,20 @@ void conn_accept(struct daemon *d, int fd, const struct peer *p)
         log_warning("refused a connection from pid %d (uid %u): too many clients (max_clients "
                     "%u)",
                     (int) p->pid, (unsigned) p->uid, d->cfg.shm.max_clients);
+        conn_refuse_raw(fd, "too_many_clients", msg);
+        (void) close(fd);
+        return;
+    }
+    if (d->cfg.max_connections_per_uid &&
+        conns_of_uid(d, p->uid) >= d->cfg.max_connections_per_uid) {
+        char msg[160];
+
+        (void) snprintf(msg, sizeof(msg),
+                        "uid %u already holds max_connections_per_uid (%u) connections",
+                        (unsigned) p->uid, d->cfg.max_connections_per_uid);
+        log_warning("refused a connection from pid %d (uid %u): too many connections of its uid "
+                    "(max_connections_per_uid %u)",
+                    (int) p->pid, (unsigned) p->uid, d->cfg.max_connections_per_uid);
         conn_refuse_raw(fd, "too_many_clients", msg);
         (void) close(fd);
         return;
@@ -360,7 +393,7 @@ void conn_close(struct conn *c, const char *why)
  * connection waits for next (or closes it). */
 static void conn_process(struct conn *c)
 {
-    while (!c->closing && !c->close_after_flush && c->jobs == 0 && !c->out_head) {
+    while (!c->closing && !c->close_after_flush && c->jobs == 0 && !c->out_head && c->inlen) {
         ssize_t end = wire_line_end(c->in, c->inlen);
         size_t len;
 
@@ -389,6 +422,12 @@ static void conn_process(struct conn *c)
     }
     if (c->closing)
         return;
+    if (c->inlen == 0 && c->in) {
+        /* Every line handled: an idle connection keeps no buffer. */
+        free(c->in);
+        c->in = NULL;
+        c->incap = 0;
+    }
     if (c->jobs == 0 && !c->out_head && (c->close_after_flush || c->eof)) {
         if (c->eof && c->inlen && !c->close_after_flush)
             log_debug("connection %" PRIu64 " (pid %d): hung up mid-request", c->serial,
@@ -404,11 +443,28 @@ static void conn_read(struct conn *c)
 {
     ssize_t n;
 
-    if (c->inlen >= sizeof(c->in)) {
-        conn_process(c);
-        return;
+    if (c->inlen == c->incap) {
+        size_t cap = c->incap ? 2 * c->incap : CONN_IN_FIRST;
+        char *b;
+
+        if (c->incap >= WIRE_LINE_MAX) {
+            conn_process(c); /* a full buffer without a '\n': line_too_long */
+            return;
+        }
+        if (cap > WIRE_LINE_MAX)
+            cap = WIRE_LINE_MAX;
+        b = realloc(c->in, cap);
+        if (!b) {
+            log_warning("connection %" PRIu64 " (pid %d): out of memory for its request, "
+                        "closing",
+                        c->serial, (int) c->peer.pid);
+            conn_close(c, NULL);
+            return;
+        }
+        c->in = b;
+        c->incap = cap;
     }
-    n = recv(c->fd, c->in + c->inlen, sizeof(c->in) - c->inlen, MSG_DONTWAIT);
+    n = recv(c->fd, c->in + c->inlen, c->incap - c->inlen, MSG_DONTWAIT);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
             return;

@@ -37,6 +37,7 @@
 struct daemon;
 struct conn;
 struct client;
+struct proc;
 struct metrics;
 
 /* Doubly linked list links, kept by hand (no list library). */
@@ -106,8 +107,11 @@ struct conn {
     uint64_t connected_ns;
     struct client *client; /* after hello */
     struct outbuf *out_head, *out_tail;
-    size_t inlen;
-    char in[WIRE_LINE_MAX];
+    /* The request bytes read so far: allocated on the first byte, grown
+     * by doubling up to WIRE_LINE_MAX, freed once every line in it has
+     * been handled, so an idle connection costs no buffer (conn.c). */
+    char *in;
+    size_t incap, inlen;
 };
 
 struct client {
@@ -117,12 +121,10 @@ struct client {
     struct peer peer;
     uint64_t attached_ns;
     struct conn *conn; /* NULL after a detach */
-    int pidfd;         /* -1 if none could be had */
-    uv_poll_t pidfd_poll;
-    bool pidfd_polling;
-    bool exited;    /* reclamation started */
-    bool exit_seen; /* its pidfd said so (else only its hang-up did) */
-    unsigned handles;
+    struct proc *proc; /* its process's watch (procs.c), NULL if none */
+    bool held;         /* detached, but still holds owner entries or caches */
+    bool exited;       /* reclamation started */
+    bool exit_seen;    /* its pidfd said so (else only its hang-up did) */
 };
 
 /* The automatic trim policy's state (decay.c), on the loop thread only. */
@@ -218,6 +220,7 @@ struct daemon {
 
     /* The heap (owner.c). */
     int ctl_fd;
+    struct heap_header hdr;   /* the header page: ours to write, clients map it read-only */
     pthread_mutex_t seg_lock; /* seg_fds and segment creation */
     int seg_fds[SHM_MAX_SEGMENTS];
     uint64_t seg_size[SHM_MAX_SEGMENTS]; /* as created: the daemon's own record */
@@ -227,6 +230,8 @@ struct daemon {
 
     /* Restart (fdstore.c, statedir.c, adopt.c). */
     int stored_fds[SHM_MAX_SEGMENTS]; /* passed back by systemd's fd store, by index; -1 */
+    int stored_hdr_fd;                /* the newest header page passed back, or -1 */
+    uint64_t stored_hdr_gen;          /* its generation (FDNAME header-page-<gen>) */
     int passed_listen_fd;             /* the listening socket systemd passed, or -1 */
     bool use_fdstore;                 /* NOTIFY_SOCKET set and no state dir */
     bool discard_bad_heap;            /* --discard-bad-heap */
@@ -241,6 +246,8 @@ struct daemon {
     uint64_t next_conn_serial;
     struct link clients;
     unsigned nclients; /* attached (connection open) */
+    struct link procs; /* procs.c: one pidfd per watched process */
+    unsigned nprocs;
     uint64_t next_client_id;
 
     /* The pool (work.c). */
@@ -277,6 +284,9 @@ int owner_segment(struct daemon *d, uint32_t index, uint64_t *ret_size, uint32_t
 uint32_t owner_nsegments(struct daemon *d);
 /* Writes cfg.shm into the control segment and bumps config_gen. */
 void owner_publish_config(struct daemon *d);
+/* Adds to rep what of the header page and the segment table disagrees with
+ * the daemon's own records (config, segment fds and sizes). */
+void owner_verify(struct daemon *d, struct verify_report *rep);
 
 /* ---- fdstore.c: systemd's file descriptor store ---- */
 /* Takes every fd systemd passed (sd_listen_fds_with_names): stored
@@ -285,6 +295,9 @@ void owner_publish_config(struct daemon *d);
 void fdstore_collect(struct daemon *d);
 /* Hands segment index's fd to systemd (FDSTORE=1) when d->use_fdstore. */
 void fdstore_put(struct daemon *d, uint32_t index, int fd);
+/* The same for the header page of generation gen, and its removal. */
+void fdstore_put_header(struct daemon *d, uint64_t gen, int fd);
+void fdstore_remove_header(struct daemon *d, uint64_t gen);
 /* Asks systemd to drop the stored fd of segment index (FDSTOREREMOVE=1). */
 void fdstore_remove(struct daemon *d, uint32_t index);
 /* Closes the stored fds not taken by adoption. */
@@ -306,8 +319,9 @@ void statedir_close(struct daemon *d);
 /* Checks the segments in fds[] (index 0 the control segment; taken over
  * on success, left open otherwise) and makes them the daemon's: records,
  * its own attachment, recovery, the clients it finds. `source` names
- * where they came from for the logs. -EPROTO: another layout version. */
-int adopt_heap(struct daemon *d, int fds[SHM_MAX_SEGMENTS], const char *source);
+ * where they came from for the logs. -EPROTO: another layout version;
+ * -ENODATA: nothing to adopt (a creation cut short before its header page). */
+int adopt_heap(struct daemon *d, int fds[SHM_MAX_SEGMENTS], int hdr_fd, const char *source);
 /* After the daemon's attachment mapped the adopted heap: recovery, and the
  * clients of the earlier daemon watched until they say hello again. */
 int adopt_recover(struct daemon *d, const char *source);
@@ -368,6 +382,7 @@ bool req_string(
 /* ---- ops: op_attach.c, op_info.c, op_admin.c ---- */
 void op_hello(struct conn *c, const cJSON *req);
 void op_segment(struct conn *c, const cJSON *req);
+void op_header_page(struct conn *c, const cJSON *req);
 void op_grow(struct conn *c, const cJSON *req);
 void op_stats(struct conn *c, const cJSON *req);
 void op_clients(struct conn *c, const cJSON *req);
@@ -388,6 +403,7 @@ struct client_view {
     uint64_t id;
     pid_t pid;
     bool attached; /* its connection is open */
+    bool held;     /* detached, still holding owner entries or caches */
 };
 /* A copy of the client list (loop thread). Returns 0 or -ENOMEM; *ret_views
  * is malloc'd. */
@@ -423,6 +439,25 @@ void clients_reclaimed(struct client *cl,
                        int arenas,
                        int owned_r,
                        const struct heap_owned_reclaim *owned);
+/* procs.c: cl's process (a struct proc) has exited: reclaims every client
+ * that watches it. */
+void clients_process_exited(struct daemon *d, struct proc *p);
+/* work.c: the detach job of client_id is done; held: it still owns owner
+ * entries or caches (its record stays until its process exits); arenas:
+ * SESSION arenas destroyed (only when nothing was held). */
+void clients_detach_swept(struct daemon *d, uint64_t client_id, bool held, int arenas);
+
+/* ---- procs.c: one pidfd per client process ---- */
+/* A watch of pid's process, shared with the other clients of that process
+ * (conn_fd: a connection of the process, for SO_PEERPIDFD, or -1).
+ * Returns 0 or a negative errno. */
+int procs_watch(struct daemon *d, pid_t pid, int conn_fd, struct proc **ret);
+/* Drops a reference; the last one closes the pidfd. */
+void procs_unwatch(struct proc *p);
+/* Whether the watched process has exited (its pidfd readable now). */
+bool procs_exited(struct proc *p);
+pid_t procs_pid(const struct proc *p);
+
 /* ---- quota.c ---- */
 void quota_start(struct daemon *d);
 /* One tick: what the timer runs every QUOTA_TICK_MS (the fuzz harness

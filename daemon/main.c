@@ -199,6 +199,7 @@ static void daemon_defaults(struct daemon *d)
     d->config_path = arg_config_path;
     link_init(&d->conns);
     link_init(&d->clients);
+    link_init(&d->procs);
     pthread_mutex_init(&d->work_lock, NULL);
 }
 
@@ -342,8 +343,9 @@ int main(int argc, char **argv)
     if (r != 0)
         return r;
     /* Before anything else reads LISTEN_FDS (sd_listen_fds unsets it). */
-    fdstore_collect(d);
+    /* Before the collection, which drops stale header pages from the store. */
     d->use_fdstore = !d->cfg.state_dir[0] && getenv("NOTIFY_SOCKET") != NULL;
+    fdstore_collect(d);
     r = wire_socket_path(arg_socket, d->socket_path, sizeof(d->socket_path));
     if (r < 0) {
         log_error("the socket path is longer than a Unix socket address allows (107 bytes)");

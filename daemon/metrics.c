@@ -58,7 +58,8 @@ struct metrics {
     cJSON *decay; /* the automatic trim's figures as of its last tick (decay.c) */
 };
 
-static void mhd_log(void *cls, const char *fmt, va_list ap)
+/* MHD's format strings are its own, checked by its compiler, not ours. */
+__attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     char buf[512];
 

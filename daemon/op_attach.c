@@ -1,4 +1,4 @@
-/* The ops of attaching clients: hello, segment, grow. Each reply that
+/* The ops of attaching clients: hello, segment, header_page, grow. Each reply that
  * names segments carries their fds (SCM_RIGHTS, in the listed order). */
 #include <errno.h>
 #include <inttypes.h>
@@ -32,7 +32,8 @@ cJSON *segment_json(struct daemon *d, uint32_t index)
  * Only a process that had it: the id was handed out (by this daemon or the
  * one whose heap it adopted), no connection holds it, and the heap's
  * tables tie it to the peer's pid (its owner entry, `owner` = index + 1,
- * or else its thread caches). The tables are shared memory any client can
+ * or else its thread caches). The tables are the writable part of the
+ * control segment, which any client can
  * write, so this keeps honest clients apart; it cannot stop a process
  * that scribbles on the heap, which could do worse anyway. */
 static bool resume_allowed(struct conn *c, uint64_t id, uint64_t owner)
@@ -193,6 +194,21 @@ void op_segment(struct conn *c, const cJSON *req)
         return;
     }
     reply_segment(c, (uint32_t) index);
+}
+
+/* The header page (shm/header.c): clients map it read-only over the control
+ * segment's first page, whose own bytes any client can write. */
+void op_header_page(struct conn *c, const cJSON *req)
+{
+    cJSON *reply = reply_new();
+
+    (void) req;
+    if (!reply || !cJSON_AddNumberToObject(reply, "size", SHM_HEADER_PAGE)) {
+        cJSON_Delete(reply);
+        reply_error(c, "internal", "out of memory");
+        return;
+    }
+    reply_ok(c, reply, &c->d->hdr.fd, 1);
 }
 
 void op_grow(struct conn *c, const cJSON *req)

@@ -96,7 +96,7 @@ int client_views(struct daemon *d, struct client_view **ret_views, size_t *ret_n
         const struct client *cl = container_of(l, struct client, link);
 
         v[i] = (struct client_view){
-                .id = cl->id, .pid = cl->peer.pid, .attached = cl->conn != NULL};
+                .id = cl->id, .pid = cl->peer.pid, .attached = cl->conn != NULL, .held = cl->held};
     }
     *ret_views = v;
     *ret_n = n;
@@ -122,7 +122,7 @@ static bool add_per_client(cJSON *stats,
 
         attached += views[i].attached;
         (void) heap_client_usage(heap, views[i].id, 0, &u);
-        if (!views[i].attached && u.threads == 0)
+        if (!views[i].attached && u.threads == 0 && !views[i].held)
             continue;
         o = cJSON_CreateObject();
         if (!o || !cJSON_AddItemToArray(a, o)) {
@@ -246,6 +246,32 @@ void op_segments(struct conn *c, const cJSON *req)
     reply_ok(c, reply, NULL, 0);
 }
 
+/* "connections": every open connection, attached or not (shmheapctl's),
+ * since each holds an fd of the daemon's. */
+static bool add_connections(cJSON *reply, struct daemon *d, uint64_t now)
+{
+    cJSON *a = cJSON_AddArrayToObject(reply, "connections");
+
+    if (!a)
+        return false;
+    for (struct link *l = d->conns.next; l != &d->conns; l = l->next) {
+        const struct conn *k = container_of(l, struct conn, link);
+        cJSON *o = cJSON_CreateObject();
+
+        if (!o || !cJSON_AddItemToArray(a, o)) {
+            cJSON_Delete(o);
+            return false;
+        }
+        if (!json_add_u64(o, "connection", k->serial) ||
+            !cJSON_AddNumberToObject(o, "pid", k->peer.pid) ||
+            !cJSON_AddNumberToObject(o, "uid", k->peer.uid) ||
+            !json_add_u64(o, "client_id", k->client ? k->client->id : 0) ||
+            !json_add_u64(o, "connected_s", (now - k->connected_ns) / 1000000000u))
+            return false;
+    }
+    return true;
+}
+
 void op_clients(struct conn *c, const cJSON *req)
 {
     struct daemon *d = c->d;
@@ -265,9 +291,10 @@ void op_clients(struct conn *c, const cJSON *req)
 
         clients_slot_usage(d, cl->id, &threads, &bytes);
         uid_over = quota_uid_over(d, cl->peer.uid, &uid_bytes);
-        /* A client that detached and has nothing left is not worth a row;
-         * one that left slots behind (still alive, or being reclaimed) is. */
-        if (!cl->conn && threads == 0)
+        /* A client that detached and has nothing left is not worth a row
+         * (its record goes once its detach is swept); one that left slots
+         * or a live owner entry behind (still alive, or being reclaimed) is. */
+        if (!cl->conn && threads == 0 && !cl->held)
             continue;
         o = cJSON_CreateObject();
         if (!o || !cJSON_AddItemToArray(a, o)) {
@@ -289,6 +316,9 @@ void op_clients(struct conn *c, const cJSON *req)
             !cJSON_AddBoolToObject(o, "attached", cl->conn != NULL))
             goto oom;
     }
+    if (!add_connections(reply, d, now) ||
+        !cJSON_AddNumberToObject(reply, "processes_watched", d->nprocs))
+        goto oom;
     reply_ok(c, reply, NULL, 0);
     return;
 oom:

@@ -5,9 +5,12 @@
  * or files in a state directory (statedir.c). At start the daemon adopts
  * the heap it finds in either (adopt.c) and creates a new one otherwise.
  *
- * The daemon keeps its own record of every segment (fd, size, page size,
- * from fstat of its fd) and answers from it, never from the control
- * segment's table, which any attached process can write. Segments are
+ * The header page (the header, the config, the segment table; layout.h,
+ * shm/header.c) is the daemon's alone: it maps it read-write and sealed it
+ * before any fd of it left, so clients map it read-only. Everything else in
+ * the control segment any client can write. The daemon also keeps its own
+ * record of every segment (fd, size, page size, from fstat of its fd) and
+ * answers from it; `verify` compares the two (owner_verify). Segments are
  * created under seg_lock: by the loop (start, the grow op) and, in
  * principle, by the daemon's own attachment through hooks.grow from any
  * thread. */
@@ -44,6 +47,14 @@ static void keep_segment(void *ctx, uint32_t index, int fd)
     fdstore_put(ctx, index, fd);
 }
 
+static int hook_open_header(void *ctx)
+{
+    struct daemon *d = ctx;
+    int fd = fcntl(d->hdr.fd, F_DUPFD_CLOEXEC, 3);
+
+    return fd < 0 ? -errno : fd;
+}
+
 static int hook_grow(void *ctx, uint64_t min_bytes)
 {
     uint32_t index;
@@ -53,21 +64,22 @@ static int hook_grow(void *ctx, uint64_t min_bytes)
 
 int owner_grow(struct daemon *d, uint64_t min_bytes, uint32_t *ret_index)
 {
-    struct ctl_header *ctl = heap_ctl(d->heap);
+    struct ctl_header *ctl = d->hdr.page;
     char b1[32], b2[32];
     uint32_t index, policy;
     struct stat st;
     int fd, r;
 
     pthread_mutex_lock(&d->seg_lock);
-    /* The policy as published in the control segment (owner_publish_config
-     * keeps it equal to cfg.shm), read here so that any thread may grow. */
+    /* The policy as published in the header page (owner_publish_config
+     * keeps it equal to cfg.shm; only the daemon writes it), read here so
+     * that any thread may grow. */
     policy = load_relaxed(&ctl->config.huge_pages);
     if (policy >= _SHM_PAGES_MAX)
         policy = SHM_PAGES_AUTO;
     /* The limits are the daemon's own config, never the control segment's
-    * copy (any client can write it). */
-    r = heap_segment_create_kept(d->ctl_fd, &d->cfg.shm, d->state_dir_fd, min_bytes, (int) policy,
+     * copy (any client can write it). */
+    r = heap_segment_create_kept(&d->hdr, &d->cfg.shm, d->state_dir_fd, min_bytes, (int) policy,
                                  keep_segment, d, &fd, &index);
     if (r < 0) {
         uint32_t n = d->nsegs;
@@ -86,7 +98,7 @@ int owner_grow(struct daemon *d, uint64_t min_bytes, uint32_t *ret_index)
         return r;
     }
     if (index >= SHM_MAX_SEGMENTS || index < d->nsegs || fstat(fd, &st) < 0) {
-        /* The control segment's count was changed behind our back. */
+        /* The header page's count disagrees with ours: a bug of ours. */
         uint32_t n = d->nsegs;
 
         pthread_mutex_unlock(&d->seg_lock);
@@ -114,12 +126,23 @@ int owner_grow(struct daemon *d, uint64_t min_bytes, uint32_t *ret_index)
 
 /* The heap an earlier daemon left, if any: fds[] by index (-1: none);
  * returns where it was found, or NULL. */
-static const char *owner_find_stored(struct daemon *d, int fds[SHM_MAX_SEGMENTS])
+static const char *owner_find_stored(struct daemon *d, int fds[SHM_MAX_SEGMENTS], int *ret_hdr_fd)
 {
+    char hname[32];
     bool any = false;
     int r;
 
+    *ret_hdr_fd = -1;
     if (d->state_dir_fd < 0) {
+        *ret_hdr_fd = d->stored_hdr_fd;
+        d->stored_hdr_fd = -1;
+        if (*ret_hdr_fd >= 0 && d->stored_fds[0] < 0) {
+            /* A header page without its control segment belongs to no
+             * heap: dropped, so that the new heap's is the only one. */
+            (void) close(*ret_hdr_fd);
+            *ret_hdr_fd = -1;
+            fdstore_remove_header(d, d->stored_hdr_gen);
+        }
         for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++) {
             fds[i] = d->stored_fds[i];
             d->stored_fds[i] = -1;
@@ -152,8 +175,11 @@ static const char *owner_find_stored(struct daemon *d, int fds[SHM_MAX_SEGMENTS]
             fds[i] = -1;
         return NULL;
     }
-    if (fds[0] >= 0)
+    if (fds[0] >= 0) {
+        heap_header_file_name(hname, sizeof(hname));
+        *ret_hdr_fd = openat(d->state_dir_fd, hname, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         return d->state_dir;
+    }
     for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++)
         if (fds[i] >= 0) {
             (void) close(fds[i]);
@@ -166,7 +192,10 @@ static const char *owner_find_stored(struct daemon *d, int fds[SHM_MAX_SEGMENTS]
 
 static int owner_attach(struct daemon *d)
 {
-    struct heap_hooks hooks = {.ctx = d, .open_segment = hook_open_segment, .grow = hook_grow};
+    struct heap_hooks hooks = {.ctx = d,
+                               .open_segment = hook_open_segment,
+                               .grow = hook_grow,
+                               .open_header = hook_open_header};
     int r = heap_attach(d->ctl_fd, &hooks, 0, &d->heap);
 
     if (r < 0)
@@ -181,6 +210,7 @@ static int owner_create(struct daemon *d)
     struct stat st;
     int r;
 
+    heap_header_close(&d->hdr); /* one an adoption cut short made */
     if (d->state_dir_fd >= 0)
         r = heap_ctl_create_at(d->state_dir_fd, &d->cfg.shm, &d->ctl_fd);
     else
@@ -194,10 +224,27 @@ static int owner_create(struct daemon *d)
         log_error("cannot stat the control segment: %m");
         return r;
     }
+    /* The header page, from the control segment's first page as
+     * heap_ctl_create wrote it; sealed before anyone sees it. */
+    r = heap_header_create(d->ctl_fd, d->state_dir_fd, &d->hdr);
+    if (r < 0) {
+        log_error("cannot create the header page: %s", strerror(-r));
+        return r;
+    }
+    /* The control memfd's own first page keeps a copy, for processes
+     * that map the control segment alone (shm/header.c). */
+    r = heap_header_mirror_to(&d->hdr, d->ctl_fd);
+    if (r < 0) {
+        log_error("cannot map the control segment's first page: %s", strerror(-r));
+        return r;
+    }
     d->seg_fds[0] = d->ctl_fd;
     d->seg_size[0] = (uint64_t) st.st_size;
     d->seg_page[0] = 4096;
     d->nsegs = 1;
+    /* The header page first: a control segment in the store always has
+     * its header page there. */
+    fdstore_put_header(d, 0, d->hdr.fd);
     fdstore_put(d, 0, d->ctl_fd);
     /* Attach first (there is no heap segment yet), so that growth reads the
      * published config through the attachment's view of the control. */
@@ -217,10 +264,13 @@ static int owner_create(struct daemon *d)
 
 int owner_init(struct daemon *d)
 {
-    int fds[SHM_MAX_SEGMENTS];
+    int fds[SHM_MAX_SEGMENTS], hdr_fd;
     const char *source;
     int r;
 
+    d->hdr.fd = -1;
+    d->hdr.page = NULL;
+    d->hdr.mirror = NULL;
     pthread_mutex_init(&d->seg_lock, NULL);
     for (unsigned i = 0; i < SHM_MAX_SEGMENTS; i++)
         d->seg_fds[i] = -1;
@@ -229,13 +279,24 @@ int owner_init(struct daemon *d)
         if (r < 0)
             return r;
     }
-    source = owner_find_stored(d, fds);
+    source = owner_find_stored(d, fds, &hdr_fd);
     if (!source)
         return owner_create(d);
-    r = adopt_heap(d, fds, source);
+    r = adopt_heap(d, fds, hdr_fd, source);
     for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++)
         if (fds[i] >= 0)
             (void) close(fds[i]);
+    if (hdr_fd >= 0)
+        (void) close(hdr_fd);
+    if (r == -ENODATA) {
+        /* A creation cut short before its header page: no heap segment
+         * was ever published, so there is nothing to lose. */
+        if (d->state_dir_fd >= 0)
+            statedir_remove_from(d, 1);
+        else
+            fdstore_remove(d, 0);
+        return owner_create(d);
+    }
     if (r == 0) {
         r = owner_attach(d);
         if (r == 0)
@@ -256,6 +317,8 @@ int owner_init(struct daemon *d)
     else
         for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++)
             fdstore_remove(d, i);
+    if (d->state_dir_fd < 0)
+        fdstore_remove_header(d, d->stored_hdr_gen);
     return owner_create(d);
 }
 
@@ -269,6 +332,7 @@ void owner_fini(struct daemon *d)
             (void) close(d->seg_fds[i]);
     d->nsegs = 0;
     d->ctl_fd = -1;
+    heap_header_close(&d->hdr);
     fdstore_close_unused(d);
     statedir_close(d);
     pthread_mutex_destroy(&d->seg_lock);
@@ -300,28 +364,61 @@ uint32_t owner_nsegments(struct daemon *d)
 
 void owner_publish_config(struct daemon *d)
 {
-    struct ctl_header *ctl = heap_ctl(d->heap);
-    const struct shm_config *c = &d->cfg.shm;
+    heap_header_publish_config(&d->hdr, &d->cfg.shm);
+}
 
-    /* Each field is stored relaxed: a reader may see a mix of old and new
-     * fields while we write, which is harmless (every value alone is valid)
-     * and settles at its next look at config_gen. */
-    store_relaxed(&ctl->config.segment_size, c->segment_size);
-    store_relaxed(&ctl->config.huge_pages, c->huge_pages);
-    store_relaxed(&ctl->config.thread_cache_bytes, c->thread_cache_bytes);
-    store_relaxed(&ctl->config.bundle_objects, c->bundle_objects);
-    store_relaxed(&ctl->config.recycler_cap_bundles, c->recycler_cap_bundles);
-    store_relaxed(&ctl->config.retain_empty_blocks, c->retain_empty_blocks);
-    store_relaxed(&ctl->config.trim_interval_ms, c->trim_interval_ms);
-    store_relaxed(&ctl->config.max_clients, c->max_clients);
-    store_relaxed(&ctl->config.max_segments, c->max_segments);
-    store_relaxed(&ctl->config.max_client_bytes, c->max_client_bytes);
-    store_relaxed(&ctl->config.max_uid_bytes, c->max_uid_bytes);
-    store_relaxed(&ctl->config.reconnect_wait_ms, c->reconnect_wait_ms);
-    /* release: publishes the fields above. A client's tcache loads
-     * config_gen with acquire (tcache_reload_config) before it re-reads
-     * them, so once it sees the new generation it sees every new value.
-     * The daemon is the only writer of config_gen, so load + store (not an
-     * atomic add) is enough. */
-    store_release(&ctl->config_gen, load_relaxed(&ctl->config_gen) + 1);
+void owner_verify(struct daemon *d, struct verify_report *rep)
+{
+    const struct ctl_header *hp = d->hdr.page, *seen = heap_ctl(d->heap);
+    const struct shm_config *want = &d->cfg.shm, *got = &hp->config;
+    struct stat st;
+
+    if (load_relaxed(&hp->magic) != SHM_CTL_MAGIC || hp->version != SHM_LAYOUT_VERSION ||
+        hp->header_size != sizeof(struct ctl_header))
+        heap_verify_problem(rep, "control segment: header magic, version or size wrong");
+    if (fstat(d->ctl_fd, &st) < 0 || hp->ctl_size != (uint64_t) st.st_size)
+        heap_verify_problem(rep, "control segment: the header says %" PRIu64 " bytes, not fstat's",
+                            hp->ctl_size);
+    if (got->segment_size != want->segment_size || got->huge_pages != want->huge_pages ||
+        got->thread_cache_bytes != want->thread_cache_bytes ||
+        got->bundle_objects != want->bundle_objects ||
+        got->recycler_cap_bundles != want->recycler_cap_bundles ||
+        got->retain_empty_blocks != want->retain_empty_blocks ||
+        got->trim_interval_ms != want->trim_interval_ms || got->max_clients != want->max_clients ||
+        got->max_segments != want->max_segments ||
+        got->max_client_bytes != want->max_client_bytes ||
+        got->max_uid_bytes != want->max_uid_bytes ||
+        got->reconnect_wait_ms != want->reconnect_wait_ms)
+        heap_verify_problem(rep, "control segment: the config copy differs from the daemon's");
+    pthread_mutex_lock(&d->seg_lock); /* no segment is published meanwhile */
+    /* What the daemon's attachment reads (the mapping every client has)
+     * must be the page the daemon writes: the sealed one. */
+    if (memcmp(seen->header_page, hp->header_page, SHM_HEADER_PAGE) != 0)
+        heap_verify_problem(rep, "control segment: the mapped header page is not the daemon's");
+    /* The copy in the control memfd's own first page is any client's to
+     * write: reported, and restored from the header page. */
+    if (!heap_header_mirror_ok(&d->hdr)) {
+        heap_verify_problem(rep, "control segment: its first page (the copy of the header page) "
+                                 "was written by a client; restored");
+        heap_header_mirror_repair(&d->hdr);
+    }
+    if (load_acquire(&hp->nsegments) != d->nsegs)
+        heap_verify_problem(rep,
+                            "control segment: the table lists %" PRIu32 " segments, the "
+                            "daemon has %" PRIu32,
+                            load_acquire(&hp->nsegments), d->nsegs);
+    for (uint32_t i = 1; i < d->nsegs && i < SHM_MAX_SEGMENTS; i++) {
+        const struct seg_entry *e = &hp->segs[i];
+        bool live = d->seg_fds[i] >= 0;
+
+        if (live ? load_relaxed(&e->state) != SEG_LIVE ||
+                            load_relaxed(&e->size) != d->seg_size[i] ||
+                            load_relaxed(&e->page_size) != d->seg_page[i]
+                 : load_relaxed(&e->state) == SEG_LIVE)
+            heap_verify_problem(rep,
+                                "control segment: table entry %" PRIu32 " (state %" PRIu32
+                                ", %" PRIu64 " bytes) disagrees with the daemon's record",
+                                i, load_relaxed(&e->state), load_relaxed(&e->size));
+    }
+    pthread_mutex_unlock(&d->seg_lock);
 }

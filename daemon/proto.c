@@ -27,6 +27,7 @@ struct op {
 static const struct op ops[] = {
         {"hello", op_hello, false},
         {"segment", op_segment, true},
+        {"header_page", op_header_page, true},
         {"grow", op_grow, true},
         {"stats", op_stats, false},
         {"trim", op_trim, false},

@@ -8,9 +8,9 @@
  * directory locked). */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <stdio.h>
 #include <string.h>
-#include <linux/magic.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -112,10 +112,14 @@ int statedir_load(struct daemon *d, int fds[SHM_MAX_SEGMENTS])
 
 void statedir_discard(struct daemon *d)
 {
-    for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++) {
+    /* Index SHM_MAX_SEGMENTS: the header page's file. */
+    for (uint32_t i = 0; i <= SHM_MAX_SEGMENTS; i++) {
         char name[32], aside[48];
 
-        heap_segment_file_name(i, name, sizeof(name));
+        if (i == SHM_MAX_SEGMENTS)
+            heap_header_file_name(name, sizeof(name));
+        else
+            heap_segment_file_name(i, name, sizeof(name));
         (void) snprintf(aside, sizeof(aside), "%s.discarded", name);
         if (renameat(d->state_dir_fd, name, d->state_dir_fd, aside) == 0)
             log_notice("moved %s/%s aside to %s", d->state_dir, name, aside);

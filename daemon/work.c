@@ -29,6 +29,7 @@ struct job {
     struct client *cl;  /* JOB_RECLAIM */
     uint64_t client_id; /* JOB_RECLAIM, copied for the worker */
     bool exit_seen;     /* JOB_RECLAIM: its process has exited for sure */
+    bool held;          /* JOB_RECLAIM_DETACHED: owner entries or caches remain */
     unsigned wait_ms;
     int r, slots, arenas;
     struct heap_owned_reclaim owned;
@@ -59,9 +60,18 @@ static void work_cb(uv_work_t *req)
          * the process gone; after a bare hang-up, only what it detached. */
         j->r = heap_reclaim_owned(h, j->client_id, j->exit_seen, &j->owned);
         break;
-    case JOB_RECLAIM_DETACHED:
+    case JOB_RECLAIM_DETACHED: {
+        struct heap_client_usage u = {0};
+
         j->r = heap_reclaim_owned(h, j->client_id, false, &j->owned);
+        /* A clean detach leaves no owner entry and no cache: the client is
+         * gone for good and takes its SESSION arenas with it. */
+        (void) heap_client_usage(h, j->client_id, 0, &u);
+        j->held = j->r < 0 || u.threads > 0 || heap_client_owners(h, j->client_id) > 0;
+        if (!j->held)
+            j->arenas = heap_arena_destroy_session(h, j->client_id);
         break;
+    }
     case JOB_DECAY:
         j->r = heap_release(h, &j->release, &j->released);
         break;
@@ -101,6 +111,9 @@ static void after_work_cb(uv_work_t *req, int status)
         trim_done(j);
         break;
     case JOB_VERIFY:
+        /* On the loop thread: the daemon's own records are the loop's. */
+        if (j->r == 0)
+            owner_verify(d, j->verify);
         op_verify_done(j->conn, j->r, j->verify);
         break;
     case JOB_RECLAIM:
@@ -114,6 +127,10 @@ static void after_work_cb(uv_work_t *req, int status)
             log_info("client %" PRIu64 " detached: freed %" PRIu64 " objects (%" PRIu64
                      " bytes) it had not shared",
                      j->client_id, j->owned.objects, j->owned.bytes);
+        if (j->arenas < 0)
+            log_error("client %" PRIu64 " detached; destroying its session arenas failed: %s",
+                      j->client_id, strerror(-j->arenas));
+        clients_detach_swept(d, j->client_id, j->held || status < 0, j->arenas);
         break;
     case JOB_DECAY:
         decay_released(d, j->r, &j->released, j->idle_slots, j->release.nidle);

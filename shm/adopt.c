@@ -11,8 +11,10 @@
  * segment always has its file or stored fd. One beyond nsegments is from
  * a creation cut short, never published: nothing in it was ever used.
  *
- * Adoption trusts nothing it cannot check: the control segment's magic,
- * layout version, header size and size against fstat; each heap segment's
+ * Adoption trusts nothing it cannot check: the header page's magic,
+ * layout version, header size, and the control segment's size against
+ * fstat (the header page is the owner's, header.c: no client could write
+ * it); each heap segment's
  * magic, version, index and geometry against the control segment's table
  * and fstat. A segment from another layout version is refused as such
  * (-EPROTO) so that the caller can leave it untouched for a rollback.
@@ -70,14 +72,14 @@ int heap_ctl_create_at(int dir_fd, const struct shm_config *cfg, int *ret_fd)
 
 #define WHY(...) ((void) (why ? snprintf(why, why_len, __VA_ARGS__) : 0))
 
-int heap_adopt_check_ctl(int fd, uint32_t *ret_nsegments, char *why, size_t why_len)
+int heap_adopt_check_ctl(int ctl_fd, int hdr_fd, uint32_t *ret_nsegments, char *why, size_t why_len)
 {
     const struct ctl_header *c;
-    struct stat st;
+    struct stat st, hst;
     uint32_t n;
     int r = 0;
 
-    if (fstat(fd, &st) < 0) {
+    if (fstat(ctl_fd, &st) < 0 || fstat(hdr_fd, &hst) < 0) {
         r = -errno;
         WHY("cannot stat it: %s", strerror(-r));
         return r;
@@ -88,10 +90,16 @@ int heap_adopt_check_ctl(int fd, uint32_t *ret_nsegments, char *why, size_t why_
             sizeof(struct ctl_header));
         return -EBADF;
     }
-    c = mmap(NULL, (size_t) st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (!S_ISREG(hst.st_mode) || hst.st_size != SHM_HEADER_PAGE) {
+        WHY("its header page is %jd bytes, not %u", (intmax_t) hst.st_size, SHM_HEADER_PAGE);
+        return -EBADF;
+    }
+    /* The header page, not the control segment's own first page: only
+     * the owner could write the header page, any client the other. */
+    c = mmap(NULL, SHM_HEADER_PAGE, PROT_READ, MAP_SHARED, hdr_fd, 0);
     if (c == MAP_FAILED) {
         r = -errno;
-        WHY("cannot map it: %s", strerror(-r));
+        WHY("cannot map its header page: %s", strerror(-r));
         return r;
     }
     /* acquire: pairs with the release store of the magic in ctl_format(). */
@@ -102,12 +110,15 @@ int heap_adopt_check_ctl(int fd, uint32_t *ret_nsegments, char *why, size_t why_
     } else if (c->version != SHM_LAYOUT_VERSION) {
         WHY("layout version %u, this build has layout version %u", c->version, SHM_LAYOUT_VERSION);
         r = -EPROTO;
-    } else if (c->header_size != sizeof(*c)) {
-        WHY("header of %u bytes, this build's is %zu", c->header_size, sizeof(*c));
+    } else if (c->header_size != sizeof(struct ctl_header)) {
+        WHY("header of %u bytes, this build's is %zu", c->header_size, sizeof(struct ctl_header));
         r = -EPROTO;
     } else if (c->ctl_size != (uint64_t) st.st_size) {
         WHY("its header says %ju bytes, the file holds %jd", (uintmax_t) c->ctl_size,
             (intmax_t) st.st_size);
+        r = -EBADMSG;
+    } else if (c->config.max_segments >= SHM_MAX_SEGMENTS) {
+        WHY("its max_segments is %u (at most %u)", c->config.max_segments, SHM_MAX_SEGMENTS - 1);
         r = -EBADMSG;
     } else if ((n = load_acquire(&c->nsegments)) < 1 || n > SHM_MAX_SEGMENTS) {
         WHY("it lists %u segments (1..%u possible)", n, SHM_MAX_SEGMENTS);
@@ -115,11 +126,34 @@ int heap_adopt_check_ctl(int fd, uint32_t *ret_nsegments, char *why, size_t why_
     } else if (ret_nsegments) {
         *ret_nsegments = n;
     }
-    (void) munmap((void *) c, (size_t) st.st_size);
+    (void) munmap((void *) c, SHM_HEADER_PAGE);
     return r;
 }
 
-int heap_adopt_check_segment(int ctl_fd,
+int heap_adopt_version(int ctl_fd, uint32_t *ret_version, uint32_t *ret_nsegments)
+{
+    const struct ctl_header *c;
+    uint64_t size;
+    int r;
+
+    r = os_fstat_size(ctl_fd, &size, NULL);
+    if (r < 0)
+        return r;
+    if (size < 4096)
+        return -EBADF;
+    c = mmap(NULL, 4096, PROT_READ, MAP_SHARED, ctl_fd, 0);
+    if (c == MAP_FAILED)
+        return -errno;
+    r = load_acquire(&c->magic) == SHM_CTL_MAGIC ? 0 : -EBADF;
+    if (r == 0) {
+        *ret_version = c->version;
+        *ret_nsegments = load_relaxed(&c->nsegments);
+    }
+    (void) munmap((void *) c, 4096);
+    return r;
+}
+
+int heap_adopt_check_segment(int hdr_fd,
                              uint32_t index,
                              int fd,
                              struct heap_adopt_segment *ret,
@@ -129,22 +163,18 @@ int heap_adopt_check_segment(int ctl_fd,
     const struct seg_header *hdr;
     const struct ctl_header *c;
     struct heap_adopt_segment s;
-    uint64_t ctl_size;
     struct stat st;
     int r;
 
     if (index == 0 || index >= SHM_MAX_SEGMENTS || !ret)
         return -EINVAL;
-    r = os_fstat_size(ctl_fd, &ctl_size, NULL);
-    if (r < 0)
-        return r;
-    c = mmap(NULL, ctl_size, PROT_READ, MAP_SHARED, ctl_fd, 0);
+    c = mmap(NULL, SHM_HEADER_PAGE, PROT_READ, MAP_SHARED, hdr_fd, 0);
     if (c == MAP_FAILED)
         return -errno;
     s.state = load_relaxed(&c->segs[index].state);
     s.size = load_relaxed(&c->segs[index].size);
     s.page_size = load_relaxed(&c->segs[index].page_size);
-    (void) munmap((void *) c, ctl_size);
+    (void) munmap((void *) c, SHM_HEADER_PAGE);
     if (s.state == SEG_RETIRED) {
         *ret = s;
         return 0; /* released: nothing to map */

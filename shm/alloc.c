@@ -94,6 +94,19 @@ malloc_class_slow(struct heap *h, struct tcache *tc, unsigned cls)
     return p;
 }
 
+/* A tracked attachment's every malloc comes here (its threads' caches are
+ * never tl_last, so tcache_fast() fails): the object, then the hook. */
+static __attribute__((noinline)) void *
+malloc_tracked(struct heap *h, struct tcache *tc, size_t size)
+{
+    void *p = size > SHM_SMALL_MAX ? large_alloc(h, size, SHM_BLOCK_SIZE)
+                                   : malloc_class_slow(h, tc, sizeclass_of_inline(size));
+
+    if (p)
+        h->track->alloc(h->track->ctx, p, size);
+    return p;
+}
+
 static __attribute__((noinline)) void *malloc_slow(struct heap *h, size_t size)
 {
     struct tcache *tc;
@@ -107,6 +120,8 @@ static __attribute__((noinline)) void *malloc_slow(struct heap *h, size_t size)
         return NULL;
     if (size == 0)
         size = 1;
+    if (unlikely(h->track))
+        return malloc_tracked(h, tc, size);
     if (size > SHM_SMALL_MAX)
         return large_alloc(h, size, SHM_BLOCK_SIZE);
     return malloc_class_slow(h, tc, sizeclass_of_inline(size));
@@ -250,6 +265,8 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
     tc = tcache_get(h);
     if (!tc)
         return; /* errno says why: a forked copy of the handle, or no slot */
+    if (unlikely(h->track) && h->track->free(h->track->ctx, p))
+        return; /* kept a while (its quarantine), freed later */
     w = block_of(h, p, &m, &b);
     switch (meta_state(w)) {
     case BLK_SLAB:
@@ -461,6 +478,14 @@ void *heap_realloc(struct heap *h, void *p, size_t size)
     return q;
 }
 
+/* An aligned object for a tracked attachment is told to its hook. */
+static void *aligned_done(struct heap *h, void *p, size_t size)
+{
+    if (unlikely(h->track) && p)
+        h->track->alloc(h->track->ctx, p, size);
+    return p;
+}
+
 void *heap_aligned_alloc(struct heap *h, size_t align, size_t size)
 {
     struct tcache *tc;
@@ -489,12 +514,13 @@ void *heap_aligned_alloc(struct heap *h, size_t align, size_t size)
             tc = tcache_get(h);
             if (!tc)
                 return NULL;
-            return malloc_class_slow(h, tc, cls);
+            return aligned_done(h, malloc_class_slow(h, tc, cls), size);
         }
     }
     if (!tcache_get(h))
         return NULL;
-    return large_alloc(h, size, align < SHM_BLOCK_SIZE ? SHM_BLOCK_SIZE : align);
+    return aligned_done(h, large_alloc(h, size, align < SHM_BLOCK_SIZE ? SHM_BLOCK_SIZE : align),
+                        size);
 }
 
 /* ---- large objects: runs of whole blocks ---- */
@@ -514,4 +540,12 @@ static void *large_alloc(struct heap *h, size_t size, size_t align)
         return NULL;
     }
     return off_ptr(h, off);
+}
+
+void heap_set_track(struct heap *h, const struct heap_track *track)
+{
+    /* Before the first allocation: no thread has a cache of h yet, so none
+     * is anyone's tl_last (tcache_get checks track before setting it). */
+    if (h)
+        h->track = track;
 }

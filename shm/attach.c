@@ -5,7 +5,9 @@
  *
  * Each attachment reserves SHM_VA_SPAN bytes (PROT_NONE; fewer segment
  * slots where that much cannot be had) and maps segment i at base +
- * (i << SHM_SEG_SHIFT); the control segment is segment 0. */
+ * (i << SHM_SEG_SHIFT); the control segment is segment 0, and the owner's
+ * header page (layout.h), when it has one, is mapped read-only over the
+ * control segment's first page. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -64,6 +66,8 @@ int heap_attach(int ctl_fd,
     h->base = base;
     h->ctl = base;
     r = os_map_at(base, size, ctl_fd);
+    if (r == 0 && hooks->open_header)
+        r = heap_map_header(base, hooks->open_header(hooks->ctx));
     if (r < 0)
         goto fail_unreserve;
     r = ctl_check_header(h->ctl, size);

@@ -101,7 +101,7 @@ int heap_ctl_create(const struct shm_config *cfg, int *ret_fd)
     r = ctl_format(fd, cfg);
     if (r < 0)
         goto fail;
-    r = os_seal_shrink(fd);
+    r = os_seal_size(fd);
     if (r < 0)
         goto fail;
     *ret_fd = fd;
@@ -139,9 +139,12 @@ static int segment_try(uint64_t size, uint64_t page, int *ret_fd)
     r = os_truncate(fd, size);
     if (r < 0)
         goto fail;
-    /* A normal-page memfd is sealed against shrinking; a hugetlb one gets its
-     * metadata's pages reserved now. */
-    r = page > 4096 ? reserve_metadata(fd, size, page) : os_seal_shrink(fd);
+    /* A hugetlb memfd gets its metadata's pages reserved now; then every
+     * memfd is sealed against shrinking and growing: its size is the
+     * owner's record (fstat), whatever an attacher tries. */
+    r = page > 4096 ? reserve_metadata(fd, size, page) : 0;
+    if (r == 0)
+        r = os_seal_size(fd);
     if (r < 0)
         goto fail;
     *ret_fd = fd;
@@ -272,7 +275,7 @@ static int segment_format(int fd,
     return r;
 }
 
-int heap_segment_create_kept(int ctl_fd,
+int heap_segment_create_kept(struct heap_header *hp,
                              const struct shm_config *cfg,
                              int dir_fd,
                              uint64_t min_bytes,
@@ -282,38 +285,29 @@ int heap_segment_create_kept(int ctl_fd,
                              int *ret_fd,
                              uint32_t *ret_index)
 {
-    uint64_t ctl_size, size = 0, page = 0;
+    uint64_t size = 0, page = 0;
     char name[32], tmp[40];
-    struct ctl_header *c;
     uint32_t index;
     int fd = -1, r;
 
-    if (!cfg || !limits_valid(cfg) || !ret_fd || !ret_index || policy < 0 ||
+    if (!hp || !hp->page || !cfg || !limits_valid(cfg) || !ret_fd || !ret_index || policy < 0 ||
         policy >= _SHM_PAGES_MAX)
         return -EINVAL;
-    r = os_fstat_size(ctl_fd, &ctl_size, NULL);
+    r = ctl_check_page(hp->page);
     if (r < 0)
         return r;
-    c = mmap(NULL, ctl_size, PROT_READ | PROT_WRITE, MAP_SHARED, ctl_fd, 0);
-    if (c == MAP_FAILED)
-        return -errno;
-    r = ctl_check_header(c, ctl_size);
-    if (r < 0)
-        goto out;
-    /* The limits are the caller's, never the control segment's copy of
-     * the config, which any attacher can write. nsegments is only read:
+    /* The limits are the caller's, never the header's copy of the config.
+     * nsegments is the owner's own count (only it writes the header page);
      * max_segments < SHM_MAX_SEGMENTS keeps the entry written below inside
      * the table whatever it says. */
-    index = ctl_nsegments(c);
-    if (index > cfg->max_segments) {
-        r = -ENOSPC;
-        goto out;
-    }
+    index = ctl_nsegments(hp->page);
+    if (index > cfg->max_segments)
+        return -ENOSPC;
     heap_segment_file_name(index, name, sizeof(name));
     (void) snprintf(tmp, sizeof(tmp), "%s.new", name);
     r = segment_open(cfg, dir_fd, min_bytes, policy, tmp, &fd, &size, &page);
     if (r < 0)
-        goto out;
+        return r;
     r = segment_format(fd, index, size, page, dir_fd, tmp, name);
     if (r < 0)
         goto out_close;
@@ -322,13 +316,7 @@ int heap_segment_create_kept(int ctl_fd,
      * nobody knows of, never a published one that cannot be found. */
     if (keep)
         keep(ctx, index, fd);
-    store_relaxed(&c->segs[index].size, size);
-    store_relaxed(&c->segs[index].page_size, (uint32_t) page);
-    store_relaxed(&c->segs[index].state, SEG_LIVE);
-    /* release: an attacher that reads the new count sees the entry filled
-     * in and the segment formatted (pairs with ctl_nsegments()). */
-    store_release(&c->nsegments, index + 1);
-    (void) munmap(c, ctl_size);
+    heap_header_publish_segment(hp, index, size, (uint32_t) page);
     *ret_fd = fd;
     *ret_index = index;
     return 0;
@@ -336,8 +324,6 @@ out_close:
     if (dir_fd >= 0)
         (void) unlinkat(dir_fd, tmp, 0);
     (void) close(fd);
-out:
-    (void) munmap(c, ctl_size);
     return r;
 }
 
@@ -348,6 +334,23 @@ int heap_segment_create(int ctl_fd,
                         int *ret_fd,
                         uint32_t *ret_index)
 {
-    return heap_segment_create_kept(ctl_fd, cfg, -1, min_bytes, policy, NULL, NULL, ret_fd,
-                                    ret_index);
+    struct heap_header hp = {.fd = -1};
+    uint64_t ctl_size;
+    struct ctl_header *c;
+    int r;
+
+    /* No daemon: the header page is the control memfd's own first page. */
+    r = os_fstat_size(ctl_fd, &ctl_size, NULL);
+    if (r < 0)
+        return r;
+    c = mmap(NULL, ctl_size, PROT_READ | PROT_WRITE, MAP_SHARED, ctl_fd, 0);
+    if (c == MAP_FAILED)
+        return -errno;
+    r = ctl_check_header(c, ctl_size);
+    hp.page = c;
+    if (r == 0)
+        r = heap_segment_create_kept(&hp, cfg, -1, min_bytes, policy, NULL, NULL, ret_fd,
+                                     ret_index);
+    (void) munmap(c, ctl_size);
+    return r;
 }

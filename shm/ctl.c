@@ -9,18 +9,28 @@
 
 #include "shm/internal.h"
 
-int ctl_check_header(const struct ctl_header *c, uint64_t size)
+int ctl_check_page(const struct ctl_header *c)
 {
-    if (size < sizeof(*c))
-        return -EBADF;
-    /* acquire: pairs with heap_ctl_create's release of the magic. */
+    /* acquire: pairs with ctl_format's release of the magic. */
     if (load_acquire(&c->magic) != SHM_CTL_MAGIC)
         return -EBADF;
     if (c->version != SHM_LAYOUT_VERSION || c->header_size != sizeof(*c))
         return -EPROTO;
-    if (c->ctl_size != size || c->config.max_segments >= SHM_MAX_SEGMENTS)
+    if (c->config.max_segments >= SHM_MAX_SEGMENTS)
         return -EBADMSG;
     return 0;
+}
+
+int ctl_check_header(const struct ctl_header *c, uint64_t size)
+{
+    int r;
+
+    if (size < sizeof(*c))
+        return -EBADF;
+    r = ctl_check_page(c);
+    if (r == 0 && c->ctl_size != size)
+        r = -EBADMSG;
+    return r;
 }
 
 /* A dead holder may have left a root half written: any entry whose name

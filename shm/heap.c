@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "shm/internal.h"
@@ -84,6 +85,60 @@ int heap_map_segment(struct heap *h, uint32_t index)
         store_release(&h->segs[i].meta, meta);
         store_release(&h->nmapped, i + 1);
     }
+    pthread_mutex_unlock(&h->local_lock);
+    return r;
+}
+
+int heap_map_header(void *base, int fd)
+{
+    uint64_t size;
+    int r;
+
+    if (fd < 0)
+        return fd;
+    r = os_fstat_size(fd, &size, NULL);
+    if (r == 0 && size != SHM_HEADER_PAGE)
+        r = -EBADF;
+    /* MAP_FIXED over the control segment's first page: one mmap call, so
+     * a reader in another thread sees the old page or the new one. */
+    if (r == 0)
+        r = os_map_read_only_at(base, SHM_HEADER_PAGE, fd);
+    (void) close(fd);
+    return r;
+}
+
+int heap_remap_header(struct heap *h, int fd)
+{
+    const struct ctl_header *c;
+    uint32_t nmapped;
+    int r = 0;
+
+    if (fd < 0)
+        return -EINVAL;
+    c = mmap(NULL, SHM_HEADER_PAGE, PROT_READ, MAP_SHARED, fd, 0);
+    if (c == MAP_FAILED) {
+        r = -errno;
+        (void) close(fd);
+        return r;
+    }
+    /* Another heap's header, or one whose table would pull a mapped
+     * segment away, is refused: this attachment keeps the one it has. */
+    r = ctl_check_page(c);
+    if (r == 0 && load_relaxed(&c->ctl_size) != load_relaxed(&h->ctl->ctl_size))
+        r = -EBADMSG;
+    pthread_mutex_lock(&h->local_lock);
+    nmapped = load_relaxed(&h->nmapped);
+    if (r == 0 && ctl_nsegments(c) < nmapped)
+        r = -EBADMSG;
+    for (uint32_t i = 1; r == 0 && i < nmapped; i++)
+        if (heap_mapped(h, i) && (load_relaxed(&c->segs[i].state) != SEG_LIVE ||
+                                  load_relaxed(&c->segs[i].size) != h->segs[i].size))
+            r = -EBADMSG;
+    (void) munmap((void *) c, SHM_HEADER_PAGE);
+    if (r == 0)
+        r = heap_map_header(h->base, fd);
+    else
+        (void) close(fd);
     pthread_mutex_unlock(&h->local_lock);
     return r;
 }

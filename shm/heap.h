@@ -22,6 +22,7 @@
 #include "shm/layout.h"
 
 struct heap;
+struct heap_header; /* the owner's header page (header.c), declared below */
 
 struct heap_hooks {
     void *ctx;
@@ -33,6 +34,12 @@ struct heap_hooks {
      * segment, or a negative errno (-ENOSPC: the heap is at its limit).
      * May be NULL: the heap then never grows. */
     int (*grow)(void *ctx, uint64_t min_bytes);
+    /* Returns an fd (the callee keeps no claim on it) of the owner's header
+     * page (heap_header_create), which heap_attach maps read-only over the
+     * control segment's first page, or a negative errno. NULL: the header
+     * page is the control segment's own first page (a heap without a
+     * daemon). */
+    int (*open_header)(void *ctx);
 };
 
 /* ---- owner side (create.c) ---- */
@@ -71,13 +78,12 @@ void heap_segment_file_name(uint32_t index, char *buf, size_t len);
  * instead of a memfd. Files cannot be sealed: whoever can write them can
  * shrink them. */
 int heap_ctl_create_at(int dir_fd, const struct shm_config *cfg, int *ret_fd);
-/* heap_segment_create for an owner that keeps its segments beyond its own
- * life: a file in dir_fd (dir_fd >= 0; the filesystem gives the page size,
- * not `policy`) or a memfd (dir_fd -1), and keep(ctx, index, fd) (may be
- * NULL) called once the segment is formatted and before it is published,
- * so that it is kept (e.g. in systemd's fd store) by the time anyone can
- * use it. */
-int heap_segment_create_kept(int ctl_fd,
+/* heap_segment_create for an owner with a header page of its own (hp,
+ * heap_header_create) that keeps its segments beyond its own life: a file in dir_fd (dir_fd >= 0;
+ * the filesystem gives the page size, not `policy`) or a memfd (dir_fd -1), and keep(ctx, index,
+ * fd) (may be NULL) called once the segment is formatted and before it is published, so that it is
+ * kept (e.g. in systemd's fd store) by the time anyone can use it. */
+int heap_segment_create_kept(struct heap_header *hp,
                              const struct shm_config *cfg,
                              int dir_fd,
                              uint64_t min_bytes,
@@ -87,21 +93,58 @@ int heap_segment_create_kept(int ctl_fd,
                              int *ret_fd,
                              uint32_t *ret_index);
 
-/* Checks that fd holds a control segment this build can adopt (magic,
- * layout version, header and file size); *ret_nsegments gets its count of
- * segments. -EBADF not a control segment, -EPROTO another layout version,
- * -EBADMSG sizes disagree. `why` (may be NULL) gets a sentence. */
-int heap_adopt_check_ctl(int fd, uint32_t *ret_nsegments, char *why, size_t why_len);
+/* ---- the owner's header page (header.c; layout.h says what it holds) ---- */
+struct heap_header {
+    struct ctl_header *page;   /* the owner's writable mapping: the header page's fields only */
+    int fd;                    /* what attachments map (hooks->open_header): sealed or read-only */
+    struct ctl_header *mirror; /* the control segment's own first page (a copy), or NULL */
+};
+/* Makes the header page from src_fd's first page (a control segment just
+ * made, or an adopted header page): a memfd sealed read-only for everyone
+ * but this mapping (dir_fd -1), or the file `header-page` in dir_fd with a
+ * read-only fd. -EBADF/-EPROTO/-EBADMSG if the copy is not a header. */
+int heap_header_create(int src_fd, int dir_fd, struct heap_header *ret);
+/* Maps the header page file an earlier owner left in dir_fd. */
+int heap_header_open_at(int dir_fd, struct heap_header *ret);
+void heap_header_close(struct heap_header *hp);
+/* Keeps a copy of the header page in ctl_fd's own first page (the mirror,
+ * for processes that map the control segment alone; header.c), written by
+ * the publishing calls below, and copies the page there now. */
+int heap_header_mirror_to(struct heap_header *hp, int ctl_fd);
+/* False if the mirror differs from the header page (a client wrote it). */
+bool heap_header_mirror_ok(const struct heap_header *hp);
+void heap_header_mirror_repair(struct heap_header *hp);
+/* The owner's changes to the header page (and its mirror). */
+void heap_header_publish_segment(struct heap_header *hp,
+                                 uint32_t index,
+                                 uint64_t size,
+                                 uint32_t page);
+void heap_header_publish_config(struct heap_header *hp, const struct shm_config *cfg);
+void heap_header_set_client_id_next(struct heap_header *hp, uint64_t id);
+/* "header-page": its file name in a state directory. */
+void heap_header_file_name(char *buf, size_t len);
+
+/* Checks that hdr_fd holds a header page this build can adopt (magic,
+ * layout version, header size) and ctl_fd a control segment of the size it
+ * names; *ret_nsegments gets its count of segments. -EBADF not a control
+ * segment, -EPROTO another layout version, -EBADMSG sizes disagree. `why`
+ * (may be NULL) gets a sentence. */
+int heap_adopt_check_ctl(
+        int ctl_fd, int hdr_fd, uint32_t *ret_nsegments, char *why, size_t why_len);
+/* The layout version and segment count in the control segment's own first
+ * page (written at creation, then a copy of the header page), for a
+ * heap whose header page is missing: -EBADF if it has no magic there. */
+int heap_adopt_version(int ctl_fd, uint32_t *ret_version, uint32_t *ret_nsegments);
 struct heap_adopt_segment {
     uint32_t state; /* enum seg_state: SEG_RETIRED needs no fd */
     uint32_t page_size;
     uint64_t size;
 };
-/* Checks that fd (-1: missing) holds heap segment index of the control
- * segment ctl_fd: the table's entry, fstat's size and page size, the
+/* Checks that fd (-1: missing) holds heap segment index of the header page
+ * hdr_fd: the table's entry, fstat's size and page size, the
  * segment header's magic, version, index and geometry. Same codes, and
  * -ENOENT for a missing fd of a live segment. */
-int heap_adopt_check_segment(int ctl_fd,
+int heap_adopt_check_segment(int hdr_fd,
                              uint32_t index,
                              int fd,
                              struct heap_adopt_segment *ret,
@@ -142,6 +185,30 @@ int heap_attach(int ctl_fd,
 void heap_detach(struct heap *h);
 /* Maps segments published since the last call. */
 int heap_sync_segments(struct heap *h);
+/* Maps the header page behind fd (a restarted owner's copy) over the one
+ * mapped now, once it checked that it is a header of this heap (layout,
+ * control segment size) whose table keeps every segment mapped here. */
+int heap_remap_header(struct heap *h, int fd);
+
+/* ---- tracking for memory debuggers (alloc.c) ----
+ * Set on an attachment (before its first allocation), these are told of
+ * every object its malloc family hands out and of every free this process
+ * makes of one, so that valgrind or ASan can report misuse of shmheap
+ * objects as of malloc's (client/track.c). A tracked attachment never
+ * takes the fast paths: its threads' caches are found by the slow lookup
+ * (tcache_get never makes them the thread's last cache), so the hooks live
+ * on the slow paths and an untracked attachment pays nothing for them. */
+struct heap_track {
+    void *ctx;
+    /* p was handed out for `size` bytes (its usable size may be more). */
+    void (*alloc)(void *ctx, void *p, size_t size);
+    /* p, a pointer this process frees: true if the hook keeps it (it
+     * frees it later through heap_free, when its own free returns false
+     * for it); false: the heap frees it now. */
+    bool (*free)(void *ctx, void *p);
+};
+/* NULL: untracked (the default). */
+void heap_set_track(struct heap *h, const struct heap_track *track);
 
 /* ---- allocation (tcache.c, alloc.c) ---- */
 void *heap_malloc(struct heap *h, size_t size);
@@ -205,10 +272,9 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret);
  * optionally empties the recyclers into the blocks, then decommits free
  * blocks beyond retain_blocks and free pages inside slabs, stopping once
  * max_bytes are released (the last slab's pages may pass it by at most
- * SHM_SLAB_MAX_BLOCKS blocks). bytes_released is what went back by the kernel's count on normal pages (a page punched before
- * is asked for again but not counted), by the units on huge pages. Counts
- * nothing into the control segment's trim counters: the caller keeps its
- * own. */
+ * SHM_SLAB_MAX_BLOCKS blocks). bytes_released is what went back by the kernel's count on normal
+ * pages (a page punched before is asked for again but not counted), by the units on huge pages.
+ * Counts nothing into the control segment's trim counters: the caller keeps its own. */
 struct release_req {
     uint64_t max_bytes;
     uint64_t retain_blocks;
@@ -260,6 +326,9 @@ int heap_reclaim_owned(struct heap *h,
                        struct heap_owned_reclaim *ret);
 /* Same for every attachment that detached or whose process is gone. */
 int heap_reclaim_owned_gone(struct heap *h, struct heap_owned_reclaim *ret);
+/* Owner entries in use (live, detached or being swept) by client_id's
+ * attachments: 0 once a clean detach has been swept (owned.c). */
+uint32_t heap_client_owners(struct heap *h, uint64_t client_id);
 
 /* ---- figures (stats.c) ---- */
 struct heap_class_stats {
@@ -312,9 +381,8 @@ int heap_client_usage(struct heap *h,
  * over(ctx, client_id) says the client's uid is over max_uid_bytes. Meant
  * for the daemon, which knows each client's uid; clients check the bit on
  * their slow paths. Returns the number of entries now refused. */
-uint32_t heap_quota_refuse_uid(struct heap *h,
-                               bool (*over)(void *ctx, uint64_t client_id),
-                               void *ctx);
+uint32_t
+heap_quota_refuse_uid(struct heap *h, bool (*over)(void *ctx, uint64_t client_id), void *ctx);
 
 /* ---- verification (verify.c) ---- */
 struct verify_report {
@@ -326,6 +394,10 @@ struct verify_report {
     uint32_t nproblems;
     char problems[16][160]; /* the first 16 problems found */
 };
+/* Adds a problem to rep (for checks of the caller's own, e.g. the daemon's
+ * records against the header page). */
+void heap_verify_problem(struct verify_report *rep, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
 /* Walks the whole heap and checks every invariant. Takes each segment's
  * lock in turn; for an exact answer, call while no thread allocates. */
 int heap_verify(struct heap *h, struct verify_report *ret);

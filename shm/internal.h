@@ -51,6 +51,7 @@ struct heap {
     uint32_t seg_hint; /* the segment to try first for fresh blocks */
     uint32_t va_slots; /* segment slots the reservation covers (attach.c) */
     struct heap_hooks hooks;
+    const struct heap_track *track; /* NULL unless tracked (alloc.c, heap_set_track) */
     pthread_mutex_t local_lock; /* mapping new segments, the tcache list */
     pthread_key_t key;          /* flushes a thread's cache when it exits */
     struct tcache *caches;      /* every live tcache of this attachment */
@@ -402,6 +403,12 @@ void reclaim_busy_all(struct heap *h);
 /* Whether slot s is OWNED. acquire: pairs with slot_claim()'s CAS and with
  * the release of FREE (slot_release, reclaim_slot), which publishes the
  * drained bins. */
+/* A state word a slot can have; any other was scribbled (slot.c). */
+static inline bool slot_state_valid(uint32_t state)
+{
+    return state <= SLOT_ORPHAN;
+}
+
 static inline bool slot_is_owned(const struct cache_slot *s)
 {
     return load_acquire(&s->state) == SLOT_OWNED;
@@ -496,15 +503,21 @@ struct seg_map *heap_seg_for(struct heap *h, uint64_t off); /* maps on demand */
 void *heap_at(struct heap *h, uint64_t off, uint64_t len, uint64_t align);
 void *heap_obj_at(struct heap *h, uint64_t off);
 void heap_count_bad_free(struct heap *h);
+/* Maps the header page behind fd read-only at base (the control segment's
+ * first page) and closes fd; fd < 0 is returned as the error. */
+int heap_map_header(void *base, int fd);
 
 /* ---- ctl.c ---- */
+/* The header page's magic, layout version, header size and max_segments. */
+int ctl_check_page(const struct ctl_header *c);
+/* ctl_check_page, and the control segment's size (fstat) against ctl_size. */
 int ctl_check_header(const struct ctl_header *c, uint64_t size);
 /* Sizes fd and writes a fresh control segment with cfg into it. */
 /* The bytes of a new segment: segment_size, or more for a large request. */
 uint64_t create_segment_bytes(const struct shm_config *cfg, uint64_t min_bytes);
 /* Makes the memfd of a segment of at least `size` bytes by `policy`: the
  * first page size that works (hugetlb: the metadata's pages reserved now;
- * normal pages: sealed against shrinking), the size rounded up to whole
+ * then sealed against shrinking and growing), the size rounded up to whole
  * pages and blocks. */
 int create_segment_memfd(
         uint64_t size, int policy, int *ret_fd, uint64_t *ret_size, uint64_t *ret_page);

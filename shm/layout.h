@@ -36,10 +36,11 @@
 
 #include "shm/atomic.h"
 
-#define SHM_CTL_MAGIC      UINT64_C(0x4c54434850414548) /* "HEAPHCTL" */
-#define SHM_SEG_MAGIC      UINT64_C(0x4745534850414548) /* "HEAPHSEG" */
-/* 4: shm_config.reconnect_wait_ms, ctl_header.client_id_next (restart). */
-#define SHM_LAYOUT_VERSION 4u
+#define SHM_CTL_MAGIC UINT64_C(0x4c54434850414548) /* "HEAPHCTL" */
+#define SHM_SEG_MAGIC UINT64_C(0x4745534850414548) /* "HEAPHSEG" */
+/* 4: shm_config.reconnect_wait_ms, ctl_header.client_id_next (restart).
+ * 5: the header page (ctl_header's first page, sealed under a daemon). */
+#define SHM_LAYOUT_VERSION 5u
 
 /* Offsets: 5 bits of segment index over 34 bits of byte offset. A process
  * reserves SHM_MAX_SEGMENTS << SHM_SEG_SHIFT bytes of address space per
@@ -280,18 +281,47 @@ struct root_entry {
     uint64_t off;
 };
 
+/* The control segment's first page, the header page, holds what only the
+ * heap's owner writes: the header, the config and its generation, the
+ * segment table and the client id counter. Under shmheapd it is a memfd of
+ * its own (or the file `header-page` of a state directory) that the daemon
+ * maps read-write and then seals with F_SEAL_FUTURE_WRITE before it hands
+ * it out; every attachment maps it read-only over the first page of the
+ * control segment (heap_attach, hooks->open_header), so no client can
+ * write it and the control memfd's own first page is never read. A heap
+ * whose owner is not a daemon (local heaps, tests) keeps the header page in
+ * the control memfd's first page. Everything after it is writable by every
+ * attachment, and the daemon trusts none of it. */
+#define SHM_HEADER_PAGE 4096u
+
 struct ctl_header {
-    uint64_t magic;
-    uint32_t version;
-    uint32_t header_size;
-    uint64_t ctl_size;
+    union {
+        struct {
+            uint64_t magic;
+            uint32_t version;
+            uint32_t header_size;
+            uint64_t ctl_size;
+            uint64_t config_gen; /* bumped after each config change */
+            uint64_t created_ns;
+            struct shm_config config;
+            uint32_t nsegments; /* published count of segment entries, release */
+            uint32_t pad0;
+            struct seg_entry segs[SHM_MAX_SEGMENTS];
+            /* The next client id the daemon hands out: a restarted daemon
+             * that adopts the heap goes on from here, so that a new client
+             * never takes the id of one that re-attaches (daemon/adopt.c). */
+            uint64_t client_id_next;
+            /* Bumped each time a restarted daemon copies the header page
+             * into a new sealed memfd (a sealed one cannot be written
+             * again): the fd store name carries it (daemon/fdstore.c). */
+            uint64_t header_gen;
+        };
+        uint8_t header_page[SHM_HEADER_PAGE];
+    };
+    /* ---- writable by every attachment from here on ---- */
     uint64_t trim_gen;   /* bumped by each trim (trim.c) */
-    uint64_t config_gen; /* bumped after each config change */
-    uint64_t created_ns;
-    struct shm_config config;
-    uint32_t nsegments;  /* published count of segment entries, release */
     uint32_t slots_high; /* 1 + the highest slot index ever claimed: readers stop there */
-    struct seg_entry segs[SHM_MAX_SEGMENTS];
+    uint32_t pad_sh;
     pthread_mutex_t lock;   /* robust, process-shared: roots and segment table */
     uint64_t refused_frees; /* refused frees whose class was no longer known */
     uint64_t deaths_mid_op; /* slots reclaimed from a thread that died inside a cache
@@ -311,14 +341,8 @@ struct ctl_header {
     uint64_t untracked_attaches; /* attachments made while the owner table was full */
     uint32_t owners_high;        /* 1 + the highest owner index ever claimed */
     uint32_t pad2;
-    uint64_t owned_reclaimed_large;       /* large objects among owned_reclaimed_objects */
-    /* The next client id the daemon hands out: a restarted daemon that
-     * adopts the heap goes on from here, so that a new client never takes
-     * the id of one that re-attaches (daemon/adopt.c). Written by the
-     * daemon only; any attached process could scribble it, so the daemon
-     * takes it as a lower bound next to the ids it finds in the tables. */
-    uint64_t client_id_next;
-    uint64_t pad3[2];
+    uint64_t owned_reclaimed_large; /* large objects among owned_reclaimed_objects */
+    uint64_t pad3[3];
     struct recycler rec[SHM_NCLASSES];
     struct root_entry roots[SHM_MAX_ROOTS];
     struct owner_entry owners[SHM_MAX_OWNERS];
@@ -390,6 +414,10 @@ _Static_assert(offsetof(struct cache_slot, bins) % 64 == 0, "bins start on a cac
 _Static_assert(sizeof(struct cache_slot) % 64 == 0, "slots do not share cache lines");
 _Static_assert(offsetof(struct ctl_header, rec) % 64 == 0, "recyclers are line-aligned");
 _Static_assert(offsetof(struct ctl_header, slots) % 64 == 0, "slots are line-aligned");
+_Static_assert(offsetof(struct ctl_header, header_gen) + 8 <= SHM_HEADER_PAGE,
+               "the owner's fields fit the header page");
+_Static_assert(offsetof(struct ctl_header, trim_gen) == SHM_HEADER_PAGE,
+               "the writable part starts on the page after the header page");
 _Static_assert(sizeof(struct root_entry) == 64, "root entry is one line");
 _Static_assert(sizeof(struct owner_entry) == 32, "owner entries pack two to a line");
 _Static_assert(SHM_MAX_OWNERS < UINT16_MAX, "owner tags are u16");

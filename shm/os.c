@@ -16,6 +16,9 @@
 
 #include "shm/os.h"
 
+#ifndef F_SEAL_FUTURE_WRITE
+#    define F_SEAL_FUTURE_WRITE 0x0010 /* Linux 5.1 */
+#endif
 #ifndef MFD_HUGE_2MB
 #    define MFD_HUGE_2MB (21 << 26)
 #endif
@@ -28,12 +31,12 @@ int os_memfd(const char *name, uint64_t page_size)
     unsigned flags = MFD_CLOEXEC;
     int fd;
 
+    /* Sealable whatever the pages (hugetlb memfds are since Linux 4.16). */
+    flags |= MFD_ALLOW_SEALING;
     if (page_size == (UINT64_C(1) << 21))
         flags |= MFD_HUGETLB | MFD_HUGE_2MB;
     else if (page_size == (UINT64_C(1) << 30))
         flags |= MFD_HUGETLB | MFD_HUGE_1GB;
-    else
-        flags |= MFD_ALLOW_SEALING;
     fd = memfd_create(name, flags);
     if (fd < 0)
         return -errno;
@@ -47,11 +50,43 @@ int os_truncate(int fd, uint64_t size)
     return 0;
 }
 
-int os_seal_shrink(int fd)
+int os_seal_size(int fd)
 {
-    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
         return -errno;
     return 0;
+}
+
+int os_seal_read_only(int fd)
+{
+    /* FUTURE_WRITE, not WRITE: the owner's own writable mapping, made
+     * before, stays; every later mmap with PROT_WRITE and MAP_SHARED, and
+     * every mprotect to PROT_WRITE of a shared mapping, is refused (the
+     * kernel clears VM_MAYWRITE), and so are write(2) and fallocate. */
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0)
+        return -errno;
+    return 0;
+}
+
+int os_map_read_only_at(void *addr, uint64_t len, int fd)
+{
+    void *m = mmap(addr, len, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0);
+
+    return m == MAP_FAILED ? -errno : 0;
+}
+
+int os_file_open_read_only(int dir_fd, const char *name)
+{
+    int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+
+    return fd < 0 ? -errno : fd;
+}
+
+int os_file_open(int dir_fd, const char *name)
+{
+    int fd = openat(dir_fd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+
+    return fd < 0 ? -errno : fd;
 }
 
 int os_fstat_size(int fd, uint64_t *ret_size, uint64_t *ret_allocated)

@@ -12,9 +12,15 @@
 /* page_size 0 or 4096: a normal memfd; 2 MiB or 1 GiB: hugetlb. Sealable. */
 int os_memfd(const char *name, uint64_t page_size);
 int os_truncate(int fd, uint64_t size);
-/* Forbids shrinking and further seal changes, so no attached process can
- * pull pages out from under the others. */
-int os_seal_shrink(int fd);
+/* Forbids shrinking, growing and further seal changes, so no attached
+ * process can pull pages out from under the others or make the owner's
+ * fstat disagree with the size it created. */
+int os_seal_size(int fd);
+/* os_seal_size, and F_SEAL_FUTURE_WRITE: whoever maps fd from now on maps
+ * it read-only (the header page, layout.h). Linux 5.1+. */
+int os_seal_read_only(int fd);
+/* Maps fd's [0, len) shared and read-only at addr (inside a reservation). */
+int os_map_read_only_at(void *addr, uint64_t len, int fd);
 int os_fstat_size(int fd, uint64_t *ret_size, uint64_t *ret_allocated);
 /* Allocates backing pages for [off, off+len): huge pages are taken from the
  * pool now, so running out is -ENOSPC here and never SIGBUS later. */
@@ -48,6 +54,10 @@ bool os_pid_alive(pid_t pid);
  * its filesystem gives (a hugetlbfs mount's, else 4096). */
 int os_file_create(int dir_fd, const char *name);
 int os_file_rename(int dir_fd, const char *from, const char *to);
+/* Opens an existing file of the directory read-write, or read-only (an fd
+ * that can be handed to a client: it cannot map it writable). */
+int os_file_open(int dir_fd, const char *name);
+int os_file_open_read_only(int dir_fd, const char *name);
 uint64_t os_dir_page_size(int dir_fd);
 uint64_t os_now_ns(void);
 int os_tid(void);

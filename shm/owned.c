@@ -117,6 +117,25 @@ void owned_detach(struct heap *h)
     (void) cas_strong_acq_rel(&h->ctl->owners[h->owner_index].state, &expected, OWNER_DETACHED);
 }
 
+uint32_t heap_client_owners(struct heap *h, uint64_t client_id)
+{
+    struct ctl_header *c;
+    uint32_t n = 0, high;
+
+    if (!h || client_id == 0)
+        return 0;
+    c = h->ctl;
+    /* acquire: pairs with owned_attach's release of owners_high, so every
+     * entry claimed below the bound is seen with its client_id. Entries are
+     * untrusted: a wrong count only keeps or drops a record of the daemon's. */
+    high = load_acquire(&c->owners_high);
+    for (uint32_t i = 0; i < high && i < SHM_MAX_OWNERS; i++)
+        if (load_relaxed(&c->owners[i].state) != OWNER_FREE &&
+            load_relaxed(&c->owners[i].client_id) == client_id)
+            n++;
+    return n;
+}
+
 uint64_t heap_to_off(struct heap *h, const void *p)
 {
     if (!p || !heap_contains(h, p))

@@ -18,8 +18,15 @@
  *                              + sum over cls of in use * size(cls)
  *   allocations             == large_allocs + allocs + ops
  * slots_high bounds every loop over the slots: no slot at or past it has
- * ever been claimed, and it only grows. */
+ * ever been claimed, and it only grows.
+ *
+ * Slots are in memory every attached process can write. A slot whose state
+ * word is no slot state at all was scribbled: what its bins held is lost
+ * (verify reports the slot), and a claimer takes it as free after zeroing
+ * it, so that a table of garbage never stops a later attach. (A thread that
+ * still used such a slot was broken by the scribble already.) */
 #include <errno.h>
+#include <string.h>
 
 #include "shm/internal.h"
 
@@ -29,14 +36,18 @@ int slot_claim(struct heap *h, uint32_t *ret_index)
 
     for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++) {
         struct cache_slot *s = &c->slots[i];
-        uint32_t expected = SLOT_FREE;
+        uint32_t expected = load_relaxed(&s->state);
 
-        if (load_relaxed(&s->state) != SLOT_FREE)
+        if (expected != SLOT_FREE && slot_state_valid(expected))
             continue;
         /* acq_rel: acquires the bins as the last releaser of FREE left
          * them (slot_release, reclaim_slot); pairs with slot_is_owned(). */
         if (!cas_strong_acq_rel(&s->state, &expected, SLOT_OWNED))
             continue;
+        if (expected != SLOT_FREE)
+            /* Scribbled: nothing in it is anyone's any more. */
+            memset((char *) s + offsetof(struct cache_slot, pid), 0,
+                   sizeof(*s) - offsetof(struct cache_slot, pid));
         store_relaxed(&s->pid, (uint32_t) h->pid);
         store_relaxed(&s->client_id, h->client_id);
         store_relaxed(&s->busy, 0);
@@ -75,10 +86,12 @@ uint32_t slot_high(const struct ctl_header *c)
 }
 
 /* Objects of cls allocated through this slot and not freed through it
- * (negative when it freed others' objects). */
-static int64_t bin_in_use(const struct cache_bin *b)
+ * (negative, as a two's complement, when it freed others' objects). The
+ * counters are in memory any process can write, so every sum over them is
+ * made in uint64_t, where any value wraps (signed overflow would be UB). */
+static uint64_t bin_in_use(const struct cache_bin *b)
 {
-    return (int64_t) (load_relaxed(&b->net) - bin_count(load_relaxed(&b->head)));
+    return load_relaxed(&b->net) - bin_count(load_relaxed(&b->head));
 }
 
 uint64_t slot_allocs(const struct cache_slot *s)
@@ -88,30 +101,30 @@ uint64_t slot_allocs(const struct cache_slot *s)
 
 uint64_t slot_frees(const struct cache_slot *s)
 {
-    int64_t small_in_use = 0;
+    uint64_t small_in_use = 0;
 
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
         small_in_use += bin_in_use(&s->bins[cls]);
     /* Frees are what was allocated and is no longer in use. */
     return load_relaxed(&s->large_frees) + load_relaxed(&s->allocs) + load_relaxed(&s->ops) -
-           (uint64_t) small_in_use;
+           small_in_use;
 }
 
 int64_t slot_bytes_in_use(const struct cache_slot *s)
 {
-    int64_t bytes =
-            (int64_t) (load_relaxed(&s->large_bytes_alloc) - load_relaxed(&s->large_bytes_freed));
+    uint64_t bytes = load_relaxed(&s->large_bytes_alloc) - load_relaxed(&s->large_bytes_freed);
 
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
-        bytes += bin_in_use(&s->bins[cls]) * (int64_t) sizeclass_size(cls);
-    return bytes;
+        bytes += bin_in_use(&s->bins[cls]) * sizeclass_size(cls);
+    return (int64_t) bytes;
 }
 
 /* Adds what this slot's in-use bytes moved since its last report to the
  * heap-wide sample and raises the heap's peak if it passed it. */
 void slot_sample_peak(struct heap *h, struct cache_slot *s)
 {
-    int64_t cur = slot_bytes_in_use(s), delta = cur - load_relaxed(&s->reported_bytes);
+    int64_t cur = slot_bytes_in_use(s),
+            delta = (int64_t) ((uint64_t) cur - (uint64_t) load_relaxed(&s->reported_bytes));
     uint64_t total;
 
     if ((uint64_t) cur > load_relaxed(&s->peak_bytes) && cur > 0)

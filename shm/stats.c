@@ -67,7 +67,7 @@ static void stats_add_segments(struct heap *h, struct heap_stats *ret)
 int heap_stats(struct heap *h, struct heap_stats *ret)
 {
     struct ctl_header *c;
-    int64_t in_use;
+    uint64_t in_use; /* wraps: the counters are any process's to write */
 
     if (!h || !ret)
         return -EINVAL;
@@ -92,9 +92,9 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
     ret->frees -= load_relaxed(&c->refused_frees);
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
         ret->frees -= load_relaxed(&c->rec[cls].refused);
-        in_use += (int64_t) ret->classes[cls].in_use * (int64_t) ret->classes[cls].object_size;
+        in_use += ret->classes[cls].in_use * ret->classes[cls].object_size;
     }
-    ret->bytes_in_use = in_use > 0 ? (uint64_t) in_use : 0;
+    ret->bytes_in_use = (int64_t) in_use > 0 ? in_use : 0;
     /* The control segment's pages as the kernel counts them: most of its
      * 1024 cache slots are never touched. */
     if (os_fstat_size(h->ctl_fd, NULL, &ret->bytes_committed) < 0)
@@ -136,7 +136,10 @@ int heap_client_usage(struct heap *h,
         ret->threads++;
         ret->allocs += slot_allocs(s) - load_relaxed(&s->claim_allocs);
         ret->frees += slot_frees(s) - load_relaxed(&s->claim_frees);
-        ret->bytes_in_use += slot_bytes_in_use(s) - load_relaxed(&s->claim_bytes);
+        /* In uint64_t: any of these may be garbage (signed overflow is UB). */
+        ret->bytes_in_use =
+                (int64_t) ((uint64_t) ret->bytes_in_use + (uint64_t) slot_bytes_in_use(s) -
+                           (uint64_t) load_relaxed(&s->claim_bytes));
     }
     return 0;
 }

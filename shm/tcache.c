@@ -108,7 +108,8 @@ struct tcache *tcache_get(struct heap *h)
     for (unsigned i = 0; i < TCACHE_TLS_MAX; i++) {
         tc = &tl_caches[i];
         if (tc->h == h && tc->serial == h->serial) {
-            tl_last = tc;
+            if (!h->track) /* a tracked heap stays off the fast paths */
+                tl_last = tc;
             return tc;
         }
         if (!tc->h && !free_tc)
@@ -137,7 +138,8 @@ struct tcache *tcache_get(struct heap *h)
     h->caches = tc;
     pthread_mutex_unlock(&h->local_lock);
     (void) pthread_setspecific(h->key, tc);
-    tl_last = tc;
+    if (!h->track)
+        tl_last = tc;
     return tc;
 }
 

@@ -14,7 +14,13 @@
  *  3. Counts: per heap, objects out of slabs == objects in use (allocs -
  *     frees) + cached + in recyclers, corrected for frees the slabs refused
  *     as double. Checked only when every slot could be taken and no thread
- *     died inside a cache operation (report.counts_checked says which). */
+ *     died inside a cache operation (report.counts_checked says which).
+ *  0. First, the writable part of the control segment, which any attached
+ *     process can write (layout.h): the slot and owner bounds, every slot's
+ *     and owner entry's state, the roots, the recycler heads. Damage is
+ *     reported, one problem per kind, never trusted: every list walk below
+ *     is bounded by the count that claims it, so a cycle costs a problem,
+ *     not a hang or memory beyond the heap's size. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,25 +36,49 @@ struct verify_ctx {
     uint64_t *offs; /* objects seen in caches and recyclers */
     uint32_t *cls_of;
     size_t n, cap;
+    size_t max_seen; /* no more can be in caches and recyclers (seen_bound) */
+    bool overflow;
     bool oom;
 };
+
+static void vproblem(struct verify_report *rep, const char *fmt, va_list ap)
+{
+    rep->consistent = false;
+    if (rep->nproblems < sizeof(rep->problems) / sizeof(rep->problems[0]))
+        (void) vsnprintf(rep->problems[rep->nproblems], sizeof(rep->problems[0]), fmt, ap);
+    rep->nproblems++;
+}
 
 __attribute__((format(printf, 2, 3))) static void
 problem(struct verify_ctx *v, const char *fmt, ...)
 {
     va_list ap;
 
-    v->rep->consistent = false;
-    if (v->rep->nproblems < sizeof(v->rep->problems) / sizeof(v->rep->problems[0])) {
-        va_start(ap, fmt);
-        (void) vsnprintf(v->rep->problems[v->rep->nproblems], sizeof(v->rep->problems[0]), fmt, ap);
-        va_end(ap);
-    }
-    v->rep->nproblems++;
+    va_start(ap, fmt);
+    vproblem(v->rep, fmt, ap);
+    va_end(ap);
+}
+
+void heap_verify_problem(struct verify_report *rep, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vproblem(rep, fmt, ap);
+    va_end(ap);
 }
 
 static void seen_add(struct verify_ctx *v, uint64_t off, unsigned cls)
 {
+    if (v->n >= v->max_seen) {
+        if (!v->overflow)
+            problem(v,
+                    "caches and recyclers list more objects than the slabs have handed out "
+                    "(%lu): a cycle or garbage; the rest is not collected",
+                    (unsigned long) v->max_seen);
+        v->overflow = true;
+        return;
+    }
     if (v->n == v->cap) {
         size_t cap = v->cap ? v->cap * 2 : 4096;
         uint64_t *o = realloc(v->offs, cap * sizeof(*o));
@@ -245,18 +275,20 @@ static void verify_object(struct verify_ctx *v, struct seg_map *m, uint64_t off,
         problem(v, "object %#lx is cached but also free in its slab", (unsigned long) off);
 }
 
-/* Collects a list (word 0 links) of class cls. Returns objects found. */
-static uint64_t collect_list(struct verify_ctx *v, uint64_t chain, unsigned cls, const char *where)
+/* Collects a list (word 0 links) of class cls, at most `limit` objects.
+ * Returns objects found. */
+static uint64_t
+collect_list(struct verify_ctx *v, uint64_t chain, unsigned cls, const char *where, uint64_t limit)
 {
     uint64_t n = 0;
 
-    while (chain) {
+    while (chain && !v->overflow) {
         if (!heap_obj_at(v->h, chain)) {
             problem(v, "%s: bad link %#lx", where, (unsigned long) chain);
             break;
         }
-        if (n > (UINT64_C(1) << 32)) {
-            problem(v, "%s: list does not end", where);
+        if (n >= limit) {
+            problem(v, "%s: list does not end within %lu objects", where, (unsigned long) limit);
             break;
         }
         seen_add(v, chain, cls);
@@ -271,6 +303,84 @@ static int cmp_u64(const void *a, const void *b)
     uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
 
     return x < y ? -1 : x > y;
+}
+
+/* Bundles one recycler can hold: it is capped at recycler_cap_bundles
+ * (at most 65,536 by the config table) plus those pushed with force. */
+#define VERIFY_MAX_BUNDLES (1u << 17)
+
+/* Part 0: the control segment's writable part (see the top). */
+static void verify_ctl(struct verify_ctx *v)
+{
+    struct ctl_header *c = v->h->ctl;
+    uint32_t bad_slots = 0, first_slot = 0, bad_owners = 0, first_owner = 0, bad_roots = 0;
+    uint32_t first_root = 0, bad_recs = 0, first_rec = 0, n;
+
+    if ((n = load_acquire(&c->slots_high)) > SHM_MAX_SLOTS)
+        problem(v, "control segment: slots_high %u is past the %u slots", n, SHM_MAX_SLOTS);
+    if ((n = load_acquire(&c->owners_high)) > SHM_MAX_OWNERS)
+        problem(v, "control segment: owners_high %u is past the %u owner entries", n,
+                SHM_MAX_OWNERS);
+    for (uint32_t i = 0; i < SHM_MAX_SLOTS; i++)
+        if (!slot_state_valid(load_relaxed(&c->slots[i].state)) && !bad_slots++)
+            first_slot = i;
+    if (bad_slots)
+        problem(v, "cache slots: %u have a state that is no slot state (scribbled), the first %u",
+                bad_slots, first_slot);
+    for (uint32_t i = 0; i < SHM_MAX_OWNERS; i++)
+        if (load_relaxed(&c->owners[i].state) > OWNER_SWEEPING && !bad_owners++)
+            first_owner = i;
+    if (bad_owners)
+        problem(v, "owner table: %u entries have no owner state (scribbled), the first %u",
+                bad_owners, first_owner);
+    for (uint32_t i = 0; i < SHM_MAX_ROOTS; i++) {
+        const struct root_entry *e = &c->roots[i];
+        uint64_t off = load_relaxed(&e->off);
+        bool named = memchr(e->name, 0, sizeof(e->name)) != NULL;
+
+        if ((!named || (e->name[0] && off && !heap_at(v->h, off, 1, 1)) || (!e->name[0] && off)) &&
+            !bad_roots++)
+            first_root = i;
+    }
+    if (bad_roots)
+        problem(v,
+                "roots: %u entries have an unterminated name or an offset outside the heap, "
+                "the first %u",
+                bad_roots, first_root);
+    for (uint32_t cls = 0; cls < SHM_NCLASSES; cls++) {
+        uint64_t off = load_relaxed(&c->rec[cls].head.s.off);
+
+        if (off && !heap_obj_at(v->h, off) && !bad_recs++)
+            first_rec = cls;
+    }
+    if (bad_recs)
+        problem(v, "recyclers: %u heads are not objects of the heap, the first class %u", bad_recs,
+                first_rec);
+}
+
+/* Objects the slabs have handed out, by their metadata (unlocked: a bound
+ * only): no more can sit in caches and recyclers, so the walks collect at
+ * most that many, whatever lists a scribbler made (a cycle counts again and
+ * again). This bounds verify's memory by the heap's live objects. */
+static size_t seen_bound(struct heap *h)
+{
+    size_t n = SHM_SLAB_MAX_OBJECTS; /* slack for slabs changing meanwhile */
+
+    for (uint32_t i = 1; i < heap_nmapped(h); i++) {
+        struct seg_map *m = heap_mapped(h, i);
+
+        for (uint32_t b = 0; m && b < m->nblocks; b++) {
+            uint64_t w = load_relaxed(&m->meta[b]);
+            struct slab_geometry g;
+
+            if (meta_state(w) != BLK_SLAB || meta_class(w) >= SHM_NCLASSES)
+                continue;
+            sizeclass_geometry(meta_class(w), &g);
+            if (meta_nfree(w) < g.capacity)
+                n += g.capacity - meta_nfree(w);
+        }
+    }
+    return n;
 }
 
 struct popped {
@@ -295,6 +405,8 @@ int heap_verify(struct heap *h, struct verify_report *ret)
     memset(ret, 0, sizeof(*ret));
     ret->consistent = true;
     (void) heap_sync_segments(h);
+    v.max_seen = seen_bound(h);
+    verify_ctl(&v);
     /* Freeze the caches: take every slot (dead owners' too). */
     for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &c->slots[i];
@@ -313,7 +425,9 @@ int heap_verify(struct heap *h, struct verify_report *ret)
             char where[48];
 
             (void) snprintf(where, sizeof(where), "slot %u class %u", i, cls);
-            got = collect_list(&v, bin_off(w), cls, where);
+            /* Slack for a thread killed between a list and its count. */
+            got = collect_list(&v, bin_off(w), cls, where,
+                               (uint64_t) bin_count(w) + SHM_SLAB_MAX_OBJECTS);
             /* A thread killed mid-operation may leave the two apart. */
             if (got != bin_count(w) && !dead)
                 problem(&v, "%s: the bin counts %u objects, its list has %lu", where, bin_count(w),
@@ -323,13 +437,19 @@ int heap_verify(struct heap *h, struct verify_report *ret)
     }
     /* Empty the recyclers for the walk; they are pushed back below. */
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
-        uint64_t first;
+        uint64_t first, bundles = 0;
         uint32_t count;
 
-        while ((first = recycler_pop(h, NULL, cls, &count)) != 0) {
+        while (!v.overflow && (first = recycler_pop(h, NULL, cls, &count)) != 0) {
             char where[48];
             uint64_t got;
 
+            if (++bundles > VERIFY_MAX_BUNDLES) {
+                /* A cycle, or garbage: stop here (pushed back below). */
+                problem(&v, "recycler class %u: more than %u bundles", cls, VERIFY_MAX_BUNDLES);
+                (void) recycler_push(h, NULL, cls, first, count, heap_nmapped(h) - 1, true);
+                break;
+            }
             if (npops == popcap) {
                 struct popped *p = realloc(pops, (popcap ? popcap * 2 : 64) * sizeof(*p));
 
@@ -345,7 +465,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
             pops[npops].count = count | (uint32_t) cls << 24;
             npops++;
             (void) snprintf(where, sizeof(where), "recycler class %u", cls);
-            got = collect_list(&v, first, cls, where);
+            got = collect_list(&v, first, cls, where, count);
             if (got != count)
                 problem(&v, "recycler class %u: bundle says %u objects, has %lu", cls, count,
                         (unsigned long) got);
@@ -388,7 +508,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
         refused += load_relaxed(&c->rec[cls].refused);
         in_use -= load_relaxed(&c->rec[cls].reclaimed); /* counted by no cache */
     }
-    ret->counts_checked = exact && !v.oom && load_relaxed(&c->lost_objects) == 0 &&
+    ret->counts_checked = exact && !v.oom && !v.overflow && load_relaxed(&c->lost_objects) == 0 &&
                           load_relaxed(&c->deaths_mid_op) == 0;
     if (ret->counts_checked && total_out != in_use + cached + recycled + refused)
         problem(&v,

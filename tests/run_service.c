@@ -26,6 +26,8 @@ int main(void)
             metrics_suite,
             systemd_suite,
             restart_suite,
+            resources_suite,
+            scribbler_suite,
     };
     /* clang-format on */
     /* ---- end of the suite list ---- */

@@ -59,8 +59,10 @@ static void fuzz_setup(void)
     d->passed_listen_fd = -1;
     for (uint32_t i = 0; i < SHM_MAX_SEGMENTS; i++)
         d->stored_fds[i] = -1; /* nothing from systemd's fd store */
+    d->stored_hdr_fd = -1;
     link_init(&d->conns);
     link_init(&d->clients);
+    link_init(&d->procs);
     pthread_mutex_init(&d->work_lock, NULL);
     /* A small heap on 4K pages, no periodic trim: what a test daemon runs. */
     r = config_parse_text("{\"segment_size\":\"64M\",\"huge_pages\":\"off\",\"max_segments\":4,"

@@ -27,6 +27,7 @@ static const struct {
         {"retain_empty_blocks", 0, 1u << 20, 0},
         {"trim_interval_ms", 0, 86400000, 100},
         {"max_clients", 1, 4096, 0},
+        {"max_connections_per_uid", 0, 4096, 0},
         {"max_segments", 1, 31, 0},
         {"request_timeout_ms", 100, 600000, 0},
         {"idle_timeout_ms", 0, 86400000, 100},

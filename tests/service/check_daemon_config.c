@@ -37,6 +37,7 @@ static const struct {
         {"decay_retain_percent", "50"},
         {"decay_release_rate", "1048576"},
         {"decay_pressure_percent", "0"},
+        {"max_connections_per_uid", "32"},
 };
 
 struct ctl_map {

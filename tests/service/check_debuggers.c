@@ -6,7 +6,11 @@
  * malloc that would need one past the cut fails with ENOMEM.
  *
  * Not under ASan or TSan: their shadow memory needs the address space a
- * tight RLIMIT_AS takes away, and valgrind cannot run sanitized programs. */
+ * tight RLIMIT_AS takes away, and valgrind cannot run sanitized programs.
+ *
+ * Then the tools' reports (client/track.c): tests/track/track_user makes
+ * one mistake per run with shmheap objects, which memcheck (and, in the
+ * ASan build, ASan) must report as it would for malloc's. */
 #include <check.h>
 #include <errno.h>
 #include <stdio.h>
@@ -194,6 +198,153 @@ START_TEST(examples_run_under_valgrind)
 }
 END_TEST
 
+/* ---- shmheap objects reported like malloc's (client/track.c) ---- */
+
+static const char *track_user_path(void)
+{
+    static char buf[512];
+    const char *dir = getenv("SHMHEAP_BUILD_DIR");
+
+    snprintf(buf, sizeof(buf), "%s/tests/track_user", dir ? dir : "build");
+    return buf;
+}
+
+/* Runs argv (env: an extra NAME=VALUE or NULL) with its stderr in a file
+ * of the fixture's directory; returns the exit code (128 + signal), and the
+ * stderr text in *ret_err (malloc'ed). */
+static int run_capture(const char *const *argv, const char *env, char **ret_err)
+{
+    char path[256];
+    pid_t pid;
+    int code;
+    FILE *f;
+    long n;
+
+    snprintf(path, sizeof(path), "%s/track.err", fx.dir);
+    pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        FILE *e = freopen(path, "w", stderr);
+
+        if (!e)
+            _exit(126);
+        if (env)
+            (void) putenv((char *) env);
+        execvp(argv[0], (char *const *) argv);
+        _exit(127);
+    }
+    code = exit_code(pid);
+    f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    (void) fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    rewind(f);
+    *ret_err = calloc(1, (size_t) n + 1);
+    ck_assert_uint_eq(fread(*ret_err, 1, (size_t) n, f), (size_t) n);
+    (void) fclose(f);
+    return code;
+}
+
+/* Under memcheck, a user's mistakes with shmheap objects are reported as
+ * with malloc's, and a clean program gets no report. */
+START_TEST(track_memcheck_reports)
+{
+    static const struct {
+        const char *mode, *want, *want2;
+    } cases[] = {
+            {"clean", NULL, NULL},
+            {"uaf", "Invalid read of size 1", "40 bytes inside a block of size 64 free'd"},
+            {"overflow", "Invalid write of size 1", "0 bytes after a block of size 40 alloc'd"},
+            {"leak", "100 bytes in 1 blocks are definitely lost", NULL},
+            {"double", "Invalid free()", "0 bytes inside a block of size 64 free'd"},
+    };
+    const char *prog = track_user_path();
+
+    if (SANITIZED) {
+        fprintf(stderr, "track_memcheck_reports: skipped under a sanitizer\n");
+        return;
+    }
+    if (system("valgrind --version >/dev/null 2>&1") != 0) {
+        fprintf(stderr, "track_memcheck_reports: skipped, valgrind is not installed\n");
+        return;
+    }
+    ck_assert_msg(access(prog, X_OK) == 0, "%s not built", prog);
+    start();
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *argv[] = {"valgrind",
+                              "-q",
+                              "--error-exitcode=97",
+                              "--leak-check=full",
+                              "--errors-for-leak-kinds=definite",
+                              prog,
+                              fx.socket_path,
+                              cases[i].mode,
+                              NULL};
+        char *err = NULL;
+        int code = run_capture(argv, NULL, &err);
+
+        if (!cases[i].want) {
+            ck_assert_msg(code == 0, "%s: exit %d under memcheck:\n%s", cases[i].mode, code, err);
+        } else {
+            ck_assert_msg(code == 97, "%s: exit %d, memcheck found nothing:\n%s", cases[i].mode,
+                          code, err);
+            ck_assert_msg(strstr(err, cases[i].want), "%s: no \"%s\" in:\n%s", cases[i].mode,
+                          cases[i].want, err);
+            ck_assert_msg(!cases[i].want2 || strstr(err, cases[i].want2), "%s: no \"%s\" in:\n%s",
+                          cases[i].mode, cases[i].want2, err);
+        }
+        free(err);
+    }
+    /* The leak was the program's; the heap got its object back at detach. */
+    ck_assert_uint_eq(stat_u64("bytes_in_use"), 0);
+    verify_and_stop();
+}
+END_TEST
+
+/* A program built with ASan: a use after free and an overrun of shmheap
+ * objects are found (use-after-poison), a clean run is clean, and without
+ * tracking the same use after free goes unseen. libshmheap is instrumented
+ * here too, so tracking is asked for (SHMHEAP_TRACK=1); a program built
+ * with ASan against the plain library gets it by itself. */
+START_TEST(track_asan_reports)
+{
+    static const struct {
+        const char *mode, *env;
+        bool found;
+    } cases[] = {
+            {"clean", "SHMHEAP_TRACK=1", false},
+            {"uaf", "SHMHEAP_TRACK=1", true},
+            {"overflow", "SHMHEAP_TRACK=1", true},
+            {"uaf", "SHMHEAP_TRACK=0", false},
+    };
+    const char *prog = track_user_path();
+
+#if !defined(__SANITIZE_ADDRESS__)
+    fprintf(stderr, "track_asan_reports: skipped, not an ASan build\n");
+    return;
+#endif
+    ck_assert_msg(access(prog, X_OK) == 0, "%s not built", prog);
+    start();
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *argv[] = {prog, fx.socket_path, cases[i].mode, NULL};
+        char *err = NULL;
+        int code = run_capture(argv, cases[i].env, &err);
+
+        if (cases[i].found) {
+            ck_assert_msg(code != 0 && strstr(err, "AddressSanitizer: use-after-poison"),
+                          "%s (%s): exit %d:\n%s", cases[i].mode, cases[i].env, code, err);
+            ck_assert_msg(strstr(err, "track_user.c"), "%s: the report does not name the line",
+                          cases[i].mode);
+        } else {
+            ck_assert_msg(code == 0, "%s (%s): exit %d:\n%s", cases[i].mode, cases[i].env, code,
+                          err);
+        }
+        free(err);
+    }
+    verify_and_stop();
+}
+END_TEST
+
 Suite *debuggers_suite(void)
 {
     Suite *s = suite_create("debuggers");
@@ -203,6 +354,8 @@ Suite *debuggers_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, attach_with_little_address_space);
     tcase_add_test(tc, examples_run_under_valgrind);
+    tcase_add_test(tc, track_memcheck_reports);
+    tcase_add_test(tc, track_asan_reports);
     suite_add_tcase(s, tc);
     return s;
 }

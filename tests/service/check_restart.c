@@ -38,6 +38,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "shm/layout.h"
 #include "shmheap.h"
 #include "tests/service/daemon_fixture.h"
 #include "tests/service/suites.h"
@@ -595,6 +596,28 @@ static uint64_t reclaimed_now(void)
     return v;
 }
 
+#ifndef F_SEAL_FUTURE_WRITE
+#    define F_SEAL_FUTURE_WRITE 0x0010
+#endif
+
+/* The fd store holds one header page, of generation gen (each restart
+ * stores a copy of the next one, then removes the old), sealed read-only. */
+static void expect_stored_header(int gen)
+{
+    char want[32];
+    int found = 0;
+
+    snprintf(want, sizeof(want), "header-page-%d", gen);
+    for (int i = 0; i < nstore; i++) {
+        if (strncmp(store_names[i], "header-page-", 12) != 0)
+            continue;
+        ck_assert_str_eq(store_names[i], want);
+        ck_assert_int_ne(fcntl(store_fds[i], F_GET_SEALS) & F_SEAL_FUTURE_WRITE, 0);
+        found++;
+    }
+    ck_assert_int_eq(found, 1);
+}
+
 static void run_restarts(bool fdstore)
 {
     pid_t workers[NWORKERS];
@@ -629,8 +652,10 @@ static void run_restarts(bool fdstore)
         ck_assert_int_eq(kill(v, SIGKILL), 0);
         ck_assert_int_eq(waitpid(v, &st, 0), v);
         (void) usleep(100000);
-        if (fdstore)
-            ck_assert_int_ge(nstore, 2); /* the control segment and segment 1 at least */
+        if (fdstore) {
+            ck_assert_int_ge(nstore, 3); /* the control segment, segment 1, the header page */
+            expect_stored_header(round);
+        }
         ck_assert_int_eq(start_daemon(fdstore, NULL, NULL), 0);
         wait_reattached(workers);
         (void) usleep(200000);
@@ -673,7 +698,7 @@ END_TEST
 
 /* ---- adoptions that must be refused ---- */
 
-enum damage { DAMAGE_MAGIC, DAMAGE_VERSION, DAMAGE_SIZE };
+enum damage { DAMAGE_MAGIC, DAMAGE_VERSION, DAMAGE_SIZE, DAMAGE_OLD_LAYOUT };
 
 static void file_path(char *buf, size_t len, const char *name)
 {
@@ -703,7 +728,15 @@ static void damage(enum damage what, const char **ret_file)
     uint32_t version = 2;
     int fd;
 
-    *ret_file = what == DAMAGE_VERSION ? "control-segment" : "heap-segment-1";
+    /* The version is the header page's (shm/layout.h); a heap of layout
+     * version 4 had none, and its header in the control segment. */
+    *ret_file = what == DAMAGE_VERSION      ? "header-page"
+                : what == DAMAGE_OLD_LAYOUT ? "control-segment"
+                                            : "heap-segment-1";
+    if (what == DAMAGE_OLD_LAYOUT) {
+        file_path(path, sizeof(path), "header-page");
+        ck_assert_int_eq(unlink(path), 0);
+    }
     file_path(path, sizeof(path), *ret_file);
     fd = open(path, O_RDWR | O_CLOEXEC);
     ck_assert_int_ge(fd, 0);
@@ -712,12 +745,17 @@ static void damage(enum damage what, const char **ret_file)
         ck_assert_int_eq(pwrite(fd, "NOTAHEAP", 8, 0), 8);
         break;
     case DAMAGE_VERSION:
-        /* struct ctl_header: magic (8 bytes), then the version. */
+        /* struct ctl_header's header page: magic (8 bytes), then the version. */
         ck_assert_int_eq(pwrite(fd, &version, 4, 8), 4);
         break;
     case DAMAGE_SIZE:
         ck_assert_int_eq(fstat(fd, &stt), 0);
         ck_assert_int_eq(ftruncate(fd, stt.st_size + 65536), 0);
+        break;
+    case DAMAGE_OLD_LAYOUT:
+        version = 4;
+        ck_assert_int_eq(pwrite(fd, "HEAPHCTL", 8, 0), 8); /* SHM_CTL_MAGIC, little-endian */
+        ck_assert_int_eq(pwrite(fd, &version, 4, 8), 4);
         break;
     }
     (void) close(fd);
@@ -752,7 +790,7 @@ static void refused(enum damage what, const char *why)
     snapshot(file, head1, &size1);
     ck_assert_int_eq(size0, size1);
     ck_assert(memcmp(head0, head1, 4096) == 0);
-    if (what == DAMAGE_VERSION) {
+    if (what == DAMAGE_VERSION || what == DAMAGE_OLD_LAYOUT) {
         /* Another layout version is never discarded: a rollback adopts it. */
         ck_assert_int_eq(start_daemon(false, "--discard-bad-heap", &st), -ECHILD);
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0);
@@ -782,6 +820,14 @@ END_TEST
 START_TEST(restart_refuse_version)
 {
     refused(DAMAGE_VERSION, "layout version 2, this build has layout version");
+}
+END_TEST
+
+/* A heap a shmheapd of layout version 4 left (no header page) is another
+ * layout version: refused and kept for a rollback. */
+START_TEST(restart_refuse_old_layout)
+{
+    refused(DAMAGE_OLD_LAYOUT, "layout version 4, this build has layout version");
 }
 END_TEST
 
@@ -815,6 +861,51 @@ START_TEST(restart_refuse_missing_fd)
     snprintf(store_names[nstore++], sizeof(store_names[0]), "heap-segment-1");
     ck_assert_int_eq(start_daemon(true, NULL, NULL), 0);
     ck_assert_ptr_nonnull(strstr(read_log(), "adopted the heap from systemd's fd store"));
+    stop_daemon(SIGTERM);
+    teardown_dir();
+}
+END_TEST
+
+/* A daemon killed while it created a new heap, after the control segment
+ * and before its header page, left a control segment whose own first page
+ * still holds the header and no heap segment: nothing to lose, so the next
+ * daemon starts a new heap instead of refusing. */
+START_TEST(restart_creation_cut_short)
+{
+    char path[256], page[SHM_HEADER_PAGE];
+    shmheap_off_t off;
+    uint32_t one = 1;
+    shmheap_t *h;
+    int fd;
+
+    setup_dir(false);
+    ck_assert_int_eq(start_daemon(false, NULL, NULL), 0);
+    ck_assert_int_eq(shmheap_attach(sock_path, &h), 0);
+    ck_assert_int_eq(shmheap_root_set(h, "kept", shmheap_to_off(h, shmheap_malloc(h, 64))), 0);
+    shmheap_detach(h);
+    stop_daemon(SIGTERM);
+    /* The state as creation left it: the header in the control segment's
+     * first page, one segment, no header page file, no heap segment. */
+    file_path(path, sizeof(path), "header-page");
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(read(fd, page, sizeof(page)), (ssize_t) sizeof(page));
+    (void) close(fd);
+    memcpy(page + offsetof(struct ctl_header, nsegments), &one, sizeof(one));
+    ck_assert_int_eq(unlink(path), 0);
+    file_path(path, sizeof(path), "heap-segment-1");
+    ck_assert_int_eq(unlink(path), 0);
+    file_path(path, sizeof(path), "control-segment");
+    fd = open(path, O_RDWR | O_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(pwrite(fd, page, sizeof(page), 0), (ssize_t) sizeof(page));
+    (void) close(fd);
+    ck_assert_int_eq(start_daemon(false, NULL, NULL), 0);
+    ck_assert_ptr_nonnull(strstr(read_log(), "creation cut short"));
+    ck_assert_int_eq(shmheap_attach(sock_path, &h), 0);
+    ck_assert_int_eq(shmheap_root_get(h, "kept", &off), -SHMHEAP_ENOENT);
+    ck_assert_ptr_nonnull(shmheap_malloc(h, 64));
+    shmheap_detach(h);
     stop_daemon(SIGTERM);
     teardown_dir();
 }
@@ -893,6 +984,8 @@ Suite *restart_suite(void)
     tcase_add_test(tc, restart_refuse_magic);
     tcase_add_test(tc, restart_refuse_version);
     tcase_add_test(tc, restart_refuse_size);
+    tcase_add_test(tc, restart_refuse_old_layout);
+    tcase_add_test(tc, restart_creation_cut_short);
     tcase_add_test(tc, restart_refuse_missing_fd);
     tcase_add_test(tc, restart_rehello_checks);
     suite_add_tcase(s, tc);

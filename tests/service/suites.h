@@ -22,5 +22,7 @@ Suite *debuggers_suite(void);      /* check_debuggers.c: valgrind, a tight RLIMI
 Suite *metrics_suite(void);        /* check_metrics.c: GET /metrics, Prometheus, promtool */
 Suite *systemd_suite(void);        /* check_systemd.c: notify, activation, the units */
 Suite *restart_suite(void);        /* check_restart.c: restart without loss, adoption */
+Suite *resources_suite(void);      /* check_resources.c: fds, memory, connections bounded */
+Suite *scribbler_suite(void);      /* check_scribbler.c: untrusted shared memory, sealed header */
 
 #endif

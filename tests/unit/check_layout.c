@@ -354,6 +354,38 @@ END_TEST
 /* A segment table entry smaller than the layout allows is refused at map
  * time: free's fast path relies on every mapped segment being at least
  * SHM_SEG_MIN_SIZE. */
+/* A scribbler's cycle in the control segment: a recycler whose one bundle
+ * links to itself, and whose object links to itself. verify ends, reports
+ * it, and collects no more objects than the slabs have handed out (its
+ * memory stays bounded by the heap's live objects). */
+START_TEST(layout_verify_cycle_bounded)
+{
+    struct verify_report *rep = calloc(1, sizeof(*rep));
+    unsigned cls = sizeclass_of(64);
+    struct test_heap t;
+    struct ctl_header *c;
+    uint64_t *p, off;
+
+    ck_assert_ptr_nonnull(rep);
+    th_create(&t, NULL, SHM_PAGES_OFF);
+    p = heap_malloc(t.h, 64);
+    ck_assert_ptr_nonnull(p);
+    off = heap_to_off(t.h, p);
+    c = heap_ctl(t.h);
+    p[0] = off;                        /* the bundle's list: itself, forever */
+    p[1] = bundle_link(off, 65535, 1); /* the next bundle: itself */
+    c->rec[cls].head.s.off = off;
+    ck_assert_int_eq(heap_verify(t.h, rep), 0);
+    ck_assert(!rep->consistent);
+    ck_assert(!rep->counts_checked);
+    ck_assert_uint_lt(rep->checked_objects, 65535);
+    ck_assert_uint_ge(rep->nproblems, 2);
+    c->rec[cls].head.s.off = 0; /* let the heap go cleanly */
+    free(rep);
+    th_destroy(&t);
+}
+END_TEST
+
 START_TEST(layout_segment_too_small)
 {
     struct shm_config cfg;
@@ -388,6 +420,7 @@ Suite *layout_suite(void)
     tcase_add_test(tc, layout_bad_config);
     tcase_add_test(tc, layout_segment_limits_are_the_owners);
     tcase_add_test(tc, layout_segment_too_small);
+    tcase_add_test(tc, layout_verify_cycle_bounded);
     tcase_set_timeout(tc, 30);
     suite_add_tcase(s, tc);
     return s;
