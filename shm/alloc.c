@@ -79,8 +79,12 @@ malloc_class_slow(struct heap *h, struct tcache *tc, unsigned cls)
     }
     p = obj_words(h, bin_off(w));
     /* The tag before the pop (see obj_tag() in internal.h): ours already
-     * unless the object is one of the last refill's. */
-    tag_ours(obj_tag(h, bin_off(w), cls), tc->owner_tag);
+     * unless the object is one of the last refill's (then a store, as in
+     * malloc_pop_untagged). */
+    if (bin_count(w) <= load_relaxed(&bin->untagged))
+        store_relaxed(obj_tag(h, bin_off(w), cls), tc->owner_tag);
+    else
+        tag_ours(obj_tag(h, bin_off(w), cls), tc->owner_tag);
     compiler_barrier();
     store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
     if (bin_count(w) <= load_relaxed(&bin->untagged))
@@ -178,7 +182,11 @@ malloc_pop_untagged(struct heap *h, struct tcache *tc, unsigned cls)
     uint64_t w = load_relaxed(&bin->head), *p = obj_words(h, bin_off(w));
     uint32_t ops = load_relaxed(&s->ops) + 1;
 
-    tag_ours(obj_tag(h, bin_off(w), cls), tc->owner_tag);
+    /* A store, not tag_ours(): the tag is 0 (the recycler's or the slab's)
+     * unless the count is stale, and a load first would fetch the line
+     * shared, then again to write it (the line is often another
+     * process's: in W4 the consumer's, which freed the bundle). */
+    store_relaxed(obj_tag(h, bin_off(w), cls), tc->owner_tag);
     compiler_barrier();
     store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
     store_relaxed(&bin->untagged, bin_count(w) - 1);
