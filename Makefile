@@ -42,6 +42,13 @@ override CFLAGS  += -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-reco
 override LDFLAGS += -fsanitize=$(SAN)
 endif
 
+# make PERCPU=1 (best in its own B=, e.g. build-percpu): the per-CPU caches of
+# shm/percpu.h on malloc's and free's fast paths, a prototype (docs/ARCHITECTURE.md,
+# "Per-CPU caches"). Without it they are built but entered only by tests.
+ifdef PERCPU
+override CPPFLAGS += -DSHMHEAP_PERCPU
+endif
+
 # Every object is position-independent (the client shared library takes in the shm
 # objects) and everything is built and linked with -pthread.
 COMPILE = $(CC) $(BASE) $(WARN) -fPIC -pthread $(DIR_CPPFLAGS) $(CPPFLAGS) $(CFLAGS) $(DIR_CFLAGS)

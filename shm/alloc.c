@@ -21,6 +21,9 @@
 #include <unistd.h>
 
 #include "shm/internal.h"
+#ifdef SHMHEAP_PERCPU
+#    include "shm/percpu.h"
+#endif
 
 /* Under TSan: an object changes hands through the allocator, possibly
  * through another process TSan cannot see (freed here, reallocated there,
@@ -208,6 +211,17 @@ void *heap_malloc(struct heap *h, size_t size)
         struct cache_bin *bin = &s->bins[cls];
         uint64_t w;
 
+#ifdef SHMHEAP_PERCPU
+        /* The per-CPU caches first (percpu.h); NULL: the thread cache. */
+        if (likely(cls < PCPU_NCLASSES)) {
+            void *p = percpu_malloc_fast(h, tc, cls);
+
+            if (likely(p != NULL)) {
+                tsan_object_handoff(p);
+                return p;
+            }
+        }
+#endif
         if (slot_enter_fast(s) && likely(bin_off(w = load_relaxed(&bin->head)) != 0)) {
             uint64_t *p = obj_words(h, bin_off(w));
             uint32_t ops = load_relaxed(&s->ops) + 1;
@@ -386,6 +400,11 @@ void heap_free(struct heap *h, void *p)
         if (unlikely(!object_tag_fast(h, p, rel, cls, &tag)))
             goto slow; /* not an object's start: counted there */
         tsan_object_handoff(p);
+#ifdef SHMHEAP_PERCPU
+        /* The per-CPU caches first (percpu.h): they keep their own tags. */
+        if (likely(cls < PCPU_NCLASSES) && likely(percpu_free_fast(h, tc, off, cls)))
+            return;
+#endif
         /* Ours before the push: a death between the two leaves it out of
          * our cache and tagged ours, which the sweep frees (as its caller
          * asked). Before the slot is entered, so that the tag's load is

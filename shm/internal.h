@@ -80,6 +80,13 @@ struct heap {
      * class boundary there is a multiple of 16 (malloc's fast path). */
     uint8_t class_by_16[65];
     uint32_t bundle_n[SHM_NCLASSES]; /* objects per bundle */
+    /* The per-CPU caches (percpu.h): their first cache in this mapping,
+     * NULL until percpu_attach() found the area (release/acquire); the
+     * CPUs they cover; whether this process looked for the area yet. */
+    char *pcpu_caches;
+    uint32_t pcpu_ncpus;
+    uint32_t pcpu_tried;
+    uint64_t pcpu_missed_ns; /* when the figures last found no area (percpu_counts) */
     struct seg_map segs[SHM_MAX_SEGMENTS];
 };
 

@@ -4,6 +4,7 @@
 #include <linux/magic.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -264,4 +265,40 @@ uint64_t os_dir_page_size(int dir_fd)
     if (fstatfs(dir_fd, &sf) == 0 && (uint64_t) sf.f_type == HUGETLBFS_MAGIC)
         return (uint64_t) sf.f_bsize;
     return 4096;
+}
+
+int os_affinity_save(cpu_set_t *ret_set)
+{
+    if (sched_getaffinity(0, sizeof(*ret_set), ret_set) < 0)
+        return -errno;
+    return 0;
+}
+
+int os_pin_cpu(unsigned cpu)
+{
+    cpu_set_t set;
+
+    if (cpu >= CPU_SETSIZE)
+        return -EINVAL;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    /* On return the calling thread runs on cpu: the kernel migrates it
+     * before it goes back to user space. */
+    if (sched_setaffinity(0, sizeof(set), &set) < 0)
+        return -errno;
+    return 0;
+}
+
+int os_affinity_restore(const cpu_set_t *set)
+{
+    if (sched_setaffinity(0, sizeof(*set), set) < 0)
+        return -errno;
+    return 0;
+}
+
+int os_current_cpu(void)
+{
+    int cpu = sched_getcpu();
+
+    return cpu < 0 ? -errno : cpu;
 }

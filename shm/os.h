@@ -4,6 +4,7 @@
 #define SHM_OS_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -61,5 +62,13 @@ int os_file_open_read_only(int dir_fd, const char *name);
 uint64_t os_dir_page_size(int dir_fd);
 uint64_t os_now_ns(void);
 int os_tid(void);
+
+/* The calling thread's CPU affinity (the per-CPU caches' drain, percpu.c):
+ * save it, pin the thread to one CPU (-EINVAL when its cpuset forbids that
+ * CPU), put the saved set back; and the CPU it runs on now (-errno). */
+int os_affinity_save(cpu_set_t *ret_set);
+int os_pin_cpu(unsigned cpu);
+int os_affinity_restore(const cpu_set_t *set);
+int os_current_cpu(void);
 
 #endif

@@ -28,6 +28,7 @@
 
 #include "shm/internal.h"
 #include "shm/os.h"
+#include "shm/percpu.h"
 
 /* Large objects collected under the lock, freed after it. */
 #define SWEEP_BATCH 256u
@@ -187,6 +188,19 @@ static int sweep_owner(struct heap *h, uint32_t index, struct heap_owned_reclaim
                 return -EAGAIN;
             }
             (void) usleep(1000);
+        }
+    }
+    /* Objects in the per-CPU caches may carry its tag too (a pop aborted
+     * after its tag store, a free that kept the tag): the caches are
+     * emptied first, clearing the tags on the way. A CPU we cannot run on
+     * may hold some: no sweep until one can (percpu.c). */
+    {
+        uint64_t left;
+
+        (void) percpu_drain_all(h, &left);
+        if (left) {
+            store_release(&e->sweeper, 0); /* as below */
+            return -EAGAIN;
         }
     }
     (void) heap_sync_segments(h);

@@ -7,6 +7,7 @@
 
 #include "shm/internal.h"
 #include "shm/os.h"
+#include "shm/percpu.h"
 
 /* Adds every slot's counters and bins to the figures. */
 static void stats_add_slots(struct ctl_header *c, struct heap_stats *ret)
@@ -33,6 +34,23 @@ static void stats_add_slots(struct ctl_header *c, struct heap_stats *ret)
             cs->rec_retries += load_relaxed(&b->rec_retries);
         }
     }
+}
+
+/* Adds the per-CPU caches (percpu.c): their objects in use and cached.
+ * Their allocations were counted in the slots' ticks, and the slots count
+ * as freed whatever they allocated that is not in their bins: take off
+ * what is in use through the CPU caches. */
+static uint64_t stats_add_percpu(struct heap *h, struct heap_stats *ret)
+{
+    uint64_t in_use[SHM_NCLASSES] = {0}, cached[SHM_NCLASSES] = {0};
+    uint64_t area = percpu_counts(h, in_use, cached);
+
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        ret->classes[cls].in_use += in_use[cls];
+        ret->classes[cls].cached += cached[cls];
+        ret->frees -= in_use[cls];
+    }
+    return area;
 }
 
 /* Adds every mapped segment's figures. */
@@ -68,6 +86,7 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
 {
     struct ctl_header *c;
     uint64_t in_use; /* wraps: the counters are any process's to write */
+    uint64_t pcpu_area;
 
     if (!h || !ret)
         return -EINVAL;
@@ -87,6 +106,7 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
         ret->frees += load_relaxed(&c->rec[cls].reclaimed);
     }
     stats_add_slots(c, ret);
+    pcpu_area = stats_add_percpu(h, ret);
     /* A free a slab refused was counted by the cache that took it: it is
      * not a free. */
     ret->frees -= load_relaxed(&c->refused_frees);
@@ -100,6 +120,8 @@ int heap_stats(struct heap *h, struct heap_stats *ret)
     if (os_fstat_size(h->ctl_fd, NULL, &ret->bytes_committed) < 0)
         ret->bytes_committed = c->ctl_size;
     stats_add_segments(h, ret);
+    /* The per-CPU caches' area is a large object, the allocator's own. */
+    ret->bytes_in_use -= ret->bytes_in_use < pcpu_area ? ret->bytes_in_use : pcpu_area;
     /* The peak is sampled by threads every TCACHE_TICK operations and on
      * flushes; the snapshot taken here counts too. */
     ret->peak_bytes_in_use = ctl_raise_peak(c, ret->bytes_in_use);

@@ -14,6 +14,7 @@
 
 #include "shm/internal.h"
 #include "shm/os.h"
+#include "shm/percpu.h"
 
 /* Takes an idle live slot and drains it for generation gen; false if its
  * owner is busy (it will flush itself) or another trimmer has it. */
@@ -90,6 +91,8 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
             break;
         sleep_ms(1);
     }
+    /* The per-CPU caches empty into the recyclers, which go to the slabs. */
+    (void) percpu_drain_all(h, NULL);
     tcache_drain_recyclers(h);
     reclaim_busy_all(h);
     retain = load_relaxed(&c->config.retain_empty_blocks);

@@ -29,6 +29,7 @@
 
 #include "shm/internal.h"
 #include "shm/os.h"
+#include "shm/percpu.h"
 
 struct verify_ctx {
     struct heap *h;
@@ -392,7 +393,8 @@ int heap_verify(struct heap *h, struct verify_report *ret)
 {
     struct verify_ctx v = {.h = h, .rep = ret};
     uint64_t out[SHM_NCLASSES] = {0}, cached = 0, in_use = 0, recycled = 0, total_out = 0;
-    uint64_t refused = load_relaxed(&h->ctl->refused_frees);
+    uint64_t refused = load_relaxed(&h->ctl->refused_frees), pcpu_left = 0;
+    uint64_t pcpu_in_use[SHM_NCLASSES] = {0}, pcpu_cached[SHM_NCLASSES] = {0};
     uint32_t taken[SHM_MAX_SLOTS], ntaken = 0;
     struct popped *pops = NULL;
     size_t npops = 0, popcap = 0;
@@ -405,6 +407,10 @@ int heap_verify(struct heap *h, struct verify_report *ret)
     memset(ret, 0, sizeof(*ret));
     ret->consistent = true;
     (void) heap_sync_segments(h);
+    /* The per-CPU caches are emptied first (percpu.c: through our own
+     * cache to the recyclers, both walked below); what a CPU we may not
+     * run on keeps is counted below, not walked. */
+    (void) percpu_drain_all(h, &pcpu_left);
     v.max_seen = seen_bound(h);
     verify_ctl(&v);
     /* Freeze the caches: take every slot (dead owners' too). */
@@ -503,7 +509,10 @@ int heap_verify(struct heap *h, struct verify_report *ret)
         for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
             in_use += load_relaxed(&c->slots[i].bins[cls].net) -
                       bin_count(load_relaxed(&c->slots[i].bins[cls].head));
+    percpu_counts(h, pcpu_in_use, pcpu_cached);
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        in_use += pcpu_in_use[cls];
+        cached += pcpu_cached[cls];
         total_out += out[cls];
         refused += load_relaxed(&c->rec[cls].refused);
         in_use -= load_relaxed(&c->rec[cls].reclaimed); /* counted by no cache */

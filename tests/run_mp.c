@@ -17,6 +17,7 @@ int main(void)
     srunner_add_suite(sr, death_suite());
     srunner_add_suite(sr, trim_idle_suite());
     srunner_add_suite(sr, adopt_suite());
+    srunner_add_suite(sr, percpu_death_suite());
     if (!getenv("CK_FORK"))
         srunner_set_fork_status(sr, CK_FORK);
     srunner_run_all(sr, CK_ENV);

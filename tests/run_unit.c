@@ -16,6 +16,7 @@ int main(void)
             owned_suite,   wire_suite,      words_suite,
             release_suite,
             utf8_suite,
+            percpu_suite,
     };
     SRunner *sr = srunner_create(NULL);
     int failed;

@@ -20,5 +20,6 @@ Suite *owned_suite(void);
 Suite *wire_suite(void);
 Suite *words_suite(void);
 Suite *utf8_suite(void); /* check_utf8.c: config/utf8.c */
+Suite *percpu_suite(void); /* check_percpu.c: shm/percpu.c, the per-CPU caches */
 
 #endif
