@@ -331,6 +331,15 @@ void tcache_settle_handoff(struct heap *h, struct cache_slot *s)
     tcache_return_handoff(h, &s->handoff);
 }
 
+/* A refill filled the (empty) bin: its objects carry no tag yet. malloc
+ * tags each before its pop (alloc.c): a walk here would take a cache miss
+ * per object back to back (the recycler's come from other threads and
+ * processes) where the pops spread them out. */
+static void bin_refilled(struct cache_bin *bin)
+{
+    store_relaxed(&bin->untagged, bin_count(load_relaxed(&bin->head)));
+}
+
 int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
 {
     struct cache_bin *bin = &tc->slot->bins[cls];
@@ -347,6 +356,7 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
     if (first) {
         store_relaxed(&bin->head, bin_word(first, count));
         bin_net_add(bin, count);
+        bin_refilled(bin);
         return 0;
     }
     for (int attempt = 0; attempt < 4; attempt++) {
@@ -362,6 +372,7 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
             r = slab_take(h, m, cls, n, bin, NULL);
             if (r > 0) {
                 store_relaxed(&h->seg_hint, i); /* a hint: any value works */
+                bin_refilled(bin);
                 return 0;
             }
             if (r < 0)
