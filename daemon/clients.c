@@ -216,7 +216,7 @@ void clients_detach(struct client *cl)
      * goes (clients_detach_swept); a connection that dropped while its
      * attachment lives keeps its owner entry, and the record stays until
      * the process exits. */
-    if (work_reclaim_detached(d, cl->id) < 0) {
+    if (work_reclaim_detached(d, cl->id, cl->peer.pid) < 0) {
         cl->held = true;
         log_warning("client %" PRIu64 ": cannot schedule freeing its private objects now; they "
                     "go when it exits",

@@ -225,8 +225,10 @@ struct daemon {
     int seg_fds[SHM_MAX_SEGMENTS];
     uint64_t seg_size[SHM_MAX_SEGMENTS]; /* as created: the daemon's own record */
     uint32_t seg_page[SHM_MAX_SEGMENTS];
-    uint32_t nsegs;    /* entries in seg_fds, the control segment included */
-    struct heap *heap; /* the daemon's own attachment (client id 0) */
+    uint32_t nsegs;                         /* entries in seg_fds, the control segment included */
+    struct heap *heap;                      /* the daemon's own attachment (client id 0) */
+    struct heap_lock_report locks_logged;   /* what owner_lock_report has logged so far */
+    struct heap_lock_report locks_verified; /* and what verify has reported */
 
     /* Restart (fdstore.c, statedir.c, adopt.c). */
     int stored_fds[SHM_MAX_SEGMENTS]; /* passed back by systemd's fd store, by index; -1 */
@@ -259,6 +261,11 @@ struct daemon {
 
 /* ---- log.c ---- */
 /* Levels are syslog's (LOG_ERR .. LOG_DEBUG from <syslog.h>). */
+/* The longest the daemon waits for a segment's lock (owner.c,
+ * heap_guard_locks): a holder keeps it for microseconds; a word a client
+ * wrote, or a client stopped holding it, fails the operation instead. */
+#define DAEMON_LOCK_WAIT_MS 2000u
+
 void log_init(void);
 void log_set_level(uint32_t level);
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -287,6 +294,10 @@ void owner_publish_config(struct daemon *d);
 /* Adds to rep what of the header page and the segment table disagrees with
  * the daemon's own records (config, segment fds and sizes). */
 void owner_verify(struct daemon *d, struct verify_report *rep);
+/* Logs what the daemon's guarded segment locks found since the last call
+ * (a lock word naming a thread that does not exist, a written kind, a lock
+ * held past DAEMON_LOCK_WAIT_MS), and with rep, reports it there too. */
+void owner_lock_report(struct daemon *d, struct verify_report *rep);
 
 /* ---- fdstore.c: systemd's file descriptor store ---- */
 /* Takes every fd systemd passed (sd_listen_fds_with_names): stored
@@ -483,7 +494,7 @@ int work_verify(struct daemon *d, struct conn *c);
 int work_reclaim(struct daemon *d, struct client *cl);
 /* Frees the private objects of client_id's detached attachments (its
  * process lives on; their mappings are gone). */
-int work_reclaim_detached(struct daemon *d, uint64_t client_id);
+int work_reclaim_detached(struct daemon *d, uint64_t client_id, pid_t pid);
 /* (Re)arms the periodic trim by cfg.shm.trim_interval_ms. */
 void work_trim_timer_update(struct daemon *d);
 /* Runs heap_release(req) in the pool (req and its slot list are copied);

@@ -198,9 +198,16 @@ static int owner_attach(struct daemon *d)
                                .open_header = hook_open_header};
     int r = heap_attach(d->ctl_fd, &hooks, 0, &d->heap);
 
-    if (r < 0)
+    if (r < 0) {
         log_error("cannot attach to the heap: %s", strerror(-r));
-    return r;
+        return r;
+    }
+    /* A segment's lock word is any client's to write: the daemon never
+     * waits on it forever nor lets glibc abort on it (shm/os.c). */
+    heap_guard_locks(d->heap, DAEMON_LOCK_WAIT_MS);
+    memset(&d->locks_logged, 0, sizeof(d->locks_logged));
+    memset(&d->locks_verified, 0, sizeof(d->locks_verified));
+    return 0;
 }
 
 /* A new, empty heap: the control segment and the first heap segment. */
@@ -421,4 +428,42 @@ void owner_verify(struct daemon *d, struct verify_report *rep)
                                 i, load_relaxed(&e->state), load_relaxed(&e->size));
     }
     pthread_mutex_unlock(&d->seg_lock);
+}
+
+void owner_lock_report(struct daemon *d, struct verify_report *rep)
+{
+    struct heap_lock_report now, *was = &d->locks_logged;
+
+    if (!d->heap)
+        return;
+    heap_lock_report(d->heap, &now);
+    if (now.dead_words != was->dead_words)
+        log_warning("segment %" PRIu32 ": its lock word named thread %" PRIu32
+                    ", which does not exist (written by a client): taken as a dead holder's and "
+                    "recovered (%" PRIu64 " times in all)",
+                    now.last_seg, now.last_tid, now.dead_words);
+    if (now.kinds_fixed != was->kinds_fixed)
+        log_warning("segment %" PRIu32 ": its lock's kind field was written by a client: restored "
+                    "(%" PRIu64 " times in all)",
+                    now.last_seg, now.kinds_fixed);
+    if (now.timeouts != was->timeouts)
+        log_warning("segment %" PRIu32 ": its lock stayed taken over %u ms; the operation that "
+                    "needed it failed (%" PRIu64 " times in all)",
+                    now.last_seg, DAEMON_LOCK_WAIT_MS, now.timeouts);
+    if (rep) {
+        /* verify reports what happened since the last verify. */
+        if (now.dead_words != d->locks_verified.dead_words)
+            heap_verify_problem(rep,
+                                "segment %" PRIu32 ": lock word named thread %" PRIu32
+                                ", which does not exist; recovered as a dead holder's",
+                                now.last_seg, now.last_tid);
+        if (now.kinds_fixed != d->locks_verified.kinds_fixed)
+            heap_verify_problem(rep, "segment %" PRIu32 ": lock kind written; restored",
+                                now.last_seg);
+        if (now.timeouts != d->locks_verified.timeouts)
+            heap_verify_problem(rep, "segment %" PRIu32 ": lock held over %u ms", now.last_seg,
+                                DAEMON_LOCK_WAIT_MS);
+        d->locks_verified = now;
+    }
+    *was = now;
 }

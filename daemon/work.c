@@ -28,6 +28,7 @@ struct job {
     struct conn *conn;  /* who asked (NULL: the periodic timer) */
     struct client *cl;  /* JOB_RECLAIM */
     uint64_t client_id; /* JOB_RECLAIM, copied for the worker */
+    uint32_t pid;       /* JOB_RECLAIM*: the client's process, from its peer credentials */
     bool exit_seen;     /* JOB_RECLAIM: its process has exited for sure */
     bool held;          /* JOB_RECLAIM_DETACHED: owner entries or caches remain */
     unsigned wait_ms;
@@ -58,12 +59,14 @@ static void work_cb(uv_work_t *req)
         j->arenas = heap_arena_destroy_session(h, j->client_id);
         /* After its caches: see heap_reclaim_owned(). Only a pidfd proves
          * the process gone; after a bare hang-up, only what it detached. */
-        j->r = heap_reclaim_owned(h, j->client_id, j->exit_seen, &j->owned);
+        j->r = heap_reclaim_owned_by(h, j->client_id, j->pid, j->exit_seen, &j->owned);
         break;
     case JOB_RECLAIM_DETACHED: {
         struct heap_client_usage u = {0};
 
-        j->r = heap_reclaim_owned(h, j->client_id, false, &j->owned);
+        /* Entries are matched by the daemon's pid, not only the id an
+         * entry claims: a written entry cannot steer the sweep. */
+        j->r = heap_reclaim_owned_by(h, j->client_id, j->pid, false, &j->owned);
         /* A clean detach leaves no owner entry and no cache: the client is
          * gone for good and takes its SESSION arenas with it. */
         (void) heap_client_usage(h, j->client_id, 0, &u);
@@ -112,8 +115,10 @@ static void after_work_cb(uv_work_t *req, int status)
         break;
     case JOB_VERIFY:
         /* On the loop thread: the daemon's own records are the loop's. */
-        if (j->r == 0)
+        if (j->r == 0) {
             owner_verify(d, j->verify);
+            owner_lock_report(d, j->verify);
+        }
         op_verify_done(j->conn, j->r, j->verify);
         break;
     case JOB_RECLAIM:
@@ -136,6 +141,8 @@ static void after_work_cb(uv_work_t *req, int status)
         decay_released(d, j->r, &j->released, j->idle_slots, j->release.nidle);
         break;
     }
+    if (j->kind != JOB_VERIFY || j->r != 0)
+        owner_lock_report(d, NULL); /* the log says what the job's locks found */
     if (j->conn)
         conn_resume(j->conn);
     free(j->idle_slots);
@@ -190,7 +197,7 @@ int work_verify(struct daemon *d, struct conn *c)
     return job_start(d, j);
 }
 
-int work_reclaim_detached(struct daemon *d, uint64_t client_id)
+int work_reclaim_detached(struct daemon *d, uint64_t client_id, pid_t pid)
 {
     struct job *j = calloc(1, sizeof(*j));
 
@@ -198,6 +205,7 @@ int work_reclaim_detached(struct daemon *d, uint64_t client_id)
         return -ENOMEM;
     j->kind = JOB_RECLAIM_DETACHED;
     j->client_id = client_id;
+    j->pid = pid > 0 ? (uint32_t) pid : 0;
     return job_start(d, j);
 }
 
@@ -210,6 +218,7 @@ int work_reclaim(struct daemon *d, struct client *cl)
     j->kind = JOB_RECLAIM;
     j->cl = cl;
     j->client_id = cl->id;
+    j->pid = cl->peer.pid > 0 ? (uint32_t) cl->peer.pid : 0;
     j->exit_seen = cl->exit_seen;
     return job_start(d, j);
 }

@@ -277,7 +277,7 @@ int heap_adopt_recover(struct heap *h, struct heap_adopt_report *ret)
         ret->max_client_id = load_relaxed(&c->client_id_next);
     /* A lock whose holder died while no owner ran is repaired by its next
      * holder (EOWNERDEAD): be that holder now. */
-    r = ctl_lock(c);
+    r = ctl_lock_for(h); /* the daemon's: guarded (shm/os.c) */
     if (r < 0)
         return r;
     ctl_unlock(c);

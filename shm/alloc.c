@@ -1,11 +1,21 @@
 /* The malloc family. The fast paths pop from and push to the calling
  * thread's cache (tcache.c); everything else is a slow path here.
  *
+ * Owner tags (see obj_tag() in internal.h): every object in a cache
+ * carries its owner's tag, except the last refill's objects not handed out
+ * yet (the bin's `untagged` count), which malloc tags before their pop.
+ * free makes the object's tag ours, writing it only when it is not (a
+ * shared object, or another owner's): nearly always we allocated it and
+ * never shared it, and then the tag line is only read, so a line holding
+ * other processes' objects' tags stays shared with them. So malloc's pop
+ * of an object that came back through free touches no tag.
+ *
  * Fast path of malloc: the tcache lookup (one TLS load, two compares), the
- * class (a shift for <= 128 bytes, a clz otherwise), then in the owner's
- * slot: busy = 1, a look at steal, pop the bin's head (its first word
- * links to the next), bump the alloc counter, busy = 0. Free reads the
- * block's metadata word for the class and pushes. */
+ * class (a table up to 1024 bytes, a clz above), then in the owner's slot:
+ * busy = 1, a look at steal, pop the bin's head (its first word links to
+ * the next), bump the ops counter, busy = 0. Free reads the block's
+ * metadata word for the class, checks that p is an object's start, makes
+ * its tag ours and pushes. */
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
@@ -30,6 +40,15 @@
 #endif
 
 static void *large_alloc(struct heap *h, size_t size, size_t align);
+
+/* Makes *tag ours, writing only if it is not (a tag line holds other
+ * objects' tags, maybe other processes': a store would take the line from
+ * them). */
+static inline __attribute__((always_inline)) void tag_ours(uint16_t *tag, uint16_t owner)
+{
+    if (unlikely(load_relaxed(tag) != owner))
+        store_relaxed(tag, owner);
+}
 
 static inline struct tcache *tcache_fast(struct heap *h)
 {
@@ -62,10 +81,17 @@ malloc_class_slow(struct heap *h, struct tcache *tc, unsigned cls)
         }
     }
     p = obj_words(h, bin_off(w));
-    /* The tag before the pop: see obj_tag() in internal.h. */
-    store_relaxed(obj_tag(h, bin_off(w), cls), tc->owner_tag);
+    /* The tag before the pop (see obj_tag() in internal.h): ours already
+     * unless the object is one of the last refill's (then a store, as in
+     * malloc_pop_untagged). */
+    if (bin_count(w) <= load_relaxed(&bin->untagged))
+        store_relaxed(obj_tag(h, bin_off(w), cls), tc->owner_tag);
+    else
+        tag_ours(obj_tag(h, bin_off(w), cls), tc->owner_tag);
     compiler_barrier();
     store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
+    if (bin_count(w) <= load_relaxed(&bin->untagged))
+        store_relaxed(&bin->untagged, bin_count(w) - 1);
     store_relaxed(&tc->slot->ops, load_relaxed(&tc->slot->ops) + 1);
     tcache_leave(tc);
     if (load_relaxed(&h->ctl->trim_gen) != tc->trim_gen_seen ||
@@ -108,12 +134,79 @@ static __attribute__((noinline)) void *malloc_slow(struct heap *h, size_t size)
     return malloc_class_slow(h, tc, sizeclass_of_inline(size));
 }
 
+/* The owner's side of the busy/steal protocol (tcache.c), for the fast
+ * paths: true if the slot is ours until slot_leave_fast(); false if a
+ * trimmer holds it (leave, and let the slow path wait). acquire: pairs
+ * with a trimmer's release of steal (tcache_steal_end), as in
+ * tcache_enter(). */
+static inline __attribute__((always_inline)) bool slot_enter_fast(struct cache_slot *s)
+{
+    store_relaxed(&s->busy, 1);
+    compiler_barrier();
+    return likely(!load_acquire(&s->steal));
+}
+
+/* tcache_leave() with the slot already in a register. release: publishes
+ * the bin to a trimmer that sees busy == 0 (pairs with tcache_steal_begin's
+ * acquire of busy). */
+static inline __attribute__((always_inline)) void slot_leave_fast(struct cache_slot *s)
+{
+    compiler_barrier();
+    store_release(&s->busy, 0);
+}
+
+/* The class of a small size (1..SHM_SMALL_MAX): sizeclass_of_inline(),
+ * with h's table up to 1024 bytes (one load from a register, where the clz
+ * takes ten instructions and the shift a branch of its own). */
+static inline __attribute__((always_inline)) unsigned class_of_fast(struct heap *h, size_t size)
+{
+    if (likely(size <= 1024))
+        return h->class_by_16[(size + 15) >> 4];
+    return sizeclass_of_inline(size);
+}
+
+/* Past TCACHE_TICK allocations: the tick, as a tail call that returns p,
+ * so that nothing of the fast path lives across a call. */
+static __attribute__((noinline)) void *malloc_tick(struct heap *h, struct tcache *tc, void *p)
+{
+    tcache_tick(h, tc);
+    return p;
+}
+
+/* The rest of a fast-path pop (the slot entered, the bin not empty) whose
+ * object is one of the last refill's, untagged: the tag before the pop
+ * (see obj_tag() in internal.h), the pop, the count of untagged objects
+ * down to what stays below it. */
+static __attribute__((noinline)) void *
+malloc_pop_untagged(struct heap *h, struct tcache *tc, unsigned cls)
+{
+    struct cache_slot *s = tc->slot;
+    struct cache_bin *bin = &s->bins[cls];
+    uint64_t w = load_relaxed(&bin->head), *p = obj_words(h, bin_off(w));
+    uint32_t ops = load_relaxed(&s->ops) + 1;
+
+    /* A store, not tag_ours(): the tag is 0 (the recycler's or the slab's)
+     * unless the count is stale, and a load first would fetch the line
+     * shared, then again to write it (the line is often another
+     * process's: in W4 the consumer's, which freed the bundle). */
+    store_relaxed(obj_tag(h, bin_off(w), cls), tc->owner_tag);
+    compiler_barrier();
+    store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
+    store_relaxed(&bin->untagged, bin_count(w) - 1);
+    store_relaxed(&s->ops, ops);
+    slot_leave_fast(s);
+    tsan_object_handoff(p);
+    if (unlikely(ops >= TCACHE_TICK))
+        tcache_tick(h, tc);
+    return p;
+}
+
 void *heap_malloc(struct heap *h, size_t size)
 {
     struct tcache *tc = tcache_fast(h);
 
     if (likely(tc && size - 1 < SHM_SMALL_MAX)) {
-        unsigned cls = sizeclass_of_inline(size);
+        unsigned cls = class_of_fast(h, size);
         struct cache_slot *s = tc->slot;
         struct cache_bin *bin = &s->bins[cls];
         uint64_t w;
@@ -129,38 +222,27 @@ void *heap_malloc(struct heap *h, size_t size)
             }
         }
 #endif
-        store_relaxed(&s->busy, 1);
-        compiler_barrier();
-        /* acquire: pairs with a trimmer's release of steal
-         * (tcache_steal_end), as in tcache_enter(). */
-        /* Classes whose slabs span blocks find their tags through the
-         * metadata: the slow path (a call here would cost every malloc
-         * its registers). */
-        if (likely(!load_acquire(&s->steal)) &&
-            likely(bin_off(w = load_relaxed(&bin->head)) != 0) && likely(h->tag_geo[cls].mul)) {
+        if (slot_enter_fast(s) && likely(bin_off(w = load_relaxed(&bin->head)) != 0)) {
             uint64_t *p = obj_words(h, bin_off(w));
             uint32_t ops = load_relaxed(&s->ops) + 1;
 
-            /* The object takes our tag, then one store pops it (offset
-             * and count share the word; the allocation is counted by the
-             * tick's own counter). Tag first: see obj_tag(). */
-            uint64_t next = p[0];
-            uint16_t *tag = obj_tag_at(h, p, cls);
-
-            /* The link is read before the tag's store, whose address comes
-             * late (a multiply): the load must not wait behind it. */
-            compiler_barrier();
-            store_relaxed(tag, tc->owner_tag);
-            compiler_barrier();
-            store_relaxed(&bin->head, bin_word(next, bin_count(w) - 1));
+            /* One of the last refill's objects (the bottom `untagged` of
+             * the list): tagged before the pop, by a tail call (a tag
+             * here would cost every malloc its registers). */
+            if (unlikely(bin_count(w) <= load_relaxed(&bin->untagged)))
+                return malloc_pop_untagged(h, tc, cls);
+            /* One store pops (offset and count share the word; the
+             * allocation is counted by the tick's own counter). The
+             * object carries our tag already. */
+            store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
             store_relaxed(&s->ops, ops);
-            tcache_leave(tc);
-            if (unlikely(ops >= TCACHE_TICK))
-                tcache_tick(h, tc);
+            slot_leave_fast(s);
             tsan_object_handoff(p);
+            if (unlikely(ops >= TCACHE_TICK))
+                return malloc_tick(h, tc, p);
             return p;
         }
-        tcache_leave(tc);
+        slot_leave_fast(s);
         return malloc_class_slow(h, tc, cls);
     }
     return malloc_slow(h, size);
@@ -253,6 +335,11 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
         tc->free_tick = tc->free_tick > n ? tc->free_tick - n : 0;
     }
     w = load_relaxed(&bin->head);
+    /* Tagged ours, then pushed: a death between the two leaves it out of
+     * our cache and tagged ours, which the sweep frees (as its caller
+     * asked). */
+    tag_ours(obj_tag(h, off, cls), tc->owner_tag);
+    compiler_barrier();
     obj_words(h, off)[0] = bin_off(w);
     store_relaxed(&bin->head, bin_word(off, bin_count(w) + 1));
     tcache_leave(tc);
@@ -262,58 +349,86 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
     }
 }
 
+/* The block's metadata word of heap offset off (< SHM_VA_SPAN), or 0 if
+ * its segment is not mapped here (nblocks 0) or the block is past its end;
+ * *ret_blk: the block's index. The word's address comes from the offset
+ * alone (the array is at SHM_META_OFF in every segment), off the chain of
+ * dependent loads. The acquire of nblocks pairs with heap_map_segment's
+ * release (heap.c), stored once the segment is mapped. */
+static inline __attribute__((always_inline)) uint64_t
+meta_word_fast(struct heap *h, uint64_t off, uint64_t *ret_blk)
+{
+    uint64_t blk = (off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT;
+
+    if (unlikely(blk >= load_acquire(&h->segs[off >> SHM_SEG_SHIFT].nblocks)))
+        return 0;
+    *ret_blk = blk;
+    return load_relaxed((uint64_t *) (h->base + (off & ~SHM_OFF_MASK) + SHM_META_OFF) + blk);
+}
+
+/* Whether p, rel bytes into its slab of class cls, is an object's start;
+ * if so *ret_tag is its owner tag (see struct heap's cls_geo). */
+static inline __attribute__((always_inline)) bool
+object_tag_fast(struct heap *h, char *p, uint64_t rel, unsigned cls, uint16_t **ret_tag)
+{
+    const struct cls_geo *g = &h->cls_geo[cls];
+    uint64_t idx = (rel * g->div_mul) >> 40;
+
+    *ret_tag = (uint16_t *) (p - rel + g->tags_off) + idx;
+    return likely(idx * g->size == rel) && likely(idx < g->capacity);
+}
+
 void heap_free(struct heap *h, void *p)
 {
     struct tcache *tc = tcache_fast(h); /* NULL for a NULL h */
-    uint64_t off = tc ? ptr_off(h, p) : UINT64_MAX, w;
-    struct seg_map *m;
+    uint64_t off = tc ? ptr_off(h, p) : UINT64_MAX, w, blk = 0;
 
-    /* The block's metadata word, inline and without out-parameters (the
-     * slow path's block_of() does the same with its checks spelled out).
-     * Its address comes from the offset alone (the array is at
-     * SHM_META_OFF in every segment), off the chain of dependent loads;
-     * a mapped segment (meta set) is at least SHM_SEG_MIN_SIZE, so even a
-     * block index past nblocks reads inside the mapping before it is
-     * refused. The acquire of meta pairs with heap_map_segment's release
-     * (heap.c); that of steal, with a trimmer's release (tcache.c). */
     if (likely(off < SHM_VA_SPAN) &&
-        likely(load_acquire(&(m = &h->segs[off >> SHM_SEG_SHIFT])->meta) != NULL) &&
-        (w = load_relaxed((uint64_t *) (h->base + (off & ~SHM_OFF_MASK) + SHM_META_OFF) +
-                          ((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT)),
-         likely(((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT) < m->nblocks)) &&
-        likely(meta_state(w) == BLK_SLAB || meta_state(w) == BLK_SLAB_TAIL)) {
+        (w = meta_word_fast(h, off, &blk),
+         likely(meta_state(w) == BLK_SLAB) || likely(meta_state(w) == BLK_SLAB_TAIL))) {
         unsigned cls = meta_class(w);
         struct cache_slot *s = tc->slot;
         struct cache_bin *bin = &s->bins[cls];
-        uint64_t blk = (off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT, head;
         /* Bytes from the slab's start: a tail block knows its distance. */
         uint64_t rel =
-                (off & SHM_OFF_MASK) -
-                ((blk - (meta_state(w) == BLK_SLAB_TAIL ? meta_len(w) : 0)) << SHM_BLOCK_SHIFT);
+                (off & (SHM_BLOCK_SIZE - 1)) +
+                ((uint64_t) (meta_state(w) == BLK_SLAB_TAIL ? meta_len(w) : 0) << SHM_BLOCK_SHIFT);
+        uint16_t *tag;
+        uint64_t head;
+        uint32_t cap;
 
-        if (unlikely(!sizeclass_is_object(cls, rel)))
+        if (unlikely(!object_tag_fast(h, p, rel, cls, &tag)))
             goto slow; /* not an object's start: counted there */
         tsan_object_handoff(p);
 #ifdef SHMHEAP_PERCPU
+        /* The per-CPU caches first (percpu.h): they keep their own tags. */
         if (likely(cls < PCPU_NCLASSES) && likely(percpu_free_fast(h, tc, off, cls)))
             return;
 #endif
-        store_relaxed(&s->busy, 1);
-        compiler_barrier();
-        head = load_relaxed(&bin->head);
-        /* acquire: pairs with a trimmer's release of steal (tcache.c). */
-        if (likely(!load_acquire(&s->steal)) && likely(bin_off(head) != off) &&
-            likely(bin_count(head) < load_relaxed(&h->bin_cap[cls]))) {
-            /* One store pushes; the free is counted by the count itself
-             * (objects in use = bin net - count). */
-            ((uint64_t *) p)[0] = bin_off(head);
-            store_relaxed(&bin->head, bin_word(off, bin_count(head) + 1));
-            tcache_leave(tc);
-            /* No tick here: malloc ticks, and a thread that only frees
-             * reaches the slow path (a full bin) often enough. */
-            return;
+        /* Ours before the push: a death between the two leaves it out of
+         * our cache and tagged ours, which the sweep frees (as its caller
+         * asked). Before the slot is entered, so that the tag's load is
+         * off the chain from one operation's head word to the next one's;
+         * should the slow path come to it, it finds the tag ours. */
+        tag_ours(tag, h->owner_tag);
+        cap = load_relaxed(&h->bin_cap[cls]);
+        /* Settled here, so that h and cls need not stay live across the
+         * slot's entry. */
+        __asm__("" : "+r"(cap));
+        if (slot_enter_fast(s)) {
+            head = load_relaxed(&bin->head);
+            if (likely(bin_off(head) != off) && likely(bin_count(head) < cap)) {
+                /* One store pushes; the free is counted by the count
+                 * itself (objects in use = bin net - count). */
+                ((uint64_t *) p)[0] = bin_off(head);
+                store_relaxed(&bin->head, bin_word(off, bin_count(head) + 1));
+                slot_leave_fast(s);
+                /* No tick here: malloc ticks, and a thread that only frees
+                 * reaches the slow path (a full bin) often enough. */
+                return;
+            }
         }
-        tcache_leave(tc);
+        slot_leave_fast(s);
     }
 slow:
     free_slow(h, p);

@@ -86,9 +86,14 @@ int heap_attach(int ctl_fd,
     h->seg_hint = 1;
     sizeclass_init();
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
-        h->tag_geo[cls].off = sizeclass_info[cls].geo.tags_off;
-        h->tag_geo[cls].mul = sizeclass_info[cls].tag_mul;
+        h->cls_geo[cls].div_mul = sizeclass_info[cls].div_mul;
+        h->cls_geo[cls].size = sizeclass_info[cls].geo.size;
+        h->cls_geo[cls].capacity = sizeclass_info[cls].geo.capacity;
+        h->cls_geo[cls].tags_off = sizeclass_info[cls].geo.tags_off;
+        h->cls_geo[cls].tag_mul = sizeclass_info[cls].tag_mul;
     }
+    for (unsigned i = 1; i <= 64; i++)
+        h->class_by_16[i] = (uint8_t) sizeclass_of_inline((size_t) i * 16);
     pthread_mutex_init(&h->local_lock, NULL);
     r = heap_sync_segments(h);
     if (r < 0)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "shm/internal.h"
+#include "shm/os.h"
 
 int ctl_check_page(const struct ctl_header *c)
 {
@@ -46,6 +47,23 @@ int ctl_lock(struct ctl_header *c)
 {
     int r = pthread_mutex_lock(&c->lock);
 
+    if (r == EOWNERDEAD) {
+        ctl_recover(c);
+        r = pthread_mutex_consistent(&c->lock);
+    }
+    return -r;
+}
+
+int ctl_lock_for(struct heap *h)
+{
+    struct ctl_header *c = h->ctl;
+    struct os_lock_guard g;
+    int r;
+
+    if (!h->lock_wait_ms)
+        return ctl_lock(c);
+    r = os_mutex_lock_guarded(&c->lock, h->lock_wait_ms, &g);
+    heap_lock_note(h, 0, &g, r);
     if (r == EOWNERDEAD) {
         ctl_recover(c);
         r = pthread_mutex_consistent(&c->lock);

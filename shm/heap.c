@@ -7,7 +7,8 @@
  * an offset is a pointer minus base, and the reverse is one add. Segments
  * are mapped in index order; h->nmapped is stored with release after a
  * segment's seg_map is complete and loaded with acquire by readers, and
- * each seg_map's meta pointer likewise (free's fast path reads it). */
+ * each seg_map's nblocks and meta pointer likewise (free's fast path reads
+ * nblocks). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -34,6 +35,7 @@ int heap_map_segment(struct heap *h, uint32_t index)
         char *addr = h->base + ((uint64_t) i << SHM_SEG_SHIFT);
         struct seg_map m;
         uint64_t *meta;
+        uint32_t nblocks;
         int fd;
 
         if (i >= ctl_nsegments(h->ctl)) {
@@ -72,10 +74,14 @@ int heap_map_segment(struct heap *h, uint32_t index)
             os_advise_hugepage(addr, size);
         seg_map_init(&m, addr, fd, i);
         meta = m.meta;
+        nblocks = m.nblocks;
         m.meta = NULL;
+        m.nblocks = 0;
         h->segs[i] = m;
-        /* release, meta last: pairs with heap_mapped() and heap_nmapped()
-         * (internal.h) and with free's fast path (alloc.c). */
+        /* release, nblocks then meta: free's fast path (alloc.c) reads
+         * nblocks alone (0: not mapped here); everyone else reads meta
+         * (heap_mapped(), internal.h), after which nblocks is set. */
+        store_release(&h->segs[i].nblocks, nblocks);
         store_release(&h->segs[i].meta, meta);
         store_release(&h->nmapped, i + 1);
     }

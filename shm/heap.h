@@ -210,6 +210,21 @@ struct heap_track {
 /* NULL: untracked (the default). */
 void heap_set_track(struct heap *h, const struct heap_track *track);
 
+/* For an attachment that trusts nothing in shared memory (the daemon's):
+ * a segment lock is waited for at most wait_ms (then the operation fails
+ * with -ETIMEDOUT), and a lock word a client wrote never hangs or aborts
+ * the process (os_mutex_lock_guarded). Before the attachment is used. */
+void heap_guard_locks(struct heap *h, uint32_t wait_ms);
+/* What the guarded locks found, counted since the attachment (relaxed). */
+struct heap_lock_report {
+    uint64_t dead_words;  /* a lock word named a thread that did not exist */
+    uint64_t kinds_fixed; /* a lock's kind field was written */
+    uint64_t timeouts;    /* a lock stayed taken past wait_ms */
+    uint32_t last_tid;    /* the thread the last dead word named */
+    uint32_t last_seg;    /* the segment of the last of any of the three */
+};
+void heap_lock_report(struct heap *h, struct heap_lock_report *ret);
+
 /* ---- allocation (tcache.c, alloc.c) ---- */
 void *heap_malloc(struct heap *h, size_t size);
 void *heap_calloc(struct heap *h, size_t n, size_t size);
@@ -324,6 +339,15 @@ int heap_reclaim_owned(struct heap *h,
                        uint64_t client_id,
                        bool process_gone,
                        struct heap_owned_reclaim *ret);
+/* The same, for an owner that knows the client's process (the daemon,
+ * from its peer credentials): only entries of that pid are swept, and a
+ * sweep cut short is taken over only if it is that pid's or its process
+ * is gone. An entry's words are any client's to write; the pid is not. */
+int heap_reclaim_owned_by(struct heap *h,
+                          uint64_t client_id,
+                          uint32_t pid,
+                          bool process_gone,
+                          struct heap_owned_reclaim *ret);
 /* Same for every attachment that detached or whose process is gone. */
 int heap_reclaim_owned_gone(struct heap *h, struct heap_owned_reclaim *ret);
 /* Owner entries in use (live, detached or being swept) by client_id's

@@ -34,6 +34,7 @@ struct seg_map {
     int fd;
     bool needs_commit;       /* hugetlb: units must be fallocated before use */
     uint32_t release_cursor; /* where heap_release's next punch starts (release.c) */
+    uint32_t stuck_word;     /* guarded locks: the lock word a wait timed out on (segment.c) */
 };
 
 struct tcache;
@@ -61,15 +62,24 @@ struct heap {
     uint32_t recycler_cap;
     uint32_t retain_empty_blocks;
     uint32_t bin_cap[SHM_NCLASSES]; /* objects a bin holds before it gives a bundle away */
-    /* Per class, for the fast paths' owner tags: sizeclass_info's tag
-     * offset and tag_mul (an object's index is (bytes into its block *
-     * mul) >> 32; 0 for classes whose slabs span blocks, which take the
-     * slow path), copied at attach. Here, not only in the table, so the
-     * fast path reaches them from h without a GOT load. */
-    struct {
-        uint32_t mul;
-        uint32_t off;
-    } tag_geo[SHM_NCLASSES];
+    /* Per class, copied from sizeclass_info at attach: here, not only in
+     * the table, so the fast paths reach them from h without a GOT load.
+     * Free's object check and tag: an object's index is (rel * div_mul)
+     * >> 40 for rel bytes into its slab; rel is an object's start iff
+     * index * size == rel and index < capacity; its tag is the u16 at the
+     * slab's tags_off plus the index. tag_mul: the same index in 32 bits
+     * from the bytes into a block, for slabs of one block (0 for classes
+     * whose slabs span blocks; obj_tag_at()). */
+    struct cls_geo {
+        uint64_t div_mul;
+        uint32_t size;
+        uint32_t capacity;
+        uint32_t tags_off;
+        uint32_t tag_mul;
+    } cls_geo[SHM_NCLASSES];
+    /* The class of n bytes, 0 < n <= 1024, at [(n + 15) / 16]: every
+     * class boundary there is a multiple of 16 (malloc's fast path). */
+    uint8_t class_by_16[65];
     uint32_t bundle_n[SHM_NCLASSES]; /* objects per bundle */
     /* The per-CPU caches (percpu.h): their first cache in this mapping,
      * NULL until percpu_attach() found the area (release/acquire); the
@@ -79,6 +89,10 @@ struct heap {
     uint32_t pcpu_tried;
     uint64_t pcpu_missed_ns; /* when the figures last found no area (percpu_counts) */
     struct seg_map segs[SHM_MAX_SEGMENTS];
+    /* Segment locks taken by os_mutex_lock_guarded (heap_guard_locks): the
+     * daemon's attachment. 0: pthread_mutex_lock (a client's). */
+    uint32_t lock_wait_ms;
+    struct heap_lock_report lock_report; /* relaxed counters (segment.c) */
 };
 
 /* A thread's cache for one attachment. Lives in thread-local storage; its
@@ -264,20 +278,21 @@ void slab_return_chain_locked(struct heap *h,
  * class whose slabs span blocks (found through the head block's word). */
 uint16_t *slab_tag_multi(struct heap *h, uint64_t off, unsigned cls);
 
-/* The tag of the object at p, of class cls with h->tag_geo[cls].mul != 0
+/* The tag of the object at p, of class cls with h->cls_geo[cls].tag_mul != 0
  * (slabs of one block). The reservation is 1 GiB-aligned, so p's block
  * starts at p rounded down to the block size. */
 static inline uint16_t *obj_tag_at(struct heap *h, const void *p, unsigned cls)
 {
     uintptr_t a = (uintptr_t) p, rel = a & (SHM_BLOCK_SIZE - 1);
 
-    return (uint16_t *) (a - rel + h->tag_geo[cls].off) + ((rel * h->tag_geo[cls].mul) >> 32);
+    return (uint16_t *) (a - rel + h->cls_geo[cls].tags_off) +
+           ((rel * h->cls_geo[cls].tag_mul) >> 32);
 }
 
 /* The tag of the small object at offset off, of class cls. */
 static inline uint16_t *obj_tag(struct heap *h, uint64_t off, unsigned cls)
 {
-    if (likely(h->tag_geo[cls].mul))
+    if (likely(h->cls_geo[cls].tag_mul))
         return obj_tag_at(h, off_ptr(h, off), cls);
     return slab_tag_multi(h, off, cls);
 }
@@ -398,13 +413,17 @@ int pool_finish_destroys(struct heap *h, uint16_t tag);
 /* ---- owner tags (owned.c) ----
  * An object carries owner X's tag while X's malloc has handed it out and
  * it has not been shared (heap_to_off), and while it sits in one of X's
- * caches after X freed it; anywhere else (recyclers, slabs) it carries 0.
- * So free does not touch the tag: a bundle leaving a cache for the
- * recycler has its tags cleared (tcache.c), and a return to a slab clears
- * them (slab.c). Malloc writes the tag before the pop, so a thread
- * killed between the two leaves the object in its cache (drained to the
- * slabs before a sweep) or out of it and tagged (the sweep frees it):
- * never lost, never freed twice. */
+ * caches; anywhere else (recyclers, slabs) it carries 0. Every object in
+ * X's cache carries X's tag, except the last refill's objects not handed
+ * out yet (the bin's `untagged` count, at the bottom of its list), which
+ * malloc tags before their pop; free makes the tag X's before the push
+ * (writing only if it is not: the object was shared, or another owner's),
+ * and so malloc's pop of a freed object touches no tag. A bundle leaving
+ * a cache for the recycler has its tags cleared (tcache.c), and a return
+ * to a slab clears them (slab.c). A thread killed between a tag and a pop
+ * leaves the object in its cache (drained to the slabs before a sweep);
+ * between free's tag and its push, out of its cache and tagged (the sweep
+ * frees it, as its caller asked): never lost, never freed twice. */
 /* Claims this attachment's owner entry (none if the table is full). */
 void owned_attach(struct heap *h);
 /* Marks it detached: its private objects are unreachable from now on. */
@@ -568,6 +587,13 @@ int create_segment_memfd(
         uint64_t size, int policy, int *ret_fd, uint64_t *ret_size, uint64_t *ret_page);
 int ctl_format(int fd, const struct shm_config *cfg);
 int ctl_lock(struct ctl_header *c);
+/* ctl_lock for h: guarded like its segment locks when heap_guard_locks
+ * was called (the daemon's adoption takes it), else ctl_lock. */
+int ctl_lock_for(struct heap *h);
+/* Counts what a guarded lock of segment seg (0: the control segment)
+ * found, for heap_lock_report (segment.c). */
+struct os_lock_guard;
+void heap_lock_note(struct heap *h, uint32_t seg, const struct os_lock_guard *g, int r);
 void ctl_unlock(struct ctl_header *c);
 /* Raises the heap's peak of bytes in use to `bytes` if it is higher;
  * returns the peak. */

@@ -149,7 +149,13 @@ struct __attribute__((aligned(64))) cache_bin {
     uint64_t rec_pushes;
     uint64_t rec_pops;
     uint64_t rec_retries; /* failed recycler CAS attempts */
-    uint64_t pad[3];
+    /* The last refill's objects not yet handed out, at the bottom of the
+     * list: they carry no owner tag yet (alloc.c tags them at the pop);
+     * every other object on the list carries the owner's. Only ever too
+     * large (stale after a drain), which costs a look at a tag. */
+    uint32_t untagged;
+    uint32_t pad0;
+    uint64_t pad[2];
 };
 
 /* A cache bin's head word: the first object's offset and the number of

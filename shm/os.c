@@ -1,6 +1,7 @@
 /* System calls of the heap core; see os.h. */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <linux/magic.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
@@ -236,6 +237,82 @@ int os_mutex_init_robust(pthread_mutex_t *m)
         r = pthread_mutex_init(m, &attr);
     (void) pthread_mutexattr_destroy(&attr);
     return -r;
+}
+
+/* The kind glibc gives a mutex os_mutex_init_robust made, read from one
+ * made here (glibc keeps it in __data.__kind). */
+static int robust_kind(void)
+{
+    static int kind = -1;
+    int k = __atomic_load_n(&kind, __ATOMIC_RELAXED);
+    pthread_mutex_t ref;
+
+    if (k >= 0)
+        return k;
+    if (os_mutex_init_robust(&ref) < 0)
+        return -1;
+    k = ref.__data.__kind;
+    (void) pthread_mutex_destroy(&ref);
+    /* Relaxed: every thread computes the same value. */
+    __atomic_store_n(&kind, k, __ATOMIC_RELAXED);
+    return k;
+}
+
+/* Why not pthread_mutex_lock or _timedlock: when the word is taken they
+ * ask the kernel (FUTEX_LOCK_PI), and a word naming a thread that does not
+ * exist and not marked owner-died (a word a client wrote) makes the kernel
+ * answer ESRCH, on which glibc (2.36) fails an assert and aborts: for a
+ * robust mutex it "cannot" happen. trylock asks the kernel only when the
+ * owner-died bit is set, which it handles (EOWNERDEAD). So: trylock, and
+ * while the word is taken, look at it once (a local), and poll until the
+ * deadline. */
+int os_mutex_lock_guarded(pthread_mutex_t *mx, uint32_t wait_ms, struct os_lock_guard *g)
+{
+    unsigned *word = (unsigned *) &mx->__data.__lock;
+    uint64_t deadline = os_now_ns() + (uint64_t) wait_ms * 1000000u, nap_ns = 20000;
+    int want = robust_kind(), kind = __atomic_load_n(&mx->__data.__kind, __ATOMIC_RELAXED);
+
+    g->dead_tid = 0;
+    g->kind_fixed = false;
+    g->word = 0;
+    /* Another kind makes glibc take another path (a normal lock, no robust
+     * list, or EINVAL): put the kind back (CAS: once, whatever races). */
+    if (want >= 0 && kind != want &&
+        __atomic_compare_exchange_n(&mx->__data.__kind, &kind, want, false, __ATOMIC_RELAXED,
+                                    __ATOMIC_RELAXED))
+        g->kind_fixed = true;
+    for (;;) {
+        int r = pthread_mutex_trylock(mx);
+        unsigned w;
+        pid_t tid;
+
+        if (r != EBUSY)
+            return r;
+        w = __atomic_load_n(word, __ATOMIC_RELAXED);
+        tid = (pid_t) (w & FUTEX_TID_MASK);
+        /* Held by a thread that does not exist, and the kernel did not mark
+         * it owner-died (it would have, had that thread died holding it):
+         * a written word. It becomes a dead holder's, so the next trylock
+         * gets EOWNERDEAD and the caller recovers as after any dead holder.
+         * A live tid is waited for: the word may be true. */
+        if (tid && !(w & FUTEX_OWNER_DIED) && !os_pid_alive(tid)) {
+            if (__atomic_compare_exchange_n(word, &w, FUTEX_OWNER_DIED, false, __ATOMIC_RELAXED,
+                                            __ATOMIC_RELAXED))
+                g->dead_tid = (uint32_t) tid;
+            continue;
+        }
+        if (os_now_ns() >= deadline) {
+            g->word = w;
+            return ETIMEDOUT;
+        }
+        {
+            struct timespec ts = {0, (long) nap_ns};
+
+            (void) nanosleep(&ts, NULL);
+        }
+        if (nap_ns < 1000000)
+            nap_ns *= 2;
+    }
 }
 
 /* ---- files in a state directory (adopt.c) ---- */

@@ -48,6 +48,18 @@ int os_membarrier(void);
  * (a segment's or the control segment's lock). */
 int os_mutex_init_robust(pthread_mutex_t *m);
 
+/* Takes such a mutex for a process that trusts nothing in shared memory
+ * (the daemon): it never hangs (ETIMEDOUT after wait_ms), never aborts on a
+ * written word, and says what it repaired in *g. Returns 0, EOWNERDEAD (the
+ * caller recovers, then pthread_mutex_consistent), ETIMEDOUT, or what
+ * trylock returned. */
+struct os_lock_guard {
+    uint32_t dead_tid; /* the word named this thread, which did not exist */
+    bool kind_fixed;   /* the mutex's kind was written: put back */
+    uint32_t word;     /* ETIMEDOUT: the lock word last seen */
+};
+int os_mutex_lock_guarded(pthread_mutex_t *mx, uint32_t wait_ms, struct os_lock_guard *g);
+
 bool os_pid_alive(pid_t pid);
 
 /* Files of a state directory (adopt.c): create `name` afresh (0600,

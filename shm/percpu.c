@@ -134,7 +134,7 @@ int percpu_attach(struct heap *h, bool create)
         return -EBADMSG;
     /* Every per-CPU class tags on the fast path (slabs of one block). */
     for (unsigned cls = 0; cls < PCPU_NCLASSES; cls++)
-        if (!h->tag_geo[cls].mul)
+        if (!h->cls_geo[cls].tag_mul)
             return -EINVAL;
     store_relaxed(&h->pcpu_ncpus, ncpus);
     /* release: ncpus before the pointer (pairs with the fast paths'
@@ -207,9 +207,10 @@ static int pcpu_refill(struct heap *h, struct tcache *tc, char *caches, unsigned
 }
 
 /* Moves up to PCPU_BATCH objects from the top of this CPU's cache of cls
- * into the thread's bin, clearing their owner tags (no bin holds a tag its
- * thread did not write: see "Owners" in docs/ARCHITECTURE.md), and lets the
- * bin overflow to the recycler. Returns the objects moved. */
+ * into the thread's bin, tagging them ours (every object on a bin's list
+ * above its refill's `untagged` ones carries its owner's tag: see "Owners"
+ * in docs/ARCHITECTURE.md), and lets the bin overflow to the recycler.
+ * Returns the objects moved. */
 static uint64_t pcpu_flush(struct heap *h, struct tcache *tc, char *caches, unsigned cls)
 {
     struct cache_bin *bin = &tc->slot->bins[cls];
@@ -231,7 +232,7 @@ static uint64_t pcpu_flush(struct heap *h, struct tcache *tc, char *caches, unsi
                 (void) fetch_add_relaxed(&h->ctl->lost_objects, 1);
                 continue;
             }
-            store_relaxed(obj_tag(h, buf[i], cls), (uint16_t) 0);
+            store_relaxed(obj_tag(h, buf[i], cls), tc->owner_tag);
             obj_words(h, buf[i])[0] = head;
             head = buf[i];
             n++;
@@ -267,7 +268,8 @@ void *percpu_malloc_slow(struct heap *h, struct tcache *tc, unsigned cls)
         if (tries > 0 && pcpu_refill(h, tc, caches, cls) <= 0)
             return NULL; /* the thread cache's path sets errno */
         off = rseq_pcpu_pop(rseq_self(), &h->pcpu_ncpus, &h->nmapped, pcpu_cbase(caches, cls),
-                            h->base, h->tag_geo[cls].off, h->tag_geo[cls].mul, tc->owner_tag);
+                            h->base, h->cls_geo[cls].tags_off, h->cls_geo[cls].tag_mul,
+                            tc->owner_tag);
         if (off) {
             struct cache_slot *s = tc->slot;
             uint32_t ops = load_relaxed(&s->ops) + 1;

@@ -90,9 +90,9 @@ percpu_malloc_fast(struct heap *h, struct tcache *tc, unsigned cls)
     char *caches = load_acquire(&h->pcpu_caches);
 
     if (likely(caches != NULL)) {
-        uint64_t off =
-                rseq_pcpu_pop(rseq_self(), &h->pcpu_ncpus, &h->nmapped, pcpu_cbase(caches, cls),
-                              h->base, h->tag_geo[cls].off, h->tag_geo[cls].mul, tc->owner_tag);
+        uint64_t off = rseq_pcpu_pop(rseq_self(), &h->pcpu_ncpus, &h->nmapped,
+                                     pcpu_cbase(caches, cls), h->base, h->cls_geo[cls].tags_off,
+                                     h->cls_geo[cls].tag_mul, tc->owner_tag);
 
         if (likely(off != 0)) {
             struct cache_slot *s = tc->slot;

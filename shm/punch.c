@@ -40,14 +40,30 @@ enum punch_op {
                           * such object with its bit clear is one the puncher reserved) */
 };
 
+/* Slab sb's head word describes a slab that fits the segment: a class of
+ * the table, its length, inside [first_block, nblocks). A meta word is
+ * any client's to write; a class past the table would index past it (and
+ * fail sizeclass_geometry's assert), a slab past the end would put its
+ * bitmap past the mapping. Read once (the caller's w). */
+static bool punch_slab_ok(const struct seg_map *m, uint32_t sb, uint64_t w)
+{
+    struct slab_geometry g;
+
+    if (sb < m->hdr->first_block || sb >= m->nblocks || meta_state(w) != BLK_SLAB ||
+        meta_class(w) >= SHM_NCLASSES)
+        return false;
+    sizeclass_geometry(meta_class(w), &g);
+    return meta_len(w) == g.blocks && (uint64_t) sb + g.blocks <= m->nblocks;
+}
+
 /* Moves the objects of a punch on slab sb; returns how many free bits
  * changed. A reservation clears a bit before recording it, a restore sets
  * a bit before forgetting it; a death between the two, under the lock, is
  * finished by punch_recover(). */
 static uint32_t
-punch_objects(struct seg_map *m, uint32_t sb, const uint64_t *mask, enum punch_op op)
+punch_objects(struct seg_map *m, uint32_t sb, uint64_t w, const uint64_t *mask, enum punch_op op)
 {
-    uint64_t w = seg_meta_get(m, sb), *bits, *rsv = m->hdr->punch_reserved;
+    uint64_t *bits, *rsv = m->hdr->punch_reserved;
     struct slab_geometry g;
     uint32_t changed = 0;
 
@@ -102,9 +118,8 @@ punch_objects(struct seg_map *m, uint32_t sb, const uint64_t *mask, enum punch_o
 
 /* Moves a slab's free count by delta, keeping its class tree bit and
  * releasing the slab when it is empty. */
-static void slab_adjust(struct seg_map *m, uint32_t sb, int64_t delta)
+static void slab_adjust(struct seg_map *m, uint32_t sb, uint64_t w, int64_t delta)
 {
-    uint64_t w = seg_meta_get(m, sb);
     unsigned cls = meta_class(w), nfree = (unsigned) ((int64_t) meta_nfree(w) + delta);
     struct slab_geometry g;
 
@@ -126,11 +141,12 @@ static void slab_adjust(struct seg_map *m, uint32_t sb, int64_t delta)
 void punch_restore(struct seg_map *m)
 {
     struct seg_header *hdr = m->hdr;
-    uint32_t sb = hdr->punch_block;
+    uint32_t sb = hdr->punch_block; /* read once: a client may write it */
+    uint64_t w = sb < m->nblocks ? seg_meta_get(m, sb) : 0;
 
     store_relaxed(&hdr->punch_phase, PUNCH_RESTORING);
-    if (sb < m->nblocks && meta_state(seg_meta_get(m, sb)) == BLK_SLAB)
-        slab_adjust(m, sb, punch_objects(m, sb, hdr->punch_mask, PUNCH_FREE_RECORDED));
+    if (punch_slab_ok(m, sb, w))
+        slab_adjust(m, sb, w, punch_objects(m, sb, w, hdr->punch_mask, PUNCH_FREE_RECORDED));
     store_relaxed(&hdr->punch_pid, 0);
     store_relaxed(&hdr->punch_phase, PUNCH_OUTSIDE);
 }
@@ -143,11 +159,12 @@ void punch_recover(struct seg_map *m)
 {
     struct seg_header *hdr = m->hdr;
     uint32_t phase = hdr->punch_phase, sb = hdr->punch_block;
+    uint64_t w = sb < m->nblocks ? seg_meta_get(m, sb) : 0; /* 0: FREE, not a slab */
 
     if (phase == PUNCH_OUTSIDE)
         return;
-    if (sb < m->nblocks && meta_state(seg_meta_get(m, sb)) == BLK_SLAB && hdr->punch_pid)
-        (void) punch_objects(m, sb, hdr->punch_mask,
+    if (punch_slab_ok(m, sb, w) && hdr->punch_pid)
+        (void) punch_objects(m, sb, w, hdr->punch_mask,
                              phase == PUNCH_RESERVING ? PUNCH_FREE_MASKED : PUNCH_FREE_RECORDED);
     memset(hdr->punch_reserved, 0, sizeof(hdr->punch_reserved));
     store_relaxed(&hdr->punch_pid, 0);
@@ -155,9 +172,9 @@ void punch_recover(struct seg_map *m)
 }
 
 /* Pages of slab sb wholly covered by free objects, below its owner tags. */
-static bool punch_candidates(struct seg_map *m, uint32_t sb, uint64_t *mask)
+static bool punch_candidates(struct seg_map *m, uint32_t sb, uint64_t w, uint64_t *mask)
 {
-    uint64_t w = seg_meta_get(m, sb), *bits;
+    uint64_t *bits;
     struct slab_geometry g;
     bool any = false;
 
@@ -202,6 +219,7 @@ uint64_t punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_bytes, 
     while (b < m->nblocks && released < max_bytes) {
         uint64_t mask[2];
         uint32_t sb = m->nblocks;
+        uint64_t sw = 0; /* sb's head word, read once and checked (punch_slab_ok) */
 
         if (seg_lock(m, h) < 0)
             break;
@@ -212,9 +230,9 @@ uint64_t punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_bytes, 
         for (; b < m->nblocks; b++) {
             uint64_t w = seg_meta_get(m, b);
 
-            if (meta_state(w) == BLK_SLAB && meta_class(w) < SHM_NCLASSES &&
-                punch_candidates(m, b, mask)) {
+            if (punch_slab_ok(m, b, w) && punch_candidates(m, b, w, mask)) {
                 sb = b;
+                sw = w;
                 break;
             }
         }
@@ -230,7 +248,7 @@ uint64_t punch_slabs_max(struct heap *h, struct seg_map *m, uint64_t max_bytes, 
         store_relaxed(&hdr->punch_mask[1], mask[1]);
         store_relaxed(&hdr->punch_phase, PUNCH_RESERVING);
         store_relaxed(&hdr->punch_pid, pid);
-        slab_adjust(m, sb, -(int64_t) punch_objects(m, sb, mask, PUNCH_RESERVE));
+        slab_adjust(m, sb, sw, -(int64_t) punch_objects(m, sb, sw, mask, PUNCH_RESERVE));
         store_relaxed(&hdr->punch_phase, PUNCH_OUTSIDE);
         seg_unlock(m);
         shm_fault(FAULT_PUNCH_MID);
@@ -266,7 +284,7 @@ uint32_t punch_reserved(struct seg_map *m, unsigned *ret_cls)
     uint32_t n = 0, sb = hdr->punch_block;
     uint64_t w;
 
-    if (!hdr->punch_pid || sb >= m->nblocks || meta_state(w = seg_meta_get(m, sb)) != BLK_SLAB)
+    if (!hdr->punch_pid || sb >= m->nblocks || !punch_slab_ok(m, sb, w = seg_meta_get(m, sb)))
         return 0;
     for (unsigned k = 0; k < SHM_SLAB_MAX_OBJECTS / 64; k++)
         n += (uint32_t) __builtin_popcountll(load_relaxed(&hdr->punch_reserved[k]));

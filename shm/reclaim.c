@@ -260,7 +260,9 @@ owner_take(struct owner_entry *e, bool (*want)(const struct owner_entry *, void 
      * with it) and sweeper with a former sweeper's release of it. */
     uint32_t st = load_acquire(&e->state), sw = load_acquire(&e->sweeper);
 
-    if (st == OWNER_FREE || !load_relaxed(&e->pid) || (st != OWNER_SWEEPING && !want(e, arg)))
+    /* want sees SWEEPING entries too: a sweep may refuse to take over one
+     * (want_client: not one of a live process but the client's own). */
+    if (st == OWNER_FREE || !load_relaxed(&e->pid) || !want(e, arg))
         return false;
     /* The sweeper word is the entry's lock: free, or held by a process
      * that died (its own pid alive: another of our threads sweeps it). */
@@ -316,15 +318,35 @@ static int sweep_where(struct heap *h,
 
 struct client_match {
     uint64_t client_id;
+    uint32_t pid; /* the owner's record of the client's process; 0: none */
     bool process_gone;
 };
 
+/* Every word of an entry is any client's to write: the caller's record of
+ * the client (its pid) decides, so a written entry cannot steer a sweep
+ * onto a live client's objects. (Read once each: a local, then checks.) */
 static bool want_client(const struct owner_entry *e, void *arg)
 {
     const struct client_match *cm = arg;
+    uint32_t pid = load_relaxed(&e->pid), st = load_relaxed(&e->state);
 
-    return load_relaxed(&e->client_id) == cm->client_id &&
-           (cm->process_gone || load_relaxed(&e->state) == OWNER_DETACHED);
+    if (st == OWNER_SWEEPING) /* a sweep cut short: the client's own, or a dead process's */
+        return !cm->pid || pid == cm->pid || !os_pid_alive((pid_t) pid);
+    return load_relaxed(&e->client_id) == cm->client_id && (!cm->pid || pid == cm->pid) &&
+           (cm->process_gone || st == OWNER_DETACHED);
+}
+
+int heap_reclaim_owned_by(struct heap *h,
+                          uint64_t client_id,
+                          uint32_t pid,
+                          bool process_gone,
+                          struct heap_owned_reclaim *ret)
+{
+    struct client_match cm = {.client_id = client_id, .pid = pid, .process_gone = process_gone};
+
+    if (!h || !ret)
+        return -EINVAL;
+    return sweep_where(h, want_client, &cm, ret);
 }
 
 int heap_reclaim_owned(struct heap *h,
@@ -341,8 +363,10 @@ int heap_reclaim_owned(struct heap *h,
 
 static bool want_gone(const struct owner_entry *e, void *arg)
 {
+    uint32_t st = load_relaxed(&e->state);
+
     (void) arg;
-    return load_relaxed(&e->state) == OWNER_DETACHED ||
+    return st == OWNER_SWEEPING || st == OWNER_DETACHED ||
            !os_pid_alive((pid_t) load_relaxed(&e->pid));
 }
 

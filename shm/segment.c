@@ -313,14 +313,24 @@ static void seg_recover(struct seg_map *m, struct heap *h)
 {
     struct seg_header *hdr = m->hdr;
     struct seg_journal *j = &hdr->journal;
+    /* The journal is in memory any client can write: each field is read
+     * once, into a local, checked, and only the local used (a re-read after
+     * the check could be another value). A slot word must lie in the
+     * control segment's writable part: the header page below it is mapped
+     * read-only, and a store there would kill the recovering process. */
+    uint32_t block = load_relaxed(&j->block), n = load_relaxed(&j->n);
+    uint32_t op = load_relaxed(&j->op);
+    uint64_t chain = load_relaxed(&j->chain), slot_word = load_relaxed(&j->slot_word);
+    uint64_t ctl_size = h->ctl->ctl_size; /* the header page's: only the owner writes it */
+    bool slot_ok = slot_word >= SHM_HEADER_PAGE && slot_word < ctl_size;
 
     /* A run's claim or free cut short: its counts (run.c). */
     run_recover(h, m);
     /* A carve or run free cut short: its blocks become free again. */
-    if (j->n && j->block < m->nblocks && j->block >= hdr->first_block &&
-        (uint64_t) j->block + j->n <= m->nblocks) {
-        for (uint32_t i = 0; i < j->n; i++)
-            seg_meta_put(m, j->block + i, meta_make(BLK_FREE, 0, 0, 0, RUN_LARGE));
+    if (n && block < m->nblocks && block >= hdr->first_block &&
+        (uint64_t) block + n <= m->nblocks) {
+        for (uint32_t i = 0; i < n; i++)
+            seg_meta_put(m, block + i, meta_make(BLK_FREE, 0, 0, 0, RUN_LARGE));
     }
     /* A punch it was reserving or restoring under the lock. */
     punch_recover(m);
@@ -328,24 +338,23 @@ static void seg_recover(struct seg_map *m, struct heap *h)
      * after a slab's loop): recount them before the replay adds to them,
      * or a slab could look empty while objects in it are in use. */
     seg_repair(m);
-    if (j->op == JOP_TAKE && j->chain) {
+    if (op == JOP_TAKE && chain) {
         struct cache_bin *bin = NULL;
-        uint64_t chain = j->chain;
 
-        if (j->slot_word && j->slot_word < h->ctl->ctl_size && !(j->slot_word & 63))
-            bin = (struct cache_bin *) off_ptr(h, j->slot_word);
+        if (slot_ok && !(slot_word & 63) && slot_word + sizeof(*bin) <= ctl_size)
+            bin = (struct cache_bin *) off_ptr(h, slot_word);
         /* Not delivered to the bin: put the objects back in their slabs
          * (all in this segment: a take never leaves it). */
-        if (!bin || bin_off(load_relaxed(&bin->head)) != j->chain)
+        if (!bin || bin_off(load_relaxed(&bin->head)) != chain)
             slab_return_chain_locked(h, m, &chain, true);
-    } else if (j->op == JOP_RETURN && j->chain) {
-        uint64_t local = j->chain, *handoff = &local;
+    } else if (op == JOP_RETURN && chain) {
+        uint64_t local = chain, *handoff = &local;
 
         /* The journal is ahead of the handoff word by at most one object
          * (see return_run_locked): it is the truth; the handoff follows. */
-        if (j->slot_word && j->slot_word < h->ctl->ctl_size && !(j->slot_word & 7)) {
-            handoff = (uint64_t *) off_ptr(h, j->slot_word);
-            store_relaxed(handoff, j->chain);
+        if (slot_ok && !(slot_word & 7) && slot_word + 8 <= ctl_size) {
+            handoff = (uint64_t *) off_ptr(h, slot_word);
+            store_relaxed(handoff, chain);
         }
         slab_return_chain_locked(h, m, handoff, true);
     }
@@ -353,9 +362,60 @@ static void seg_recover(struct seg_map *m, struct heap *h)
     seg_repair(m);
 }
 
+/* The daemon's lock: bounded, and what it repaired is counted for its
+ * verify and log (library code does not log). */
+static int seg_lock_guarded(struct seg_map *m, struct heap *h)
+{
+    struct os_lock_guard g;
+    uint32_t wait_ms = h->lock_wait_ms, stuck = load_relaxed(&m->stuck_word);
+    int r;
+
+    /* Still the word a wait timed out on: the same holder has it (or the
+     * same written word is there), so one try, not another full wait: a
+     * job that takes the lock many times must not wait for each. */
+    if (stuck && load_relaxed((uint32_t *) &m->hdr->lock.__data.__lock) == stuck)
+        wait_ms = 0;
+    r = os_mutex_lock_guarded(&m->hdr->lock, wait_ms, &g);
+    store_relaxed(&m->stuck_word, r == ETIMEDOUT ? g.word : 0);
+    heap_lock_note(h, m->index, &g, r);
+    return r;
+}
+
+void heap_lock_note(struct heap *h, uint32_t seg, const struct os_lock_guard *g, int r)
+{
+    struct heap_lock_report *rep = &h->lock_report;
+
+    if (g->dead_tid) {
+        store_relaxed(&rep->last_tid, g->dead_tid);
+        (void) __atomic_fetch_add(&rep->dead_words, 1, __ATOMIC_RELAXED);
+    }
+    if (g->kind_fixed)
+        (void) __atomic_fetch_add(&rep->kinds_fixed, 1, __ATOMIC_RELAXED);
+    if (r == ETIMEDOUT)
+        (void) __atomic_fetch_add(&rep->timeouts, 1, __ATOMIC_RELAXED);
+    if (g->dead_tid || g->kind_fixed || r == ETIMEDOUT)
+        store_relaxed(&rep->last_seg, seg);
+}
+
+void heap_guard_locks(struct heap *h, uint32_t wait_ms)
+{
+    h->lock_wait_ms = wait_ms;
+}
+
+void heap_lock_report(struct heap *h, struct heap_lock_report *ret)
+{
+    const struct heap_lock_report *rep = &h->lock_report;
+
+    ret->dead_words = load_relaxed(&rep->dead_words);
+    ret->kinds_fixed = load_relaxed(&rep->kinds_fixed);
+    ret->timeouts = load_relaxed(&rep->timeouts);
+    ret->last_tid = load_relaxed(&rep->last_tid);
+    ret->last_seg = load_relaxed(&rep->last_seg);
+}
+
 int seg_lock(struct seg_map *m, struct heap *h)
 {
-    int r = pthread_mutex_lock(&m->hdr->lock);
+    int r = h->lock_wait_ms ? seg_lock_guarded(m, h) : pthread_mutex_lock(&m->hdr->lock);
 
     if (r == EOWNERDEAD) {
         seg_recover(m, h);

@@ -39,7 +39,7 @@ struct __attribute__((aligned(64))) sizeclass_info {
     /* The same index for slabs of one block, in 32 bits (rel < 2^16):
      * (rel * tag_mul) >> 32 with tag_mul = 2^32 / size + 1; 0 for classes
      * whose slabs span blocks. Each attachment copies it beside its tag
-     * offsets (struct heap's tag_geo) for malloc's fast path. */
+     * offsets (struct heap's cls_geo) for obj_tag_at(). */
     uint32_t tag_mul;
 };
 _Static_assert(sizeof(struct sizeclass_info) == 64, "one cache line per class");

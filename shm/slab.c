@@ -209,6 +209,10 @@ static bool slab_return_one(struct heap *h, struct seg_map *m, uint64_t off, boo
     }
     bits = slab_bitmap(m, head, &g);
     if (bits[idx / 64] & (UINT64_C(1) << (idx % 64))) {
+        /* Free already: a double free, which tagged it on its way through
+         * a cache; a free object has no owner (the lock keeps takers out). */
+        store_relaxed(slab_tags(m->base + ((uint64_t) head << SHM_BLOCK_SHIFT), &g) + idx,
+                      (uint16_t) 0);
         if (!recovering) {
             (void) fetch_add_relaxed(&h->ctl->double_frees, 1);
             (void) fetch_add_relaxed(&h->ctl->rec[cls].refused, 1);

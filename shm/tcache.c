@@ -434,6 +434,15 @@ void tcache_settle_handoff(struct heap *h, struct cache_slot *s)
     tcache_return_handoff(h, &s->handoff);
 }
 
+/* A refill filled the (empty) bin: its objects carry no tag yet. malloc
+ * tags each before its pop (alloc.c): a walk here would take a cache miss
+ * per object back to back (the recycler's come from other threads and
+ * processes) where the pops spread them out. */
+static void bin_refilled(struct cache_bin *bin)
+{
+    store_relaxed(&bin->untagged, bin_count(load_relaxed(&bin->head)));
+}
+
 int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
 {
     struct cache_bin *bin = &tc->slot->bins[cls];
@@ -452,6 +461,7 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
         /* The commit: the bundle and its count in one CAS (the bin is
          * empty: only empty bins are refilled). */
         (void) bin_commit(bin, load_relaxed(&bin->head), bin_word(first, count), count);
+        bin_refilled(bin);
         shm_fault(FAULT_REFILL_DELIVERED);
         transit_clear(tc->slot);
         return 0;
@@ -469,6 +479,7 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
             r = slab_take(h, m, cls, n, bin, NULL);
             if (r > 0) {
                 store_relaxed(&h->seg_hint, i); /* a hint: any value works */
+                bin_refilled(bin);
                 return 0;
             }
             if (r < 0)

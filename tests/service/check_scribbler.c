@@ -18,6 +18,8 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +32,7 @@
 #include <cjson/cJSON.h>
 
 #include "shm/layout.h"
+#include "shm/meta.h"
 #include "shmheap.h"
 #include "tests/common/mptest.h"
 #include "tests/service/daemon_fixture.h"
@@ -48,6 +51,7 @@ struct share {
     pid_t bystander; /* a client that does not touch the damaged structures */
     int go[2];       /* parent -> bystander: the scribbler is done */
     uint64_t scribbled;
+    int hold[2]; /* exiter: exits when it reads EOF from hold[0] */
 };
 
 static uint64_t next_rand(uint64_t *s)
@@ -510,6 +514,344 @@ START_TEST(scribbler_damage)
 }
 END_TEST
 
+/* Waits until the daemon lists client pid `by` with a large object. */
+static void wait_allocated(struct daemon_fixture *f, pid_t by)
+{
+    for (int tries = 0;; tries++) {
+        bool seen = false;
+        const cJSON *cl;
+        cJSON *r = fixture_op(f, "{\"op\":\"clients\"}");
+
+        cJSON_ArrayForEach(cl, cJSON_GetObjectItemCaseSensitive(r, "clients"))
+        {
+            const cJSON *pid = cJSON_GetObjectItemCaseSensitive(cl, "pid");
+            const cJSON *b = cJSON_GetObjectItemCaseSensitive(cl, "bytes_allocated");
+
+            seen |= cJSON_IsNumber(pid) && (pid_t) pid->valuedouble == by && cJSON_IsNumber(b) &&
+                    b->valuedouble >= (1 << 20);
+        }
+        cJSON_Delete(r);
+        if (seen)
+            return;
+        ck_assert_msg(tries < 2000, "the bystander never allocated");
+        mp_sleep_ms(5);
+    }
+}
+
+/* verify answers, finds the heap inconsistent, and one of its problems
+ * contains `what`. */
+static void expect_verify_says(struct daemon_fixture *f, const char *what)
+{
+    cJSON *r = fixture_op(f, "{\"op\":\"verify\"}");
+    const cJSON *p;
+    bool found = false;
+
+    ck_assert_msg(reply_is_ok(r), "verify: %s", reply_error_message(r));
+    ck_assert(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(r, "consistent")));
+    cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(r, "problems"))
+    {
+        found |= cJSON_IsString(p) && strstr(p->valuestring, what);
+    }
+    if (!found) {
+        char *s = cJSON_Print(r);
+
+        fprintf(stderr, "verify said:\n%s\n", s);
+        free(s);
+    }
+    cJSON_Delete(r);
+    ck_assert_msg(found, "verify did not report \"%s\"", what);
+}
+
+/* A pid that no process has: a child that has exited and been reaped. */
+static pid_t dead_pid(void)
+{
+    pid_t p = fork();
+
+    ck_assert_int_ge(p, 0);
+    if (p == 0)
+        _exit(0);
+    ck_assert_int_eq(waitpid(p, NULL, 0), p);
+    return p;
+}
+
+enum lock_scribble { LOCK_DEAD_TID, LOCK_KIND, LOCK_LIVE_TID };
+
+/* Segment 1's lock, mapped as any client can map it, gets a word no holder
+ * wrote: a thread that does not exist, a kind that is not the lock's, or
+ * this (live, never locking) process's pid. The daemon keeps answering
+ * stats, a trim finishes, verify reports what it found, and the bystander
+ * (which does not lock while the word is written: glibc would abort it, as
+ * it aborted the daemon before the guarded lock) then allocates. */
+static void lock_scribble(enum lock_scribble how, const char *what)
+{
+    struct share *sh = mp_shared_alloc(sizeof(*sh));
+    int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, sock;
+    struct daemon_fixture f;
+    struct seg_header *seg;
+    struct stat st;
+    pid_t by;
+    cJSON *r;
+
+    fixture_start(&f, NULL);
+    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f.socket_path);
+    ck_assert_int_eq(pipe(sh->go), 0);
+    by = mp_fork(bystander, sh, 0);
+    sh->bystander = by;
+    (void) close(sh->go[0]);
+    wait_allocated(&f, by);
+    sock = raw_hello(f.socket_path, fds, &nfds);
+    ck_assert_int_eq(fstat(fds[1], &st), 0);
+    seg = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+    ck_assert_msg(seg != MAP_FAILED, "map segment 1: %s", strerror(errno));
+    switch (how) {
+    case LOCK_DEAD_TID:
+        __atomic_store_n(&seg->lock.__data.__lock, (int) dead_pid(), __ATOMIC_RELAXED);
+        break;
+    case LOCK_KIND:
+        __atomic_store_n(&seg->lock.__data.__kind, 0, __ATOMIC_RELAXED);
+        break;
+    case LOCK_LIVE_TID:
+        __atomic_store_n(&seg->lock.__data.__lock, (int) getpid(), __ATOMIC_RELAXED);
+        break;
+    }
+    expect_alive(&f);
+    r = fixture_op(&f, "{\"op\":\"trim\",\"wait_ms\":0}");
+    ck_assert_ptr_nonnull(r); /* an answer: ok, or an error saying the lock stayed taken */
+    cJSON_Delete(r);
+    expect_alive(&f);
+    expect_verify_says(&f, what);
+    ck_assert(daemon_log_wait(&f, "segment 1: its lock", 5000));
+    if (how == LOCK_LIVE_TID) /* the "holder" lets go */
+        __atomic_store_n(&seg->lock.__data.__lock, 0, __ATOMIC_RELEASE);
+    else
+        ck_assert_int_ne(__atomic_load_n(&seg->lock.__data.__lock, __ATOMIC_RELAXED) &
+                                 FUTEX_TID_MASK,
+                         (int) getpid()); /* repaired, not just left */
+    ck_assert_int_eq(write(sh->go[1], "g", 1), 1);
+    (void) close(sh->go[1]);
+    mp_wait_ok(by, "the bystander");
+    mp_wait_ok(mp_fork(fresh_client, sh, 3), "a client attached afterwards");
+    expect_alive(&f);
+    (void) munmap(seg, (size_t) st.st_size);
+    for (int i = 0; i < nfds; i++)
+        (void) close(fds[i]);
+    (void) close(sock);
+    fixture_stop(&f);
+    mp_shared_free(sh, sizeof(*sh));
+}
+
+START_TEST(scribbler_lock_dead_tid)
+{
+    lock_scribble(LOCK_DEAD_TID, "which does not exist");
+}
+END_TEST
+
+START_TEST(scribbler_lock_kind)
+{
+    lock_scribble(LOCK_KIND, "lock kind written");
+}
+END_TEST
+
+START_TEST(scribbler_lock_live_tid)
+{
+    lock_scribble(LOCK_LIVE_TID, "lock held over");
+}
+END_TEST
+
+/* Attaches, allocates nothing, and exits without detaching when its pipe
+ * closes: the daemon then reclaims what its owner entry tags (nothing). */
+static int exiter(void *arg, unsigned idx)
+{
+    const struct share *sh = arg;
+    shmheap_t *h;
+    char c;
+
+    (void) idx;
+    (void) close(sh->go[1]);
+    (void) close(sh->hold[1]);
+    MP_REQUIRE(shmheap_attach(sh->socket_path, &h) == 0, "attach: %s", shmheap_last_error());
+    (void) read(sh->hold[0], &c, 1);
+    _exit(0);
+}
+
+/* The owner entry of process pid in the mapped control segment, or NULL. */
+static struct owner_entry *entry_of(struct ctl_header *c, pid_t pid)
+{
+    for (unsigned i = 0; i < SHM_MAX_OWNERS; i++)
+        if (__atomic_load_n(&c->owners[i].pid, __ATOMIC_RELAXED) == (uint32_t) pid &&
+            __atomic_load_n(&c->owners[i].state, __ATOMIC_ACQUIRE) == OWNER_LIVE)
+            return &c->owners[i];
+    return NULL;
+}
+
+/* The bystander's live owner entry is written so that the daemon's sweep
+ * of another client, which exits, would take it: its client id becomes
+ * the exiting client's, or its state SWEEPING (a sweep cut short, which
+ * any sweep used to take over). The daemon matches entries by the pid it
+ * knows from the exiting client's credentials: it frees none of the
+ * bystander's objects (the log says 0 objects freed), and the bystander
+ * finds them intact and goes on. */
+static void owner_scribble(bool sweeping)
+{
+    struct share *sh = mp_shared_alloc(sizeof(*sh));
+    int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, sock;
+    struct owner_entry *mine, *its;
+    struct daemon_fixture f;
+    struct ctl_header *c;
+    char needle[64], *log;
+    struct stat st;
+    pid_t by, x;
+
+    fixture_start(&f, NULL);
+    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f.socket_path);
+    ck_assert_int_eq(pipe(sh->go), 0);
+    by = mp_fork(bystander, sh, 0);
+    sh->bystander = by;
+    wait_allocated(&f, by);
+    ck_assert_int_eq(pipe(sh->hold), 0); /* after the bystander's fork: only the exiter's */
+    x = mp_fork(exiter, sh, 1);
+    (void) close(sh->go[0]);
+    (void) close(sh->hold[0]);
+    sock = raw_hello(f.socket_path, fds, &nfds);
+    ck_assert_int_eq(fstat(fds[0], &st), 0);
+    c = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+    ck_assert_msg(c != MAP_FAILED, "map the control segment: %s", strerror(errno));
+    for (int tries = 0; !(its = entry_of(c, x)); tries++) {
+        ck_assert_msg(tries < 2000, "the exiting client never attached");
+        mp_sleep_ms(5);
+    }
+    mine = entry_of(c, by);
+    ck_assert_ptr_nonnull(mine);
+    if (sweeping)
+        __atomic_store_n(&mine->state, OWNER_SWEEPING, __ATOMIC_RELEASE);
+    else
+        __atomic_store_n(&mine->client_id, its->client_id, __ATOMIC_RELEASE);
+    (void) close(sh->hold[1]); /* the exiting client exits */
+    mp_wait_ok(x, "the exiting client");
+    (void) snprintf(needle, sizeof(needle), "(pid %d) exited: ", (int) x);
+    ck_assert(daemon_log_wait(&f, needle, 10000));
+    log = daemon_log(&f);
+    ck_assert_msg(strstr(strstr(log, needle), "freed 0 objects (0 bytes)"),
+                  "the sweep of the exited client freed the bystander's objects:\n%s", log);
+    free(log);
+    expect_alive(&f);
+    if (!sweeping) /* the entry is the bystander's again, for its detach */
+        __atomic_store_n(&mine->client_id, 0, __ATOMIC_RELAXED);
+    ck_assert_int_eq(write(sh->go[1], "g", 1), 1);
+    (void) close(sh->go[1]);
+    mp_wait_ok(by, "the bystander");
+    expect_alive(&f);
+    (void) munmap(c, (size_t) st.st_size);
+    for (int i = 0; i < nfds; i++)
+        (void) close(fds[i]);
+    (void) close(sock);
+    fixture_stop(&f);
+    mp_shared_free(sh, sizeof(*sh));
+}
+
+START_TEST(scribbler_owner_client_id)
+{
+    owner_scribble(false);
+}
+END_TEST
+
+START_TEST(scribbler_owner_sweeping)
+{
+    owner_scribble(true);
+}
+END_TEST
+
+/* The last block of segment 1 (free: nothing lives there) gets a slab
+ * head word of a class past the table, and the segment's punch record
+ * names it, with a puncher that does not exist. The next trim or verify
+ * reaps the dead puncher's punch (shm/punch.c): it used to read the
+ * class's geometry from past the table (an assert abort in shmheapd).
+ * Now the word is checked first: the daemon answers, verify reports the
+ * block, and clients attach and allocate. */
+START_TEST(scribbler_slab_meta)
+{
+    struct share *sh = mp_shared_alloc(sizeof(*sh));
+    int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, sock;
+    struct daemon_fixture f;
+    struct seg_header *seg;
+    uint64_t *meta;
+    uint32_t last;
+    struct stat st;
+    char what[64];
+
+    fixture_start(&f, NULL);
+    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f.socket_path);
+    sock = raw_hello(f.socket_path, fds, &nfds);
+    ck_assert_int_eq(fstat(fds[1], &st), 0);
+    seg = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+    ck_assert_msg(seg != MAP_FAILED, "map segment 1: %s", strerror(errno));
+    meta = (uint64_t *) ((char *) seg + seg->meta_off);
+    last = seg->nblocks - 1;
+    ck_assert_uint_eq(meta_state(meta[last]), BLK_FREE);
+    __atomic_store_n(&meta[last], meta_make(BLK_SLAB, 200, 3, 5, RUN_LARGE), __ATOMIC_RELAXED);
+    seg->punch_block = last;
+    seg->punch_phase = PUNCH_RESTORING;
+    __atomic_store_n(&seg->punch_pid, (uint32_t) dead_pid(), __ATOMIC_RELEASE);
+    expect_alive(&f);
+    cJSON_Delete(fixture_op(&f, "{\"op\":\"trim\",\"wait_ms\":0}"));
+    expect_alive(&f);
+    (void) snprintf(what, sizeof(what), "block %u: bad class 200", last);
+    expect_verify_says(&f, what);
+    for (unsigned i = 0; i < 3; i++)
+        mp_wait_ok(mp_fork(fresh_client, sh, 20 + i), "a client attached afterwards");
+    expect_alive(&f);
+    (void) munmap(seg, (size_t) st.st_size);
+    for (int i = 0; i < nfds; i++)
+        (void) close(fds[i]);
+    (void) close(sock);
+    fixture_stop(&f);
+    mp_shared_free(sh, sizeof(*sh));
+}
+END_TEST
+
+/* Segment 1's journal says a dead holder was returning a chain whose
+ * handoff word is in the header page (read-only in every mapping), and
+ * its lock word names a thread that does not exist: the daemon's next
+ * lock of it recovers and replays the journal. Before, the replay stored
+ * into the header page (SIGSEGV in shmheapd), and it read each journal
+ * field again after checking it. Now each is read once and checked: the
+ * daemon answers, verify reports the lock, clients attach and allocate. */
+START_TEST(scribbler_journal)
+{
+    struct share *sh = mp_shared_alloc(sizeof(*sh));
+    int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, sock;
+    struct daemon_fixture f;
+    struct seg_header *seg;
+    struct stat st;
+
+    fixture_start(&f, NULL);
+    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f.socket_path);
+    sock = raw_hello(f.socket_path, fds, &nfds);
+    ck_assert_int_eq(fstat(fds[1], &st), 0);
+    seg = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+    ck_assert_msg(seg != MAP_FAILED, "map segment 1: %s", strerror(errno));
+    seg->journal.chain = (UINT64_C(1) << SHM_SEG_SHIFT) | 0x12340;
+    seg->journal.slot_word = 64; /* in the header page */
+    seg->journal.block = seg->first_block;
+    seg->journal.n = UINT32_MAX;
+    __atomic_store_n(&seg->journal.op, JOP_RETURN, __ATOMIC_RELEASE);
+    __atomic_store_n(&seg->lock.__data.__lock, (int) dead_pid(), __ATOMIC_RELEASE);
+    expect_alive(&f);
+    cJSON_Delete(fixture_op(&f, "{\"op\":\"trim\",\"wait_ms\":0}"));
+    expect_alive(&f);
+    expect_verify_says(&f, "which does not exist");
+    for (unsigned i = 0; i < 3; i++)
+        mp_wait_ok(mp_fork(fresh_client, sh, 30 + i), "a client attached afterwards");
+    expect_alive(&f);
+    (void) munmap(seg, (size_t) st.st_size);
+    for (int i = 0; i < nfds; i++)
+        (void) close(fds[i]);
+    (void) close(sock);
+    fixture_stop(&f);
+    mp_shared_free(sh, sizeof(*sh));
+}
+END_TEST
+
 Suite *scribbler_suite(void)
 {
     Suite *s = suite_create("scribbler");
@@ -520,6 +862,13 @@ Suite *scribbler_suite(void)
     tcase_add_test(tc, scribbler_header_read_only_state_dir);
     tcase_add_test(tc, scribbler_first_page);
     tcase_add_test(tc, scribbler_damage);
+    tcase_add_test(tc, scribbler_lock_dead_tid);
+    tcase_add_test(tc, scribbler_lock_kind);
+    tcase_add_test(tc, scribbler_lock_live_tid);
+    tcase_add_test(tc, scribbler_owner_client_id);
+    tcase_add_test(tc, scribbler_owner_sweeping);
+    tcase_add_test(tc, scribbler_slab_meta);
+    tcase_add_test(tc, scribbler_journal);
     suite_add_tcase(s, tc);
     return s;
 }

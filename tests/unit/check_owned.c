@@ -234,7 +234,7 @@ START_TEST(owned_tags_small)
     ck_assert_uint_eq(e->state, OWNER_LIVE);
     ck_assert_uint_eq(e->pid, (uint32_t) getpid());
     ck_assert_uint_eq(e->client_id, 1);
-    ck_assert_uint_eq(h->tag_geo[sizeclass_of(20000)].mul, 0); /* its slabs span blocks */
+    ck_assert_uint_eq(h->cls_geo[sizeclass_of(20000)].tag_mul, 0); /* its slabs span blocks */
 
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
         size_t lo = cls ? sizeclass_size(cls - 1) + 1 : 1, size = (lo + sizeclass_size(cls)) / 2;
@@ -294,13 +294,14 @@ START_TEST(owned_tags_small)
         ck_assert_int_eq(tag_at(h, p[0]), 0);
         ck_assert_int_eq(tag_at(h, p[1]), h->owner_tag);
 
-        /* Free: a freed object keeps our tag while it sits in our cache
-         * (free does not touch it) and loses it when it leaves the cache. */
+        /* Free: a freed object carries our tag while it sits in our cache
+         * (free tags the shared ones too: every object in a cache carries
+         * its owner's tag) and loses it when it leaves the cache. */
         for (uint32_t i = 0; i < n; i++) {
             int was = tag_at(h, p[i]);
 
             heap_free(h, p[i]);
-            if (tag_at(h, p[i]) > 0 && tag_at(h, p[i]) != was)
+            if (tag_at(h, p[i]) != 0 && tag_at(h, p[i]) != h->owner_tag)
                 ck_abort_msg("size %zu, object %u: tag %d after free, %d before", size, i,
                              tag_at(h, p[i]), was);
         }
@@ -321,6 +322,65 @@ START_TEST(owned_tags_small)
     get_stats(h, &st);
     ck_assert_uint_eq(st.bytes_in_use, 0);
     ck_assert_uint_eq(st.allocs, st.frees);
+    th_verify(h);
+}
+END_TEST
+
+/* A shared object freed into our cache takes our tag there (every cached
+ * object carries its owner's), and malloc hands it out again tagged ours;
+ * so does every object of a bin that held shared and private ones mixed,
+ * through the bin's overflows, for every kind of class, the multi-block
+ * ones (20000 bytes) included. */
+START_TEST(owned_tags_shared_then_freed_here)
+{
+    static const size_t sizes[] = {48, 700, 20000};
+    enum { N = 300 };
+    struct heap *h = th.h;
+    struct heap_stats st;
+    void **p = calloc(N, sizeof(*p));
+
+    ck_assert_ptr_nonnull(p);
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        void *q;
+
+        /* One object, shared, freed, allocated again: the same one, ours. */
+        q = heap_malloc(h, sizes[k]);
+        ck_assert_ptr_nonnull(q);
+        (void) heap_to_off(h, q);
+        ck_assert_int_eq(tag_at(h, q), 0);
+        heap_free(h, q);
+#ifndef SHMHEAP_PERCPU
+        /* In our thread cache: ours (a per-CPU cache keeps its own tags). */
+        ck_assert_int_eq(tag_at(h, q), h->owner_tag);
+#endif
+        ck_assert_ptr_eq(heap_malloc(h, sizes[k]), q);
+        ck_assert_int_eq(tag_at(h, q), h->owner_tag);
+        heap_free(h, q);
+
+        /* Many, half of them shared, freed in an order that mixes them and
+         * overflows the bin: every one comes back tagged ours. */
+        for (unsigned i = 0; i < N; i++) {
+            p[i] = heap_malloc(h, sizes[k]);
+            ck_assert_ptr_nonnull(p[i]);
+            if (i % 2)
+                (void) heap_to_off(h, p[i]);
+        }
+        for (unsigned i = 0; i < N; i++)
+            heap_free(h, p[(i * 7) % N]);
+        for (unsigned i = 0; i < N; i++) {
+            p[i] = heap_malloc(h, sizes[k]);
+            ck_assert_ptr_nonnull(p[i]);
+            if (tag_at(h, p[i]) != h->owner_tag)
+                ck_abort_msg("size %zu, object %u: tag %d, ours is %u", sizes[k], i,
+                             tag_at(h, p[i]), h->owner_tag);
+        }
+        for (unsigned i = 0; i < N; i++)
+            heap_free(h, p[i]);
+    }
+    free(p);
+    heap_thread_flush(h);
+    get_stats(h, &st);
+    ck_assert_uint_eq(st.bytes_in_use, 0);
     th_verify(h);
 }
 END_TEST
@@ -734,6 +794,7 @@ static void run_death(int how, unsigned threads, int reclaim)
     ck_assert_uint_eq(heap_ctl(h)->owners[c->owner_index].state, OWNER_FREE);
     ck_assert_uint_eq(heap_ctl(h)->owners[c->owner_index].pid, 0);
     ck_assert_uint_eq(heap_ctl(h)->owners[c->owner_index].client_id, 0);
+    heap_thread_flush(h); /* our cached objects carry our tag too */
     take_census(h, c->tag, &cs);
     ck_assert_uint_eq(cs.small + cs.large + cs.free_tagged, 0);
     ck_assert_uint_eq(cs.others, 12); /* ours */
@@ -1114,6 +1175,10 @@ static bool local_objects(struct heap *h, struct local_obj *o, unsigned n, struc
             ret->priv_bytes += o[i].usable;
         }
     }
+    /* The objects left in the calling thread's cache carry h's tag too
+     * (every cached object does): flushed, so that exactly the objects
+     * made here carry it. */
+    heap_thread_flush(h);
     return true;
 }
 
@@ -1264,6 +1329,7 @@ START_TEST(owned_detached_many_large)
             bytes += heap_usable_size(h2, q);
         }
     }
+    heap_thread_flush(h2); /* its cached objects carry its tag too */
     take_census(h, tag2, &cs);
     ck_assert_uint_eq(cs.large, NLARGE);
     ck_assert_uint_eq(cs.small, NSMALL);
@@ -1706,6 +1772,7 @@ Suite *owned_suite(void)
 
     tcase_add_checked_fixture(tags, heap_setup, heap_teardown);
     tcase_add_test(tags, owned_tags_small);
+    tcase_add_test(tags, owned_tags_shared_then_freed_here);
     tcase_add_test(tags, owned_tags_other_entry_points);
     tcase_add_test(tags, owned_tags_large);
     tcase_add_test(tags, owned_tags_not_on_arenas_pools);

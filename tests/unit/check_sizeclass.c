@@ -184,6 +184,32 @@ START_TEST(sizeclass_usable_size)
 }
 END_TEST
 
+/* Every size up to 2048, twice (the second malloc pops the first one's
+ * object from the cache: the fast path, with its table up to 1024 bytes):
+ * the usable size is the class's, the object belongs to that class. */
+START_TEST(sizeclass_fast_path_every_size)
+{
+    struct heap *h = th.h;
+
+    for (size_t n = 1; n <= 2048; n++) {
+        for (int round = 0; round < 2; round++) {
+            void *p = heap_malloc(h, n);
+            size_t u;
+
+            if (!p)
+                ck_abort_msg("malloc(%zu) failed: %s", n, strerror(errno));
+            u = heap_usable_size(h, p);
+            if (u != sizeclass_size(sizeclass_of(n)))
+                ck_abort_msg("malloc(%zu), round %d: usable size %zu, class %u of size %" PRIu32,
+                             n, round, u, sizeclass_of(n), sizeclass_size(sizeclass_of(n)));
+            memset(p, 0x3c, n);
+            heap_free(h, p);
+        }
+    }
+    th_verify(h);
+}
+END_TEST
+
 /* Many live objects at once: every result 16-aligned and inside the heap. */
 START_TEST(sizeclass_malloc_aligned_16)
 {
@@ -304,6 +330,7 @@ Suite *sizeclass_suite(void)
 
     tcase_add_checked_fixture(th_case, heap_setup, heap_teardown);
     tcase_add_test(th_case, sizeclass_usable_size);
+    tcase_add_test(th_case, sizeclass_fast_path_every_size);
     tcase_add_test(th_case, sizeclass_malloc_aligned_16);
     tcase_add_test(th_case, sizeclass_aligned_alloc);
     tcase_add_test(th_case, sizeclass_aligned_alloc_huge);
