@@ -32,6 +32,7 @@
 #include "shm/internal.h"
 #include "tests/common/mptest.h"
 #include "tests/common/testheap.h"
+#include "tests/mp/storm_audit.h"
 #include "tests/mp/suites.h"
 
 #define KiB 1024u
@@ -324,6 +325,8 @@ static uint64_t checkpoint(struct storm_ctx *s)
     return mp_blocks_not_free(h);
 }
 
+static char audit[256 * KiB];
+
 START_TEST(storm_kill)
 {
     struct storm_ctx *s = mp_shared_alloc(sizeof(*s));
@@ -331,10 +334,13 @@ START_TEST(storm_kill)
     struct shm_config cfg;
     uint64_t rng = 0x5707e, leaked = 0, lost = 0, exact = 0, verify_failures = 0;
     unsigned kills = storm_kills(), checkpoints = 0, every = 50;
+    bool audit_all;
     const char *e = getenv("SHMHEAP_STORM_CHECKPOINT");
 
     if (e && atoi(e) > 0)
-        every = (unsigned) atoi(e); /* kills between full-free checkpoints */
+        every = (unsigned) atoi(e);    /* kills between full-free checkpoints */
+    e = getenv("SHMHEAP_STORM_AUDIT"); /* 1: print every kill's audit */
+    audit_all = e && atoi(e) > 0;
 
     th_config(&cfg, UINT64_C(512) << 20);
     cfg.retain_empty_blocks = 0;
@@ -348,6 +354,8 @@ START_TEST(storm_kill)
         pid_t pid;
         int status;
         int64_t un;
+        uint32_t anomalies = 0;
+        uint64_t refused_before;
 
         s->seed = test_rand(&rng);
         __atomic_store_n(&s->running, 0, __ATOMIC_RELAXED);
@@ -360,13 +368,27 @@ START_TEST(storm_kill)
         ck_assert_int_eq(kill(pid, SIGKILL), 0);
         (void) snprintf(what, sizeof(what), "storm kill %u", k);
         mp_wait_signaled(pid, SIGKILL, what);
+        /* What the dead left, read before the reclaim: printed at once if
+         * an object is reachable twice, and when the figures below fail. */
+        refused_before = t.h->ctl->refused_frees + t.h->ctl->double_frees;
+        (void) storm_audit(t.h, (uint32_t) pid, audit, sizeof(audit), &anomalies);
+        if (anomalies || audit_all)
+            fprintf(stderr, "%s: %u anomalies before the reclaim\n%s", what, anomalies, audit);
         ck_assert_int_ge(heap_arena_destroy_session(t.h, 2000 + k), 0);
         ck_assert_int_ge(heap_reclaim_dead(t.h), 1);
+        if (t.h->ctl->refused_frees + t.h->ctl->double_frees != refused_before)
+            fprintf(stderr,
+                    "%s: the reclaim refused a free (refused %" PRIu64 ", double %" PRIu64
+                    "); before it:\n%s",
+                    what, t.h->ctl->refused_frees, t.h->ctl->double_frees, audit);
         if (!mp_verify(t.h, &counts))
             verify_failures++;
         exact += counts;
         ck_assert_msg(counts, "%s: the exact object count was skipped", what);
         un = unaccounted(t.h);
+        if (un != 0)
+            fprintf(stderr, "%s: %" PRId64 " unaccounted; before the reclaim:\n%s", what, un,
+                    audit);
         ck_assert_int_eq(heap_stats(t.h, &st), 0);
         lost += st.lost_objects + (uint64_t) (un < 0 ? -un : un);
         ck_assert_msg(un == 0, "%s: %" PRId64 " objects unaccounted for", what, un);

@@ -1,0 +1,233 @@
+/* The storm's diagnostic (check_storm.c): what a killed process left in
+ * shared memory, read before the reclaim, so that a reclaim that returns an
+ * object twice can be traced back to where the object was at the kill.
+ *
+ * storm_audit() walks, without moving anything (the dead process is gone
+ * and the parent is between operations, so nothing changes under the
+ * walk), every object reachable from the dead process's cache slots (bins,
+ * handoff word, transit record) and from the recyclers, and writes a text
+ * snapshot: each slot's words, each segment's journal, each recycler's
+ * head, and every anomaly: an object reachable twice, or reachable while
+ * its slab counts it free (or its slab is gone). The parent prints the
+ * snapshot when the reclaim's figures then come out wrong. */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shm/internal.h"
+#include "tests/mp/storm_audit.h"
+
+enum aref_kind { AREF_BIN = 1, AREF_HANDOFF, AREF_TRANSIT, AREF_RECYCLER };
+
+static const char *const aref_names[] = {"?", "bin", "handoff", "transit", "recycler"};
+
+struct aref {
+    uint64_t off;
+    uint32_t kind, slot, cls, pos;
+};
+
+#define AREF_MAX    (1u << 17)
+#define CHAIN_GUARD 100000u
+
+struct audit {
+    struct heap *h;
+    struct aref *refs;
+    uint32_t nrefs;
+    char *buf;
+    size_t len, cap;
+    uint32_t anomalies;
+};
+
+__attribute__((format(printf, 2, 3))) static void say(struct audit *a, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (a->len + 1 >= a->cap)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(a->buf + a->len, a->cap - a->len, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        a->len = a->len + (size_t) n < a->cap ? a->len + (size_t) n : a->cap - 1;
+}
+
+static void
+add_ref(struct audit *a, uint64_t off, uint32_t kind, uint32_t slot, uint32_t cls, uint32_t pos)
+{
+    if (a->nrefs < AREF_MAX)
+        a->refs[a->nrefs++] = (struct aref){off, kind, slot, cls, pos};
+}
+
+/* Walks at most max objects of a chain (0 ends it), recording each. */
+static uint32_t
+walk(struct audit *a, uint64_t x, uint64_t max, uint32_t kind, uint32_t slot, uint32_t cls)
+{
+    uint32_t n = 0;
+
+    while (x && n < max && n < CHAIN_GUARD && heap_obj_at(a->h, x)) {
+        add_ref(a, x, kind, slot, cls, n);
+        n++;
+        x = obj_words(a->h, x)[0];
+    }
+    return n;
+}
+
+/* The state of the object at off in its slab: 1 free, 0 out of the slab,
+ * -1 no slab there (released, or never one); *ret_tag its owner tag. */
+static int slab_state(struct heap *h, uint64_t off, uint16_t *ret_tag)
+{
+    struct seg_map *m = heap_seg_for(h, off);
+    struct slab_geometry g;
+    uint64_t w, rel, idx, *bits;
+    uint32_t b;
+
+    *ret_tag = 0;
+    if (!m)
+        return -1;
+    b = (uint32_t) ((off & SHM_OFF_MASK) >> SHM_BLOCK_SHIFT);
+    if (b < m->hdr->first_block || b >= m->nblocks)
+        return -1;
+    w = load_relaxed(&m->meta[b]);
+    if (meta_state(w) == BLK_SLAB_TAIL) {
+        if (meta_len(w) > b)
+            return -1;
+        b -= meta_len(w);
+        w = load_relaxed(&m->meta[b]);
+    }
+    if (meta_state(w) != BLK_SLAB || meta_class(w) >= SHM_NCLASSES)
+        return -1;
+    sizeclass_geometry(meta_class(w), &g);
+    rel = (off & SHM_OFF_MASK) - ((uint64_t) b << SHM_BLOCK_SHIFT);
+    idx = rel / g.size;
+    if (rel % g.size || idx >= g.capacity)
+        return -1;
+    *ret_tag = slab_tags(m->base + ((uint64_t) b << SHM_BLOCK_SHIFT), &g)[idx];
+    bits = slab_bitmap(m, b, &g);
+    return (bits[idx / 64] >> (idx % 64)) & 1;
+}
+
+static int cmp_ref(const void *x, const void *y)
+{
+    const struct aref *p = x, *q = y;
+
+    return p->off < q->off ? -1 : p->off > q->off;
+}
+
+static void say_ref(struct audit *a, const struct aref *r)
+{
+    say(a, " %s(slot %u cls %u pos %u)", aref_names[r->kind], r->slot, r->cls, r->pos);
+}
+
+size_t storm_audit(struct heap *h, uint32_t pid, char *buf, size_t cap, uint32_t *ret_anomalies)
+{
+    struct ctl_header *c = h->ctl;
+    struct audit a = {.h = h, .buf = buf, .cap = cap};
+    uint16_t dead_tag = 0;
+
+    a.refs = malloc(AREF_MAX * sizeof(*a.refs));
+    if (!a.refs || cap == 0)
+        return 0;
+    buf[0] = 0;
+    for (uint32_t i = 0; i < SHM_MAX_OWNERS && i < load_relaxed(&c->owners_high); i++)
+        if (load_relaxed(&c->owners[i].pid) == pid &&
+            load_relaxed(&c->owners[i].state) != OWNER_FREE)
+            dead_tag = (uint16_t) (i + 1);
+    say(&a, "audit of pid %u (owner tag %u) before its reclaim:\n", pid, dead_tag);
+    for (uint32_t i = 0; i < slot_high(c); i++) {
+        struct cache_slot *s = &c->slots[i];
+        uint64_t t = load_relaxed(&s->transit.s.tag), toff = load_relaxed(&s->transit.s.off);
+
+        if (!slot_is_owned(s) || load_relaxed(&s->pid) != pid)
+            continue;
+        say(&a,
+            " slot %u: busy %u steal %u handoff %#" PRIx64 " transit {off %#" PRIx64 " seq %" PRIu64
+            " cls %u %s state %u} info %" PRIu64 "\n",
+            i + 1, s->busy, s->steal, s->handoff, toff, transit_seq(t), transit_cls(t),
+            transit_push(t) ? "push" : "pop", (unsigned) transit_state(t), s->transit_info);
+        for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+            struct cache_bin *bin = &s->bins[cls];
+            uint64_t w = load_relaxed(&bin->head);
+            uint32_t n;
+
+            if (!w)
+                continue;
+            n = walk(&a, bin_off(w), bin_count(w), AREF_BIN, i + 1, cls);
+            say(&a, "  bin %u: head %#" PRIx64 " count %u walked %u untagged %u net %" PRIu64 "\n",
+                cls, bin_off(w), bin_count(w), n, bin->untagged, bin->net);
+        }
+        if (s->handoff)
+            say(&a, "  handoff chain: %u objects\n",
+                walk(&a, s->handoff, UINT64_MAX, AREF_HANDOFF, i + 1, SHM_NCLASSES));
+        if (transit_state(t) != TRANSIT_NONE && toff && heap_obj_at(h, toff)) {
+            uint64_t count =
+                    transit_push(t) ? s->transit_info : bundle_count(obj_words(h, toff)[1]);
+
+            say(&a, "  transit bundle: %u of %" PRIu64 " objects\n",
+                walk(&a, toff, count, AREF_TRANSIT, i + 1, transit_cls(t)), count);
+        }
+    }
+    for (uint32_t i = 1; i < heap_nmapped(h); i++) {
+        struct seg_map *m = &h->segs[i];
+        struct seg_journal *j;
+
+        if (!heap_mapped(h, i))
+            continue;
+        j = &m->hdr->journal;
+        if (j->op || j->n)
+            say(&a,
+                " seg %u journal: op %u cls %u chain %#" PRIx64 " block %u n %u slot_word %#" PRIx64
+                "\n",
+                i, j->op, j->cls, j->chain, j->block, j->n, j->slot_word);
+    }
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+        tagged_head_t head = head_read(&c->rec[cls].head);
+        uint64_t x = head.s.off;
+        uint32_t nb = 0, no = 0;
+
+        while (x && nb < CHAIN_GUARD && heap_obj_at(h, x)) {
+            uint64_t link = obj_words(h, x)[1];
+
+            no += walk(&a, x, bundle_count(link), AREF_RECYCLER, nb, cls);
+            nb++;
+            x = bundle_next(link);
+        }
+        if (head.s.off)
+            say(&a,
+                " recycler %u: head %#" PRIx64 " seq %" PRIu64 " actor %u, %u bundles %u objects\n",
+                cls, head.s.off, rec_seq(head.s.tag), rec_actor(head.s.tag), nb, no);
+    }
+    /* Anomalies: reachable twice (a transit bundle may legitimately be in
+     * its bin, the handoff word or the recycler too: the settle decides),
+     * or reachable while its slab counts it free or has no slab. */
+    qsort(a.refs, a.nrefs, sizeof(*a.refs), cmp_ref);
+    for (uint32_t k = 0; k < a.nrefs; k++) {
+        struct aref *r = &a.refs[k];
+        uint16_t tag;
+        int st = slab_state(h, r->off, &tag);
+
+        if (k + 1 < a.nrefs && a.refs[k + 1].off == r->off) {
+            say(&a, " %s object %#" PRIx64 " reachable twice:",
+                r->kind == AREF_TRANSIT || a.refs[k + 1].kind == AREF_TRANSIT ? "(transit)"
+                                                                              : "ANOMALY",
+                r->off);
+            say_ref(&a, r);
+            say_ref(&a, &a.refs[k + 1]);
+            say(&a, " slab state %d tag %u\n", st, tag);
+            if (r->kind != AREF_TRANSIT && a.refs[k + 1].kind != AREF_TRANSIT)
+                a.anomalies++;
+        }
+        if (st != 0) {
+            say(&a, " ANOMALY object %#" PRIx64 " reachable while %s, tag %u:", r->off,
+                st > 0 ? "free in its slab" : "its slab is gone", tag);
+            say_ref(&a, r);
+            say(&a, "\n");
+            a.anomalies++;
+        }
+    }
+    free(a.refs);
+    *ret_anomalies = a.anomalies;
+    return a.len;
+}
