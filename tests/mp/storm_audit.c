@@ -121,13 +121,19 @@ static void say_ref(struct audit *a, const struct aref *r)
     say(a, " %s(slot %u cls %u pos %u)", aref_names[r->kind], r->slot, r->cls, r->pos);
 }
 
-/* Whether a segment's journal has a return in progress at off. */
-static bool returning(struct heap *h, uint64_t off)
+/* Whether a segment's journal has a return in progress from slot's
+ * handoff word at off (the journal is then at off or one object past it). */
+static bool returning(struct heap *h, uint32_t slot, uint64_t off)
 {
-    for (uint32_t i = 1; i < heap_nmapped(h); i++)
-        if (heap_mapped(h, i) && h->segs[i].hdr->journal.op == JOP_RETURN &&
-            h->segs[i].hdr->journal.chain == off)
+    uint64_t word = ptr_off(h, &h->ctl->slots[slot - 1].handoff);
+
+    for (uint32_t i = 1; i < heap_nmapped(h); i++) {
+        struct seg_journal *j = &h->segs[i].hdr->journal;
+
+        if (heap_mapped(h, i) && j->op == JOP_RETURN && j->slot_word == word &&
+            (j->chain == off || j->chain == obj_words(h, off)[0]))
             return true;
+    }
     return false;
 }
 
@@ -232,7 +238,7 @@ size_t storm_audit(struct heap *h, uint32_t pid, char *buf, size_t cap, uint32_t
         /* A return in progress under a lock its holder died with: the
          * object the journal names may be free already (its bit is set
          * before the journal moves past it), and the replay knows it. */
-        if (st != 0 && !(r->kind == AREF_HANDOFF && r->pos == 0 && returning(h, r->off))) {
+        if (st != 0 && !(r->kind == AREF_HANDOFF && r->pos == 0 && returning(h, r->slot, r->off))) {
             say(&a, " ANOMALY object %#" PRIx64 " reachable while %s, tag %u:", r->off,
                 st > 0 ? "free in its slab" : "its slab is gone", tag);
             say_ref(&a, r);
