@@ -246,6 +246,33 @@ size_t storm_audit(struct heap *h, uint32_t pid, char *buf, size_t cap, uint32_t
             a.anomalies++;
         }
     }
+    /* Every slab: a free object has no owner (slab.c's invariant), or a
+     * sweep of that owner would return it again. */
+    for (uint32_t i = 1; i < heap_nmapped(h); i++) {
+        struct seg_map *m = &h->segs[i];
+
+        if (!heap_mapped(h, i))
+            continue;
+        for (uint32_t b = m->hdr->first_block; b < m->nblocks; b++) {
+            uint64_t w = load_relaxed(&m->meta[b]), *bits;
+            struct slab_geometry g;
+            const uint16_t *tags;
+
+            if (meta_state(w) != BLK_SLAB || meta_class(w) >= SHM_NCLASSES)
+                continue;
+            sizeclass_geometry(meta_class(w), &g);
+            bits = slab_bitmap(m, b, &g);
+            tags = slab_tags(m->base + ((uint64_t) b << SHM_BLOCK_SHIFT), &g);
+            for (uint32_t k = 0; k < g.capacity; k++)
+                if (((bits[k / 64] >> (k % 64)) & 1) && tags[k]) {
+                    say(&a, " ANOMALY object %#" PRIx64 " free in its slab with tag %u\n",
+                        ((uint64_t) i << SHM_SEG_SHIFT) + ((uint64_t) b << SHM_BLOCK_SHIFT) +
+                                (uint64_t) k * g.size,
+                        tags[k]);
+                    a.anomalies++;
+                }
+        }
+    }
     free(a.refs);
     *ret_anomalies = a.anomalies;
     return a.len;
