@@ -121,6 +121,16 @@ static void say_ref(struct audit *a, const struct aref *r)
     say(a, " %s(slot %u cls %u pos %u)", aref_names[r->kind], r->slot, r->cls, r->pos);
 }
 
+/* Whether s's handoff word is one of its bins' heads: a give-back that
+ * stopped before the cut, which the bin still holds (tcache.c). */
+static bool handoff_in_bin(struct cache_slot *s)
+{
+    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+        if (bin_off(load_relaxed(&s->bins[cls].head)) == load_relaxed(&s->handoff))
+            return true;
+    return false;
+}
+
 /* Whether a segment's journal has a return in progress from slot's
  * handoff word at off (the journal is then at off or one object past it). */
 static bool returning(struct heap *h, uint32_t slot, uint64_t off)
@@ -174,7 +184,9 @@ size_t storm_audit(struct heap *h, uint32_t pid, char *buf, size_t cap, uint32_t
             say(&a, "  bin %u: head %#" PRIx64 " count %u walked %u untagged %u net %" PRIu64 "\n",
                 cls, bin_off(w), bin_count(w), n, bin->untagged, bin->net);
         }
-        if (s->handoff)
+        if (s->handoff && handoff_in_bin(s))
+            say(&a, "  handoff chain: a bin's head (not cut from it yet)\n");
+        else if (s->handoff)
             say(&a, "  handoff chain: %u objects\n",
                 walk(&a, s->handoff, UINT64_MAX, AREF_HANDOFF, i + 1, SHM_NCLASSES));
         if (transit_state(t) != TRANSIT_NONE && toff && heap_obj_at(h, toff)) {
