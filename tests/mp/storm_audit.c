@@ -236,6 +236,14 @@ size_t storm_audit(struct heap *h, uint32_t pid, char *buf, size_t cap, uint32_t
         uint16_t tag;
         int st = slab_state(h, r->off, &tag);
 
+        /* A bundle's tags are cleared as it leaves its cache: one a
+         * sweep finds tagged would be freed under the recycler. */
+        if (r->kind == AREF_RECYCLER && st == 0 && tag) {
+            say(&a, " ANOMALY object %#" PRIx64 " in a recycler with tag %u:", r->off, tag);
+            say_ref(&a, r);
+            say(&a, "\n");
+            a.anomalies++;
+        }
         if (k + 1 < a.nrefs && a.refs[k + 1].off == r->off) {
             say(&a, " %s object %#" PRIx64 " reachable twice:",
                 r->kind == AREF_TRANSIT || a.refs[k + 1].kind == AREF_TRANSIT ? "(transit)"
