@@ -189,7 +189,10 @@ size_t storm_audit(struct heap *h, uint32_t pid, char *buf, size_t cap, uint32_t
         else if (s->handoff)
             say(&a, "  handoff chain: %u objects\n",
                 walk(&a, s->handoff, UINT64_MAX, AREF_HANDOFF, i + 1, SHM_NCLASSES));
-        if (transit_state(t) != TRANSIT_NONE && toff && heap_obj_at(h, toff)) {
+        /* A push that won is the recycler's: its bundle may be anyone's
+         * since (the settle leaves it alone). */
+        if (transit_state(t) != TRANSIT_NONE &&
+            !(transit_push(t) && transit_state(t) == TRANSIT_WON) && toff && heap_obj_at(h, toff)) {
             uint64_t count =
                     transit_push(t) ? s->transit_info : bundle_count(obj_words(h, toff)[1]);
 
