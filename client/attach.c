@@ -245,6 +245,42 @@ request_header_page(struct client *c, struct conn *conn, unsigned timeout_ms, in
     return r;
 }
 
+/* hello's segment list: each fd of the reply to its index (0: the control
+ * segment), taken out of the reply. False, with the error set, on a list
+ * that does not match the fds or names an index twice. */
+static bool
+take_segment_fds(struct client *c, struct reply *rep, int fds[SHM_MAX_SEGMENTS], int *ret_ctl_fd)
+{
+    const cJSON *segs = cJSON_GetObjectItemCaseSensitive(rep->json, "segments"), *s;
+    unsigned i = 0;
+
+    if (!cJSON_IsArray(segs) || (unsigned) cJSON_GetArraySize(segs) != rep->nfds) {
+        client_set_error("shmheapd at %s sent %u fds for %d segments", c->conn.path, rep->nfds,
+                         cJSON_GetArraySize(segs));
+        return false;
+    }
+    cJSON_ArrayForEach(s, segs)
+    {
+        uint64_t index;
+
+        if (!json_get_u64(s, "index", &index) || index >= SHM_MAX_SEGMENTS ||
+            (index == 0 ? *ret_ctl_fd >= 0 : fds[index] >= 0)) {
+            client_set_error("shmheapd at %s sent a bad segment list", c->conn.path);
+            return false;
+        }
+        if (index == 0)
+            *ret_ctl_fd = rep->fds[i];
+        else
+            fds[index] = rep->fds[i];
+        rep->fds[i++] = -1;
+    }
+    if (*ret_ctl_fd < 0) {
+        client_set_error("shmheapd at %s sent no control segment", c->conn.path);
+        return false;
+    }
+    return true;
+}
+
 int client_hello(struct client *c,
                  struct conn *conn,
                  bool resume,
@@ -252,11 +288,9 @@ int client_hello(struct client *c,
                  int fds[SHM_MAX_SEGMENTS],
                  int *ret_header_fd)
 {
-    const cJSON *segs, *s;
     struct reply rep;
     uint64_t version, client_id;
     struct stat st = {0};
-    unsigned i = 0;
     cJSON *req;
     int r, ctl_fd = -1;
 
@@ -291,31 +325,8 @@ int client_hello(struct client *c,
         client_set_error("shmheapd at %s sent hello without a client_id", c->conn.path);
         goto out;
     }
-    segs = cJSON_GetObjectItemCaseSensitive(rep.json, "segments");
-    if (!cJSON_IsArray(segs) || (unsigned) cJSON_GetArraySize(segs) != rep.nfds) {
-        client_set_error("shmheapd at %s sent %u fds for %d segments", c->conn.path, rep.nfds,
-                         cJSON_GetArraySize(segs));
+    if (!take_segment_fds(c, &rep, fds, &ctl_fd))
         goto out;
-    }
-    cJSON_ArrayForEach(s, segs)
-    {
-        uint64_t index;
-
-        if (!json_get_u64(s, "index", &index) || index >= SHM_MAX_SEGMENTS ||
-            (index == 0 ? ctl_fd >= 0 : fds[index] >= 0)) {
-            client_set_error("shmheapd at %s sent a bad segment list", c->conn.path);
-            goto out;
-        }
-        if (index == 0)
-            ctl_fd = rep.fds[i];
-        else
-            fds[index] = rep.fds[i];
-        rep.fds[i++] = -1;
-    }
-    if (ctl_fd < 0) {
-        client_set_error("shmheapd at %s sent no control segment", c->conn.path);
-        goto out;
-    }
     if (resume && client_id != c->client_id) {
         client_set_error("shmheapd at %s gave client_id %llu back for %llu", c->conn.path,
                          (unsigned long long) client_id, (unsigned long long) c->client_id);

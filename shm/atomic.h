@@ -41,6 +41,9 @@ _Static_assert(__atomic_always_lock_free(8, 0), "8-byte atomics must be lock-fre
     __atomic_compare_exchange_n((p), (expp), (v), true, __ATOMIC_RELEASE, __ATOMIC_RELAXED)
 #define cas_weak_relaxed(p, expp, v) \
     __atomic_compare_exchange_n((p), (expp), (v), true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)
+/* A single try that publishes nothing (a repair of one word). */
+#define cas_strong_relaxed(p, expp, v) \
+    __atomic_compare_exchange_n((p), (expp), (v), false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)
 /* Owner-only counters: one writer, lock-free readers. A relaxed load and
  * store (not an atomic read-modify-write) is a plain add on x86-64 and costs
  * the fast path nothing; readers only ever want a snapshot. */

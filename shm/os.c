@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "shm/atomic.h"
 #include "shm/os.h"
 
 #ifndef F_SEAL_FUTURE_WRITE
@@ -244,7 +245,7 @@ int os_mutex_init_robust(pthread_mutex_t *m)
 static int robust_kind(void)
 {
     static int kind = -1;
-    int k = __atomic_load_n(&kind, __ATOMIC_RELAXED);
+    int k = load_relaxed(&kind);
     pthread_mutex_t ref;
 
     if (k >= 0)
@@ -254,7 +255,7 @@ static int robust_kind(void)
     k = ref.__data.__kind;
     (void) pthread_mutex_destroy(&ref);
     /* Relaxed: every thread computes the same value. */
-    __atomic_store_n(&kind, k, __ATOMIC_RELAXED);
+    store_relaxed(&kind, k);
     return k;
 }
 
@@ -270,16 +271,14 @@ int os_mutex_lock_guarded(pthread_mutex_t *mx, uint32_t wait_ms, struct os_lock_
 {
     unsigned *word = (unsigned *) &mx->__data.__lock;
     uint64_t deadline = os_now_ns() + (uint64_t) wait_ms * 1000000u, nap_ns = 20000;
-    int want = robust_kind(), kind = __atomic_load_n(&mx->__data.__kind, __ATOMIC_RELAXED);
+    int want = robust_kind(), kind = load_relaxed(&mx->__data.__kind);
 
     g->dead_tid = 0;
     g->kind_fixed = false;
     g->word = 0;
     /* Another kind makes glibc take another path (a normal lock, no robust
      * list, or EINVAL): put the kind back (CAS: once, whatever races). */
-    if (want >= 0 && kind != want &&
-        __atomic_compare_exchange_n(&mx->__data.__kind, &kind, want, false, __ATOMIC_RELAXED,
-                                    __ATOMIC_RELAXED))
+    if (want >= 0 && kind != want && cas_strong_relaxed(&mx->__data.__kind, &kind, want))
         g->kind_fixed = true;
     for (;;) {
         int r = pthread_mutex_trylock(mx);
@@ -288,7 +287,7 @@ int os_mutex_lock_guarded(pthread_mutex_t *mx, uint32_t wait_ms, struct os_lock_
 
         if (r != EBUSY)
             return r;
-        w = __atomic_load_n(word, __ATOMIC_RELAXED);
+        w = load_relaxed(word);
         tid = (pid_t) (w & FUTEX_TID_MASK);
         /* Held by a thread that does not exist, and the kernel did not mark
          * it owner-died (it would have, had that thread died holding it):
@@ -296,8 +295,7 @@ int os_mutex_lock_guarded(pthread_mutex_t *mx, uint32_t wait_ms, struct os_lock_
          * gets EOWNERDEAD and the caller recovers as after any dead holder.
          * A live tid is waited for: the word may be true. */
         if (tid && !(w & FUTEX_OWNER_DIED) && !os_pid_alive(tid)) {
-            if (__atomic_compare_exchange_n(word, &w, FUTEX_OWNER_DIED, false, __ATOMIC_RELAXED,
-                                            __ATOMIC_RELAXED))
+            if (cas_strong_relaxed(word, &w, FUTEX_OWNER_DIED))
                 g->dead_tid = (uint32_t) tid;
             continue;
         }

@@ -387,12 +387,12 @@ void heap_lock_note(struct heap *h, uint32_t seg, const struct os_lock_guard *g,
 
     if (g->dead_tid) {
         store_relaxed(&rep->last_tid, g->dead_tid);
-        (void) __atomic_fetch_add(&rep->dead_words, 1, __ATOMIC_RELAXED);
+        (void) fetch_add_relaxed(&rep->dead_words, 1);
     }
     if (g->kind_fixed)
-        (void) __atomic_fetch_add(&rep->kinds_fixed, 1, __ATOMIC_RELAXED);
+        (void) fetch_add_relaxed(&rep->kinds_fixed, 1);
     if (r == ETIMEDOUT)
-        (void) __atomic_fetch_add(&rep->timeouts, 1, __ATOMIC_RELAXED);
+        (void) fetch_add_relaxed(&rep->timeouts, 1);
     if (g->dead_tid || g->kind_fixed || r == ETIMEDOUT)
         store_relaxed(&rep->last_seg, seg);
 }

@@ -430,9 +430,20 @@ START_TEST(metrics_slow_scrapers)
     start_with_metrics(&f, "{" SMALL "}");
     /* Many connections from 127.0.0.1 that send half a request and wait. */
     for (int i = 0; i < NSLOW; i++) {
+        ssize_t n;
+
         slow[i] = http_connect("127.0.0.1", metrics_port, "127.0.0.1");
         ck_assert_int_ge(slow[i], 0);
-        ck_assert_int_eq(send(slow[i], "GET /metr", 9, MSG_NOSIGNAL), 9);
+        n = send(slow[i], "GET /metr", 9, MSG_NOSIGNAL);
+        /* One beyond the per-address limit may be closed by the server
+         * before this send: that is the limit at work. */
+        if (n < 0 && (errno == ECONNRESET || errno == EPIPE)) {
+            (void) close(slow[i]);
+            slow[i] = -1;
+            closed++;
+            continue;
+        }
+        ck_assert_int_eq(n, 9);
     }
     /* Another scraper (another address) is served meanwhile... */
     ck_assert_int_eq(http_request("127.0.0.1", metrics_port, "127.0.0.2", "GET", "/metrics",

@@ -574,6 +574,34 @@ static pid_t dead_pid(void)
     return p;
 }
 
+/* Heap segment 1 mapped writable by a raw attachment (hello, no library):
+ * what a scribbling client can reach. */
+struct raw_segment {
+    int fds[DAEMON_FIXTURE_MAX_FDS], nfds, sock;
+    struct seg_header *seg;
+    size_t size;
+};
+
+static void raw_segment_map(struct daemon_fixture *f, struct raw_segment *rs)
+{
+    struct stat st;
+
+    rs->nfds = 0;
+    rs->sock = raw_hello(f->socket_path, rs->fds, &rs->nfds);
+    ck_assert_int_eq(fstat(rs->fds[1], &st), 0);
+    rs->size = (size_t) st.st_size;
+    rs->seg = mmap(NULL, rs->size, PROT_READ | PROT_WRITE, MAP_SHARED, rs->fds[1], 0);
+    ck_assert_msg(rs->seg != MAP_FAILED, "map segment 1: %s", strerror(errno));
+}
+
+static void raw_segment_unmap(struct raw_segment *rs)
+{
+    (void) munmap(rs->seg, rs->size);
+    for (int i = 0; i < rs->nfds; i++)
+        (void) close(rs->fds[i]);
+    (void) close(rs->sock);
+}
+
 enum lock_scribble { LOCK_DEAD_TID, LOCK_KIND, LOCK_LIVE_TID };
 
 /* Segment 1's lock, mapped as any client can map it, gets a word no holder
@@ -585,10 +613,9 @@ enum lock_scribble { LOCK_DEAD_TID, LOCK_KIND, LOCK_LIVE_TID };
 static void lock_scribble(enum lock_scribble how, const char *what)
 {
     struct share *sh = mp_shared_alloc(sizeof(*sh));
-    int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, sock;
+    struct raw_segment rs;
     struct daemon_fixture f;
     struct seg_header *seg;
-    struct stat st;
     pid_t by;
     cJSON *r;
 
@@ -599,10 +626,8 @@ static void lock_scribble(enum lock_scribble how, const char *what)
     sh->bystander = by;
     (void) close(sh->go[0]);
     wait_allocated(&f, by);
-    sock = raw_hello(f.socket_path, fds, &nfds);
-    ck_assert_int_eq(fstat(fds[1], &st), 0);
-    seg = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
-    ck_assert_msg(seg != MAP_FAILED, "map segment 1: %s", strerror(errno));
+    raw_segment_map(&f, &rs);
+    seg = rs.seg;
     switch (how) {
     case LOCK_DEAD_TID:
         __atomic_store_n(&seg->lock.__data.__lock, (int) dead_pid(), __ATOMIC_RELAXED);
@@ -632,10 +657,7 @@ static void lock_scribble(enum lock_scribble how, const char *what)
     mp_wait_ok(by, "the bystander");
     mp_wait_ok(mp_fork(fresh_client, sh, 3), "a client attached afterwards");
     expect_alive(&f);
-    (void) munmap(seg, (size_t) st.st_size);
-    for (int i = 0; i < nfds; i++)
-        (void) close(fds[i]);
-    (void) close(sock);
+    raw_segment_unmap(&rs);
     fixture_stop(&f);
     mp_shared_free(sh, sizeof(*sh));
 }
@@ -771,20 +793,17 @@ END_TEST
 START_TEST(scribbler_slab_meta)
 {
     struct share *sh = mp_shared_alloc(sizeof(*sh));
-    int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, sock;
+    struct raw_segment rs;
     struct daemon_fixture f;
     struct seg_header *seg;
     uint64_t *meta;
     uint32_t last;
-    struct stat st;
     char what[64];
 
     fixture_start(&f, NULL);
     (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f.socket_path);
-    sock = raw_hello(f.socket_path, fds, &nfds);
-    ck_assert_int_eq(fstat(fds[1], &st), 0);
-    seg = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
-    ck_assert_msg(seg != MAP_FAILED, "map segment 1: %s", strerror(errno));
+    raw_segment_map(&f, &rs);
+    seg = rs.seg;
     meta = (uint64_t *) ((char *) seg + seg->meta_off);
     last = seg->nblocks - 1;
     ck_assert_uint_eq(meta_state(meta[last]), BLK_FREE);
@@ -800,10 +819,7 @@ START_TEST(scribbler_slab_meta)
     for (unsigned i = 0; i < 3; i++)
         mp_wait_ok(mp_fork(fresh_client, sh, 20 + i), "a client attached afterwards");
     expect_alive(&f);
-    (void) munmap(seg, (size_t) st.st_size);
-    for (int i = 0; i < nfds; i++)
-        (void) close(fds[i]);
-    (void) close(sock);
+    raw_segment_unmap(&rs);
     fixture_stop(&f);
     mp_shared_free(sh, sizeof(*sh));
 }
@@ -819,17 +835,14 @@ END_TEST
 START_TEST(scribbler_journal)
 {
     struct share *sh = mp_shared_alloc(sizeof(*sh));
-    int fds[DAEMON_FIXTURE_MAX_FDS], nfds = 0, sock;
+    struct raw_segment rs;
     struct daemon_fixture f;
     struct seg_header *seg;
-    struct stat st;
 
     fixture_start(&f, NULL);
     (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f.socket_path);
-    sock = raw_hello(f.socket_path, fds, &nfds);
-    ck_assert_int_eq(fstat(fds[1], &st), 0);
-    seg = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
-    ck_assert_msg(seg != MAP_FAILED, "map segment 1: %s", strerror(errno));
+    raw_segment_map(&f, &rs);
+    seg = rs.seg;
     seg->journal.chain = (UINT64_C(1) << SHM_SEG_SHIFT) | 0x12340;
     seg->journal.slot_word = 64; /* in the header page */
     seg->journal.block = seg->first_block;
@@ -843,10 +856,7 @@ START_TEST(scribbler_journal)
     for (unsigned i = 0; i < 3; i++)
         mp_wait_ok(mp_fork(fresh_client, sh, 30 + i), "a client attached afterwards");
     expect_alive(&f);
-    (void) munmap(seg, (size_t) st.st_size);
-    for (int i = 0; i < nfds; i++)
-        (void) close(fds[i]);
-    (void) close(sock);
+    raw_segment_unmap(&rs);
     fixture_stop(&f);
     mp_shared_free(sh, sizeof(*sh));
 }
