@@ -340,6 +340,7 @@ static __attribute__((noinline)) void free_slow(struct heap *h, void *p)
      * asked). */
     tag_ours(obj_tag(h, off, cls), tc->owner_tag);
     compiler_barrier();
+    shm_fault(FAULT_FREE_TAGGED);
     obj_words(h, off)[0] = bin_off(w);
     store_relaxed(&bin->head, bin_word(off, bin_count(w) + 1));
     tcache_leave(tc);

@@ -35,6 +35,7 @@ enum shm_fault_point {
     FAULT_DRAIN_POPPED,     /* a full heap: a recycler's bundle popped, not yet handed off */
     FAULT_POP_NOTED,        /* a pop's transit record written, its CAS not yet tried */
     FAULT_PUSH_NOTED,       /* a push's transit record and link written, its CAS not yet tried */
+    FAULT_FREE_TAGGED,      /* free's slow path: the object tagged ours, not pushed */
     FAULT_COUNT,            /* one past the last point */
 };
 void shm_fault(enum shm_fault_point p);

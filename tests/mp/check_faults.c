@@ -164,7 +164,10 @@ static void child_cache(struct fctx *f, struct heap *h)
     case FAULT_PUSH_NOTED:
     case FAULT_FLUSH_CUT:
     case FAULT_FLUSH_PUSHED:
-        /* Frees overflow the bin: bundles go to the recycler. */
+    case FAULT_FREE_TAGGED:
+        /* Frees overflow the bin: bundles go to the recycler (FREE_TAGGED:
+         * the free that overflowed it, tagged, dies before its push, and
+         * its owner's sweep frees it). */
         alloc_free(h, 400, SMALL, f->point);
         break;
     case FAULT_GIVE_BACK_CUT:
@@ -386,6 +389,7 @@ static const char *const point_names[FAULT_COUNT] = {
         [FAULT_DRAIN_POPPED] = "DRAIN_POPPED",
         [FAULT_POP_NOTED] = "POP_NOTED",
         [FAULT_PUSH_NOTED] = "PUSH_NOTED",
+        [FAULT_FREE_TAGGED] = "FREE_TAGGED",
 };
 
 static unsigned fault_rounds(void)
