@@ -89,7 +89,9 @@ malloc_class_slow(struct heap *h, struct tcache *tc, unsigned cls)
     else
         tag_ours(obj_tag(h, bin_off(w), cls), tc->owner_tag);
     compiler_barrier();
+    shm_fault(FAULT_MALLOC_TAGGED);
     store_relaxed(&bin->head, bin_word(p[0], bin_count(w) - 1));
+    shm_fault(FAULT_MALLOC_POPPED);
     if (bin_count(w) <= load_relaxed(&bin->untagged))
         store_relaxed(&bin->untagged, bin_count(w) - 1);
     store_relaxed(&tc->slot->ops, load_relaxed(&tc->slot->ops) + 1);

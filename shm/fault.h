@@ -36,6 +36,8 @@ enum shm_fault_point {
     FAULT_POP_NOTED,        /* a pop's transit record written, its CAS not yet tried */
     FAULT_PUSH_NOTED,       /* a push's transit record and link written, its CAS not yet tried */
     FAULT_FREE_TAGGED,      /* free's slow path: the object tagged ours, not pushed */
+    FAULT_MALLOC_TAGGED,    /* malloc's slow path: a refill's object tagged, not popped */
+    FAULT_MALLOC_POPPED,    /* malloc's slow path: popped, the bin's untagged count not lowered */
     FAULT_COUNT,            /* one past the last point */
 };
 void shm_fault(enum shm_fault_point p);

@@ -170,6 +170,13 @@ static void child_cache(struct fctx *f, struct heap *h)
          * its owner's sweep frees it). */
         alloc_free(h, 400, SMALL, f->point);
         break;
+    case FAULT_MALLOC_TAGGED:
+    case FAULT_MALLOC_POPPED:
+        /* The first malloc of a class refills its empty bin from the
+         * slabs and tags the object it pops. */
+        shm_fault_at = f->point;
+        (void) heap_malloc(h, SMALL);
+        break;
     case FAULT_GIVE_BACK_CUT:
         alloc_free(h, 100, SMALL, 0);
         shm_fault_at = f->point;
@@ -390,6 +397,8 @@ static const char *const point_names[FAULT_COUNT] = {
         [FAULT_POP_NOTED] = "POP_NOTED",
         [FAULT_PUSH_NOTED] = "PUSH_NOTED",
         [FAULT_FREE_TAGGED] = "FREE_TAGGED",
+        [FAULT_MALLOC_TAGGED] = "MALLOC_TAGGED",
+        [FAULT_MALLOC_POPPED] = "MALLOC_POPPED",
 };
 
 static unsigned fault_rounds(void)
