@@ -66,6 +66,7 @@ static int slab_next(struct heap *h,
 {
     for (;;) {
         int64_t sb = bittree_find_first(seg_class_tree(m, cls));
+        uint64_t slot_word;
         int r;
 
         if (sb >= 0) {
@@ -83,10 +84,18 @@ static int slab_next(struct heap *h,
         if (taken > 0 || ++*retries > 8)
             return 1;
         /* No journal across the unlocked commit: nothing is half done. */
+        slot_word = load_relaxed(&m->hdr->journal.slot_word);
         store_relaxed(&m->hdr->journal.op, JOP_NONE);
         r = commit_unlocked(h, m, (uint32_t) sb, g->blocks);
         if (r < 0)
             return r;
+        /* The relock may have recovered a dead holder and cleared the
+         * journal: ours is written again (nothing taken yet, so no chain)
+         * before it counts, else a death after the delivery would leave a
+         * TAKE without its bin and the chain would go back twice. */
+        store_relaxed(&m->hdr->journal.cls, cls);
+        store_relaxed(&m->hdr->journal.chain, 0);
+        store_relaxed(&m->hdr->journal.slot_word, slot_word);
         store_relaxed(&m->hdr->journal.op, JOP_TAKE);
     }
 }
