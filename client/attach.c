@@ -102,6 +102,14 @@ static int reply_take_segment(struct client *c, struct reply *rep)
     return (int) index;
 }
 
+/* A hook's request that got no answer: no daemon came back within
+ * reconnect_wait_ms (or no memory to ask), so the allocation that needed
+ * it fails with ENOMEM, as the malloc family promises (never EIO). */
+static int hook_call_errno(int r)
+{
+    return r == -SHMHEAP_ECONNECT || r == -SHMHEAP_ENOMEM ? -ENOMEM : -EIO;
+}
+
 static int hook_open_segment(void *ctx, uint32_t index)
 {
     struct client *c = ctx;
@@ -128,9 +136,7 @@ static int hook_open_segment(void *ctx, uint32_t index)
     r = client_call(c, req, CONN_TIMEOUT_MS, &rep);
     cJSON_Delete(req);
     if (r < 0)
-        /* No daemon to ask (it did not come back in time): for the
-         * caller, a segment it cannot map is memory it cannot have. */
-        return r == -SHMHEAP_ENOMEM || r == -SHMHEAP_ECONNECT ? -ENOMEM : -EIO;
+        return hook_call_errno(r);
     pthread_mutex_lock(&c->conn.lock);
     if (!rep.ok) {
         r = reply_error(&rep, "segment") == -SHMHEAP_ENOENT ? -ENOENT : -EIO;
@@ -187,9 +193,7 @@ static int hook_grow(void *ctx, uint64_t min_bytes)
     r = client_call(c, req, CONN_TIMEOUT_MS, &rep);
     cJSON_Delete(req);
     if (r < 0)
-        /* No daemon came back within reconnect_wait_ms: the allocation
-         * fails with ENOMEM, as the protocol promises (never EIO). */
-        return r == -SHMHEAP_ECONNECT || r == -SHMHEAP_ENOMEM ? -ENOMEM : -EIO;
+        return hook_call_errno(r);
     pthread_mutex_lock(&c->conn.lock);
     if (!rep.ok) {
         /* heap_full: at max_segments (the core reports ENOMEM to the
