@@ -442,10 +442,16 @@ void owner_lock_report(struct daemon *d, struct verify_report *rep)
                     ", which does not exist (written by a client): taken as a dead holder's and "
                     "recovered (%" PRIu64 " times in all)",
                     now.last_seg, now.last_tid, now.dead_words);
-    if (now.kinds_fixed != was->kinds_fixed)
-        log_warning("segment %" PRIu32 ": its lock's kind field was written by a client: restored "
-                    "(%" PRIu64 " times in all)",
-                    now.last_seg, now.kinds_fixed);
+    if (now.own_words != was->own_words)
+        log_warning("segment %" PRIu32
+                    ": its lock word named the daemon's own thread, which did not "
+                    "hold it (written by a client, or a dead holder's reused id): taken as a dead "
+                    "holder's and recovered (%" PRIu64 " times in all)",
+                    now.last_seg, now.own_words);
+    if (now.foreign_unlocks != was->foreign_unlocks)
+        log_warning("a segment lock word was written while the daemon held it: left to its next "
+                    "locker (%" PRIu64 " times in all)",
+                    now.foreign_unlocks);
     if (now.timeouts != was->timeouts)
         log_warning("segment %" PRIu32 ": its lock stayed taken over %u ms; the operation that "
                     "needed it failed (%" PRIu64 " times in all)",
@@ -457,9 +463,13 @@ void owner_lock_report(struct daemon *d, struct verify_report *rep)
                                 "segment %" PRIu32 ": lock word named thread %" PRIu32
                                 ", which does not exist; recovered as a dead holder's",
                                 now.last_seg, now.last_tid);
-        if (now.kinds_fixed != d->locks_verified.kinds_fixed)
-            heap_verify_problem(rep, "segment %" PRIu32 ": lock kind written; restored",
+        if (now.own_words != d->locks_verified.own_words)
+            heap_verify_problem(rep,
+                                "segment %" PRIu32 ": lock word named the daemon's own thread; "
+                                "recovered as a dead holder's",
                                 now.last_seg);
+        if (now.foreign_unlocks != d->locks_verified.foreign_unlocks)
+            heap_verify_problem(rep, "a segment lock word was written while the daemon held it");
         if (now.timeouts != d->locks_verified.timeouts)
             heap_verify_problem(rep, "segment %" PRIu32 ": lock held over %u ms", now.last_seg,
                                 DAEMON_LOCK_WAIT_MS);

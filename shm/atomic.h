@@ -41,6 +41,13 @@ _Static_assert(__atomic_always_lock_free(8, 0), "8-byte atomics must be lock-fre
     __atomic_compare_exchange_n((p), (expp), (v), true, __ATOMIC_RELEASE, __ATOMIC_RELAXED)
 #define cas_weak_relaxed(p, expp, v) \
     __atomic_compare_exchange_n((p), (expp), (v), true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)
+/* A lock's word (lock.c): taking it acquires what the last holder
+ * released; letting go releases what the holder wrote. */
+#define cas_strong_acquire(p, expp, v) \
+    __atomic_compare_exchange_n((p), (expp), (v), false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)
+#define cas_strong_release(p, expp, v) \
+    __atomic_compare_exchange_n((p), (expp), (v), false, __ATOMIC_RELEASE, __ATOMIC_RELAXED)
+#define fetch_and_relaxed(p, v) __atomic_fetch_and((p), (v), __ATOMIC_RELAXED)
 /* A single try that publishes nothing (a repair of one word). */
 #define cas_strong_relaxed(p, expp, v) \
     __atomic_compare_exchange_n((p), (expp), (v), false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)

@@ -80,13 +80,12 @@ int ctl_format(int fd, const struct shm_config *cfg)
     c->segs[0].size = size;
     c->segs[0].page_size = 4096;
     c->segs[0].state = SEG_LIVE;
-    r = os_mutex_init_robust(&c->lock);
-    if (r == 0)
-        /* release: the magic is written last; an attacher that sees it
-         * (ctl_check_header's acquire pairs with this) sees the rest. */
-        store_release(&c->magic, SHM_CTL_MAGIC);
+    shlock_init(&c->lock);
+    /* release: the magic is written last; an attacher that sees it
+     * (ctl_check_header's acquire pairs with this) sees the rest. */
+    store_release(&c->magic, SHM_CTL_MAGIC);
     (void) munmap(c, size);
-    return r;
+    return 0;
 }
 
 int heap_ctl_create(const struct shm_config *cfg, int *ret_fd)

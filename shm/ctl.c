@@ -1,4 +1,4 @@
-/* The control segment: its header check, its robust lock and the
+/* The control segment: its header check, its lock (lock.c) and the
  * heap-wide counters kept in it. Creating it, and heap segments, is the
  * owner's job (create.c); cache slots have their own file (slot.c).
  *
@@ -45,11 +45,11 @@ static void ctl_recover(struct ctl_header *c)
 
 int ctl_lock(struct ctl_header *c)
 {
-    int r = pthread_mutex_lock(&c->lock);
+    int r = shlock_lock(&c->lock);
 
     if (r == EOWNERDEAD) {
         ctl_recover(c);
-        r = pthread_mutex_consistent(&c->lock);
+        r = 0;
     }
     return -r;
 }
@@ -57,23 +57,25 @@ int ctl_lock(struct ctl_header *c)
 int ctl_lock_for(struct heap *h)
 {
     struct ctl_header *c = h->ctl;
-    struct os_lock_guard g;
+    struct shlock_note n;
     int r;
 
     if (!h->lock_wait_ms)
         return ctl_lock(c);
-    r = os_mutex_lock_guarded(&c->lock, h->lock_wait_ms, &g);
-    heap_lock_note(h, 0, &g, r);
+    r = shlock_lock_until(&c->lock, h->lock_wait_ms, &n);
+    heap_lock_note(h, 0, &n, r);
     if (r == EOWNERDEAD) {
         ctl_recover(c);
-        r = pthread_mutex_consistent(&c->lock);
+        r = 0;
     }
     return -r;
 }
 
 void ctl_unlock(struct ctl_header *c)
 {
-    (void) pthread_mutex_unlock(&c->lock);
+    /* -EPERM: the word was written while we held it; the next locker
+     * deals with it (lock.c), and the daemon's reports it. */
+    (void) shlock_unlock(&c->lock);
 }
 
 uint64_t ctl_raise_peak(struct ctl_header *c, uint64_t bytes)

@@ -213,15 +213,16 @@ void heap_set_track(struct heap *h, const struct heap_track *track);
 /* For an attachment that trusts nothing in shared memory (the daemon's):
  * a segment lock is waited for at most wait_ms (then the operation fails
  * with -ETIMEDOUT), and a lock word a client wrote never hangs or aborts
- * the process (os_mutex_lock_guarded). Before the attachment is used. */
+ * the process (shlock_lock_until, shm/lock.c). Before the attachment is used. */
 void heap_guard_locks(struct heap *h, uint32_t wait_ms);
 /* What the guarded locks found, counted since the attachment (relaxed). */
 struct heap_lock_report {
-    uint64_t dead_words;  /* a lock word named a thread that did not exist */
-    uint64_t kinds_fixed; /* a lock's kind field was written */
-    uint64_t timeouts;    /* a lock stayed taken past wait_ms */
-    uint32_t last_tid;    /* the thread the last dead word named */
-    uint32_t last_seg;    /* the segment of the last of any of the three */
+    uint64_t dead_words;      /* a lock word named a thread that did not exist */
+    uint64_t own_words;       /* a lock word named the locking thread, which did not hold it */
+    uint64_t timeouts;        /* a lock stayed taken past wait_ms (or the kernel refused it) */
+    uint64_t foreign_unlocks; /* an unlock found the word written by someone else */
+    uint32_t last_tid;        /* the thread the last dead word named */
+    uint32_t last_seg;        /* the segment of the last dead or own word, or timeout */
 };
 void heap_lock_report(struct heap *h, struct heap_lock_report *ret);
 

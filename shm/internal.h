@@ -13,6 +13,7 @@
 #include "shm/fault.h"
 #include "shm/heap.h"
 #include "shm/layout.h"
+#include "shm/lock.h"
 #include "shm/meta.h"
 #include "shm/sizeclass.h"
 
@@ -32,9 +33,10 @@ struct seg_map {
     uint32_t page_size;
     uint32_t unit_shift;
     int fd;
-    bool needs_commit;       /* hugetlb: units must be fallocated before use */
-    uint32_t release_cursor; /* where heap_release's next punch starts (release.c) */
-    uint32_t stuck_word;     /* guarded locks: the lock word a wait timed out on (segment.c) */
+    bool needs_commit;        /* hugetlb: units must be fallocated before use */
+    uint32_t release_cursor;  /* where heap_release's next punch starts (release.c) */
+    uint32_t stuck_word;      /* guarded locks: the lock word a wait timed out on (segment.c) */
+    uint32_t foreign_unlocks; /* unlocks that found the word not ours (relaxed, segment.c) */
 };
 
 struct tcache;
@@ -89,8 +91,9 @@ struct heap {
     uint32_t pcpu_tried;
     uint64_t pcpu_missed_ns; /* when the figures last found no area (percpu_counts) */
     struct seg_map segs[SHM_MAX_SEGMENTS];
-    /* Segment locks taken by os_mutex_lock_guarded (heap_guard_locks): the
-     * daemon's attachment. 0: pthread_mutex_lock (a client's). */
+    /* Segment locks taken with a deadline (shlock_lock_until,
+     * heap_guard_locks): the daemon's attachment. 0: shlock_lock (a
+     * client's). */
     uint32_t lock_wait_ms;
     struct heap_lock_report lock_report; /* relaxed counters (segment.c) */
 };
@@ -592,8 +595,7 @@ int ctl_lock(struct ctl_header *c);
 int ctl_lock_for(struct heap *h);
 /* Counts what a guarded lock of segment seg (0: the control segment)
  * found, for heap_lock_report (segment.c). */
-struct os_lock_guard;
-void heap_lock_note(struct heap *h, uint32_t seg, const struct os_lock_guard *g, int r);
+void heap_lock_note(struct heap *h, uint32_t seg, const struct shlock_note *n, int r);
 void ctl_unlock(struct ctl_header *c);
 /* Raises the heap's peak of bytes in use to `bytes` if it is higher;
  * returns the peak. */

@@ -30,7 +30,6 @@
 #ifndef SHM_LAYOUT_H
 #define SHM_LAYOUT_H
 
-#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,8 +40,9 @@
 /* 4: shm_config.reconnect_wait_ms, ctl_header.client_id_next (restart).
  * 5: the header page (ctl_header's first page, sealed under a daemon).
  * 6: cache_slot.transit and transit_info; a recycler head's tag is
- *    {sequence, actor} (recycler.c). */
-#define SHM_LAYOUT_VERSION 6u
+ *    {sequence, actor} (recycler.c).
+ * 7: struct shlock (lock.c) in place of glibc's pthread_mutex_t. */
+#define SHM_LAYOUT_VERSION 7u
 
 /* Offsets: 5 bits of segment index over 34 bits of byte offset. A process
  * reserves SHM_MAX_SEGMENTS << SHM_SEG_SHIFT bytes of address space per
@@ -57,6 +57,21 @@
 /* Every heap segment's metadata array starts here, so free's fast path
  * computes a block's metadata address from the offset alone. */
 #define SHM_META_OFF 4096u
+
+/* A lock in shared memory (lock.c): the kernel's PI futex word, 0 free,
+ * else the holder's TID | FUTEX_WAITERS | FUTEX_OWNER_DIED; and the
+ * holder's TID as it wrote it down after taking the word (0 when free),
+ * which only tells a dead holder from a written word in reports. Nothing
+ * in it is a pointer or an index. */
+struct shlock {
+    union {
+        struct {
+            uint32_t word;
+            uint32_t holder;
+        };
+        uint64_t pair; /* both, for the CASes that take and let go of both at once */
+    };
+} __attribute__((aligned(8)));
 
 #define SHM_BLOCK_SHIFT 16u
 #define SHM_BLOCK_SIZE  (UINT64_C(1) << SHM_BLOCK_SHIFT)
@@ -384,7 +399,8 @@ struct ctl_header {
     uint64_t trim_gen;   /* bumped by each trim (trim.c) */
     uint32_t slots_high; /* 1 + the highest slot index ever claimed: readers stop there */
     uint32_t pad_sh;
-    pthread_mutex_t lock;   /* robust, process-shared: roots and segment table */
+    struct shlock lock;     /* roots and segment table (lock.c) */
+    uint32_t pad_lock[8];   /* to where glibc's mutex ended: the counters keep their line */
     uint64_t refused_frees; /* refused frees whose class was no longer known */
     uint64_t deaths_mid_op; /* slots reclaimed from a thread that died inside a cache
                              * operation: a few objects may have been in its hands */
@@ -412,7 +428,7 @@ struct ctl_header {
 };
 
 /* A segment lock holder writes down what it is doing here before it does
- * it, so that the next holder, on EOWNERDEAD, can finish or undo it. */
+ * it, so that the next holder, on EOWNERDEAD (lock.c), can finish or undo it. */
 enum journal_op {
     JOP_NONE = 0,
     JOP_TAKE,      /* objects leave slabs onto `chain` */
@@ -449,7 +465,7 @@ struct seg_header {
     uint64_t class_tree_stride;
     uint64_t commit_map_off; /* one bit per unit: committed */
     uint64_t meta_end;       /* first byte after all metadata */
-    pthread_mutex_t lock;    /* robust, process-shared */
+    struct shlock lock;      /* lock.c; in the line of the journal it guards */
     struct seg_journal journal;
     uint64_t committed_units; /* under lock; lock-free readers snapshot */
     uint64_t free_blocks;
@@ -489,7 +505,11 @@ _Static_assert(offsetof(struct ctl_header, trim_gen) == SHM_HEADER_PAGE,
 _Static_assert(sizeof(struct root_entry) == 64, "root entry is one line");
 _Static_assert(sizeof(struct owner_entry) == 32, "owner entries pack two to a line");
 _Static_assert(SHM_MAX_OWNERS < UINT16_MAX, "owner tags are u16");
-_Static_assert(sizeof(pthread_mutex_t) == 40, "glibc x86-64 pthread_mutex_t");
+_Static_assert(sizeof(struct shlock) == 8, "a lock is its futex word and its holder's TID");
+_Static_assert(offsetof(struct shlock, word) == 0 && offsetof(struct shlock, holder) == 4,
+               "pair is word | holder << 32 (x86-64 is little-endian)");
+_Static_assert(offsetof(struct seg_header, lock) / 64 == offsetof(struct seg_header, journal) / 64,
+               "a segment's lock shares the journal's cache line");
 _Static_assert(sizeof(struct seg_header) <= 4096, "segment header fits its first page");
 
 #endif

@@ -216,101 +216,41 @@ int os_tid(void)
     return (int) syscall(SYS_gettid);
 }
 
-int os_mutex_init_robust(pthread_mutex_t *m)
+int os_futex_lock_pi(uint32_t *word, const struct timespec *deadline)
 {
-    pthread_mutexattr_t attr;
-    int r;
-
-    r = pthread_mutexattr_init(&attr);
-    if (r)
-        return -r;
-    r = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    if (!r)
-        r = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    /* Priority inheritance makes the kernel track the owner: a plain
-     * robust futex can strand a sleeping waiter when the thread it woke is
-     * killed before taking the lock while another takes it on the fast
-     * path (found by death_random_kill_trimmer). Uncontended, a PI lock is
-     * still one CAS and no system call. */
-    if (!r)
-        r = pthread_mutexattr_setprotocol(&attr, PTHREAD_PRIO_INHERIT);
-    if (!r)
-        r = pthread_mutex_init(m, &attr);
-    (void) pthread_mutexattr_destroy(&attr);
-    return -r;
+    return syscall(SYS_futex, word, FUTEX_LOCK_PI, 0, deadline, NULL, 0) < 0 ? -errno : 0;
 }
 
-/* The kind glibc gives a mutex os_mutex_init_robust made, read from one
- * made here (glibc keeps it in __data.__kind). */
-static int robust_kind(void)
+int os_futex_unlock_pi(uint32_t *word)
 {
-    static int kind = -1;
-    int k = load_relaxed(&kind);
-    pthread_mutex_t ref;
-
-    if (k >= 0)
-        return k;
-    if (os_mutex_init_robust(&ref) < 0)
-        return -1;
-    k = ref.__data.__kind;
-    (void) pthread_mutex_destroy(&ref);
-    /* Relaxed: every thread computes the same value. */
-    store_relaxed(&kind, k);
-    return k;
+    return syscall(SYS_futex, word, FUTEX_UNLOCK_PI, 0, NULL, NULL, 0) < 0 ? -errno : 0;
 }
 
-/* Why not pthread_mutex_lock or _timedlock: when the word is taken they
- * ask the kernel (FUTEX_LOCK_PI), and a word naming a thread that does not
- * exist and not marked owner-died (a word a client wrote) makes the kernel
- * answer ESRCH, on which glibc (2.36) fails an assert and aborts: for a
- * robust mutex it "cannot" happen. trylock asks the kernel only when the
- * owner-died bit is set, which it handles (EOWNERDEAD). So: trylock, and
- * while the word is taken, look at it once (a local), and poll until the
- * deadline. */
-int os_mutex_lock_guarded(pthread_mutex_t *mx, uint32_t wait_ms, struct os_lock_guard *g)
+void os_realtime_deadline(uint32_t ms, struct timespec *ret)
 {
-    unsigned *word = (unsigned *) &mx->__data.__lock;
-    uint64_t deadline = os_now_ns() + (uint64_t) wait_ms * 1000000u, nap_ns = 20000;
-    int want = robust_kind(), kind = load_relaxed(&mx->__data.__kind);
-
-    g->dead_tid = 0;
-    g->kind_fixed = false;
-    g->word = 0;
-    /* Another kind makes glibc take another path (a normal lock, no robust
-     * list, or EINVAL): put the kind back (CAS: once, whatever races). */
-    if (want >= 0 && kind != want && cas_strong_relaxed(&mx->__data.__kind, &kind, want))
-        g->kind_fixed = true;
-    for (;;) {
-        int r = pthread_mutex_trylock(mx);
-        unsigned w;
-        pid_t tid;
-
-        if (r != EBUSY)
-            return r;
-        w = load_relaxed(word);
-        tid = (pid_t) (w & FUTEX_TID_MASK);
-        /* Held by a thread that does not exist, and the kernel did not mark
-         * it owner-died (it would have, had that thread died holding it):
-         * a written word. It becomes a dead holder's, so the next trylock
-         * gets EOWNERDEAD and the caller recovers as after any dead holder.
-         * A live tid is waited for: the word may be true. */
-        if (tid && !(w & FUTEX_OWNER_DIED) && !os_pid_alive(tid)) {
-            if (cas_strong_relaxed(word, &w, FUTEX_OWNER_DIED))
-                g->dead_tid = (uint32_t) tid;
-            continue;
-        }
-        if (os_now_ns() >= deadline) {
-            g->word = w;
-            return ETIMEDOUT;
-        }
-        {
-            struct timespec ts = {0, (long) nap_ns};
-
-            (void) nanosleep(&ts, NULL);
-        }
-        if (nap_ns < 1000000)
-            nap_ns *= 2;
+    (void) clock_gettime(CLOCK_REALTIME, ret);
+    ret->tv_sec += ms / 1000;
+    ret->tv_nsec += (long) (ms % 1000) * 1000000;
+    if (ret->tv_nsec >= 1000000000) {
+        ret->tv_sec++;
+        ret->tv_nsec -= 1000000000;
     }
+}
+
+bool os_realtime_passed(const struct timespec *deadline)
+{
+    struct timespec now;
+
+    (void) clock_gettime(CLOCK_REALTIME, &now);
+    return now.tv_sec > deadline->tv_sec ||
+           (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
+}
+
+void os_nap_us(uint32_t us)
+{
+    struct timespec ts = {us / 1000000, (long) (us % 1000000) * 1000};
+
+    (void) nanosleep(&ts, NULL);
 }
 
 /* ---- files in a state directory (adopt.c) ---- */

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 /* page_size 0 or 4096: a normal memfd; 2 MiB or 1 GiB: hugetlb. Sealable. */
 int os_memfd(const char *name, uint64_t page_size);
@@ -44,21 +45,15 @@ void os_advise_hugepage(void *addr, uint64_t len);
 int os_membarrier_register(void);
 int os_membarrier(void);
 
-/* A process-shared, robust, priority-inheriting mutex for shared memory
- * (a segment's or the control segment's lock). */
-int os_mutex_init_robust(pthread_mutex_t *m);
-
-/* Takes such a mutex for a process that trusts nothing in shared memory
- * (the daemon): it never hangs (ETIMEDOUT after wait_ms), never aborts on a
- * written word, and says what it repaired in *g. Returns 0, EOWNERDEAD (the
- * caller recovers, then pthread_mutex_consistent), ETIMEDOUT, or what
- * trylock returned. */
-struct os_lock_guard {
-    uint32_t dead_tid; /* the word named this thread, which did not exist */
-    bool kind_fixed;   /* the mutex's kind was written: put back */
-    uint32_t word;     /* ETIMEDOUT: the lock word last seen */
-};
-int os_mutex_lock_guarded(pthread_mutex_t *mx, uint32_t wait_ms, struct os_lock_guard *g);
+/* The kernel's PI futex (lock.c): FUTEX_LOCK_PI on word until deadline
+ * (absolute, CLOCK_REALTIME as the kernel wants; NULL: none), and
+ * FUTEX_UNLOCK_PI. 0 or -errno as the kernel answered. */
+int os_futex_lock_pi(uint32_t *word, const struct timespec *deadline);
+int os_futex_unlock_pi(uint32_t *word);
+/* CLOCK_REALTIME now + ms; whether it has passed; a sleep. */
+void os_realtime_deadline(uint32_t ms, struct timespec *ret);
+bool os_realtime_passed(const struct timespec *deadline);
+void os_nap_us(uint32_t us);
 
 bool os_pid_alive(pid_t pid);
 

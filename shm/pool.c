@@ -6,7 +6,7 @@
  * (tagged head, cas128; links in word 0 of each object, read racily and
  * made safe by the tag as in recycler.c). Fresh objects come from a bump
  * pair {next, end} in the newest chunk, also swapped by cas128 so `next`
- * never passes `end`. A new chunk is added under the pool's robust lock.
+ * never passes `end`. A new chunk is added under the pool's lock (lock.c).
  *
  * No kill leaks a chunk (the run's metadata word is the record, run.c):
  *   create   the first chunk is claimed with the creator's owner tag, which
@@ -55,9 +55,10 @@ struct pool_header {
     uint64_t chunks; /* newest chunk */
     uint64_t allocs, frees;
     uint64_t pad1[3];
-    tagged_head_t free;        /* {first free object, tag} */
-    tagged_head_t bump;        /* {next fresh offset, end of the chunk} */
-    pthread_mutex_t grow_lock; /* robust: adding a chunk */
+    tagged_head_t free;      /* {first free object, tag} */
+    tagged_head_t bump;      /* {next fresh offset, end of the chunk} */
+    struct shlock grow_lock; /* adding a chunk (lock.c); an unlock that finds it written leaves it
+                                to the next locker */
 };
 
 static struct pool_header *pool_at(struct heap *h, uint64_t off)
@@ -106,11 +107,7 @@ int heap_pool_create(struct heap *h, size_t object_size, uint64_t *ret_pool)
     p->chunks = off;
     p->bump.s.off = off + ((sizeof(*p) + 63) & ~UINT64_C(63));
     p->bump.s.tag = off + (((bytes + SHM_BLOCK_SIZE - 1) >> SHM_BLOCK_SHIFT) << SHM_BLOCK_SHIFT);
-    r = os_mutex_init_robust(&p->grow_lock);
-    if (r < 0) {
-        (void) run_destroy(h, off, RUN_POOL);
-        return r;
-    }
+    shlock_init(&p->grow_lock);
     /* release: a process that sees the magic sees the header (pairs with
      * the acquire in pool_at). */
     store_release(&p->magic, POOL_MAGIC);
@@ -168,21 +165,21 @@ static int pool_grow(struct heap *h, struct pool_header *p, tagged_head_t seen)
     struct pool_chunk *c;
     int r;
 
-    r = pthread_mutex_lock(&p->grow_lock);
+    r = shlock_lock(&p->grow_lock);
     if (r == EOWNERDEAD) {
         pool_finish_grow(h, p);
-        r = pthread_mutex_consistent(&p->grow_lock);
+        r = 0;
     }
     if (r)
         return -r;
     cur = head_read(&p->bump);
     if (cur.s.off != seen.s.off || cur.s.tag != seen.s.tag) {
-        (void) pthread_mutex_unlock(&p->grow_lock);
+        (void) shlock_unlock(&p->grow_lock);
         return 0;
     }
     r = run_create(h, bytes, 1, RUN_POOL, h->owner_tag, &off);
     if (r < 0) {
-        (void) pthread_mutex_unlock(&p->grow_lock);
+        (void) shlock_unlock(&p->grow_lock);
         return r;
     }
     shm_fault(FAULT_POOL_GROW_CLAIMED);
@@ -201,7 +198,7 @@ static int pool_grow(struct heap *h, struct pool_header *p, tagged_head_t seen)
      * from any pair to the new chunk's pair is safe; retry until it lands. */
     while (!cas128(&p->bump, &cur, nw))
         ;
-    (void) pthread_mutex_unlock(&p->grow_lock);
+    (void) shlock_unlock(&p->grow_lock);
     return 0;
 }
 

@@ -1,6 +1,6 @@
 /* Named roots: a small table in the control segment mapping names to
  * offsets, so processes can find each other's data. Guarded by the control
- * segment's robust lock (a dead holder's half-written entry is cleared by
+ * segment's lock (lock.c) (a dead holder's half-written entry is cleared by
  * ctl_recover). */
 #include <errno.h>
 #include <string.h>

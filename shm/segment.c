@@ -1,4 +1,4 @@
-/* A heap segment: its layout and format, its robust lock, its block states
+/* A heap segment: its layout and format, its lock (lock.c), its block states
  * and the journal that lets the next holder finish a dead holder's work.
  * What happens inside the blocks lives beside this file: slabs (slab.c),
  * the punch of free pages inside slabs (punch.c), commit and decommit
@@ -19,7 +19,7 @@
  * map change only under hdr->lock. Lock-free readers (the free fast path
  * reading a meta word, stats) take relaxed snapshots.
  *
- * Dead holders: the lock is a robust mutex. Before a holder changes state
+ * Dead holders: the lock (lock.c) tells the next holder. Before a holder changes state
  * it writes what it is doing into hdr->journal; the next holder, told
  * EOWNERDEAD, replays the journal (seg_recover) and rebuilds the derived
  * state (nfree, trees) from the ground truth (meta states and slab
@@ -141,9 +141,7 @@ int seg_format(void *base, int fd, uint32_t index, uint64_t size, uint32_t page_
     unit_shift = hdr->unit_shift;
     hdr->index = index;
 
-    r = os_mutex_init_robust(&hdr->lock);
-    if (r < 0)
-        return r;
+    shlock_init(&hdr->lock);
 
     seg_map_init(&m, base, fd, index);
     bittree_chain_init(seg_free_tree(&m), (uint32_t) nblocks, false);
@@ -370,34 +368,35 @@ static void seg_recover(struct seg_map *m, struct heap *h)
  * verify and log (library code does not log). */
 static int seg_lock_guarded(struct seg_map *m, struct heap *h)
 {
-    struct os_lock_guard g;
+    struct shlock_note n;
     uint32_t wait_ms = h->lock_wait_ms, stuck = load_relaxed(&m->stuck_word);
     int r;
 
     /* Still the word a wait timed out on: the same holder has it (or the
      * same written word is there), so one try, not another full wait: a
      * job that takes the lock many times must not wait for each. */
-    if (stuck && load_relaxed((uint32_t *) &m->hdr->lock.__data.__lock) == stuck)
+    if (stuck && shlock_word(&m->hdr->lock) == stuck)
         wait_ms = 0;
-    r = os_mutex_lock_guarded(&m->hdr->lock, wait_ms, &g);
-    store_relaxed(&m->stuck_word, r == ETIMEDOUT ? g.word : 0);
-    heap_lock_note(h, m->index, &g, r);
+    r = shlock_lock_until(&m->hdr->lock, wait_ms, &n);
+    store_relaxed(&m->stuck_word, r == ETIMEDOUT ? n.word : 0);
+    heap_lock_note(h, m->index, &n, r);
     return r;
 }
 
-void heap_lock_note(struct heap *h, uint32_t seg, const struct os_lock_guard *g, int r)
+void heap_lock_note(struct heap *h, uint32_t seg, const struct shlock_note *n, int r)
 {
     struct heap_lock_report *rep = &h->lock_report;
+    bool failed = r != 0 && r != EOWNERDEAD;
 
-    if (g->dead_tid) {
-        store_relaxed(&rep->last_tid, g->dead_tid);
+    if (n->dead_tid) {
+        store_relaxed(&rep->last_tid, n->dead_tid);
         (void) fetch_add_relaxed(&rep->dead_words, 1);
     }
-    if (g->kind_fixed)
-        (void) fetch_add_relaxed(&rep->kinds_fixed, 1);
-    if (r == ETIMEDOUT)
+    if (n->own_word)
+        (void) fetch_add_relaxed(&rep->own_words, 1);
+    if (failed)
         (void) fetch_add_relaxed(&rep->timeouts, 1);
-    if (g->dead_tid || g->kind_fixed || r == ETIMEDOUT)
+    if (n->dead_tid || n->own_word || failed)
         store_relaxed(&rep->last_seg, seg);
 }
 
@@ -411,7 +410,10 @@ void heap_lock_report(struct heap *h, struct heap_lock_report *ret)
     const struct heap_lock_report *rep = &h->lock_report;
 
     ret->dead_words = load_relaxed(&rep->dead_words);
-    ret->kinds_fixed = load_relaxed(&rep->kinds_fixed);
+    ret->own_words = load_relaxed(&rep->own_words);
+    ret->foreign_unlocks = 0;
+    for (uint32_t i = 1; i < heap_nmapped(h); i++)
+        ret->foreign_unlocks += load_relaxed(&h->segs[i].foreign_unlocks);
     ret->timeouts = load_relaxed(&rep->timeouts);
     ret->last_tid = load_relaxed(&rep->last_tid);
     ret->last_seg = load_relaxed(&rep->last_seg);
@@ -419,22 +421,31 @@ void heap_lock_report(struct heap *h, struct heap_lock_report *ret)
 
 int seg_lock(struct seg_map *m, struct heap *h)
 {
-    int r = h->lock_wait_ms ? seg_lock_guarded(m, h) : pthread_mutex_lock(&m->hdr->lock);
+    int r = h->lock_wait_ms ? seg_lock_guarded(m, h) : shlock_lock(&m->hdr->lock);
 
     if (r == EOWNERDEAD) {
         seg_recover(m, h);
-        r = pthread_mutex_consistent(&m->hdr->lock);
+        r = 0;
     }
     return -r;
 }
 
 void seg_unlock(struct seg_map *m)
 {
-    (void) pthread_mutex_unlock(&m->hdr->lock);
+    /* A word that is not ours any more was written while we held the
+     * lock: counted for the daemon's report; the next locker deals with
+     * the word (lock.c). */
+    if (shlock_unlock(&m->hdr->lock) < 0)
+        (void) fetch_add_relaxed(&m->foreign_unlocks, 1);
 }
 
 void seg_recover_all(struct heap *h)
 {
+    /* The control lock too: a dead client's word is recovered now rather
+     * than by a locker that comes when its TID may name another thread
+     * (lock.c). */
+    if (ctl_lock_for(h) == 0)
+        ctl_unlock(h->ctl);
     (void) heap_sync_segments(h);
     for (uint32_t i = 1; i < heap_nmapped(h); i++)
         if (heap_mapped(h, i) && seg_lock(&h->segs[i], h) == 0)

@@ -17,6 +17,7 @@ int main(void)
             release_suite,
             utf8_suite,
             percpu_suite,
+            lock_suite,
     };
     SRunner *sr = srunner_create(NULL);
     int failed;

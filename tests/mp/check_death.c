@@ -961,7 +961,7 @@ END_TEST
  * through the segment lock, so processes that are killed spend much of
  * their life waiting for it. A waiter that is woken by an unlock and killed
  * before it takes the lock must not leave the other waiters asleep on a
- * free lock (the robust futex handover: DESIGN.md, dead lock holders). */
+ * free lock (the PI futex handover: ARCHITECTURE.md, dead lock holders). */
 #define NCONTENDERS 4u
 
 static int contender_main(void *arg, unsigned round)

@@ -602,20 +602,21 @@ static void raw_segment_unmap(struct raw_segment *rs)
     (void) close(rs->sock);
 }
 
-enum lock_scribble { LOCK_DEAD_TID, LOCK_KIND, LOCK_LIVE_TID };
+enum lock_scribble { LOCK_DEAD_TID, LOCK_GARBAGE, LOCK_LIVE_TID };
 
 /* Segment 1's lock, mapped as any client can map it, gets a word no holder
- * wrote: a thread that does not exist, a kind that is not the lock's, or
- * this (live, never locking) process's pid. The daemon keeps answering
- * stats, a trim finishes, verify reports what it found, and the bystander
- * (which does not lock while the word is written: glibc would abort it, as
- * it aborted the daemon before the guarded lock) then allocates. */
+ * wrote: a thread that does not exist; garbage (the waiters and owner-died
+ * bits over a TID beyond pid_max); or this (live, never locking) process's pid. The daemon keeps
+ * answering stats, a trim finishes, verify reports what it found, and the
+ * bystander (held back so that the daemon's lock meets the word first)
+ * then allocates. */
 static void lock_scribble(enum lock_scribble how, const char *what)
 {
     struct share *sh = mp_shared_alloc(sizeof(*sh));
     struct raw_segment rs;
     struct daemon_fixture f;
     struct seg_header *seg;
+    uint32_t written = 0;
     pid_t by;
     cJSON *r;
 
@@ -630,15 +631,16 @@ static void lock_scribble(enum lock_scribble how, const char *what)
     seg = rs.seg;
     switch (how) {
     case LOCK_DEAD_TID:
-        __atomic_store_n(&seg->lock.__data.__lock, (int) dead_pid(), __ATOMIC_RELAXED);
+        written = (uint32_t) dead_pid();
         break;
-    case LOCK_KIND:
-        __atomic_store_n(&seg->lock.__data.__kind, 0, __ATOMIC_RELAXED);
+    case LOCK_GARBAGE:
+        written = FUTEX_WAITERS | FUTEX_OWNER_DIED | 0x3ffffffe;
         break;
     case LOCK_LIVE_TID:
-        __atomic_store_n(&seg->lock.__data.__lock, (int) getpid(), __ATOMIC_RELAXED);
+        written = (uint32_t) getpid();
         break;
     }
+    __atomic_store_n(&seg->lock.word, written, __ATOMIC_RELAXED);
     expect_alive(&f);
     r = fixture_op(&f, "{\"op\":\"trim\",\"wait_ms\":0}");
     ck_assert_ptr_nonnull(r); /* an answer: ok, or an error saying the lock stayed taken */
@@ -647,11 +649,9 @@ static void lock_scribble(enum lock_scribble how, const char *what)
     expect_verify_says(&f, what);
     ck_assert(daemon_log_wait(&f, "segment 1: its lock", 5000));
     if (how == LOCK_LIVE_TID) /* the "holder" lets go */
-        __atomic_store_n(&seg->lock.__data.__lock, 0, __ATOMIC_RELEASE);
-    else
-        ck_assert_int_ne(__atomic_load_n(&seg->lock.__data.__lock, __ATOMIC_RELAXED) &
-                                 FUTEX_TID_MASK,
-                         (int) getpid()); /* repaired, not just left */
+        __atomic_store_n(&seg->lock.word, 0, __ATOMIC_RELEASE);
+    else /* repaired, not just left */
+        ck_assert_uint_ne(__atomic_load_n(&seg->lock.word, __ATOMIC_RELAXED), written);
     ck_assert_int_eq(write(sh->go[1], "g", 1), 1);
     (void) close(sh->go[1]);
     mp_wait_ok(by, "the bystander");
@@ -668,9 +668,9 @@ START_TEST(scribbler_lock_dead_tid)
 }
 END_TEST
 
-START_TEST(scribbler_lock_kind)
+START_TEST(scribbler_lock_garbage)
 {
-    lock_scribble(LOCK_KIND, "lock kind written");
+    lock_scribble(LOCK_GARBAGE, "which does not exist");
 }
 END_TEST
 
@@ -848,7 +848,7 @@ START_TEST(scribbler_journal)
     seg->journal.block = seg->first_block;
     seg->journal.n = UINT32_MAX;
     __atomic_store_n(&seg->journal.op, JOP_RETURN, __ATOMIC_RELEASE);
-    __atomic_store_n(&seg->lock.__data.__lock, (int) dead_pid(), __ATOMIC_RELEASE);
+    __atomic_store_n(&seg->lock.word, (uint32_t) dead_pid(), __ATOMIC_RELEASE);
     expect_alive(&f);
     cJSON_Delete(fixture_op(&f, "{\"op\":\"trim\",\"wait_ms\":0}"));
     expect_alive(&f);
@@ -856,6 +856,88 @@ START_TEST(scribbler_journal)
     for (unsigned i = 0; i < 3; i++)
         mp_wait_ok(mp_fork(fresh_client, sh, 30 + i), "a client attached afterwards");
     expect_alive(&f);
+    raw_segment_unmap(&rs);
+    fixture_stop(&f);
+    mp_shared_free(sh, sizeof(*sh));
+}
+END_TEST
+
+/* Attaches, allocates (its cache slot is claimed), and exits without
+ * detaching, its objects in its cache, when its pipe closes: the daemon's
+ * reclaim of it takes every lock (seg_recover_all). */
+static int slot_exiter(void *arg, unsigned idx)
+{
+    const struct share *sh = arg;
+    shmheap_t *h;
+    char c;
+
+    (void) idx;
+    (void) close(sh->go[1]);
+    (void) close(sh->hold[1]);
+    MP_REQUIRE(shmheap_attach(sh->socket_path, &h) == 0, "attach: %s", shmheap_last_error());
+    for (unsigned i = 0; i < 50; i++)
+        MP_REQUIRE(shmheap_malloc(h, 48), "malloc %u", i);
+    (void) read(sh->hold[0], &c, 1);
+    _exit(0);
+}
+
+/* Garbage over every byte that was glibc's mutex: the control segment's
+ * lock word and what were its kind, owner and robust-list links (now
+ * padding), and segment 1's lock word and the padding after it. A client
+ * that then dies holding a cache slot makes the daemon take both locks
+ * (its reclaim): it stays up, answers stats, repairs both words, verify
+ * and the log report them, and clients attach and allocate afterwards. */
+START_TEST(scribbler_lock_words_garbage)
+{
+    const uint32_t ctl_word = FUTEX_WAITERS | 0x3ffffffd,
+                   seg_word = FUTEX_WAITERS | FUTEX_OWNER_DIED | 0x3ffffffe;
+    struct share *sh = mp_shared_alloc(sizeof(*sh));
+    struct raw_segment rs;
+    struct daemon_fixture f;
+    struct ctl_header *c;
+    char needle[64];
+    struct stat st;
+    pid_t by, x;
+
+    fixture_start(&f, NULL);
+    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f.socket_path);
+    ck_assert_int_eq(pipe(sh->go), 0);
+    by = mp_fork(bystander, sh, 0);
+    sh->bystander = by;
+    wait_allocated(&f, by);
+    ck_assert_int_eq(pipe(sh->hold), 0); /* after the bystander's fork: only the exiter's */
+    x = mp_fork(slot_exiter, sh, 1);
+    (void) close(sh->go[0]);
+    (void) close(sh->hold[0]);
+    raw_segment_map(&f, &rs);
+    ck_assert_int_eq(fstat(rs.fds[0], &st), 0);
+    c = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, rs.fds[0], 0);
+    ck_assert_msg(c != MAP_FAILED, "map the control segment: %s", strerror(errno));
+    for (int tries = 0; !entry_of(c, x); tries++) {
+        ck_assert_msg(tries < 2000, "the exiting client never attached");
+        mp_sleep_ms(5);
+    }
+    mp_sleep_ms(50); /* its mallocs done (it only waits on its pipe then) */
+    memset(c->pad_lock, 0xa5, sizeof(c->pad_lock));
+    __atomic_store_n(&c->lock.holder, UINT32_MAX, __ATOMIC_RELAXED);
+    __atomic_store_n(&c->lock.word, ctl_word, __ATOMIC_RELEASE);
+    __atomic_store_n(&rs.seg->lock.holder, UINT32_MAX, __ATOMIC_RELAXED);
+    __atomic_store_n(&rs.seg->lock.word, seg_word, __ATOMIC_RELEASE);
+    (void) close(sh->hold[1]); /* the exiting client exits */
+    mp_wait_ok(x, "the exiting client");
+    (void) snprintf(needle, sizeof(needle), "(pid %d) exited: ", (int) x);
+    ck_assert(daemon_log_wait(&f, needle, 10000));
+    expect_alive(&f);
+    ck_assert(daemon_log_wait(&f, "its lock word named thread", 5000));
+    expect_verify_says(&f, "which does not exist");
+    ck_assert_uint_ne(__atomic_load_n(&c->lock.word, __ATOMIC_ACQUIRE), ctl_word);
+    ck_assert_uint_ne(__atomic_load_n(&rs.seg->lock.word, __ATOMIC_ACQUIRE), seg_word);
+    ck_assert_int_eq(write(sh->go[1], "g", 1), 1);
+    (void) close(sh->go[1]);
+    mp_wait_ok(by, "the bystander");
+    mp_wait_ok(mp_fork(fresh_client, sh, 3), "a client attached afterwards");
+    expect_alive(&f);
+    (void) munmap(c, (size_t) st.st_size);
     raw_segment_unmap(&rs);
     fixture_stop(&f);
     mp_shared_free(sh, sizeof(*sh));
@@ -873,8 +955,9 @@ Suite *scribbler_suite(void)
     tcase_add_test(tc, scribbler_first_page);
     tcase_add_test(tc, scribbler_damage);
     tcase_add_test(tc, scribbler_lock_dead_tid);
-    tcase_add_test(tc, scribbler_lock_kind);
+    tcase_add_test(tc, scribbler_lock_garbage);
     tcase_add_test(tc, scribbler_lock_live_tid);
+    tcase_add_test(tc, scribbler_lock_words_garbage);
     tcase_add_test(tc, scribbler_owner_client_id);
     tcase_add_test(tc, scribbler_owner_sweeping);
     tcase_add_test(tc, scribbler_slab_meta);

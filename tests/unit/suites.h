@@ -19,7 +19,8 @@ Suite *release_suite(void); /* check_release.c: the bounded release of the autom
 Suite *owned_suite(void);
 Suite *wire_suite(void);
 Suite *words_suite(void);
-Suite *utf8_suite(void); /* check_utf8.c: config/utf8.c */
+Suite *utf8_suite(void);   /* check_utf8.c: config/utf8.c */
 Suite *percpu_suite(void); /* check_percpu.c: shm/percpu.c, the per-CPU caches */
+Suite *lock_suite(void);   /* check_lock.c: shm/lock.c, the lock of shared memory */
 
 #endif
