@@ -45,7 +45,8 @@ struct verify_ctx {
     bool oom;
 };
 
-static void vproblem(struct verify_report *rep, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static void
+vproblem(struct verify_report *rep, const char *fmt, va_list ap)
 {
     rep->consistent = false;
     if (rep->nproblems < sizeof(rep->problems) / sizeof(rep->problems[0]))
