@@ -1,9 +1,17 @@
 /* Fault points for the death tests (fault.c): when shm_fault_at equals a
- * point's number, that point raises SIGKILL. Only on cold paths. */
+ * point's number, that point raises SIGKILL (or SIGSTOP: shm_fault_action).
+ * Only on cold paths. */
 #ifndef SHM_FAULT_H
 #define SHM_FAULT_H
 
 extern int shm_fault_at;
+/* What the point does: die there (the default), or stop there, holding
+ * whatever it holds (a lock), until a SIGCONT or a SIGKILL. */
+enum shm_fault_action {
+    FAULT_ACTION_KILL = 0,
+    FAULT_ACTION_STOP,
+};
+extern int shm_fault_action;
 enum shm_fault_point {
     FAULT_NONE = 0,
     FAULT_TAKE_MID,   /* inside slab_take, objects half moved */

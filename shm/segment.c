@@ -429,10 +429,21 @@ void seg_unlock(struct seg_map *m)
     (void) pthread_mutex_unlock(&m->hdr->lock);
 }
 
-void seg_recover_all(struct heap *h)
+int seg_recover_all(struct heap *h)
 {
+    int r = 0;
+
     (void) heap_sync_segments(h);
-    for (uint32_t i = 1; i < heap_nmapped(h); i++)
-        if (heap_mapped(h, i) && seg_lock(&h->segs[i], h) == 0)
+    for (uint32_t i = 1; i < heap_nmapped(h); i++) {
+        int q;
+
+        if (!heap_mapped(h, i))
+            continue;
+        q = seg_lock(&h->segs[i], h);
+        if (q == 0)
             seg_unlock(&h->segs[i]);
+        else if (r == 0)
+            r = q;
+    }
+    return r;
 }

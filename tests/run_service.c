@@ -29,6 +29,7 @@ int main(void)
             resources_suite,
             scribbler_suite,
             kill_arenas_suite,
+            reclaim_retry_suite,
     };
     /* clang-format on */
     /* ---- end of the suite list ---- */
