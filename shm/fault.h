@@ -46,7 +46,13 @@ enum shm_fault_point {
     FAULT_FREE_TAGGED,      /* free's slow path: the object tagged ours, not pushed */
     FAULT_MALLOC_TAGGED,    /* malloc's slow path: a refill's object tagged, not popped */
     FAULT_MALLOC_POPPED,    /* malloc's slow path: popped, the bin's untagged count not lowered */
-    FAULT_COUNT,            /* one past the last point */
+    /* A drain of the recyclers by a caller with no cache (the daemon's
+     * trim and release), through a slot claimed for it (tcache.c) */
+    FAULT_TRIM_DRAIN_NOTED,    /* its pop's transit record written, the CAS not yet tried */
+    FAULT_TRIM_DRAIN_POPPED,   /* the pop's CAS done, the bundle not in the handoff word */
+    FAULT_TRIM_DRAIN_HANDED,   /* the bundle in the handoff word, none of it returned */
+    FAULT_TRIM_DRAIN_RETURNED, /* the bundle back in its slabs, the next pop not begun */
+    FAULT_COUNT,               /* one past the last point */
 };
 void shm_fault(enum shm_fault_point p);
 

@@ -93,6 +93,13 @@ struct heap {
      * daemon's attachment. 0: pthread_mutex_lock (a client's). */
     uint32_t lock_wait_ms;
     struct heap_lock_report lock_report; /* relaxed counters (segment.c) */
+    /* The cache slot a drain of the recyclers by a caller with none (the
+     * daemon's trim and release) claims, so that its transit record and
+     * handoff word carry each bundle (tcache_drain_recyclers): index + 1,
+     * 0 none. Kept between drains only while a lock held too long left a
+     * chain in its handoff word. Under drain_lock. */
+    pthread_mutex_t drain_lock;
+    uint32_t drain_slot;
 };
 
 /* A thread's cache for one attachment. Lives in thread-local storage; its
@@ -487,10 +494,16 @@ void tcache_reload_config(struct heap *h);
 void tcache_flush_all(struct heap *h);
 /* Pops every bundle of every recycler and returns its objects to the
  * blocks. s: the caller's own slot, inside its busy section, whose transit
- * record and handoff word carry each bundle; NULL for the daemon's trim,
- * release and verify, which have no slot (a kill there loses the bundle in
- * hand: docs/ARCHITECTURE.md). */
+ * record and handoff word carry each bundle; NULL for a caller with no
+ * slot (the daemon's trim and release): a slot is claimed for the drain
+ * (h->drain_slot) and carries them the same way, so a kill at any point
+ * loses nothing: whoever reclaims the dead pid's slots settles it
+ * (reclaim.c; for the daemon, the next daemon's adoption). Only when no
+ * slot is free are the bundles held in process memory. */
 void tcache_drain_recyclers(struct heap *h, struct cache_slot *s);
+/* Whether s is the drain slot of the calling thread's drain (above): its
+ * fault points are the FAULT_TRIM_DRAIN_* ones. */
+bool tcache_is_drain_slot(const struct cache_slot *s);
 /* Returns the chain of objects starting at *handoff (word 0 links, 0
  * ends) to their slabs, whatever their segments, moving *handoff past each
  * object as it goes. *handoff is a cache slot's handoff word (so that the

@@ -351,28 +351,124 @@ static void transit_clear(struct cache_slot *s)
     store_relaxed(&s->transit_info, 0);
 }
 
-void tcache_drain_recyclers(struct heap *h, struct cache_slot *s)
+/* The drain slot of this thread's drain in progress (drain_own_slot). */
+static __thread const struct cache_slot *tl_drain_slot;
+
+bool tcache_is_drain_slot(const struct cache_slot *s)
+{
+    return s && s == tl_drain_slot;
+}
+
+/* Pops every bundle through slot s (its transit record, then its handoff
+ * word) and returns it to the blocks. 0, or -ETIMEDOUT: a guarded lock held
+ * too long; the handoff word keeps the rest. own: s is a drain slot (its
+ * own fault points). */
+static int drain_through(struct heap *h, struct cache_slot *s, bool own)
 {
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
         uint64_t first;
         uint32_t count;
+        int r = handoff_clear(h, s);
 
-        if (s && handoff_clear(h, s) < 0)
-            return; /* a lock held too long: the next drain goes on */
+        if (r < 0)
+            return r; /* the next drain goes on */
         while ((first = recycler_pop(h, s, NULL, cls, &count)) != 0) {
-            if (!s) {
-                tcache_return_chain(h, cls, first);
-                continue;
-            }
             /* The pop's transit record has the bundle until the handoff
              * word takes it (one store: the commit). */
-            shm_fault(FAULT_DRAIN_POPPED);
+            shm_fault(own ? FAULT_TRIM_DRAIN_POPPED : FAULT_DRAIN_POPPED);
             store_relaxed(&s->handoff, first);
             transit_clear(s);
-            if (tcache_return_handoff(h, &s->handoff) < 0)
-                return; /* the word keeps the rest: see handoff_clear() */
+            if (own)
+                shm_fault(FAULT_TRIM_DRAIN_HANDED);
+            /* Each object's free bit is the commit of its return, with the
+             * segment's journal naming the handoff word (slab.c). */
+            r = tcache_return_handoff(h, &s->handoff);
+            if (r < 0)
+                return r; /* the word keeps the rest: see handoff_clear() */
+            if (own)
+                shm_fault(FAULT_TRIM_DRAIN_RETURNED);
         }
     }
+    return 0;
+}
+
+/* The busy section of a drain slot, as tcache_enter's: a trimmer that
+ * steals it meanwhile (it is a live slot like any other) is waited for, and
+ * one that died holding it is replaced and what it left settled. */
+static void drain_slot_enter(struct heap *h, struct cache_slot *s)
+{
+    uint32_t thief;
+
+    for (;;) {
+        store_relaxed(&s->busy, 1);
+        compiler_barrier();
+        /* acquire: pairs with the trimmer's release of steal. */
+        if (!load_acquire(&s->steal))
+            return;
+        store_release(&s->busy, 0);
+        while ((thief = load_acquire(&s->steal)) != 0) {
+            sched_yield();
+            /* acq_rel: pairs with the dead trimmer's CAS of steal. */
+            if (!os_pid_alive((pid_t) thief) &&
+                cas_strong_acq_rel(&s->steal, &thief, (uint32_t) getpid())) {
+                (void) tcache_settle_handoff(h, s);
+                /* release: pairs with the next thief's acquire. */
+                store_release(&s->steal, 0);
+            }
+        }
+    }
+}
+
+/* A drain by a caller with no cache (the daemon's trim and release): a slot
+ * is claimed for it, so that a kill anywhere in it leaves each bundle in
+ * shared memory, in the slot's transit record or handoff word, for the
+ * reclaimer of the dead pid (tcache_settle_transit, then the handoff walk,
+ * as for a client's full-heap drain). The slot is released once empty. */
+static void drain_own_slot(struct heap *h)
+{
+    struct cache_slot *s;
+    uint32_t index;
+    int r;
+
+    pthread_mutex_lock(&h->drain_lock);
+    if (!h->drain_slot) {
+        if (h->pid != getpid() || slot_claim(h, &index) < 0) {
+            uint64_t first;
+            uint32_t count;
+
+            pthread_mutex_unlock(&h->drain_lock);
+            /* No slot free (or a fork's copy of the handle): the bundle in
+             * hand is in process memory only, as before slots were used. */
+            for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+                while ((first = recycler_pop(h, NULL, NULL, cls, &count)) != 0)
+                    tcache_return_chain(h, cls, first);
+            return;
+        }
+        h->drain_slot = index + 1;
+    }
+    s = &h->ctl->slots[h->drain_slot - 1];
+    drain_slot_enter(h, s);
+    tl_drain_slot = s;
+    r = drain_through(h, s, true);
+    tl_drain_slot = NULL;
+    /* release: a trimmer that sees busy 0 sees the drain (pairs with
+     * tcache_steal_begin's acquire of busy). */
+    store_release(&s->busy, 0);
+    if (r == 0) {
+        /* Its bins were never used; transit and handoff are clear. */
+        slot_release(h, h->drain_slot - 1);
+        h->drain_slot = 0;
+    }
+    pthread_mutex_unlock(&h->drain_lock);
+}
+
+void tcache_drain_recyclers(struct heap *h, struct cache_slot *s)
+{
+    if (!s) {
+        drain_own_slot(h);
+        return;
+    }
+    (void) drain_through(h, s, false);
 }
 
 /* Writes s's transit record for a push of `first` (count objects) before the
@@ -777,5 +873,14 @@ void tcache_detach(struct heap *h)
         next = tc->next;
         tcache_release(h, tc, false);
     }
+    /* A drain slot kept for the chain a held lock left in its handoff word:
+     * finished now if it can be; else it stays, and once this process is
+     * gone its reclaimer finishes it. */
+    pthread_mutex_lock(&h->drain_lock);
+    if (h->drain_slot && handoff_clear(h, &h->ctl->slots[h->drain_slot - 1]) == 0) {
+        slot_release(h, h->drain_slot - 1);
+        h->drain_slot = 0;
+    }
+    pthread_mutex_unlock(&h->drain_lock);
     (void) pthread_key_delete(h->key);
 }

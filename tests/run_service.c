@@ -30,6 +30,7 @@ int main(void)
             scribbler_suite,
             kill_arenas_suite,
             reclaim_retry_suite,
+            daemon_drain_suite,
     };
     /* clang-format on */
     /* ---- end of the suite list ---- */
