@@ -9,7 +9,10 @@
  * the retries go on. Then the stopped holder is killed: its lock is
  * recovered, the retry succeeds, and the figures are exact (no cache left,
  * no byte in use, the dead client's private objects reclaimed one for one,
- * nothing lost), and verify finds the heap consistent. No timing is
+ * nothing lost), and verify finds the heap consistent. The second test
+ * stops the daemon (SIGTERM) while the reclaim is pending, kills the holder,
+ * and starts a daemon on the same state directory: its adoption reclaims
+ * what the dead client held, with the same exact figures. No timing is
  * asserted: every wait is a bounded poll. */
 #include <check.h>
 #include <inttypes.h>
@@ -143,31 +146,43 @@ static void verify_reports_only_the_wait(void)
     cJSON_Delete(r);
 }
 
-START_TEST(reclaim_retried_after_lock_timeout)
+/* What a test starts with: a daemon (on state_dir, if not NULL), the
+ * figures before any client, the holder stopped with the lock, and the
+ * dier killed; returns once its reclaim has failed and been retried (at
+ * least twice) and is still pending. */
+struct scene {
+    struct share *sh;
+    uint64_t caches0, reclaimed0;
+    pid_t stuck;
+};
+
+static void scene_start(struct scene *sc, const char *state_dir)
 {
-    struct share *sh = mp_shared_alloc(sizeof(*sh));
-    uint64_t caches0, reclaimed0, retries;
-    pid_t dead, stuck;
+    const char *args[] = {"--state-dir", state_dir, NULL};
+    pid_t dead;
     int status;
     char c;
 
+    sc->sh = mp_shared_alloc(sizeof(*sc->sh));
     /* Nothing else may take the locks meanwhile: no periodic or automatic
      * trim (their defaults are off; said here for the reader). */
-    fixture_start(&fx, "\"trim_interval_ms\": 0, \"decay_ms\": 0");
-    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", fx.socket_path);
-    ck_assert_int_eq(pipe(sh->ready), 0);
-    caches0 = stat_u64("thread_caches");
-    reclaimed0 = stat_u64("reclaimed_objects");
+    fixture_start_args(&fx, "\"trim_interval_ms\": 0, \"decay_ms\": 0", state_dir ? args : NULL);
+    (void) snprintf(sc->sh->socket_path, sizeof(sc->sh->socket_path), "%s", fx.socket_path);
+    ck_assert_int_eq(pipe(sc->sh->ready), 0);
+    sc->caches0 = stat_u64("thread_caches");
+    sc->reclaimed0 = stat_u64("reclaimed_objects");
     ck_assert_uint_eq(stat_u64("reclaims_pending"), 0);
     ck_assert_uint_eq(stat_u64("reclaim_retries"), 0);
 
-    dead = mp_fork(dier, sh, 0);
-    ck_assert_int_eq(read(sh->ready[0], &c, 1), 1);
-    stuck = holder_start();
-    ck_assert_int_eq(waitpid(stuck, &status, WUNTRACED), stuck);
+    dead = mp_fork(dier, sc->sh, 0);
+    ck_assert_int_eq(read(sc->sh->ready[0], &c, 1), 1);
+    (void) close(sc->sh->ready[0]);
+    (void) close(sc->sh->ready[1]);
+    sc->stuck = holder_start();
+    ck_assert_int_eq(waitpid(sc->stuck, &status, WUNTRACED), sc->stuck);
     ck_assert_msg(WIFSTOPPED(status), "the holder did not stop at its fault point: %s",
                   mp_status_str(status, (char[32]){0}, 32));
-    ck_assert_uint_eq(stat_u64("thread_caches"), caches0 + 2);
+    ck_assert_uint_eq(stat_u64("thread_caches"), sc->caches0 + 2);
 
     /* The dead client's reclaim meets the stopped holder's lock. */
     ck_assert_int_eq(kill(dead, SIGKILL), 0);
@@ -176,31 +191,85 @@ START_TEST(reclaim_retried_after_lock_timeout)
     wait_stat("reclaim_retries", 2, true);
     /* Still pending, and what it held is still held (its cache counted). */
     ck_assert_uint_eq(stat_u64("reclaims_pending"), 1);
-    ck_assert_uint_eq(stat_u64("thread_caches"), caches0 + 2);
+    ck_assert_uint_eq(stat_u64("thread_caches"), sc->caches0 + 2);
     ck_assert_uint_eq(stat_u64("lost_objects"), 0);
     ck_assert(log_has("reclaiming failed: Connection timed out; retrying in"));
+}
 
-    /* The holder goes: its lock is recovered, the next retry succeeds. */
-    ck_assert_int_eq(kill(stuck, SIGKILL), 0);
-    mp_wait_signaled(stuck, SIGKILL, "the stopped lock holder");
-    wait_stat("reclaims_pending", 0, false);
-    wait_stat("thread_caches", caches0, false);
-    ck_assert(daemon_log_wait(&fx, "its reclaim succeeded after", daemon_test_ms(10000)));
-    retries = stat_u64("reclaim_retries");
-    ck_assert_uint_ge(retries, 2);
-    ck_assert_uint_eq(stat_u64("reclaimed_objects") - reclaimed0, DIER_KEPT);
+/* Once every client is reclaimed: the exact figures. */
+static void scene_check(const struct scene *sc)
+{
+    wait_stat("thread_caches", sc->caches0, false);
+    ck_assert_uint_eq(stat_u64("reclaimed_objects") - sc->reclaimed0, DIER_KEPT);
     ck_assert_uint_eq(stat_u64("bytes_in_use"), 0);
     ck_assert_uint_eq(stat_u64("lost_objects"), 0);
     ck_assert_uint_eq(stat_u64("bad_frees"), 0);
+}
+
+START_TEST(reclaim_retried_after_lock_timeout)
+{
+    struct scene sc;
+    uint64_t retries;
+
+    scene_start(&sc, NULL);
+    /* The holder goes: its lock is recovered, the next retry succeeds. */
+    ck_assert_int_eq(kill(sc.stuck, SIGKILL), 0);
+    mp_wait_signaled(sc.stuck, SIGKILL, "the stopped lock holder");
+    wait_stat("reclaims_pending", 0, false);
+    ck_assert(daemon_log_wait(&fx, "its reclaim succeeded after", daemon_test_ms(10000)));
+    scene_check(&sc);
+    retries = stat_u64("reclaim_retries");
+    ck_assert_uint_ge(retries, 2);
     verify_reports_only_the_wait();
     fixture_verify(&fx);
     fprintf(stderr,
             "reclaim_retry: the dead client's reclaim succeeded after %" PRIu64
             " retries; %u private objects reclaimed, 0 lost\n",
             retries, DIER_KEPT);
-    (void) close(sh->ready[0]);
-    (void) close(sh->ready[1]);
     fixture_finish(&fx);
+}
+END_TEST
+
+/* Stopped (SIGTERM) with the reclaim still pending: the daemon exits
+ * cleanly, and the next one, on the same state directory, reclaims what
+ * the dead client held at its adoption. */
+START_TEST(reclaim_pending_at_shutdown_adopted)
+{
+    char state_dir[128], cmd[160];
+    struct scene sc;
+    cJSON *r, *p;
+
+    (void) snprintf(state_dir, sizeof(state_dir), "%s/shmheapd-retry-XXXXXX",
+                    access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
+    ck_assert_ptr_nonnull(mkdtemp(state_dir));
+    scene_start(&sc, state_dir);
+    ck_assert(daemon_log_wait(&fx, "retrying in", daemon_test_ms(10000)));
+    fixture_stop(&fx); /* a clean exit (status 0), the reclaim still pending */
+    ck_assert_int_eq(kill(sc.stuck, SIGKILL), 0);
+    mp_wait_signaled(sc.stuck, SIGKILL, "the stopped lock holder");
+
+    fixture_start_args(&fx, "\"trim_interval_ms\": 0, \"decay_ms\": 0",
+                       (const char *const[]){"--state-dir", state_dir, NULL});
+    ck_assert(daemon_log_wait(&fx, "adopted the heap", daemon_test_ms(10000)));
+    ck_assert_uint_eq(stat_u64("reclaims_pending"), 0);
+    scene_check(&sc);
+    /* The new daemon's lock recoveries may be reported once; nothing else. */
+    r = fixture_op(&fx, "{\"op\":\"verify\"}");
+    ck_assert(reply_is_ok(r));
+    cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(r, "problems"))
+    {
+        ck_assert_msg(cJSON_IsString(p) && strstr(p->valuestring, "lock"), "verify: %s",
+                      cJSON_IsString(p) ? p->valuestring : "?");
+    }
+    cJSON_Delete(r);
+    fixture_verify(&fx);
+    fprintf(stderr,
+            "reclaim_retry: pending at SIGTERM; the next daemon's adoption reclaimed "
+            "the dead client's cache and its %u private objects, 0 lost\n",
+            DIER_KEPT);
+    fixture_finish(&fx);
+    (void) snprintf(cmd, sizeof(cmd), "rm -rf '%s'", state_dir);
+    ck_assert_int_eq(system(cmd), 0);
 }
 END_TEST
 
@@ -211,6 +280,7 @@ Suite *reclaim_retry_suite(void)
 
     tcase_set_timeout(tc, 180);
     tcase_add_test(tc, reclaim_retried_after_lock_timeout);
+    tcase_add_test(tc, reclaim_pending_at_shutdown_adopted);
     suite_add_tcase(s, tc);
     return s;
 }
