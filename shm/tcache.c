@@ -808,6 +808,9 @@ static void tcache_release(struct heap *h, struct tcache *tc, bool unlink)
 {
     tcache_enter(tc);
     tcache_flush(h, tc, false);
+    /* A chain a trimmer's drain left in the handoff word (a guarded lock
+     * held too long) when no bin was left to flush. */
+    (void) handoff_clear(h, tc->slot);
     slot_sample_peak(h, tc->slot);
     tcache_leave(tc);
     slot_release(h, tc->slot_index);
