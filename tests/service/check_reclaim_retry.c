@@ -12,7 +12,9 @@
  * nothing lost), and verify finds the heap consistent. The second test
  * stops the daemon (SIGTERM) while the reclaim is pending, kills the holder,
  * and starts a daemon on the same state directory: its adoption reclaims
- * what the dead client held, with the same exact figures. No timing is
+ * what the dead client held, with the same exact figures. The third: a
+ * client that detaches (and lives on) while the lock is held; the sweep of
+ * its private objects is retried the same way. No timing is
  * asserted: every wait is a bounded poll. */
 #include <check.h>
 #include <inttypes.h>
@@ -43,6 +45,7 @@ static struct daemon_fixture fx;
 struct share {
     char socket_path[108];
     int ready[2]; /* one byte per child once it is where it should be */
+    int go[2];    /* the detacher's cue */
 };
 
 static uint64_t stat_u64(const char *name)
@@ -273,6 +276,77 @@ START_TEST(reclaim_pending_at_shutdown_adopted)
 }
 END_TEST
 
+/* Allocates DIER_KEPT objects it never shares, then (on a byte from the
+ * test) detaches, leaving them to the daemon's sweep, and lives on until
+ * its pipe closes. Its cache holds no more than the recycler takes (a
+ * detach's flush pushes bundles, lock-free), so it detaches while the
+ * holder keeps the segment's lock. */
+static int detacher(void *arg, unsigned idx)
+{
+    struct share *sh = arg;
+    shmheap_t *h;
+    char c, one = 1;
+
+    (void) idx;
+    (void) close(sh->go[1]); /* the test's end: its close is our EOF */
+    MP_REQUIRE(shmheap_attach(sh->socket_path, &h) == 0, "attach: %s", shmheap_last_error());
+    for (unsigned i = 0; i < DIER_KEPT; i++)
+        MP_REQUIRE(shmheap_malloc(h, DIER_SIZE) != NULL, "malloc");
+    MP_REQUIRE(write(sh->ready[1], &one, 1) == 1, "write");
+    MP_REQUIRE(read(sh->go[0], &c, 1) == 1, "read");
+    shmheap_detach(h);
+    MP_REQUIRE(write(sh->ready[1], &one, 1) == 1, "write");
+    (void) read(sh->go[0], &c, 1); /* EOF: the test is done */
+    return 0;
+}
+
+/* A detach's sweep that meets the held lock is retried the same way; once
+ * the holder is gone it frees the detached attachment's private objects
+ * and the client's record goes. */
+START_TEST(detach_sweep_retried)
+{
+    struct share *sh = mp_shared_alloc(sizeof(*sh));
+    uint64_t reclaimed0;
+    pid_t det, stuck;
+    int status;
+    char c, one = 1;
+
+    fixture_start(&fx, "\"trim_interval_ms\": 0, \"decay_ms\": 0");
+    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", fx.socket_path);
+    ck_assert_int_eq(pipe(sh->ready), 0);
+    ck_assert_int_eq(pipe(sh->go), 0);
+    reclaimed0 = stat_u64("reclaimed_objects");
+    det = mp_fork(detacher, sh, 0);
+    ck_assert_int_eq(read(sh->ready[0], &c, 1), 1);
+    stuck = holder_start();
+    ck_assert_int_eq(waitpid(stuck, &status, WUNTRACED), stuck);
+    ck_assert_msg(WIFSTOPPED(status), "the holder did not stop at its fault point: %s",
+                  mp_status_str(status, (char[32]){0}, 32));
+    ck_assert_int_eq(write(sh->go[1], &one, 1), 1);
+    ck_assert_int_eq(read(sh->ready[0], &c, 1), 1); /* detached */
+    wait_stat("reclaims_pending", 1, false);
+    wait_stat("reclaim_retries", 2, true);
+    ck_assert(log_has("detached; reclaiming failed: Connection timed out; retrying in"));
+    ck_assert_uint_eq(stat_u64("reclaimed_objects"), reclaimed0);
+
+    ck_assert_int_eq(kill(stuck, SIGKILL), 0);
+    mp_wait_signaled(stuck, SIGKILL, "the stopped lock holder");
+    wait_stat("reclaims_pending", 0, false);
+    ck_assert(daemon_log_wait(&fx, "detached: its reclaim succeeded after", daemon_test_ms(10000)));
+    /* The detacher still runs: only the sweep freed its objects. */
+    ck_assert_uint_eq(stat_u64("reclaimed_objects") - reclaimed0, DIER_KEPT);
+    ck_assert_uint_eq(stat_u64("bytes_in_use"), 0);
+    ck_assert_uint_eq(stat_u64("lost_objects"), 0);
+    (void) close(sh->go[1]);
+    mp_wait_ok(det, "the detacher");
+    verify_reports_only_the_wait();
+    fixture_verify(&fx);
+    fprintf(stderr, "reclaim_retry: a detach's sweep retried; %u private objects freed, 0 lost\n",
+            DIER_KEPT);
+    fixture_finish(&fx);
+}
+END_TEST
+
 Suite *reclaim_retry_suite(void)
 {
     Suite *s = suite_create("reclaim_retry");
@@ -281,6 +355,7 @@ Suite *reclaim_retry_suite(void)
     tcase_set_timeout(tc, 180);
     tcase_add_test(tc, reclaim_retried_after_lock_timeout);
     tcase_add_test(tc, reclaim_pending_at_shutdown_adopted);
+    tcase_add_test(tc, detach_sweep_retried);
     suite_add_tcase(s, tc);
     return s;
 }
