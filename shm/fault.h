@@ -46,6 +46,8 @@ enum shm_fault_point {
     FAULT_FREE_TAGGED,      /* free's slow path: the object tagged ours, not pushed */
     FAULT_MALLOC_TAGGED,    /* malloc's slow path: a refill's object tagged, not popped */
     FAULT_MALLOC_POPPED,    /* malloc's slow path: popped, the bin's untagged count not lowered */
+    FAULT_RETURN_LAST_NOTED, /* a slab return: the journal past the chain's last object, its
+                              * handoff word not yet */
     /* A drain of the recyclers by a caller with no cache (the daemon's
      * trim and release), through a slot claimed for it (tcache.c) */
     FAULT_TRIM_DRAIN_NOTED,    /* its pop's transit record written, the CAS not yet tried */

@@ -347,16 +347,20 @@ static void seg_recover(struct seg_map *m, struct heap *h)
          * (all in this segment: a take never leaves it). */
         if (!bin || bin_off(load_relaxed(&bin->head)) != chain)
             slab_return_chain_locked(h, m, &chain, true);
-    } else if (op == JOP_RETURN && chain) {
+    } else if (op == JOP_RETURN) {
         uint64_t local = chain, *handoff = &local;
 
         /* The journal is ahead of the handoff word by at most one object
-         * (see return_run_locked): it is the truth; the handoff follows. */
+         * (slab_return_chain_locked): it is the truth; the handoff follows,
+         * also when the journal has passed the last object (chain 0) and
+         * the handoff still names it, returned already: left there, the
+         * slot's reclaim would return it twice (FAULT_RETURN_LAST_NOTED). */
         if (slot_ok && !(slot_word & 7) && slot_word + 8 <= ctl_size) {
             handoff = (uint64_t *) off_ptr(h, slot_word);
             store_relaxed(handoff, chain);
         }
-        slab_return_chain_locked(h, m, handoff, true);
+        if (chain)
+            slab_return_chain_locked(h, m, handoff, true);
     }
     memset(j, 0, sizeof(*j));
     seg_repair(m);

@@ -280,6 +280,8 @@ void slab_return_chain_locked(struct heap *h, struct seg_map *m, uint64_t *hando
         if (n == 2)
             shm_fault(FAULT_RETURN_MID);
         store_relaxed(&hdr->journal.chain, next);
+        if (!next)
+            shm_fault(FAULT_RETURN_LAST_NOTED);
         store_relaxed(handoff, next);
         x = next;
     }

@@ -77,6 +77,7 @@ static void child_blocks(struct fctx *f, struct heap *h)
         (void) heap_malloc(h, f->point == FAULT_RUN_CLAIM_MID ? LARGE : SMALL);
         break;
     case FAULT_RETURN_MID:
+    case FAULT_RETURN_LAST_NOTED:
         /* The recycler takes nothing (cap 0): the flush returns the bin's
          * objects to their slab under the lock. */
         alloc_free(h, 10, SMALL, 0);
@@ -218,7 +219,7 @@ static int fault_child(void *arg, unsigned idx)
 
 static bool point_wants_no_recycler(int point)
 {
-    return point == FAULT_RETURN_MID;
+    return point == FAULT_RETURN_MID || point == FAULT_RETURN_LAST_NOTED;
 }
 
 /* Allocates and frees through the locks (mixed sizes, large ones too). */
@@ -412,6 +413,7 @@ static const char *const point_names[FAULT_COUNT] = {
         [FAULT_FREE_TAGGED] = "FREE_TAGGED",
         [FAULT_MALLOC_TAGGED] = "MALLOC_TAGGED",
         [FAULT_MALLOC_POPPED] = "MALLOC_POPPED",
+        [FAULT_RETURN_LAST_NOTED] = "RETURN_LAST_NOTED",
         [FAULT_TRIM_DRAIN_NOTED] = "TRIM_DRAIN_NOTED",
         [FAULT_TRIM_DRAIN_POPPED] = "TRIM_DRAIN_POPPED",
         [FAULT_TRIM_DRAIN_HANDED] = "TRIM_DRAIN_HANDED",
