@@ -62,10 +62,11 @@ static void client_exited(struct client *cl, bool seen)
         cl->conn = NULL;
         d->nclients--;
     }
+    /* The exit's reclaim covers what a detach's sweep still had to do. */
+    retry_drop_detached(d, cl->id);
     r = work_reclaim(d, cl);
     if (r < 0) {
-        log_error("client %" PRIu64 " (pid %d) exited but its caches cannot be reclaimed: %s",
-                  cl->id, (int) cl->peer.pid, strerror(-r));
+        retry_start(d, cl->id, cl->peer.pid, true, seen, r);
         link_remove(&cl->link);
         client_maybe_free(cl);
     }
@@ -258,11 +259,11 @@ void clients_reclaimed(struct client *cl,
                        const struct heap_owned_reclaim *owned)
 {
     if (slots < 0 || arenas < 0 || owned_r < 0)
-        log_error("client %" PRIu64 " (pid %d) exited; reclaiming failed: %s", cl->id,
-                  (int) cl->peer.pid,
-                  strerror(-(slots < 0    ? slots
-                             : arenas < 0 ? arenas
-                                          : owned_r)));
+        /* Retried until it succeeds (retry.c); the record goes now. */
+        retry_start(cl->d, cl->id, cl->peer.pid, true, cl->exit_seen,
+                    slots < 0    ? slots
+                    : arenas < 0 ? arenas
+                                 : owned_r);
     else
         log_info("client %" PRIu64 " (pid %d) exited: reclaimed %d thread caches, destroyed %d "
                  "session arenas, freed %" PRIu64 " objects (%" PRIu64 " bytes) it had not "

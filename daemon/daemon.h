@@ -256,6 +256,12 @@ struct daemon {
     pthread_mutex_t work_lock; /* one heap-wide job at a time */
     unsigned jobs;             /* in flight */
     bool periodic_trim_running;
+    /* Reclaims that failed and wait for their retry (retry.c). The two
+     * figures are stored relaxed by the loop and read by the metrics
+     * thread (loop_figures_read): numbers, nothing published with them. */
+    struct link reclaims;
+    uint32_t reclaims_pending;
+    uint64_t reclaim_retries;
     struct decay decay; /* decay.c */
 };
 
@@ -419,13 +425,21 @@ struct client_view {
 /* A copy of the client list (loop thread). Returns 0 or -ENOMEM; *ret_views
  * is malloc'd. */
 int client_views(struct daemon *d, struct client_view **ret_views, size_t *ret_n);
+/* The loop's own figures in the stats object, copied by the caller. */
+struct loop_figures {
+    uint32_t quota_refused;    /* d->quota.refused */
+    uint32_t reclaims_pending; /* d->reclaims_pending */
+    uint64_t reclaim_retries;  /* d->reclaim_retries */
+};
+/* Reads them (relaxed loads: the loop stores them): any thread. */
+void loop_figures_read(struct daemon *d, struct loop_figures *ret);
 /* The stats object from the heap, a client list and the loop's other
- * figures (quota_refused: d->quota.refused): safe on any thread. NULL when
- * out of memory or the heap cannot be read. */
+ * figures: safe on any thread. NULL when out of memory or the heap cannot
+ * be read. */
 cJSON *stats_json_build(struct heap *heap,
                         const struct client_view *views,
                         size_t nviews,
-                        uint32_t quota_refused);
+                        const struct loop_figures *fig);
 /* The same on the loop thread, from d's own client list. */
 cJSON *stats_json(struct daemon *d);
 cJSON *segments_json(const struct heap_stats *st);
@@ -487,6 +501,7 @@ void clients_slot_usage(struct daemon *d,
 /* ---- work.c ---- */
 struct job;
 enum job_kind { JOB_TRIM, JOB_VERIFY, JOB_RECLAIM, JOB_RECLAIM_DETACHED, JOB_DECAY };
+struct reclaim_pending;
 /* Runs a trim for c (c NULL: periodic) in the pool; replies when done. */
 int work_trim(struct daemon *d, struct conn *c, unsigned wait_ms);
 int work_verify(struct daemon *d, struct conn *c);
@@ -495,6 +510,31 @@ int work_reclaim(struct daemon *d, struct client *cl);
 /* Frees the private objects of client_id's detached attachments (its
  * process lives on; their mappings are gone). */
 int work_reclaim_detached(struct daemon *d, uint64_t client_id, pid_t pid);
+/* The retry of a reclaim that failed (retry.c): the job of its kind, whose
+ * result goes back to retry_done. */
+int work_reclaim_retry(struct daemon *d, struct reclaim_pending *p);
+
+/* ---- retry.c ---- */
+/* A reclaim failed (a segment lock held past DAEMON_LOCK_WAIT_MS): keeps a
+ * record of it and retries it on a timer, 100 ms doubling to 10 s, until it
+ * succeeds. exited: the process is gone (the exit's reclaim), else the
+ * sweep of a detach. err: why it failed (logged). */
+void retry_start(
+        struct daemon *d, uint64_t client_id, pid_t pid, bool exited, bool exit_seen, int err);
+/* The retry job of p is done: r < 0 failed again (re-armed), else p goes. */
+void retry_done(struct reclaim_pending *p, int r);
+/* The pending record of p: what the retry job needs. */
+void retry_job_args(const struct reclaim_pending *p,
+                    uint64_t *ret_client_id,
+                    uint32_t *ret_pid,
+                    bool *ret_exited,
+                    bool *ret_exit_seen);
+/* client_id's process exited: its exit's reclaim covers a pending detach
+ * sweep, which is dropped. */
+void retry_drop_detached(struct daemon *d, uint64_t client_id);
+/* Shutdown: stops every timer (what is pending is found again by the next
+ * daemon's adoption: heap_reclaim_dead). */
+void retry_close_all(struct daemon *d);
 /* (Re)arms the periodic trim by cfg.shm.trim_interval_ms. */
 void work_trim_timer_update(struct daemon *d);
 /* Runs heap_release(req) in the pool (req and its slot list are copied);

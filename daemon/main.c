@@ -171,6 +171,7 @@ void daemon_shutdown(struct daemon *d, int status)
     /* Clients first: a connection that closes now is not a detach (the
      * client lives on and attaches again to the next daemon). */
     clients_close_all(d);
+    retry_close_all(d);
     conn_drain_all(d);
     if (d->state_dir_fd >= 0)
         log_info("the heap stays in the state directory %s", d->state_dir);
@@ -200,6 +201,7 @@ static void daemon_defaults(struct daemon *d)
     link_init(&d->conns);
     link_init(&d->clients);
     link_init(&d->procs);
+    link_init(&d->reclaims);
     pthread_mutex_init(&d->work_lock, NULL);
 }
 

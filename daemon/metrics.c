@@ -91,6 +91,7 @@ respond_text(struct MHD_Connection *conn, unsigned status, const char *text, con
  * or the heap cannot be read. */
 static char *scrape(struct metrics *m, size_t *ret_len)
 {
+    struct loop_figures fig;
     struct client_view *views;
     cJSON *decay = NULL;
     size_t n;
@@ -109,8 +110,8 @@ static char *scrape(struct metrics *m, size_t *ret_len)
         cJSON_Delete(decay);
         return NULL;
     }
-    /* relaxed: pairs with the relaxed store in quota.c; a number, nothing else. */
-    st = stats_json_build(m->heap, views, n, load_relaxed(&m->d->quota.refused));
+    loop_figures_read(m->d, &fig);
+    st = stats_json_build(m->heap, views, n, &fig);
     free(views);
     if (st && decay && cJSON_AddItemToObject(st, "decay", decay))
         decay = NULL;

@@ -144,7 +144,7 @@ static bool add_per_client(cJSON *stats,
 cJSON *stats_json_build(struct heap *heap,
                         const struct client_view *views,
                         size_t nviews,
-                        uint32_t quota_refused)
+                        const struct loop_figures *fig)
 {
     struct heap_stats *st = malloc(sizeof(*st));
     cJSON *o = NULL, *segs;
@@ -173,7 +173,9 @@ cJSON *stats_json_build(struct heap *heap,
         !json_add_u64(o, "reclaimed_bytes", st->reclaimed_bytes) ||
         !add_per_client(o, heap, views, nviews, &attached) ||
         !cJSON_AddNumberToObject(o, "clients", attached) ||
-        !cJSON_AddNumberToObject(o, "clients_refused_uid_quota", quota_refused) ||
+        !cJSON_AddNumberToObject(o, "clients_refused_uid_quota", fig->quota_refused) ||
+        !cJSON_AddNumberToObject(o, "reclaims_pending", fig->reclaims_pending) ||
+        !json_add_u64(o, "reclaim_retries", fig->reclaim_retries) ||
         !cJSON_AddNumberToObject(o, "thread_caches", st->slots_in_use) || !add_classes(o, st))
         goto fail;
     segs = segments_json(st);
@@ -192,13 +194,15 @@ fail:
 
 cJSON *stats_json(struct daemon *d)
 {
+    struct loop_figures fig;
     struct client_view *views;
     size_t n;
     cJSON *o;
 
     if (client_views(d, &views, &n) < 0)
         return NULL;
-    o = stats_json_build(d->heap, views, n, d->quota.refused);
+    loop_figures_read(d, &fig);
+    o = stats_json_build(d->heap, views, n, &fig);
     free(views);
     /* The automatic trim: what it released, when, and the floor it keeps
      * (the loop's own state: the metrics endpoint gets a copy per tick). */

@@ -25,12 +25,13 @@ struct job {
     uv_work_t req;
     struct daemon *d;
     enum job_kind kind;
-    struct conn *conn;  /* who asked (NULL: the periodic timer) */
-    struct client *cl;  /* JOB_RECLAIM */
-    uint64_t client_id; /* JOB_RECLAIM, copied for the worker */
-    uint32_t pid;       /* JOB_RECLAIM*: the client's process, from its peer credentials */
-    bool exit_seen;     /* JOB_RECLAIM: its process has exited for sure */
-    bool held;          /* JOB_RECLAIM_DETACHED: owner entries or caches remain */
+    struct conn *conn;             /* who asked (NULL: the periodic timer) */
+    struct client *cl;             /* JOB_RECLAIM (NULL for a retry) */
+    struct reclaim_pending *retry; /* JOB_RECLAIM*: the retry of a failed one (retry.c) */
+    uint64_t client_id;            /* JOB_RECLAIM, copied for the worker */
+    uint32_t pid;   /* JOB_RECLAIM*: the client's process, from its peer credentials */
+    bool exit_seen; /* JOB_RECLAIM: its process has exited for sure */
+    bool held;      /* JOB_RECLAIM_DETACHED: owner entries or caches remain */
     unsigned wait_ms;
     int r, slots, arenas;
     struct heap_owned_reclaim owned;
@@ -105,6 +106,7 @@ static void after_work_cb(uv_work_t *req, int status)
 {
     struct job *j = req->data;
     struct daemon *d = j->d;
+    int err;
 
     d->jobs--;
     if (status < 0) /* cancelled: never ran */
@@ -122,20 +124,36 @@ static void after_work_cb(uv_work_t *req, int status)
         op_verify_done(j->conn, j->r, j->verify);
         break;
     case JOB_RECLAIM:
-        clients_reclaimed(j->cl, j->slots, j->arenas, j->r, &j->owned);
+        if (!j->retry) {
+            clients_reclaimed(j->cl, j->slots, j->arenas, j->r, &j->owned);
+            break;
+        }
+        err = j->slots < 0 ? j->slots : j->arenas < 0 ? j->arenas : j->r < 0 ? j->r : 0;
+        if (err == 0)
+            log_info("client %" PRIu64 " (pid %d) exited: reclaimed %d thread caches, destroyed "
+                     "%d session arenas, freed %" PRIu64 " objects (%" PRIu64 " bytes) it had "
+                     "not shared",
+                     j->client_id, (int) j->pid, j->slots, j->arenas, j->owned.objects,
+                     j->owned.bytes);
+        retry_done(j->retry, err);
         break;
     case JOB_RECLAIM_DETACHED:
-        if (j->r < 0)
-            log_error("client %" PRIu64 " detached; freeing what it kept private failed: %s",
-                      j->client_id, strerror(-j->r));
-        else if (j->owned.objects)
+        err = j->r < 0 ? j->r : j->arenas < 0 ? j->arenas : 0;
+        if (err < 0) {
+            /* Retried (retry.c) until it succeeds: the record stays. */
+            if (j->retry)
+                retry_done(j->retry, err);
+            else
+                retry_start(d, j->client_id, (pid_t) j->pid, false, false, err);
+            break;
+        }
+        if (j->owned.objects)
             log_info("client %" PRIu64 " detached: freed %" PRIu64 " objects (%" PRIu64
                      " bytes) it had not shared",
                      j->client_id, j->owned.objects, j->owned.bytes);
-        if (j->arenas < 0)
-            log_error("client %" PRIu64 " detached; destroying its session arenas failed: %s",
-                      j->client_id, strerror(-j->arenas));
-        clients_detach_swept(d, j->client_id, j->held || status < 0, j->arenas);
+        clients_detach_swept(d, j->client_id, j->held, j->arenas);
+        if (j->retry)
+            retry_done(j->retry, 0);
         break;
     case JOB_DECAY:
         decay_released(d, j->r, &j->released, j->idle_slots, j->release.nidle);
@@ -220,6 +238,19 @@ int work_reclaim(struct daemon *d, struct client *cl)
     j->client_id = cl->id;
     j->pid = cl->peer.pid > 0 ? (uint32_t) cl->peer.pid : 0;
     j->exit_seen = cl->exit_seen;
+    return job_start(d, j);
+}
+
+int work_reclaim_retry(struct daemon *d, struct reclaim_pending *p)
+{
+    struct job *j = calloc(1, sizeof(*j));
+    bool exited;
+
+    if (!j)
+        return -ENOMEM;
+    retry_job_args(p, &j->client_id, &j->pid, &exited, &j->exit_seen);
+    j->kind = exited ? JOB_RECLAIM : JOB_RECLAIM_DETACHED;
+    j->retry = p;
     return job_start(d, j);
 }
 

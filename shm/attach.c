@@ -95,6 +95,7 @@ int heap_attach(int ctl_fd,
     for (unsigned i = 1; i <= 64; i++)
         h->class_by_16[i] = (uint8_t) sizeclass_of_inline((size_t) i * 16);
     pthread_mutex_init(&h->local_lock, NULL);
+    pthread_mutex_init(&h->drain_lock, NULL);
     r = heap_sync_segments(h);
     if (r < 0)
         goto fail_close;
@@ -113,6 +114,7 @@ fail_close:
             (void) close(h->segs[i].fd);
     (void) close(h->ctl_fd);
     pthread_mutex_destroy(&h->local_lock);
+    pthread_mutex_destroy(&h->drain_lock);
 fail_unreserve:
     os_unreserve(base, (uint64_t) h->va_slots << SHM_SEG_SHIFT);
 fail_free:
@@ -134,6 +136,7 @@ void heap_detach(struct heap *h)
     (void) close(h->ctl_fd);
     os_unreserve(h->base, (uint64_t) h->va_slots << SHM_SEG_SHIFT);
     pthread_mutex_destroy(&h->local_lock);
+    pthread_mutex_destroy(&h->drain_lock);
     free(h);
 }
 

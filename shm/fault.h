@@ -1,9 +1,17 @@
 /* Fault points for the death tests (fault.c): when shm_fault_at equals a
- * point's number, that point raises SIGKILL. Only on cold paths. */
+ * point's number, that point raises SIGKILL (or SIGSTOP: shm_fault_action).
+ * Only on cold paths. */
 #ifndef SHM_FAULT_H
 #define SHM_FAULT_H
 
 extern int shm_fault_at;
+/* What the point does: die there (the default), or stop there, holding
+ * whatever it holds (a lock), until a SIGCONT or a SIGKILL. */
+enum shm_fault_action {
+    FAULT_ACTION_KILL = 0,
+    FAULT_ACTION_STOP,
+};
+extern int shm_fault_action;
 enum shm_fault_point {
     FAULT_NONE = 0,
     FAULT_TAKE_MID,   /* inside slab_take, objects half moved */
@@ -40,7 +48,13 @@ enum shm_fault_point {
     FAULT_MALLOC_POPPED,    /* malloc's slow path: popped, the bin's untagged count not lowered */
     FAULT_RETURN_LAST_NOTED, /* a slab return: the journal past the chain's last object, its
                               * handoff word not yet */
-    FAULT_COUNT,            /* one past the last point */
+    /* A drain of the recyclers by a caller with no cache (the daemon's
+     * trim and release), through a slot claimed for it (tcache.c) */
+    FAULT_TRIM_DRAIN_NOTED,    /* its pop's transit record written, the CAS not yet tried */
+    FAULT_TRIM_DRAIN_POPPED,   /* the pop's CAS done, the bundle not in the handoff word */
+    FAULT_TRIM_DRAIN_HANDED,   /* the bundle in the handoff word, none of it returned */
+    FAULT_TRIM_DRAIN_RETURNED, /* the bundle back in its slabs, the next pop not begun */
+    FAULT_COUNT,               /* one past the last point */
 };
 void shm_fault(enum shm_fault_point p);
 

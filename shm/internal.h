@@ -96,6 +96,13 @@ struct heap {
      * client's). */
     uint32_t lock_wait_ms;
     struct heap_lock_report lock_report; /* relaxed counters (segment.c) */
+    /* The cache slot a drain of the recyclers by a caller with none (the
+     * daemon's trim and release) claims, so that its transit record and
+     * handoff word carry each bundle (tcache_drain_recyclers): index + 1,
+     * 0 none. Kept between drains only while a lock held too long left a
+     * chain in its handoff word. Under drain_lock. */
+    pthread_mutex_t drain_lock;
+    uint32_t drain_slot;
 };
 
 /* A thread's cache for one attachment. Lives in thread-local storage; its
@@ -232,8 +239,10 @@ void seg_map_init(struct seg_map *m, void *base, int fd, uint32_t index);
 int seg_lock(struct seg_map *m, struct heap *h);
 void seg_unlock(struct seg_map *m);
 /* Takes and drops every segment's lock: whatever a dead holder left half
- * done is finished now, while its cache is as it left it (tcache.c). */
-void seg_recover_all(struct heap *h);
+ * done is finished now, while its cache is as it left it (tcache.c).
+ * Returns 0, or the first lock's error (-ETIMEDOUT: a guarded lock held
+ * by a live or stopped process; the other segments were still visited). */
+int seg_recover_all(struct heap *h);
 struct bittree_chain *seg_free_tree(struct seg_map *m);
 struct bittree_chain *seg_class_tree(struct seg_map *m, unsigned cls);
 uint64_t *seg_commit_map(struct seg_map *m);
@@ -433,9 +442,12 @@ void owned_attach(struct heap *h);
 void owned_detach(struct heap *h);
 
 /* ---- reclaim.c ---- */
-/* Takes back a slot whose owner is gone: drain, then free the slot. False
- * if someone else holds it (a trimmer, verify) or it is not OWNED. */
-bool reclaim_slot(struct heap *h, struct cache_slot *s);
+/* Takes back a slot whose owner is gone: drain, then free the slot. 1 done,
+ * 0 if someone else holds it (a trimmer, verify) or it is not OWNED, or a
+ * negative errno when a segment lock could not be taken (-ETIMEDOUT: a
+ * guarded lock, the daemon's): the slot then stays OWNED by its dead pid,
+ * with what it still holds in its bins or handoff word, for a later try. */
+int reclaim_slot(struct heap *h, struct cache_slot *s);
 /* Frees the blocks left BUSY, and puts back the objects a punch reserved,
  * by processes that are gone: in segment m, or in every mapped segment. */
 void reclaim_busy(struct heap *h, struct seg_map *m);
@@ -485,26 +497,39 @@ void tcache_reload_config(struct heap *h);
 void tcache_flush_all(struct heap *h);
 /* Pops every bundle of every recycler and returns its objects to the
  * blocks. s: the caller's own slot, inside its busy section, whose transit
- * record and handoff word carry each bundle; NULL for the daemon's trim,
- * release and verify, which have no slot (a kill there loses the bundle in
- * hand: docs/ARCHITECTURE.md). */
+ * record and handoff word carry each bundle; NULL for a caller with no
+ * slot (the daemon's trim and release): a slot is claimed for the drain
+ * (h->drain_slot) and carries them the same way, so a kill at any point
+ * loses nothing: whoever reclaims the dead pid's slots settles it
+ * (reclaim.c; for the daemon, the next daemon's adoption). Only when no
+ * slot is free are the bundles held in process memory. */
 void tcache_drain_recyclers(struct heap *h, struct cache_slot *s);
+/* Whether s is the drain slot of the calling thread's drain (above): its
+ * fault points are the FAULT_TRIM_DRAIN_* ones. */
+bool tcache_is_drain_slot(const struct cache_slot *s);
 /* Returns the chain of objects starting at *handoff (word 0 links, 0
  * ends) to their slabs, whatever their segments, moving *handoff past each
  * object as it goes. *handoff is a cache slot's handoff word (so that the
  * reclaimer of a dead process can finish the job) or the caller's own
- * variable. Counts double and bad frees into the control segment. */
-void tcache_return_handoff(struct heap *h, uint64_t *handoff);
+ * variable. Counts double and bad frees into the control segment. Returns
+ * 0, or -ETIMEDOUT when a guarded segment lock (the daemon's) was held too
+ * long: *handoff then still has the rest of the chain, for a later call. */
+int tcache_return_handoff(struct heap *h, uint64_t *handoff);
 /* Settles a slot's handoff word left by a thread that stopped midway: the
  * chain goes back to the blocks unless it is still a bin's list. The caller
- * owns the slot (steal held, or the owner itself). */
-void tcache_settle_handoff(struct heap *h, struct cache_slot *s);
+ * owns the slot (steal held, or the owner itself). 0, or the error of
+ * tcache_return_handoff (the word keeps what is left). */
+int tcache_settle_handoff(struct heap *h, struct cache_slot *s);
 /* Drains a slot's bins back into the heap (to blocks). The caller owns the
- * slot: its owner is gone, or steal is held. Returns objects drained. */
-uint64_t tcache_drain_slot(struct heap *h, struct cache_slot *s);
+ * slot: its owner is gone, or steal is held. Returns 0, or -ETIMEDOUT when
+ * a guarded segment lock stayed held: the drain stops there, what is left
+ * is in the bins and the handoff word (finished by the next drain, or by
+ * the owner before it uses the word again). */
+int tcache_drain_slot(struct heap *h, struct cache_slot *s);
 /* Takes slot s for a trimmer, reclaimer or verify (steal = our pid): 0, or
  * -EBUSY. A holder that died is replaced, and what it left half done is
- * settled. */
+ * settled. owner_dead: a segment lock that cannot be taken (-ETIMEDOUT)
+ * fails it, with the slot untouched and given back. */
 int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead);
 void tcache_steal_end(struct cache_slot *s);
 struct tcache *tcache_get(struct heap *h); /* NULL and errno on failure */

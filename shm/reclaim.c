@@ -41,13 +41,17 @@
 /* ---- 1. cache slots ---- */
 
 /* Takes back a slot whose owner is gone: drain, then free the slot. */
-bool reclaim_slot(struct heap *h, struct cache_slot *s)
+int reclaim_slot(struct heap *h, struct cache_slot *s)
 {
-    if (tcache_steal_begin(h, s, true) < 0)
-        return false;
+    int r = tcache_steal_begin(h, s, true);
+
+    if (r == -ETIMEDOUT)
+        return r;
+    if (r < 0)
+        return 0;
     if (!slot_is_owned(s)) {
         tcache_steal_end(s);
-        return false;
+        return 0;
     }
     /* A thread killed inside a cache operation: counted, nothing more. What
      * it was moving is in shared memory (a bin, the handoff word, the
@@ -55,7 +59,15 @@ bool reclaim_slot(struct heap *h, struct cache_slot *s)
      * count of heap_verify still applies. */
     if (load_relaxed(&s->busy))
         (void) fetch_add_relaxed(&h->ctl->deaths_mid_op, 1);
-    (void) tcache_drain_slot(h, s);
+    r = tcache_drain_slot(h, s);
+    if (r < 0) {
+        /* A segment lock held too long (a live or stopped process): what
+         * is left stays in the bins and the handoff word, the slot OWNED by
+         * its dead pid, for the next try (the daemon retries; a trim or an
+         * adoption finds it too). */
+        tcache_steal_end(s);
+        return r;
+    }
     store_relaxed(&s->busy, 0);
     store_relaxed(&s->pid, 0);
     store_relaxed(&s->client_id, 0);
@@ -64,29 +76,35 @@ bool reclaim_slot(struct heap *h, struct cache_slot *s)
      * slot_claim()'s CAS). */
     store_release(&s->state, SLOT_FREE);
     tcache_steal_end(s);
-    return true;
+    return 1;
 }
 
 /* Reclaims the slots of client_id (of process pid only, unless pid is 0);
- * *ret_left counts those someone else held (a trimmer, verify). */
+ * *ret_left counts those someone else held (a trimmer, verify). Returns how
+ * many it reclaimed, or the first error of one it could not drain (the
+ * others are still tried). */
 static int reclaim_slots(struct heap *h, uint64_t client_id, uint32_t pid, int *ret_left)
 {
-    int n = 0, left = 0;
+    int n = 0, left = 0, err = 0;
 
     for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &h->ctl->slots[i];
+        int r;
 
         if (!slot_is_owned(s) || load_relaxed(&s->client_id) != client_id ||
             (pid && load_relaxed(&s->pid) != pid))
             continue;
-        if (reclaim_slot(h, s))
+        r = reclaim_slot(h, s);
+        if (r > 0)
             n++;
-        else
+        else if (r == 0)
             left++;
+        else if (err == 0)
+            err = r;
     }
     if (ret_left)
         *ret_left = left;
-    return n;
+    return err < 0 ? err : n;
 }
 
 int heap_reclaim_client(struct heap *h, uint64_t client_id)
@@ -98,13 +116,12 @@ int heap_reclaim_client(struct heap *h, uint64_t client_id)
 
 /* Reclaims the cache slots of client_id held by process pid, which is
  * gone. Returns how many it could not take (held meanwhile by a trimmer
- * or verify). */
+ * or verify), or a negative errno (a segment lock: reclaim_slot). */
 static int reclaim_process(struct heap *h, uint64_t client_id, uint32_t pid)
 {
-    int left;
+    int left, r = reclaim_slots(h, client_id, pid, &left);
 
-    (void) reclaim_slots(h, client_id, pid, &left);
-    return left;
+    return r < 0 ? r : left;
 }
 
 /* ---- 2. the sweep of a gone owner's objects ---- */
@@ -192,7 +209,7 @@ static int sweep_owner(struct heap *h, uint32_t index, struct heap_owned_reclaim
     struct ctl_header *c = h->ctl;
     struct owner_entry *e = &c->owners[index];
     uint32_t pid = load_relaxed(&e->pid);
-    int r = 0;
+    int r = 0, q;
 
     /* A process that died attached may have died between a tag and a pop:
      * its caches go first (slot_reclaim clears the tags at their heads),
@@ -201,12 +218,13 @@ static int sweep_owner(struct heap *h, uint32_t index, struct heap_owned_reclaim
     if (!os_pid_alive((pid_t) pid)) {
         /* Every one of them: objects in a cache another thread is still
          * draining carry the dead one's tag too. */
-        for (unsigned tries = 0; reclaim_process(h, load_relaxed(&e->client_id), pid); tries++) {
-            if (tries == 1000) {
+        for (unsigned tries = 0; (q = reclaim_process(h, load_relaxed(&e->client_id), pid)) != 0;
+             tries++) {
+            if (q < 0 || tries == 1000) {
                 /* The next sweep tries again. release: pairs with owner_take's
                  * acquire of sweeper. */
                 store_release(&e->sweeper, 0);
-                return -EAGAIN;
+                return q < 0 ? q : -EAGAIN;
             }
             (void) usleep(1000);
         }
@@ -446,7 +464,9 @@ int heap_reclaim_dead(struct heap *h)
     for (uint32_t i = 0, high = slot_high(h->ctl); i < high; i++) {
         struct cache_slot *s = &h->ctl->slots[i];
 
-        if (slot_is_owned(s) && !os_pid_alive((pid_t) load_relaxed(&s->pid)) && reclaim_slot(h, s))
+        /* One a lock keeps back stays for a later trim or reclaim. */
+        if (slot_is_owned(s) && !os_pid_alive((pid_t) load_relaxed(&s->pid)) &&
+            reclaim_slot(h, s) > 0)
             n++;
     }
     /* After the slots: see sweep_owner(). */

@@ -149,7 +149,7 @@ uint64_t recycler_pop(struct heap *h,
         recycler_help(h, cls, old, self);
         transit_note(actor, old.s.off, rec_seq(old.s.tag), cls, false);
         if (actor)
-            shm_fault(FAULT_POP_NOTED);
+            shm_fault(tcache_is_drain_slot(actor) ? FAULT_TRIM_DRAIN_NOTED : FAULT_POP_NOTED);
         link = link_read(h, old.s.off);
         nw.s.off = bundle_next(link);
         nw.s.tag = rec_tag(rec_seq(old.s.tag) + 1, self);

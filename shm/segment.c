@@ -439,15 +439,26 @@ void seg_unlock(struct seg_map *m)
         (void) fetch_add_relaxed(&m->foreign_unlocks, 1);
 }
 
-void seg_recover_all(struct heap *h)
+int seg_recover_all(struct heap *h)
 {
+    int r = 0;
+
     /* The control lock too: a dead client's word is recovered now rather
      * than by a locker that comes when its TID may name another thread
      * (lock.c). */
     if (ctl_lock_for(h) == 0)
         ctl_unlock(h->ctl);
     (void) heap_sync_segments(h);
-    for (uint32_t i = 1; i < heap_nmapped(h); i++)
-        if (heap_mapped(h, i) && seg_lock(&h->segs[i], h) == 0)
+    for (uint32_t i = 1; i < heap_nmapped(h); i++) {
+        int q;
+
+        if (!heap_mapped(h, i))
+            continue;
+        q = seg_lock(&h->segs[i], h);
+        if (q == 0)
             seg_unlock(&h->segs[i]);
+        else if (r == 0)
+            r = q;
+    }
+    return r;
 }

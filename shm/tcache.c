@@ -161,7 +161,7 @@ static void tcache_wait_steal(struct tcache *tc)
          * dead trimmer's CAS, so what it wrote is visible. */
         if (++spins % 1024 == 0 && !os_pid_alive((pid_t) thief) &&
             cas_strong_acq_rel(&s->steal, &thief, (uint32_t) getpid())) {
-            tcache_settle_handoff(tc->h, s);
+            (void) tcache_settle_handoff(tc->h, s);
             /* release: the settled bins and handoff go with it (pairs with
              * the acquire of steal in a trimmer's CAS or tcache_enter). */
             store_release(&s->steal, 0);
@@ -212,9 +212,18 @@ int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead)
          * recovery reads the slot's counters before the slot can be
          * claimed again (run.c). Then whatever its owner (or a dead
          * trimmer) was moving goes where it belongs before anyone counts
-         * the slot. */
-        seg_recover_all(h);
-        tcache_settle_handoff(h, s);
+         * the slot. A lock we cannot take (a guarded wait timed out: a
+         * live or stopped holder) would leave that undone: the slot is
+         * given back untouched, for a later try (release: pairs with the
+         * acquire of steal by the next trimmer or reclaimer). */
+        r = seg_recover_all(h);
+        if (r == -ETIMEDOUT) {
+            store_release(&s->steal, 0);
+            return r;
+        }
+        /* What it cannot return now stays in the handoff word: the
+         * caller's drain meets the same lock and stops. */
+        (void) tcache_settle_handoff(h, s);
         return 0;
     }
     r = os_membarrier();
@@ -227,7 +236,7 @@ int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead)
         /* acquire: pairs with the owner's release of busy. */
         if (!load_acquire(&s->busy)) {
             if (took_over)
-                tcache_settle_handoff(h, s);
+                (void) tcache_settle_handoff(h, s); /* a leftover stays for the owner */
             return 0;
         }
         sched_yield();
@@ -279,22 +288,29 @@ static uint64_t chain_len(struct heap *h,
     return n;
 }
 
-void tcache_return_handoff(struct heap *h, uint64_t *handoff)
+int tcache_return_handoff(struct heap *h, uint64_t *handoff)
 {
     bool shared = (char *) handoff >= h->base && (char *) handoff < h->base + h->ctl->ctl_size;
 
     for (;;) {
         uint64_t x = load_relaxed(handoff);
         struct seg_map *m;
+        int r;
 
         if (!x)
-            return;
+            return 0;
         m = heap_seg_for(h, x);
-        if (!m || seg_lock(m, h) < 0) {
+        r = m ? seg_lock(m, h) : -EFAULT;
+        /* A guarded lock held past its wait (the daemon's, issue 9): the
+         * holder lives, the chain is sound; it stays in the word for a
+         * later call rather than being given up. */
+        if (r == -ETIMEDOUT)
+            return r;
+        if (r < 0) {
             heap_count_bad_free(h);
             (void) fetch_add_relaxed(&h->ctl->lost_objects, 1);
             store_relaxed(handoff, 0);
-            return;
+            return 0;
         }
         /* Read again under the lock: a recovery may have moved it. */
         x = load_relaxed(handoff);
@@ -304,13 +320,28 @@ void tcache_return_handoff(struct heap *h, uint64_t *handoff)
     }
 }
 
-/* Returns a chain of objects to their blocks, whatever segments they are
- * in. */
-static void tcache_return_chain(struct heap *h, uint64_t chain)
+/* A handoff word must be empty before a new chain is stored in it: one a
+ * drain left (a guarded lock timed out: tcache_drain_slot) is finished
+ * first. 0, or the error that kept it. */
+static int handoff_clear(struct heap *h, struct cache_slot *s)
 {
-    uint64_t handoff = chain;
+    return load_relaxed(&s->handoff) ? tcache_return_handoff(h, &s->handoff) : 0;
+}
 
-    tcache_return_handoff(h, &handoff);
+/* Returns a chain of objects (a bundle of class cls popped from its
+ * recycler by a caller with no slot) to their blocks, whatever segments
+ * they are in. What a lock held too long keeps back goes onto the recycler
+ * again, as one bundle. */
+static void tcache_return_chain(struct heap *h, unsigned cls, uint64_t chain)
+{
+    uint64_t handoff = chain, last;
+    uint32_t maxseg, n;
+
+    if (tcache_return_handoff(h, &handoff) == 0)
+        return;
+    n = (uint32_t) chain_len(h, handoff, UINT64_MAX, &last, &maxseg, SHM_NCLASSES);
+    if (n)
+        (void) recycler_push(h, NULL, NULL, cls, handoff, n, maxseg, true);
 }
 
 static void transit_clear(struct cache_slot *s)
@@ -320,25 +351,124 @@ static void transit_clear(struct cache_slot *s)
     store_relaxed(&s->transit_info, 0);
 }
 
-void tcache_drain_recyclers(struct heap *h, struct cache_slot *s)
+/* The drain slot of this thread's drain in progress (drain_own_slot). */
+static __thread const struct cache_slot *tl_drain_slot;
+
+bool tcache_is_drain_slot(const struct cache_slot *s)
+{
+    return s && s == tl_drain_slot;
+}
+
+/* Pops every bundle through slot s (its transit record, then its handoff
+ * word) and returns it to the blocks. 0, or -ETIMEDOUT: a guarded lock held
+ * too long; the handoff word keeps the rest. own: s is a drain slot (its
+ * own fault points). */
+static int drain_through(struct heap *h, struct cache_slot *s, bool own)
 {
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
         uint64_t first;
         uint32_t count;
+        int r = handoff_clear(h, s);
 
+        if (r < 0)
+            return r; /* the next drain goes on */
         while ((first = recycler_pop(h, s, NULL, cls, &count)) != 0) {
-            if (!s) {
-                tcache_return_chain(h, first);
-                continue;
-            }
             /* The pop's transit record has the bundle until the handoff
              * word takes it (one store: the commit). */
-            shm_fault(FAULT_DRAIN_POPPED);
+            shm_fault(own ? FAULT_TRIM_DRAIN_POPPED : FAULT_DRAIN_POPPED);
             store_relaxed(&s->handoff, first);
             transit_clear(s);
-            tcache_return_handoff(h, &s->handoff);
+            if (own)
+                shm_fault(FAULT_TRIM_DRAIN_HANDED);
+            /* Each object's free bit is the commit of its return, with the
+             * segment's journal naming the handoff word (slab.c). */
+            r = tcache_return_handoff(h, &s->handoff);
+            if (r < 0)
+                return r; /* the word keeps the rest: see handoff_clear() */
+            if (own)
+                shm_fault(FAULT_TRIM_DRAIN_RETURNED);
         }
     }
+    return 0;
+}
+
+/* The busy section of a drain slot, as tcache_enter's: a trimmer that
+ * steals it meanwhile (it is a live slot like any other) is waited for, and
+ * one that died holding it is replaced and what it left settled. */
+static void drain_slot_enter(struct heap *h, struct cache_slot *s)
+{
+    uint32_t thief;
+
+    for (;;) {
+        store_relaxed(&s->busy, 1);
+        compiler_barrier();
+        /* acquire: pairs with the trimmer's release of steal. */
+        if (!load_acquire(&s->steal))
+            return;
+        store_release(&s->busy, 0);
+        while ((thief = load_acquire(&s->steal)) != 0) {
+            sched_yield();
+            /* acq_rel: pairs with the dead trimmer's CAS of steal. */
+            if (!os_pid_alive((pid_t) thief) &&
+                cas_strong_acq_rel(&s->steal, &thief, (uint32_t) getpid())) {
+                (void) tcache_settle_handoff(h, s);
+                /* release: pairs with the next thief's acquire. */
+                store_release(&s->steal, 0);
+            }
+        }
+    }
+}
+
+/* A drain by a caller with no cache (the daemon's trim and release): a slot
+ * is claimed for it, so that a kill anywhere in it leaves each bundle in
+ * shared memory, in the slot's transit record or handoff word, for the
+ * reclaimer of the dead pid (tcache_settle_transit, then the handoff walk,
+ * as for a client's full-heap drain). The slot is released once empty. */
+static void drain_own_slot(struct heap *h)
+{
+    struct cache_slot *s;
+    uint32_t index;
+    int r;
+
+    pthread_mutex_lock(&h->drain_lock);
+    if (!h->drain_slot) {
+        if (h->pid != getpid() || slot_claim(h, &index) < 0) {
+            uint64_t first;
+            uint32_t count;
+
+            pthread_mutex_unlock(&h->drain_lock);
+            /* No slot free (or a fork's copy of the handle): the bundle in
+             * hand is in process memory only, as before slots were used. */
+            for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+                while ((first = recycler_pop(h, NULL, NULL, cls, &count)) != 0)
+                    tcache_return_chain(h, cls, first);
+            return;
+        }
+        h->drain_slot = index + 1;
+    }
+    s = &h->ctl->slots[h->drain_slot - 1];
+    drain_slot_enter(h, s);
+    tl_drain_slot = s;
+    r = drain_through(h, s, true);
+    tl_drain_slot = NULL;
+    /* release: a trimmer that sees busy 0 sees the drain (pairs with
+     * tcache_steal_begin's acquire of busy). */
+    store_release(&s->busy, 0);
+    if (r == 0) {
+        /* Its bins were never used; transit and handoff are clear. */
+        slot_release(h, h->drain_slot - 1);
+        h->drain_slot = 0;
+    }
+    pthread_mutex_unlock(&h->drain_lock);
+}
+
+void tcache_drain_recyclers(struct heap *h, struct cache_slot *s)
+{
+    if (!s) {
+        drain_own_slot(h);
+        return;
+    }
+    (void) drain_through(h, s, false);
 }
 
 /* Writes s's transit record for a push of `first` (count objects) before the
@@ -415,7 +545,7 @@ static void tcache_settle_transit(struct heap *h, struct cache_slot *s)
     transit_clear(s);
 }
 
-void tcache_settle_handoff(struct heap *h, struct cache_slot *s)
+int tcache_settle_handoff(struct heap *h, struct cache_slot *s)
 {
     uint64_t x;
 
@@ -424,14 +554,14 @@ void tcache_settle_handoff(struct heap *h, struct cache_slot *s)
     tcache_settle_transit(h, s);
     x = load_relaxed(&s->handoff);
     if (!x)
-        return;
+        return 0;
     /* Stopped before the chain was cut from its bin: the bin still has it. */
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
         if (bin_off(load_relaxed(&s->bins[cls].head)) == x) {
             store_relaxed(&s->handoff, 0);
-            return;
+            return 0;
         }
-    tcache_return_handoff(h, &s->handoff);
+    return tcache_return_handoff(h, &s->handoff);
 }
 
 /* A refill filled the (empty) bin: its objects carry no tag yet. malloc
@@ -525,10 +655,12 @@ void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls)
     if (!recycler_push(h, tc->slot, bin, cls, first, (uint32_t) got, maxseg, false)) {
         /* The recycler is at its cap: to the blocks, through the slot's
          * handoff word so a death midway loses nothing (the handoff has
-         * it before the record goes). */
+         * it before the record goes). The owner's locks are not guarded:
+         * a leftover of a trimmer's drain is finished here for sure. */
+        (void) handoff_clear(h, tc->slot);
         store_relaxed(&tc->slot->handoff, first);
         transit_clear(tc->slot);
-        tcache_return_handoff(h, &tc->slot->handoff);
+        (void) tcache_return_handoff(h, &tc->slot->handoff);
         return;
     }
     shm_fault(FAULT_FLUSH_PUSHED);
@@ -543,13 +675,18 @@ void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls)
  * bundle is pushed (so a death between the two loses that bundle rather
  * than leaving it in two places). tcache_settle_handoff() finishes the job
  * for a thread that stopped midway. */
-static uint64_t
+static int
 bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls, bool to_blocks, bool count_stats)
 {
     struct cache_bin *bin = &s->bins[cls];
-    uint64_t w = load_relaxed(&bin->head), chain = bin_off(w), total = 0;
+    uint64_t w, chain;
     uint32_t n = load_relaxed(&h->bundle_n[cls]);
+    int r = handoff_clear(h, s);
 
+    if (r < 0)
+        return r; /* the bin stays as it is */
+    w = load_relaxed(&bin->head);
+    chain = bin_off(w);
     store_relaxed(&s->handoff, chain);
     /* The bin's objects leave it: in use (net - count) stays as it was.
      * The bin's head and net in one commit. */
@@ -575,24 +712,20 @@ bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls, bool to_blocks
             transit_clear(s);
             break;
         }
-        total += got;
         chain = rest;
     }
     transit_clear(s);
-    total += chain_len(h, load_relaxed(&s->handoff), UINT64_MAX, NULL, NULL, SHM_NCLASSES);
-    tcache_return_handoff(h, &s->handoff);
-    return total;
+    return tcache_return_handoff(h, &s->handoff);
 }
 
-uint64_t tcache_drain_slot(struct heap *h, struct cache_slot *s)
+int tcache_drain_slot(struct heap *h, struct cache_slot *s)
 {
-    uint64_t n = 0;
+    int r = tcache_settle_handoff(h, s);
 
-    tcache_settle_handoff(h, s);
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
+    for (unsigned cls = 0; cls < SHM_NCLASSES && r == 0; cls++)
         if (load_relaxed(&s->bins[cls].head))
-            n += bin_give_back(h, s, cls, true, false);
-    return n;
+            r = bin_give_back(h, s, cls, true, false);
+    return r;
 }
 
 static void tcache_flush(struct heap *h, struct tcache *tc, bool to_blocks)
@@ -675,6 +808,9 @@ static void tcache_release(struct heap *h, struct tcache *tc, bool unlink)
 {
     tcache_enter(tc);
     tcache_flush(h, tc, false);
+    /* A chain a trimmer's drain left in the handoff word (a guarded lock
+     * held too long) when no bin was left to flush. */
+    (void) handoff_clear(h, tc->slot);
     slot_sample_peak(h, tc->slot);
     tcache_leave(tc);
     slot_release(h, tc->slot_index);
@@ -740,5 +876,14 @@ void tcache_detach(struct heap *h)
         next = tc->next;
         tcache_release(h, tc, false);
     }
+    /* A drain slot kept for the chain a held lock left in its handoff word:
+     * finished now if it can be; else it stays, and once this process is
+     * gone its reclaimer finishes it. */
+    pthread_mutex_lock(&h->drain_lock);
+    if (h->drain_slot && handoff_clear(h, &h->ctl->slots[h->drain_slot - 1]) == 0) {
+        slot_release(h, h->drain_slot - 1);
+        h->drain_slot = 0;
+    }
+    pthread_mutex_unlock(&h->drain_lock);
     (void) pthread_key_delete(h->key);
 }

@@ -59,7 +59,7 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
             continue;
         total++;
         if (!os_pid_alive((pid_t) load_relaxed(&s->pid))) {
-            if (reclaim_slot(h, s))
+            if (reclaim_slot(h, s) > 0)
                 flushed++;
             continue;
         }

@@ -29,6 +29,8 @@ int main(void)
             resources_suite,
             scribbler_suite,
             kill_arenas_suite,
+            reclaim_retry_suite,
+            daemon_drain_suite,
     };
     /* clang-format on */
     /* ---- end of the suite list ---- */

@@ -189,6 +189,15 @@ static void child_cache(struct fctx *f, struct heap *h)
         shm_fault_at = f->point;
         (void) heap_malloc(h, 1024);
         break;
+    case FAULT_TRIM_DRAIN_NOTED:
+    case FAULT_TRIM_DRAIN_POPPED:
+    case FAULT_TRIM_DRAIN_HANDED:
+    case FAULT_TRIM_DRAIN_RETURNED:
+        /* A trim empties the recyclers (the parent filled one) through a
+         * slot claimed for the drain, as the daemon's trim does. */
+        shm_fault_at = f->point;
+        (void) heap_trim(h, 0, NULL);
+        break;
     default:
         break;
     }
@@ -329,7 +338,11 @@ static void setup(struct fctx *f)
         break;
     case FAULT_POP_NOTED:
     case FAULT_REFILL_POPPED:
-    case FAULT_REFILL_DELIVERED: {
+    case FAULT_REFILL_DELIVERED:
+    case FAULT_TRIM_DRAIN_NOTED:
+    case FAULT_TRIM_DRAIN_POPPED:
+    case FAULT_TRIM_DRAIN_HANDED:
+    case FAULT_TRIM_DRAIN_RETURNED: {
         void *p[200];
 
         for (unsigned i = 0; i < 200; i++)
@@ -401,6 +414,10 @@ static const char *const point_names[FAULT_COUNT] = {
         [FAULT_MALLOC_TAGGED] = "MALLOC_TAGGED",
         [FAULT_MALLOC_POPPED] = "MALLOC_POPPED",
         [FAULT_RETURN_LAST_NOTED] = "RETURN_LAST_NOTED",
+        [FAULT_TRIM_DRAIN_NOTED] = "TRIM_DRAIN_NOTED",
+        [FAULT_TRIM_DRAIN_POPPED] = "TRIM_DRAIN_POPPED",
+        [FAULT_TRIM_DRAIN_HANDED] = "TRIM_DRAIN_HANDED",
+        [FAULT_TRIM_DRAIN_RETURNED] = "TRIM_DRAIN_RETURNED",
 };
 
 static unsigned fault_rounds(void)

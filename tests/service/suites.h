@@ -25,5 +25,7 @@ Suite *kill_arenas_suite(void);    /* check_kill_arenas.c: arena creators killed
 Suite *restart_suite(void);        /* check_restart.c: restart without loss, adoption */
 Suite *resources_suite(void);      /* check_resources.c: fds, memory, connections bounded */
 Suite *scribbler_suite(void);      /* check_scribbler.c: untrusted shared memory, sealed header */
+Suite *reclaim_retry_suite(void);  /* check_reclaim_retry.c: a failed reclaim is retried */
+Suite *daemon_drain_suite(void);   /* check_daemon_drain.c: the daemon killed mid-drain */
 
 #endif
