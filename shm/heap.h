@@ -278,7 +278,9 @@ struct trim_result {
 /* Bumps the trim generation, drains every cache it can (idle threads'
  * caches are taken over; see tcache.c), waits up to wait_ms for busy
  * owners to flush themselves, returns recycler excess to blocks and
- * decommits empty blocks beyond retain_empty_blocks. */
+ * decommits empty blocks beyond retain_empty_blocks. 0, or -EAGAIN when the
+ * recyclers were left as they are (no cache slot free to carry their
+ * bundles: tcache_drain_recyclers); the rest was done, *ret is filled. */
 int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret);
 /* A bounded release, for an automatic policy (the daemon's decay.c): no
  * trim generation, no wait, so running threads keep their caches. Takes
@@ -302,6 +304,8 @@ struct release_result {
     uint64_t bytes_released;
     uint32_t caches_flushed;
 };
+/* 0, or -EAGAIN as heap_trim's (drain_recyclers, no slot free: the rest
+ * was done, *ret is filled). */
 int heap_release(struct heap *h, const struct release_req *req, struct release_result *ret);
 /* For an idleness test: a value that moves whenever the thread owning slot
  * `index` allocates or frees through its cache (its counters and its bins'

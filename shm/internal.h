@@ -501,12 +501,30 @@ void tcache_flush_all(struct heap *h);
  * slot (the daemon's trim and release): a slot is claimed for the drain
  * (h->drain_slot) and carries them the same way, so a kill at any point
  * loses nothing: whoever reclaims the dead pid's slots settles it
- * (reclaim.c; for the daemon, the next daemon's adoption). Only when no
- * slot is free are the bundles held in process memory. */
-void tcache_drain_recyclers(struct heap *h, struct cache_slot *s);
+ * (reclaim.c; for the daemon, the next daemon's adoption). 0, or -EAGAIN
+ * when no slot is free (or -ESTALE: a fork's copy of the handle): nothing
+ * is popped then, the recyclers keep their bundles (never held in process
+ * memory only). */
+int tcache_drain_recyclers(struct heap *h, struct cache_slot *s);
 /* Whether s is the drain slot of the calling thread's drain (above): its
  * fault points are the FAULT_TRIM_DRAIN_* ones. */
 bool tcache_is_drain_slot(const struct cache_slot *s);
+/* verify's hold of the recyclers' bundles (tcache.c): a slot claimed for
+ * the walk (0, or -EMFILE: none free, -ESTALE: a fork's copy of the
+ * handle), busy until tcache_hold_end; each bundle popped through its
+ * transit record (tcache_hold_pop: 0 when the recycler is empty), then kept
+ * at the head of its class's bin (tcache_hold_keep: the objects kept); put
+ * back from that head, count objects, newest first (tcache_hold_put_back).
+ * tcache_hold_end returns what is left to the blocks and frees the slot:
+ * 0, or -ETIMEDOUT (a held lock: the slot stays, for the reclaimer of this
+ * process). A kill anywhere leaves every bundle in shared memory. Their
+ * fault points are the FAULT_VERIFY_* ones (tcache_is_hold_slot). */
+int tcache_hold_begin(struct heap *h, uint32_t *ret_index);
+uint64_t tcache_hold_pop(struct heap *h, struct cache_slot *s, unsigned cls, uint32_t *ret_count);
+uint32_t tcache_hold_keep(struct heap *h, struct cache_slot *s, unsigned cls, uint64_t first);
+void tcache_hold_put_back(struct heap *h, struct cache_slot *s, unsigned cls, uint32_t count);
+int tcache_hold_end(struct heap *h, uint32_t index);
+bool tcache_is_hold_slot(const struct cache_slot *s);
 /* Returns the chain of objects starting at *handoff (word 0 links, 0
  * ends) to their slabs, whatever their segments, moving *handoff past each
  * object as it goes. *handoff is a cache slot's handoff word (so that the

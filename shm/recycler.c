@@ -104,7 +104,7 @@ bool recycler_push(struct heap *h,
         transit_note(actor, first, rec_seq(old.s.tag), cls, true);
         store_relaxed(&obj_words(h, first)[1], bundle_link(old.s.off, count, maxseg));
         if (actor)
-            shm_fault(FAULT_PUSH_NOTED);
+            shm_fault(tcache_is_hold_slot(actor) ? FAULT_VERIFY_PUSH_NOTED : FAULT_PUSH_NOTED);
         nw.s.off = first;
         nw.s.tag = rec_tag(rec_seq(old.s.tag) + 1, self);
         if (cas128(&r->head, &old, nw))
@@ -149,7 +149,9 @@ uint64_t recycler_pop(struct heap *h,
         recycler_help(h, cls, old, self);
         transit_note(actor, old.s.off, rec_seq(old.s.tag), cls, false);
         if (actor)
-            shm_fault(tcache_is_drain_slot(actor) ? FAULT_TRIM_DRAIN_NOTED : FAULT_POP_NOTED);
+            shm_fault(tcache_is_drain_slot(actor)  ? FAULT_TRIM_DRAIN_NOTED
+                      : tcache_is_hold_slot(actor) ? FAULT_VERIFY_NOTED
+                                                   : FAULT_POP_NOTED);
         link = link_read(h, old.s.off);
         nw.s.off = bundle_next(link);
         nw.s.tag = rec_tag(rec_seq(old.s.tag) + 1, self);

@@ -58,6 +58,7 @@ int heap_release(struct heap *h, const struct release_req *req, struct release_r
     uint64_t released = 0, retain, real = 0, got[SHM_MAX_SEGMENTS] = {0};
     uint64_t before[SHM_MAX_SEGMENTS];
     uint32_t flushed = 0, n;
+    int drained = 0;
 
     if (!h || !req || (req->nidle && !req->idle_slots))
         return -EINVAL;
@@ -77,7 +78,7 @@ int heap_release(struct heap *h, const struct release_req *req, struct release_r
             flushed++;
     }
     if (req->drain_recyclers)
-        tcache_drain_recyclers(h, NULL);
+        drained = tcache_drain_recyclers(h, NULL);
     /* Blocks a decommitter left BUSY when it died outside the lock. */
     for (uint32_t i = 1; i < load_acquire(&h->nmapped); i++)
         if (load_acquire(&h->segs[i].meta))
@@ -119,7 +120,7 @@ int heap_release(struct heap *h, const struct release_req *req, struct release_r
         ret->bytes_released = real;
         ret->caches_flushed = flushed;
     }
-    return 0;
+    return drained;
 }
 
 bool heap_slot_activity(struct heap *h, uint32_t index, struct slot_activity *ret)

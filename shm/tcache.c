@@ -197,9 +197,12 @@ int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead)
     if (!cas_strong_acq_rel(&s->steal, &expected, (uint32_t) getpid())) {
         /* Another trimmer has it; if that one died (and the owner has not
          * taken the slot back), we take its place: the caller drains,
-         * which settles whatever it left half done first. */
+         * which settles whatever it left half done first. A live owner
+         * takes it back only when it next runs (tcache_wait_steal): an idle
+         * one would leave the slot to the dead thief, and every verify
+         * after it inexact (a verifier killed while it held every slot). */
         /* acq_rel: pairs with the dead holder's CAS, as above. */
-        if (!owner_dead || expected == (uint32_t) getpid() || os_pid_alive((pid_t) expected) ||
+        if (expected == (uint32_t) getpid() || os_pid_alive((pid_t) expected) ||
             !cas_strong_acq_rel(&s->steal, &expected, (uint32_t) getpid()))
             return -EBUSY;
         took_over = true;
@@ -328,22 +331,6 @@ static int handoff_clear(struct heap *h, struct cache_slot *s)
     return load_relaxed(&s->handoff) ? tcache_return_handoff(h, &s->handoff) : 0;
 }
 
-/* Returns a chain of objects (a bundle of class cls popped from its
- * recycler by a caller with no slot) to their blocks, whatever segments
- * they are in. What a lock held too long keeps back goes onto the recycler
- * again, as one bundle. */
-static void tcache_return_chain(struct heap *h, unsigned cls, uint64_t chain)
-{
-    uint64_t handoff = chain, last;
-    uint32_t maxseg, n;
-
-    if (tcache_return_handoff(h, &handoff) == 0)
-        return;
-    n = (uint32_t) chain_len(h, handoff, UINT64_MAX, &last, &maxseg, SHM_NCLASSES);
-    if (n)
-        (void) recycler_push(h, NULL, NULL, cls, handoff, n, maxseg, true);
-}
-
 static void transit_clear(struct cache_slot *s)
 {
     store_relaxed(&s->transit.s.tag, 0);
@@ -424,7 +411,7 @@ static void drain_slot_enter(struct heap *h, struct cache_slot *s)
  * shared memory, in the slot's transit record or handoff word, for the
  * reclaimer of the dead pid (tcache_settle_transit, then the handoff walk,
  * as for a client's full-heap drain). The slot is released once empty. */
-static void drain_own_slot(struct heap *h)
+static int drain_own_slot(struct heap *h)
 {
     struct cache_slot *s;
     uint32_t index;
@@ -432,17 +419,15 @@ static void drain_own_slot(struct heap *h)
 
     pthread_mutex_lock(&h->drain_lock);
     if (!h->drain_slot) {
-        if (h->pid != getpid() || slot_claim(h, &index) < 0) {
-            uint64_t first;
-            uint32_t count;
-
+        /* No slot free (or a fork's copy of the handle, whose pid is not
+         * ours to claim with): the recyclers stay as they are. A bundle
+         * popped without a slot would be in process memory only, and lost
+         * to a kill (issue 9); the recyclers keep their objects for the
+         * next refill, and the next drain empties them. */
+        r = h->pid != getpid() ? -ESTALE : slot_claim(h, &index);
+        if (r < 0) {
             pthread_mutex_unlock(&h->drain_lock);
-            /* No slot free (or a fork's copy of the handle): the bundle in
-             * hand is in process memory only, as before slots were used. */
-            for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
-                while ((first = recycler_pop(h, NULL, NULL, cls, &count)) != 0)
-                    tcache_return_chain(h, cls, first);
-            return;
+            return r == -EMFILE ? -EAGAIN : r;
         }
         h->drain_slot = index + 1;
     }
@@ -460,15 +445,16 @@ static void drain_own_slot(struct heap *h)
         h->drain_slot = 0;
     }
     pthread_mutex_unlock(&h->drain_lock);
+    /* A held lock's leftover stays in the slot's handoff word, kept for the
+     * next drain (not an error of this one). */
+    return 0;
 }
 
-void tcache_drain_recyclers(struct heap *h, struct cache_slot *s)
+int tcache_drain_recyclers(struct heap *h, struct cache_slot *s)
 {
-    if (!s) {
-        drain_own_slot(h);
-        return;
-    }
-    (void) drain_through(h, s, false);
+    if (!s)
+        return drain_own_slot(h);
+    return drain_through(h, s, false);
 }
 
 /* Writes s's transit record for a push of `first` (count objects) before the
@@ -486,7 +472,8 @@ static void transit_before_push(
 
 /* Puts the bundle of `count` objects at first (ours: a dead slot's, whose
  * transfer did not complete) at the head of bin, counted in its net. */
-static void transit_deliver(struct heap *h, struct cache_bin *bin, uint64_t first, uint64_t count)
+static uint64_t
+transit_deliver(struct heap *h, struct cache_bin *bin, uint64_t first, uint64_t count)
 {
     uint64_t w = load_relaxed(&bin->head), x = first, last = 0, n = 0;
 
@@ -498,11 +485,12 @@ static void transit_deliver(struct heap *h, struct cache_bin *bin, uint64_t firs
         x = obj_words(h, x)[0];
     }
     if (!last)
-        return;
+        return 0;
     if (n < count)
         (void) fetch_add_relaxed(&h->ctl->lost_objects, count - n); /* a corrupt chain */
     obj_words(h, last)[0] = bin_off(w);
     (void) bin_commit(bin, w, bin_word(first, bin_count(w) + (uint32_t) n), (int64_t) n);
+    return n;
 }
 
 static void tcache_settle_transit(struct heap *h, struct cache_slot *s)
@@ -728,6 +716,107 @@ int tcache_drain_slot(struct heap *h, struct cache_slot *s)
     return r;
 }
 
+/* ---- verify's hold of the recyclers' bundles ----
+ *
+ * verify pops every bundle to walk the recyclers while nobody takes them,
+ * and pushes them back after. Held in process memory, a kill in between
+ * lost them (issue 9). They are held in the bins of a slot claimed for the
+ * walk instead, each moved exactly as a refill moves a bundle (the pop's
+ * transit record, then the bin in one commit) and put back as a flush
+ * pushes one (the push's record, the cut, the push): a kill anywhere leaves
+ * each bundle in the recycler, the transit record or a bin, and whoever
+ * reclaims the dead pid's slot returns the bins to the blocks (reclaim.c;
+ * for the daemon, the next daemon's adoption). The slot stays busy for the
+ * whole walk, so no trimmer drains it under verify. */
+
+/* The hold slot of this thread's verify in progress. */
+static __thread const struct cache_slot *tl_hold_slot;
+
+bool tcache_is_hold_slot(const struct cache_slot *s)
+{
+    return s && s == tl_hold_slot;
+}
+
+int tcache_hold_begin(struct heap *h, uint32_t *ret_index)
+{
+    uint32_t index;
+    int r;
+
+    if (h->pid != getpid())
+        return -ESTALE; /* a fork's copy of the handle: the pid is not ours */
+    r = slot_claim(h, &index);
+    if (r < 0)
+        return r;
+    drain_slot_enter(h, &h->ctl->slots[index]);
+    tl_hold_slot = &h->ctl->slots[index];
+    *ret_index = index;
+    return 0;
+}
+
+uint64_t tcache_hold_pop(struct heap *h, struct cache_slot *s, unsigned cls, uint32_t *ret_count)
+{
+    uint64_t first = recycler_pop(h, s, NULL, cls, ret_count);
+
+    /* The pop's transit record has the bundle until the bin takes it
+     * (tcache_hold_keep). */
+    if (first)
+        shm_fault(FAULT_VERIFY_POPPED);
+    return first;
+}
+
+uint32_t tcache_hold_keep(struct heap *h, struct cache_slot *s, unsigned cls, uint64_t first)
+{
+    /* The commit: the bundle on the bin's head, its count and net in one
+     * CAS (net - count, the objects in use, does not move). Its count is
+     * in its link word, as for a settle. */
+    uint64_t n = transit_deliver(h, &s->bins[cls], first, bundle_count(obj_words(h, first)[1]));
+
+    shm_fault(FAULT_VERIFY_HELD);
+    transit_clear(s);
+    return (uint32_t) n;
+}
+
+void tcache_hold_put_back(struct heap *h, struct cache_slot *s, unsigned cls, uint32_t count)
+{
+    struct cache_bin *bin = &s->bins[cls];
+    uint64_t w = load_relaxed(&bin->head), first = bin_off(w), last, got;
+    uint32_t maxseg;
+
+    got = chain_len(h, first, count, &last, &maxseg, SHM_NCLASSES);
+    if (got == 0)
+        return;
+    /* As tcache_overflow: the record, then the cut (head and net in one
+     * commit), then the push; the record finds it in between. */
+    transit_before_push(h, s, cls, first, got);
+    (void) bin_commit(bin, w, bin_word(obj_words(h, last)[0], bin_count(w) - (uint32_t) got),
+                      -(int64_t) got);
+    obj_words(h, last)[0] = 0;
+    shm_fault(FAULT_VERIFY_CUT);
+    /* force: it was there before verify; a forced push always lands. */
+    (void) recycler_push(h, s, NULL, cls, first, (uint32_t) got, maxseg, true);
+    shm_fault(FAULT_VERIFY_PUSHED);
+    transit_clear(s);
+}
+
+int tcache_hold_end(struct heap *h, uint32_t index)
+{
+    struct cache_slot *s = &h->ctl->slots[index];
+    /* What was not put back (verify stopped early: memory, a corrupt
+     * recycler) goes to the blocks. */
+    int r = tcache_drain_slot(h, s);
+
+    tl_hold_slot = NULL;
+    /* release: a trimmer that sees busy 0 sees the bins as we left them
+     * (pairs with tcache_steal_begin's acquire of busy). */
+    store_release(&s->busy, 0);
+    /* A held lock kept some back (-ETIMEDOUT): the slot stays claimed, its
+     * bins and handoff word holding them, until this process is gone and
+     * its reclaimer finishes the drain. */
+    if (r == 0)
+        slot_release(h, index);
+    return r;
+}
+
 static void tcache_flush(struct heap *h, struct tcache *tc, bool to_blocks)
 {
     for (unsigned cls = 0; cls < SHM_NCLASSES; cls++)
@@ -767,7 +856,7 @@ void tcache_trim_self(struct heap *h, uint64_t gen)
 void tcache_release_cached(struct heap *h, struct tcache *tc, bool entered)
 {
     if (!tc) {
-        tcache_drain_recyclers(h, NULL);
+        (void) tcache_drain_recyclers(h, NULL); /* -EAGAIN: they stay for later */
         return;
     }
     if (!entered)
@@ -775,7 +864,7 @@ void tcache_release_cached(struct heap *h, struct tcache *tc, bool entered)
     tcache_flush(h, tc, true);
     /* Our slot's transit record and handoff word carry each bundle: inside
      * the busy section, so no trimmer settles them under us. */
-    tcache_drain_recyclers(h, tc->slot);
+    (void) tcache_drain_recyclers(h, tc->slot);
     if (!entered)
         tcache_leave(tc);
 }

@@ -42,6 +42,7 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
     uint32_t pending[SHM_MAX_SLOTS], npending = 0, flushed = 0, total = 0;
     uint64_t gen, released = 0, retain, deadline;
     struct ctl_header *c;
+    int drained;
 
     if (!h)
         return -EINVAL;
@@ -93,7 +94,7 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
     }
     /* The per-CPU caches empty into the recyclers, which go to the slabs. */
     (void) percpu_drain_all(h, NULL);
-    tcache_drain_recyclers(h, NULL);
+    drained = tcache_drain_recyclers(h, NULL);
     reclaim_busy_all(h);
     retain = load_relaxed(&c->config.retain_empty_blocks);
     for (uint32_t i = 1; i < heap_nmapped(h); i++)
@@ -112,5 +113,5 @@ int heap_trim(struct heap *h, unsigned wait_ms, struct trim_result *ret)
         ret->caches_flushed = flushed;
         ret->caches_total = total;
     }
-    return 0;
+    return drained;
 }

@@ -8,9 +8,10 @@
  *     no journal is left open; BUSY blocks belong to live processes (those
  *     of dead ones are reclaimed first, as a trim would).
  *  2. Objects in thread caches (slots taken with the steal protocol, so
- *     their owners wait) and in recyclers (every bundle popped, checked and
- *     pushed back): each is the start of an object of its class in a slab,
- *     is not free in its slab's bitmap, and appears only once.
+ *     their owners wait) and in recyclers (every bundle popped, checked,
+ *     held in a slot claimed for the walk and pushed back: a kill of the
+ *     verifier loses none, tcache.c's tcache_hold_*): each is the start of an object of its class
+ * in a slab, is not free in its slab's bitmap, and appears only once.
  *  3. Counts: per heap, objects out of slabs == objects in use (allocs -
  *     frees) + cached + in recyclers, corrected for frees the slabs refused
  *     as double. Checked whenever every slot could be taken (a dead
@@ -386,8 +387,9 @@ static size_t seen_bound(struct heap *h)
     return n;
 }
 
+/* A bundle held for the walk: its class and the objects its bin took. */
 struct popped {
-    uint64_t first;
+    uint32_t cls;
     uint32_t count;
 };
 
@@ -397,11 +399,13 @@ int heap_verify(struct heap *h, struct verify_report *ret)
     uint64_t out[SHM_NCLASSES] = {0}, cached = 0, in_use = 0, recycled = 0, total_out = 0;
     uint64_t refused = load_relaxed(&h->ctl->refused_frees), pcpu_left = 0;
     uint64_t pcpu_in_use[SHM_NCLASSES] = {0}, pcpu_cached[SHM_NCLASSES] = {0};
-    uint32_t taken[SHM_MAX_SLOTS], ntaken = 0;
+    uint32_t taken[SHM_MAX_SLOTS], ntaken = 0, hold_index;
     struct popped *pops = NULL;
     size_t npops = 0, popcap = 0;
     bool exact = true;
     struct ctl_header *c;
+    struct cache_slot *hold;
+    int r;
 
     if (!h || !ret)
         return -EINVAL;
@@ -413,6 +417,12 @@ int heap_verify(struct heap *h, struct verify_report *ret)
      * cache to the recyclers, both walked below); what a CPU we may not
      * run on keeps is counted below, not walked. */
     (void) percpu_drain_all(h, &pcpu_left);
+    /* The slot that holds the recyclers' bundles during the walk: without
+     * one, no walk (they would be in process memory only). */
+    r = tcache_hold_begin(h, &hold_index);
+    if (r < 0)
+        return r;
+    hold = &c->slots[hold_index];
     v.max_seen = seen_bound(h);
     verify_ctl(&v);
     /* Freeze the caches: take every slot (dead owners' too). */
@@ -420,7 +430,7 @@ int heap_verify(struct heap *h, struct verify_report *ret)
         struct cache_slot *s = &c->slots[i];
         bool dead;
 
-        if (!slot_is_owned(s))
+        if (!slot_is_owned(s) || i == hold_index)
             continue;
         dead = !os_pid_alive((pid_t) load_relaxed(&s->pid));
         if (tcache_steal_begin(h, s, dead) < 0) {
@@ -443,42 +453,43 @@ int heap_verify(struct heap *h, struct verify_report *ret)
             cached += got;
         }
     }
-    /* Empty the recyclers for the walk; they are pushed back below. */
-    for (unsigned cls = 0; cls < SHM_NCLASSES; cls++) {
+    /* Empty the recyclers for the walk, into the hold slot's bins; they
+     * are pushed back below. */
+    for (unsigned cls = 0; cls < SHM_NCLASSES && !v.oom; cls++) {
         uint64_t first, bundles = 0;
-        uint32_t count;
+        uint32_t count, kept;
 
-        while (!v.overflow && (first = recycler_pop(h, NULL, NULL, cls, &count)) != 0) {
+        while (!v.overflow && (first = tcache_hold_pop(h, hold, cls, &count)) != 0) {
             char where[48];
             uint64_t got;
 
-            if (++bundles > VERIFY_MAX_BUNDLES) {
-                /* A cycle, or garbage: stop here (pushed back below). */
-                problem(&v, "recycler class %u: more than %u bundles", cls, VERIFY_MAX_BUNDLES);
-                (void) recycler_push(h, NULL, NULL, cls, first, count, heap_nmapped(h) - 1, true);
-                break;
-            }
-            if (npops == popcap) {
-                struct popped *p = realloc(pops, (popcap ? popcap * 2 : 64) * sizeof(*p));
-
-                if (!p) {
-                    (void) recycler_push(h, NULL, NULL, cls, first, count, heap_nmapped(h) - 1,
-                                         true);
-                    v.oom = true;
-                    break;
-                }
-                pops = p;
-                popcap = popcap ? popcap * 2 : 64;
-            }
-            pops[npops].first = first;
-            pops[npops].count = count | (uint32_t) cls << 24;
-            npops++;
             (void) snprintf(where, sizeof(where), "recycler class %u", cls);
             got = collect_list(&v, first, cls, where, count);
             if (got != count)
                 problem(&v, "recycler class %u: bundle says %u objects, has %lu", cls, count,
                         (unsigned long) got);
             recycled += got;
+            kept = tcache_hold_keep(h, hold, cls, first);
+            /* Not to be put back (a cycle or garbage past the bound, or no
+             * memory for its record): the hold's end returns it to the
+             * blocks. */
+            if (++bundles > VERIFY_MAX_BUNDLES) {
+                problem(&v, "recycler class %u: more than %u bundles", cls, VERIFY_MAX_BUNDLES);
+                break;
+            }
+            if (npops == popcap) {
+                struct popped *p = realloc(pops, (popcap ? popcap * 2 : 64) * sizeof(*p));
+
+                if (!p) {
+                    v.oom = true;
+                    break;
+                }
+                pops = p;
+                popcap = popcap ? popcap * 2 : 64;
+            }
+            pops[npops].cls = cls;
+            pops[npops].count = kept;
+            npops++;
         }
     }
     /* Blocks, then objects, one segment at a time under its lock. */
@@ -535,10 +546,10 @@ int heap_verify(struct heap *h, struct verify_report *ret)
                 "recyclers + %lu frees refused by their slab",
                 (unsigned long) total_out, (unsigned long) in_use, (unsigned long) cached,
                 (unsigned long) recycled, (unsigned long) refused);
-    /* Put everything back. */
-    for (size_t k = 0; k < npops; k++)
-        (void) recycler_push(h, NULL, NULL, pops[k].count >> 24, pops[k].first,
-                             pops[k].count & 0xffffff, heap_nmapped(h) - 1, true);
+    /* Put everything back: each bin's head is its class's newest bundle. */
+    for (size_t k = npops; k-- > 0;)
+        tcache_hold_put_back(h, hold, pops[k].cls, pops[k].count);
+    (void) tcache_hold_end(h, hold_index); /* -ETIMEDOUT: the slot keeps the rest */
     for (uint32_t k = 0; k < ntaken; k++)
         tcache_steal_end(&c->slots[taken[k]]);
     free(pops);

@@ -198,6 +198,21 @@ static void child_cache(struct fctx *f, struct heap *h)
         shm_fault_at = f->point;
         (void) heap_trim(h, 0, NULL);
         break;
+    case FAULT_VERIFY_NOTED:
+    case FAULT_VERIFY_POPPED:
+    case FAULT_VERIFY_HELD:
+    case FAULT_VERIFY_CUT:
+    case FAULT_VERIFY_PUSH_NOTED:
+    case FAULT_VERIFY_PUSHED: {
+        struct verify_report rep;
+
+        /* verify holds the recyclers' bundles (the parent filled one) in
+         * a slot claimed for its walk, and every other slot (the parent's
+         * too: a dead thief it takes back, tcache.c). */
+        shm_fault_at = f->point;
+        (void) heap_verify(h, &rep);
+        break;
+    }
     default:
         break;
     }
@@ -342,7 +357,13 @@ static void setup(struct fctx *f)
     case FAULT_TRIM_DRAIN_NOTED:
     case FAULT_TRIM_DRAIN_POPPED:
     case FAULT_TRIM_DRAIN_HANDED:
-    case FAULT_TRIM_DRAIN_RETURNED: {
+    case FAULT_TRIM_DRAIN_RETURNED:
+    case FAULT_VERIFY_NOTED:
+    case FAULT_VERIFY_POPPED:
+    case FAULT_VERIFY_HELD:
+    case FAULT_VERIFY_CUT:
+    case FAULT_VERIFY_PUSH_NOTED:
+    case FAULT_VERIFY_PUSHED: {
         void *p[200];
 
         for (unsigned i = 0; i < 200; i++)
@@ -418,6 +439,12 @@ static const char *const point_names[FAULT_COUNT] = {
         [FAULT_TRIM_DRAIN_POPPED] = "TRIM_DRAIN_POPPED",
         [FAULT_TRIM_DRAIN_HANDED] = "TRIM_DRAIN_HANDED",
         [FAULT_TRIM_DRAIN_RETURNED] = "TRIM_DRAIN_RETURNED",
+        [FAULT_VERIFY_NOTED] = "VERIFY_NOTED",
+        [FAULT_VERIFY_POPPED] = "VERIFY_POPPED",
+        [FAULT_VERIFY_HELD] = "VERIFY_HELD",
+        [FAULT_VERIFY_CUT] = "VERIFY_CUT",
+        [FAULT_VERIFY_PUSH_NOTED] = "VERIFY_PUSH_NOTED",
+        [FAULT_VERIFY_PUSHED] = "VERIFY_PUSHED",
 };
 
 static unsigned fault_rounds(void)
