@@ -1,4 +1,4 @@
-/* The daemon's own drains survive its death (issue 9).
+/* The daemon's own drains, and its verify, survive its death (issue 9).
  *
  * A trim empties the recyclers into the slabs. The daemon has no thread
  * cache of its own for it: it claims a cache slot for the drain, whose
@@ -6,13 +6,16 @@
  * drain_own_slot), so that a SIGKILL anywhere leaves the bundle in shared
  * memory, and the next daemon's adoption settles it as it does a dead
  * client's slot (shm/reclaim.c). (Before, the popped bundle was only in the
- * daemon's memory: killed after the pop, the heap lost it for good.)
+ * daemon's memory: killed after the pop, the heap lost it for good.) A
+ * verify pops every bundle to walk the recyclers, and holds them the same
+ * way, in the bins of a slot claimed for the walk (tcache_hold_*), until it
+ * pushes them back.
  *
  * For each point of the drain (FAULT_TRIM_DRAIN_*, and a return half done,
  * FAULT_RETURN_MID): a daemon on a state directory, started with
  * SHMHEAP_FAULT=<point>; a client leaves bundles in the recyclers and 100
- * objects it shared (their offsets kept by the test); a trim kills the
- * daemon at the point; a new daemon adopts the heap from the directory.
+ * objects it shared (their offsets kept by the test); a trim (a verify, for
+ * FAULT_VERIFY_*) kills the daemon at the point; a new daemon adopts the heap from the directory.
  * Then: verify consistent (with the exact object count), exactly the 100
  * objects in use, none lost; once a client frees them and a trim runs,
  * allocations == frees, no byte in use and no block claimed. */
@@ -157,7 +160,7 @@ static void start(const char *state_dir, int point)
     ck_assert_int_eq(unsetenv("SHMHEAP_FAULT"), 0);
 }
 
-static void kill_mid_drain(int point, const char *name)
+static void kill_mid_drain(int point, const char *name, const char *op)
 {
     struct share *sh = mp_shared_alloc(sizeof(*sh));
     char state_dir[128], what[96], *reply = NULL;
@@ -174,9 +177,15 @@ static void kill_mid_drain(int point, const char *name)
     mp_wait_ok(mp_fork(filler, sh, 0), "the filler");
     rec = in_recyclers();
     ck_assert_msg(rec > 0, "%s: nothing in the recyclers to drain", what);
-    /* The trim's drain reaches the point: no reply, the daemon is killed. */
-    r = daemon_request(fx.socket_path, "{\"op\":\"trim\"}", &reply, NULL, NULL);
-    ck_assert_msg(r < 0, "%s: the trim was answered: %s", what, reply ? reply : "");
+    /* The trim's drain (the verify's walk) reaches the point: no reply,
+     * the daemon is killed. */
+    {
+        char req[48];
+
+        (void) snprintf(req, sizeof(req), "{\"op\":\"%s\"}", op);
+        r = daemon_request(fx.socket_path, req, &reply, NULL, NULL);
+    }
+    ck_assert_msg(r < 0, "%s: the %s was answered: %s", what, op, reply ? reply : "");
     free(reply);
     daemon_stop(&fx);
     ck_assert_msg(WIFSIGNALED(fx.status) && WTERMSIG(fx.status) == SIGKILL,
@@ -207,9 +216,9 @@ static void kill_mid_drain(int point, const char *name)
     ck_assert_msg(claimed_blocks() == 0, "%s: %" PRIu64 " blocks leaked", what, claimed_blocks());
     fixture_verify(&fx);
     fprintf(stderr,
-            "daemon_drain: killed at %-20s with %" PRIu64 " objects in the recyclers; adopted: "
-            "%u in use, 0 lost, 0 blocks leaked\n",
-            name, rec, KEPT);
+            "daemon_drain: killed at %-20s (%-6s) with %" PRIu64
+            " objects in the recyclers; adopted: %u in use, 0 lost, 0 blocks leaked\n",
+            name, op, rec, KEPT);
     fixture_finish(&fx);
     {
         char cmd[160];
@@ -223,18 +232,26 @@ static void kill_mid_drain(int point, const char *name)
 static const struct {
     int point;
     const char *name;
+    const char *op; /* the request that reaches it */
 } drain_points[] = {
-        {FAULT_TRIM_DRAIN_NOTED, "TRIM_DRAIN_NOTED"},
-        {FAULT_TRIM_DRAIN_POPPED, "TRIM_DRAIN_POPPED"},
-        {FAULT_TRIM_DRAIN_HANDED, "TRIM_DRAIN_HANDED"},
-        {FAULT_TRIM_DRAIN_RETURNED, "TRIM_DRAIN_RETURNED"},
+        {FAULT_TRIM_DRAIN_NOTED, "TRIM_DRAIN_NOTED", "trim"},
+        {FAULT_TRIM_DRAIN_POPPED, "TRIM_DRAIN_POPPED", "trim"},
+        {FAULT_TRIM_DRAIN_HANDED, "TRIM_DRAIN_HANDED", "trim"},
+        {FAULT_TRIM_DRAIN_RETURNED, "TRIM_DRAIN_RETURNED", "trim"},
         /* Inside the return of a bundle, the segment lock held. */
-        {FAULT_RETURN_MID, "RETURN_MID"},
+        {FAULT_RETURN_MID, "RETURN_MID", "trim"},
+        /* verify's walk of the recyclers: each bundle held in its slot. */
+        {FAULT_VERIFY_NOTED, "VERIFY_NOTED", "verify"},
+        {FAULT_VERIFY_POPPED, "VERIFY_POPPED", "verify"},
+        {FAULT_VERIFY_HELD, "VERIFY_HELD", "verify"},
+        {FAULT_VERIFY_CUT, "VERIFY_CUT", "verify"},
+        {FAULT_VERIFY_PUSH_NOTED, "VERIFY_PUSH_NOTED", "verify"},
+        {FAULT_VERIFY_PUSHED, "VERIFY_PUSHED", "verify"},
 };
 
 START_TEST(daemon_killed_mid_drain)
 {
-    kill_mid_drain(drain_points[_i].point, drain_points[_i].name);
+    kill_mid_drain(drain_points[_i].point, drain_points[_i].name, drain_points[_i].op);
 }
 END_TEST
 
