@@ -395,7 +395,9 @@ void decay_released(struct daemon *d,
 
     dc->running = false;
     if (r < 0) {
-        if (r != -ECANCELED)
+        if (r == -EAGAIN)
+            log_warning("decay: the recyclers were not drained: no cache slot free");
+        else if (r != -ECANCELED)
             log_warning("decay: a release failed: %s", strerror(-r));
         return;
     }

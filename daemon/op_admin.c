@@ -28,6 +28,17 @@ void op_trim_done(struct conn *c, int r, const struct trim_result *t)
 {
     cJSON *reply;
 
+    if (r == -EAGAIN) {
+        /* Every cache slot claimed: the recyclers were left as they are
+         * (no slot to carry their bundles, heap_trim); the rest was done. */
+        log_warning("trim (requested by pid %d): released %" PRIu64
+                    " bytes, but the recyclers were not drained: no cache slot free",
+                    (int) c->peer.pid, t->bytes_released);
+        reply_error(c, "unavailable",
+                    "the recyclers were not drained: no cache slot free (the rest of the trim "
+                    "was done)");
+        return;
+    }
     if (r < 0) {
         log_error("trim (requested by pid %d) failed: %s", (int) c->peer.pid, strerror(-r));
         reply_error(c, "internal", "the trim failed: %s", strerror(-r));
@@ -65,6 +76,13 @@ void op_verify_done(struct conn *c, int r, const struct verify_report *rep)
 {
     cJSON *reply, *problems;
 
+    if (r == -EMFILE) {
+        /* heap_verify holds the recyclers' bundles in a slot of its own. */
+        log_warning("verify (requested by pid %d): not run, no cache slot free for its walk",
+                    (int) c->peer.pid);
+        reply_error(c, "unavailable", "no cache slot free for the verification's walk");
+        return;
+    }
     if (r < 0) {
         log_error("verify failed: %s", strerror(-r));
         reply_error(c, "internal", "the verification failed: %s", strerror(-r));

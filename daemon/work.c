@@ -92,6 +92,10 @@ static void trim_done(struct job *j)
         return;
     }
     j->d->periodic_trim_running = false;
+    if (j->r == -EAGAIN) {
+        log_warning("periodic trim: the recyclers were not drained: no cache slot free");
+        return;
+    }
     if (j->r < 0) {
         log_error("periodic trim failed: %s", strerror(-j->r));
         return;

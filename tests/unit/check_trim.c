@@ -591,6 +591,56 @@ START_TEST(trim_puncher_killed)
 }
 END_TEST
 
+/* The slot table full (every SHM_MAX_SLOTS slot claimed): a trim, a release
+ * and a verify cannot claim a slot to carry the recyclers' bundles, and
+ * pop none (a bundle held in process memory only is lost to a kill: issue
+ * 9). The trim and the release do the rest and say -EAGAIN, verify says
+ * -EMFILE; once a slot is free again, the trim empties the recyclers. */
+START_TEST(trim_no_free_slot)
+{
+    static uint32_t claimed[SHM_MAX_SLOTS];
+    const unsigned cls = sizeclass_of(64);
+    struct release_req req = {.max_bytes = UINT64_MAX, .drain_recyclers = true};
+    struct release_result rel;
+    struct verify_report rep;
+    struct shm_config cfg;
+    struct trim_result res;
+    struct test_heap t;
+    uint64_t objects;
+    uint32_t n = 0;
+    void *p[200];
+
+    th_config(&cfg, 64 * MiB);
+    th_create(&t, &cfg, SHM_PAGES_OFF);
+    for (unsigned i = 0; i < 200; i++)
+        ck_assert_ptr_nonnull(p[i] = heap_malloc(t.h, 64));
+    for (unsigned i = 0; i < 200; i++)
+        heap_free(t.h, p[i]);
+    heap_thread_flush(t.h); /* bundles into the recycler */
+    objects = load_relaxed(&t.h->ctl->rec[cls].objects);
+    ck_assert_uint_gt(objects, 0);
+    while (n < SHM_MAX_SLOTS && slot_claim(t.h, &claimed[n]) == 0)
+        n++;
+    ck_assert_int_eq(slot_claim(t.h, &(uint32_t){0}), -EMFILE);
+
+    ck_assert_int_eq(heap_trim(t.h, 0, &res), -EAGAIN);
+    ck_assert_uint_eq(load_relaxed(&t.h->ctl->rec[cls].objects), objects);
+    ck_assert_int_eq(heap_release(t.h, &req, &rel), -EAGAIN);
+    ck_assert_uint_eq(load_relaxed(&t.h->ctl->rec[cls].objects), objects);
+    ck_assert_int_eq(heap_verify(t.h, &rep), -EMFILE);
+    ck_assert_uint_eq(load_relaxed(&t.h->ctl->rec[cls].objects), objects);
+
+    for (uint32_t i = 0; i < n; i++)
+        slot_release(t.h, claimed[i]);
+    th_verify(t.h);
+    ck_assert_int_eq(heap_trim(t.h, 0, &res), 0);
+    ck_assert_uint_eq(load_relaxed(&t.h->ctl->rec[cls].objects), 0);
+    ck_assert_uint_eq(load_relaxed(&t.h->ctl->rec[cls].nbundles), 0);
+    th_verify(t.h);
+    th_destroy(&t);
+}
+END_TEST
+
 Suite *trim_suite(void)
 {
     Suite *s = suite_create("trim");
@@ -603,6 +653,7 @@ Suite *trim_suite(void)
     tcase_add_test(tc, trim_idle_thread);
     tcase_add_test(tc, trim_dead_child);
     tcase_add_test(tc, trim_punches_pages_inside_slabs);
+    tcase_add_test(tc, trim_no_free_slot);
     tcase_add_loop_test(tc, trim_puncher_killed, 0,
                         (int) (sizeof(puncher_faults) / sizeof(puncher_faults[0])));
     tcase_set_timeout(tc, 120);
