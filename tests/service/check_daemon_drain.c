@@ -84,24 +84,6 @@ static uint64_t in_recyclers(void)
     return n;
 }
 
-/* Blocks claimed in every segment, by the `segments` op. */
-static uint64_t claimed_blocks(void)
-{
-    cJSON *r = fixture_op(&fx, "{\"op\":\"segments\"}"), *seg;
-    uint64_t n = 0;
-
-    ck_assert(reply_is_ok(r));
-    cJSON_ArrayForEach(seg, cJSON_GetObjectItemCaseSensitive(r, "segments"))
-    {
-        uint64_t blocks = jnum(seg, "size") >> 16;
-        uint64_t reserved = (jnum(seg, "metadata_bytes") + 65535) >> 16;
-
-        n += blocks - reserved - jnum(seg, "free_blocks");
-    }
-    cJSON_Delete(r);
-    return n;
-}
-
 /* Allocates OBJECTS, shares KEPT of them (their offsets go to the test),
  * frees the rest and flushes its cache (bundles to the recyclers), then
  * detaches. */
@@ -213,7 +195,8 @@ static void kill_mid_drain(int point, const char *name, const char *op)
     ck_assert_uint_eq(stat_u64("bytes_in_use"), 0);
     ck_assert_uint_eq(stat_u64("lost_objects"), 0);
     ck_assert_uint_eq(in_recyclers(), 0);
-    ck_assert_msg(claimed_blocks() == 0, "%s: %" PRIu64 " blocks leaked", what, claimed_blocks());
+    ck_assert_msg(fixture_claimed_blocks(&fx) == 0, "%s: %" PRIu64 " blocks leaked", what,
+                  fixture_claimed_blocks(&fx));
     fixture_verify(&fx);
     fprintf(stderr,
             "daemon_drain: killed at %-20s (%-6s) with %" PRIu64

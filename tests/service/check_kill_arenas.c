@@ -45,34 +45,15 @@ static bool daemon_lists_pid(pid_t pid)
     return found;
 }
 
-static uint64_t jnum(const cJSON *o, const char *name)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-
-    ck_assert_msg(cJSON_IsNumber(v), "no number %s in a segment", name);
-    return (uint64_t) v->valuedouble;
-}
-
 /* Blocks claimed in every segment after a trim, by the daemon's
  * `segments` op (the parent never attaches: it forks the creators). */
 static uint64_t claimed_blocks(void)
 {
-    cJSON *r = fixture_op(&fx, "{\"op\":\"trim\"}"), *seg;
-    uint64_t n = 0;
+    cJSON *r = fixture_op(&fx, "{\"op\":\"trim\"}");
 
     ck_assert(reply_is_ok(r));
     cJSON_Delete(r);
-    r = fixture_op(&fx, "{\"op\":\"segments\"}");
-    ck_assert(reply_is_ok(r));
-    cJSON_ArrayForEach(seg, cJSON_GetObjectItemCaseSensitive(r, "segments"))
-    {
-        uint64_t blocks = jnum(seg, "size") >> 16;
-        uint64_t reserved = (jnum(seg, "metadata_bytes") + 65535) >> 16;
-
-        n += blocks - reserved - jnum(seg, "free_blocks");
-    }
-    cJSON_Delete(r);
-    return n;
+    return fixture_claimed_blocks(&fx);
 }
 
 struct kill_ctx {

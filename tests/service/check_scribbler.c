@@ -680,6 +680,25 @@ START_TEST(scribbler_lock_live_tid)
 }
 END_TEST
 
+/* Starts the bystander (allocated and waiting) and then the exiter `fn`
+ * (held on sh->hold until the test lets it go) against f's daemon. */
+static void start_bystander_and_exiter(struct daemon_fixture *f,
+                                       struct share *sh,
+                                       int (*fn)(void *arg, unsigned idx),
+                                       pid_t *ret_by,
+                                       pid_t *ret_x)
+{
+    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f->socket_path);
+    ck_assert_int_eq(pipe(sh->go), 0);
+    *ret_by = mp_fork(bystander, sh, 0);
+    sh->bystander = *ret_by;
+    wait_allocated(f, *ret_by);
+    ck_assert_int_eq(pipe(sh->hold), 0); /* after the bystander's fork: only the exiter's */
+    *ret_x = mp_fork(fn, sh, 1);
+    (void) close(sh->go[0]);
+    (void) close(sh->hold[0]);
+}
+
 /* Attaches, allocates nothing, and exits without detaching when its pipe
  * closes: the daemon then reclaims what its owner entry tags (nothing). */
 static int exiter(void *arg, unsigned idx)
@@ -725,15 +744,7 @@ static void owner_scribble(bool sweeping)
     pid_t by, x;
 
     fixture_start(&f, NULL);
-    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f.socket_path);
-    ck_assert_int_eq(pipe(sh->go), 0);
-    by = mp_fork(bystander, sh, 0);
-    sh->bystander = by;
-    wait_allocated(&f, by);
-    ck_assert_int_eq(pipe(sh->hold), 0); /* after the bystander's fork: only the exiter's */
-    x = mp_fork(exiter, sh, 1);
-    (void) close(sh->go[0]);
-    (void) close(sh->hold[0]);
+    start_bystander_and_exiter(&f, sh, exiter, &by, &x);
     sock = raw_hello(f.socket_path, fds, &nfds);
     ck_assert_int_eq(fstat(fds[0], &st), 0);
     c = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
@@ -900,15 +911,7 @@ START_TEST(scribbler_lock_words_garbage)
     pid_t by, x;
 
     fixture_start(&f, NULL);
-    (void) snprintf(sh->socket_path, sizeof(sh->socket_path), "%s", f.socket_path);
-    ck_assert_int_eq(pipe(sh->go), 0);
-    by = mp_fork(bystander, sh, 0);
-    sh->bystander = by;
-    wait_allocated(&f, by);
-    ck_assert_int_eq(pipe(sh->hold), 0); /* after the bystander's fork: only the exiter's */
-    x = mp_fork(slot_exiter, sh, 1);
-    (void) close(sh->go[0]);
-    (void) close(sh->hold[0]);
+    start_bystander_and_exiter(&f, sh, slot_exiter, &by, &x);
     raw_segment_map(&f, &rs);
     ck_assert_int_eq(fstat(rs.fds[0], &st), 0);
     c = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, rs.fds[0], 0);

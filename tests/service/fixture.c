@@ -1,6 +1,7 @@
 /* The per-test boilerplate of the service suites (fixture.h). */
 #include <check.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -104,4 +105,30 @@ void expect_reply(cJSON *reply, const char *code)
                       "%s without a message", code);
     }
     cJSON_Delete(reply);
+}
+
+/* A number of a segment's object in the `segments` reply. */
+static uint64_t segment_number(const cJSON *seg, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(seg, name);
+
+    ck_assert_msg(cJSON_IsNumber(v), "no number %s in a segment", name);
+    return (uint64_t) v->valuedouble;
+}
+
+uint64_t fixture_claimed_blocks(const struct daemon_fixture *f)
+{
+    cJSON *r = fixture_op(f, "{\"op\":\"segments\"}"), *seg;
+    uint64_t n = 0;
+
+    ck_assert(reply_is_ok(r));
+    cJSON_ArrayForEach(seg, cJSON_GetObjectItemCaseSensitive(r, "segments"))
+    {
+        uint64_t blocks = segment_number(seg, "size") >> 16;
+        uint64_t reserved = (segment_number(seg, "metadata_bytes") + 65535) >> 16;
+
+        n += blocks - reserved - segment_number(seg, "free_blocks");
+    }
+    cJSON_Delete(r);
+    return n;
 }

@@ -47,6 +47,10 @@ shmheap_t *fixture_attach(const struct daemon_fixture *f);
 cJSON *fixture_op(const struct daemon_fixture *f, const char *fmt, ...)
         __attribute__((format(printf, 2, 3)));
 
+/* Blocks claimed (slabs and runs) in every segment of f's heap, from the
+ * `segments` op: 0 when everything is free. */
+uint64_t fixture_claimed_blocks(const struct daemon_fixture *f);
+
 /* hello (protocol version 1, this process's pid) on fd: the reply, NULL on
  * a transport failure; fds as daemon_call (NULL: closed). */
 cJSON *fixture_hello(int fd, int *ret_fds, int *ret_nfds);
