@@ -10,8 +10,9 @@
  *  2. Objects in thread caches (slots taken with the steal protocol, so
  *     their owners wait) and in recyclers (every bundle popped, checked,
  *     held in a slot claimed for the walk and pushed back: a kill of the
- *     verifier loses none, tcache.c's tcache_hold_*): each is the start of an object of its class
- * in a slab, is not free in its slab's bitmap, and appears only once.
+ *     verifier loses none, tcache.c's tcache_hold_*): each is the start of
+ *     an object of its class in a slab, is not free in its slab's bitmap,
+ *     and appears only once.
  *  3. Counts: per heap, objects out of slabs == objects in use (allocs -
  *     frees) + cached + in recyclers, corrected for frees the slabs refused
  *     as double. Checked whenever every slot could be taken (a dead
@@ -471,8 +472,9 @@ int heap_verify(struct heap *h, struct verify_report *ret)
             recycled += got;
             kept = tcache_hold_keep(h, hold, cls, first);
             /* Not to be put back (a cycle or garbage past the bound, or no
-             * memory for its record): the hold's end returns it to the
-             * blocks. */
+             * memory for its record): the put-back cuts only the recorded
+             * counts from the bins' heads, the hold's end returns as many
+             * objects as were not recorded to the blocks. */
             if (++bundles > VERIFY_MAX_BUNDLES) {
                 problem(&v, "recycler class %u: more than %u bundles", cls, VERIFY_MAX_BUNDLES);
                 break;
