@@ -143,12 +143,11 @@ struct tcache *tcache_get(struct heap *h)
     return tc;
 }
 
-/* Waits while a trimmer holds the slot. A trimmer that died holding it
- * (its pid is gone) is replaced: the owner takes the slot back and settles
+/* Waits while a trimmer holds slot s. A trimmer that died holding it
+ * (its pid is gone) is replaced: the slot's user takes it back and settles
  * whatever the trimmer left half done. */
-static void tcache_wait_steal(struct tcache *tc)
+static void slot_wait_steal(struct heap *h, struct cache_slot *s)
 {
-    struct cache_slot *s = tc->slot;
     uint32_t thief, spins = 0;
 
     /* acquire: pairs with the trimmer's release of steal, so its drain is
@@ -161,19 +160,19 @@ static void tcache_wait_steal(struct tcache *tc)
          * dead trimmer's CAS, so what it wrote is visible. */
         if (++spins % 1024 == 0 && !os_pid_alive((pid_t) thief) &&
             cas_strong_acq_rel(&s->steal, &thief, (uint32_t) getpid())) {
-            (void) tcache_settle_handoff(tc->h, s);
+            (void) tcache_settle_handoff(h, s);
             /* release: the settled bins and handoff go with it (pairs with
-             * the acquire of steal in a trimmer's CAS or tcache_enter). */
+             * the acquire of steal in a trimmer's CAS or slot_enter). */
             store_release(&s->steal, 0);
             return;
         }
     }
 }
 
-void tcache_enter(struct tcache *tc)
+/* The busy section of slot s, for its user: a thread's cache or a drain's
+ * slot (a live slot like any other, which a trimmer may steal). */
+static void slot_enter(struct heap *h, struct cache_slot *s)
 {
-    struct cache_slot *s = tc->slot;
-
     for (;;) {
         store_relaxed(&s->busy, 1);
         compiler_barrier();
@@ -182,8 +181,13 @@ void tcache_enter(struct tcache *tc)
         if (!load_acquire(&s->steal))
             return;
         store_release(&s->busy, 0);
-        tcache_wait_steal(tc);
+        slot_wait_steal(h, s);
     }
+}
+
+void tcache_enter(struct tcache *tc)
+{
+    slot_enter(tc->h, tc->slot);
 }
 
 int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead)
@@ -198,7 +202,7 @@ int tcache_steal_begin(struct heap *h, struct cache_slot *s, bool owner_dead)
         /* Another trimmer has it; if that one died (and the owner has not
          * taken the slot back), we take its place: the caller drains,
          * which settles whatever it left half done first. A live owner
-         * takes it back only when it next runs (tcache_wait_steal): an idle
+         * takes it back only when it next runs (slot_wait_steal): an idle
          * one would leave the slot to the dead thief, and every verify
          * after it inexact (a verifier killed while it held every slot). */
         /* acq_rel: pairs with the dead holder's CAS, as above. */
@@ -379,33 +383,6 @@ static int drain_through(struct heap *h, struct cache_slot *s, bool own)
     return 0;
 }
 
-/* The busy section of a drain slot, as tcache_enter's: a trimmer that
- * steals it meanwhile (it is a live slot like any other) is waited for, and
- * one that died holding it is replaced and what it left settled. */
-static void drain_slot_enter(struct heap *h, struct cache_slot *s)
-{
-    uint32_t thief;
-
-    for (;;) {
-        store_relaxed(&s->busy, 1);
-        compiler_barrier();
-        /* acquire: pairs with the trimmer's release of steal. */
-        if (!load_acquire(&s->steal))
-            return;
-        store_release(&s->busy, 0);
-        while ((thief = load_acquire(&s->steal)) != 0) {
-            sched_yield();
-            /* acq_rel: pairs with the dead trimmer's CAS of steal. */
-            if (!os_pid_alive((pid_t) thief) &&
-                cas_strong_acq_rel(&s->steal, &thief, (uint32_t) getpid())) {
-                (void) tcache_settle_handoff(h, s);
-                /* release: pairs with the next thief's acquire. */
-                store_release(&s->steal, 0);
-            }
-        }
-    }
-}
-
 /* A drain by a caller with no cache (the daemon's trim and release): a slot
  * is claimed for it, so that a kill anywhere in it leaves each bundle in
  * shared memory, in the slot's transit record or handoff word, for the
@@ -432,7 +409,7 @@ static int drain_own_slot(struct heap *h)
         h->drain_slot = index + 1;
     }
     s = &h->ctl->slots[h->drain_slot - 1];
-    drain_slot_enter(h, s);
+    slot_enter(h, s);
     tl_drain_slot = s;
     r = drain_through(h, s, true);
     tl_drain_slot = NULL;
@@ -747,7 +724,7 @@ int tcache_hold_begin(struct heap *h, uint32_t *ret_index)
     r = slot_claim(h, &index);
     if (r < 0)
         return r;
-    drain_slot_enter(h, &h->ctl->slots[index]);
+    slot_enter(h, &h->ctl->slots[index]);
     tl_hold_slot = &h->ctl->slots[index];
     *ret_index = index;
     return 0;
