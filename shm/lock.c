@@ -136,16 +136,24 @@ static bool lock_take_dead(struct shlock *l, uint32_t seen, uint32_t tid, uint32
  * kernel's handover sets the waiters bit (wake_futex_pi,
  * fixup_pi_state_owner), so a word with that bit is not reported unless
  * it cannot be a thread at all: a kernel thread (EPERM) or a TID of
- * PID_MAX_LIMIT or more. Left to a false report (never a wrong repair):
- * a locker whose FUTEX_LOCK_PI found the word free and took it, killed on
- * its way back before writing itself down. */
+ * PID_MAX_LIMIT or more. A locker whose FUTEX_LOCK_PI found the word free
+ * and took it, killed on its way back before writing itself down, leaves
+ * a record of 0: not reported either (below). */
 static bool lock_word_written(uint32_t seen, uint32_t holder, int r)
 {
     uint32_t tid = seen & FUTEX_TID_MASK;
 
     if (r == -EPERM || tid >= LOCK_PID_MAX_LIMIT)
         return true;
-    return holder != tid && !(seen & FUTEX_WAITERS);
+    /* A record of 0 is what the last unlock left (it clears the record
+     * before the word): a locker the kernel gave the free word to, killed
+     * before writing itself down, leaves exactly that beside its TID (the
+     * decay kill storm met it). So is a dead TID a client wrote over a
+     * free lock: the two are taken over and repaired alike, and only a
+     * record that names another thread is reported. */
+    if (r == -EDEADLK) /* our own TID: we hold nothing, whatever the record */
+        return holder != tid && !(seen & FUTEX_WAITERS);
+    return holder != tid && holder != 0 && !(seen & FUTEX_WAITERS);
 }
 
 /* deadline NULL: no deadline. */

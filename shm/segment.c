@@ -394,9 +394,11 @@ void heap_lock_note(struct heap *h, uint32_t seg, const struct shlock_note *n, i
     }
     if (n->own_word)
         (void) fetch_add_relaxed(&rep->own_words, 1);
+    if (r == EOWNERDEAD)
+        (void) fetch_add_relaxed(&rep->recovered, 1);
     if (failed)
         (void) fetch_add_relaxed(&rep->timeouts, 1);
-    if (n->dead_tid || n->own_word || failed)
+    if (n->dead_tid || n->own_word || failed || r == EOWNERDEAD)
         store_relaxed(&rep->last_seg, seg);
 }
 
@@ -415,6 +417,7 @@ void heap_lock_report(struct heap *h, struct heap_lock_report *ret)
     for (uint32_t i = 1; i < heap_nmapped(h); i++)
         ret->foreign_unlocks += load_relaxed(&h->segs[i].foreign_unlocks);
     ret->timeouts = load_relaxed(&rep->timeouts);
+    ret->recovered = load_relaxed(&rep->recovered);
     ret->last_tid = load_relaxed(&rep->last_tid);
     ret->last_seg = load_relaxed(&rep->last_seg);
 }

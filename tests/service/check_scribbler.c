@@ -646,7 +646,12 @@ static void lock_scribble(enum lock_scribble how, const char *what)
     ck_assert_ptr_nonnull(r); /* an answer: ok, or an error saying the lock stayed taken */
     cJSON_Delete(r);
     expect_alive(&f);
-    expect_verify_says(&f, what);
+    /* A dead TID over a free lock with no holder record is what a locker
+     * killed right after the kernel gave it the word leaves (lock.c): it
+     * is recovered like that, and the log says so; verify has nothing to
+     * report. The others name what no holder leaves. */
+    if (what)
+        expect_verify_says(&f, what);
     ck_assert(daemon_log_wait(&f, "segment 1: its lock", 5000));
     if (how == LOCK_LIVE_TID) /* the "holder" lets go */
         __atomic_store_n(&seg->lock.word, 0, __ATOMIC_RELEASE);
@@ -664,7 +669,7 @@ static void lock_scribble(enum lock_scribble how, const char *what)
 
 START_TEST(scribbler_lock_dead_tid)
 {
-    lock_scribble(LOCK_DEAD_TID, "which does not exist");
+    lock_scribble(LOCK_DEAD_TID, NULL);
 }
 END_TEST
 
@@ -842,7 +847,7 @@ END_TEST
  * lock of it recovers and replays the journal. Before, the replay stored
  * into the header page (SIGSEGV in shmheapd), and it read each journal
  * field again after checking it. Now each is read once and checked: the
- * daemon answers, verify reports the lock, clients attach and allocate. */
+ * daemon answers, logs the recovery, clients attach and allocate. */
 START_TEST(scribbler_journal)
 {
     struct share *sh = mp_shared_alloc(sizeof(*sh));
@@ -863,7 +868,10 @@ START_TEST(scribbler_journal)
     expect_alive(&f);
     cJSON_Delete(fixture_op(&f, "{\"op\":\"trim\",\"wait_ms\":0}"));
     expect_alive(&f);
-    expect_verify_says(&f, "which does not exist");
+    /* Taken over and replayed (a dead TID over a free lock is what a
+     * killed locker leaves: the log says it, verify has nothing to add). */
+    ck_assert(daemon_log_wait(&f, "segment 1: its lock's holder was gone", 5000));
+    ck_assert_uint_ne(__atomic_load_n(&seg->journal.op, __ATOMIC_ACQUIRE), JOP_RETURN);
     for (unsigned i = 0; i < 3; i++)
         mp_wait_ok(mp_fork(fresh_client, sh, 30 + i), "a client attached afterwards");
     expect_alive(&f);
