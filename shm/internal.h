@@ -506,9 +506,6 @@ void tcache_flush_all(struct heap *h);
  * is popped then, the recyclers keep their bundles (never held in process
  * memory only). */
 int tcache_drain_recyclers(struct heap *h, struct cache_slot *s);
-/* Whether s is the drain slot of the calling thread's drain (above): its
- * fault points are the FAULT_TRIM_DRAIN_* ones. */
-bool tcache_is_drain_slot(const struct cache_slot *s);
 /* verify's hold of the recyclers' bundles (tcache.c): a slot claimed for
  * the walk (0, or -EMFILE: none free, -ESTALE: a fork's copy of the
  * handle), busy until tcache_hold_end; each bundle popped through its
@@ -518,13 +515,12 @@ bool tcache_is_drain_slot(const struct cache_slot *s);
  * tcache_hold_end returns what is left to the blocks and frees the slot:
  * 0, or -ETIMEDOUT (a held lock: the slot stays, for the reclaimer of this
  * process). A kill anywhere leaves every bundle in shared memory. Their
- * fault points are the FAULT_VERIFY_* ones (tcache_is_hold_slot). */
+ * fault points are the FAULT_VERIFY_* ones. */
 int tcache_hold_begin(struct heap *h, uint32_t *ret_index);
 uint64_t tcache_hold_pop(struct heap *h, struct cache_slot *s, unsigned cls, uint32_t *ret_count);
 uint32_t tcache_hold_keep(struct heap *h, struct cache_slot *s, unsigned cls, uint64_t first);
 void tcache_hold_put_back(struct heap *h, struct cache_slot *s, unsigned cls, uint32_t count);
 int tcache_hold_end(struct heap *h, uint32_t index);
-bool tcache_is_hold_slot(const struct cache_slot *s);
 /* Returns the chain of objects starting at *handoff (word 0 links, 0
  * ends) to their slabs, whatever their segments, moving *handoff past each
  * object as it goes. *handoff is a cache slot's handoff word (so that the
@@ -589,9 +585,12 @@ static inline bool bin_commit(struct cache_bin *b, uint64_t head_was, uint64_t h
 
 /* ---- recycler.c ---- */
 /* actor: the slot whose transit record covers the bundle (NULL: none, the
- * caller keeps the bundle reachable itself or accepts losing it). */
+ * caller keeps the bundle reachable itself or accepts losing it); noted:
+ * the fault point between its record and the CAS (the caller's kind of
+ * transfer, for the death tests). */
 bool recycler_push(struct heap *h,
                    struct cache_slot *actor,
+                   enum shm_fault_point noted,
                    struct cache_bin *stats_bin,
                    unsigned cls,
                    uint64_t first,
@@ -601,6 +600,7 @@ bool recycler_push(struct heap *h,
 /* Pops a bundle; returns its first object's offset (0: empty). */
 uint64_t recycler_pop(struct heap *h,
                       struct cache_slot *actor,
+                      enum shm_fault_point noted,
                       struct cache_bin *stats_bin,
                       unsigned cls,
                       uint32_t *ret_count);

@@ -84,6 +84,7 @@ transit_note(struct cache_slot *s, uint64_t first, uint64_t seq, unsigned cls, b
 
 bool recycler_push(struct heap *h,
                    struct cache_slot *actor,
+                   enum shm_fault_point noted,
                    struct cache_bin *stats_bin,
                    unsigned cls,
                    uint64_t first,
@@ -104,7 +105,7 @@ bool recycler_push(struct heap *h,
         transit_note(actor, first, rec_seq(old.s.tag), cls, true);
         store_relaxed(&obj_words(h, first)[1], bundle_link(old.s.off, count, maxseg));
         if (actor)
-            shm_fault(tcache_is_hold_slot(actor) ? FAULT_VERIFY_PUSH_NOTED : FAULT_PUSH_NOTED);
+            shm_fault(noted);
         nw.s.off = first;
         nw.s.tag = rec_tag(rec_seq(old.s.tag) + 1, self);
         if (cas128(&r->head, &old, nw))
@@ -122,6 +123,7 @@ bool recycler_push(struct heap *h,
 
 uint64_t recycler_pop(struct heap *h,
                       struct cache_slot *actor,
+                      enum shm_fault_point noted,
                       struct cache_bin *stats_bin,
                       unsigned cls,
                       uint32_t *ret_count)
@@ -149,9 +151,7 @@ uint64_t recycler_pop(struct heap *h,
         recycler_help(h, cls, old, self);
         transit_note(actor, old.s.off, rec_seq(old.s.tag), cls, false);
         if (actor)
-            shm_fault(tcache_is_drain_slot(actor)  ? FAULT_TRIM_DRAIN_NOTED
-                      : tcache_is_hold_slot(actor) ? FAULT_VERIFY_NOTED
-                                                   : FAULT_POP_NOTED);
+            shm_fault(noted);
         link = link_read(h, old.s.off);
         nw.s.off = bundle_next(link);
         nw.s.tag = rec_tag(rec_seq(old.s.tag) + 1, self);

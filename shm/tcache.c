@@ -342,14 +342,6 @@ static void transit_clear(struct cache_slot *s)
     store_relaxed(&s->transit_info, 0);
 }
 
-/* The drain slot of this thread's drain in progress (drain_own_slot). */
-static __thread const struct cache_slot *tl_drain_slot;
-
-bool tcache_is_drain_slot(const struct cache_slot *s)
-{
-    return s && s == tl_drain_slot;
-}
-
 /* Pops every bundle through slot s (its transit record, then its handoff
  * word) and returns it to the blocks. 0, or -ETIMEDOUT: a guarded lock held
  * too long; the handoff word keeps the rest. own: s is a drain slot (its
@@ -363,7 +355,8 @@ static int drain_through(struct heap *h, struct cache_slot *s, bool own)
 
         if (r < 0)
             return r; /* the next drain goes on */
-        while ((first = recycler_pop(h, s, NULL, cls, &count)) != 0) {
+        while ((first = recycler_pop(h, s, own ? FAULT_TRIM_DRAIN_NOTED : FAULT_POP_NOTED, NULL,
+                                     cls, &count)) != 0) {
             /* The pop's transit record has the bundle until the handoff
              * word takes it (one store: the commit). */
             shm_fault(own ? FAULT_TRIM_DRAIN_POPPED : FAULT_DRAIN_POPPED);
@@ -410,9 +403,7 @@ static int drain_own_slot(struct heap *h)
     }
     s = &h->ctl->slots[h->drain_slot - 1];
     slot_enter(h, s);
-    tl_drain_slot = s;
     r = drain_through(h, s, true);
-    tl_drain_slot = NULL;
     /* release: a trimmer that sees busy 0 sees the drain (pairs with
      * tcache_steal_begin's acquire of busy). */
     store_release(&s->busy, 0);
@@ -550,7 +541,7 @@ int tcache_refill(struct heap *h, struct tcache *tc, unsigned cls)
     if (last_err < 0)
         return last_err;
     last_err = -ENOMEM;
-    first = recycler_pop(h, tc->slot, bin, cls, &count);
+    first = recycler_pop(h, tc->slot, FAULT_POP_NOTED, bin, cls, &count);
     if (first) {
         shm_fault(FAULT_REFILL_POPPED);
         /* The commit: the bundle and its count in one CAS (the bin is
@@ -617,7 +608,8 @@ void tcache_overflow(struct heap *h, struct tcache *tc, unsigned cls)
                       -(int64_t) got);
     obj_words(h, last)[0] = 0;
     shm_fault(FAULT_FLUSH_CUT);
-    if (!recycler_push(h, tc->slot, bin, cls, first, (uint32_t) got, maxseg, false)) {
+    if (!recycler_push(h, tc->slot, FAULT_PUSH_NOTED, bin, cls, first, (uint32_t) got, maxseg,
+                       false)) {
         /* The recycler is at its cap: to the blocks, through the slot's
          * handoff word so a death midway loses nothing (the handoff has
          * it before the record goes). The owner's locks are not guarded:
@@ -670,8 +662,8 @@ bin_give_back(struct heap *h, struct cache_slot *s, unsigned cls, bool to_blocks
         store_relaxed(&s->handoff, rest);
         obj_words(h, last)[0] = 0;
         shm_fault(FAULT_GIVE_BACK_CUT);
-        if (!recycler_push(h, s, count_stats ? bin : NULL, cls, chain, (uint32_t) got, maxseg,
-                           false)) {
+        if (!recycler_push(h, s, FAULT_PUSH_NOTED, count_stats ? bin : NULL, cls, chain,
+                           (uint32_t) got, maxseg, false)) {
             obj_words(h, last)[0] = rest;
             store_relaxed(&s->handoff, chain);
             transit_clear(s);
@@ -706,14 +698,6 @@ int tcache_drain_slot(struct heap *h, struct cache_slot *s)
  * for the daemon, the next daemon's adoption). The slot stays busy for the
  * whole walk, so no trimmer drains it under verify. */
 
-/* The hold slot of this thread's verify in progress. */
-static __thread const struct cache_slot *tl_hold_slot;
-
-bool tcache_is_hold_slot(const struct cache_slot *s)
-{
-    return s && s == tl_hold_slot;
-}
-
 int tcache_hold_begin(struct heap *h, uint32_t *ret_index)
 {
     uint32_t index;
@@ -725,14 +709,13 @@ int tcache_hold_begin(struct heap *h, uint32_t *ret_index)
     if (r < 0)
         return r;
     slot_enter(h, &h->ctl->slots[index]);
-    tl_hold_slot = &h->ctl->slots[index];
     *ret_index = index;
     return 0;
 }
 
 uint64_t tcache_hold_pop(struct heap *h, struct cache_slot *s, unsigned cls, uint32_t *ret_count)
 {
-    uint64_t first = recycler_pop(h, s, NULL, cls, ret_count);
+    uint64_t first = recycler_pop(h, s, FAULT_VERIFY_NOTED, NULL, cls, ret_count);
 
     /* The pop's transit record has the bundle until the bin takes it
      * (tcache_hold_keep). */
@@ -770,7 +753,8 @@ void tcache_hold_put_back(struct heap *h, struct cache_slot *s, unsigned cls, ui
     obj_words(h, last)[0] = 0;
     shm_fault(FAULT_VERIFY_CUT);
     /* force: it was there before verify; a forced push always lands. */
-    (void) recycler_push(h, s, NULL, cls, first, (uint32_t) got, maxseg, true);
+    (void) recycler_push(h, s, FAULT_VERIFY_PUSH_NOTED, NULL, cls, first, (uint32_t) got, maxseg,
+                         true);
     shm_fault(FAULT_VERIFY_PUSHED);
     transit_clear(s);
 }
@@ -782,7 +766,6 @@ int tcache_hold_end(struct heap *h, uint32_t index)
      * recycler) goes to the blocks. */
     int r = tcache_drain_slot(h, s);
 
-    tl_hold_slot = NULL;
     /* release: a trimmer that sees busy 0 sees the bins as we left them
      * (pairs with tcache_steal_begin's acquire of busy). */
     store_release(&s->busy, 0);

@@ -601,14 +601,14 @@ static void unaccounted_objects(struct heap *h, int64_t out[SHM_NCLASSES])
         uint32_t counts[4096], count, n = 0;
         int64_t recycled = 0;
 
-        while (n < 4096 && (first = recycler_pop(h, NULL, NULL, cls, &count)) != 0) {
+        while (n < 4096 && (first = recycler_pop(h, NULL, FAULT_NONE, NULL, cls, &count)) != 0) {
             for (uint64_t x = first; x; x = obj_words(h, x)[0])
                 recycled++;
             firsts[n] = first;
             counts[n++] = count;
         }
         while (n-- > 0)
-            (void) recycler_push(h, NULL, NULL, cls, firsts[n], counts[n],
+            (void) recycler_push(h, NULL, FAULT_NONE, NULL, cls, firsts[n], counts[n],
                                  load_acquire(&h->nmapped) - 1, true);
         out[cls] -= (int64_t) st.classes[cls].in_use + recycled;
     }

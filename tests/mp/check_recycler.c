@@ -111,7 +111,7 @@ push_bundle(struct rec_worker *w, struct cache_bin *stats, const uint64_t *objs,
         /* release: our writes to the object come before the next holder's claim. */
         __atomic_store_n(&ctx->holder[obj_index(ctx, objs[i])], 0, __ATOMIC_RELEASE);
     }
-    MP_REQUIRE(recycler_push(w->h, NULL, stats, ctx->cls, objs[0], n, 1, false),
+    MP_REQUIRE(recycler_push(w->h, NULL, FAULT_NONE, stats, ctx->cls, objs[0], n, 1, false),
                "recycler_push refused a bundle of %u", n);
 }
 
@@ -130,7 +130,7 @@ static void rec_work(struct rec_worker *w)
 
         for (unsigned k = 0; k < want; k++) {
             uint32_t count = 0;
-            uint64_t first = recycler_pop(w->h, NULL, &stats, ctx->cls, &count);
+            uint64_t first = recycler_pop(w->h, NULL, FAULT_NONE, &stats, ctx->cls, &count);
 
             if (!first)
                 break;
@@ -253,7 +253,7 @@ static void run_recycler(unsigned nproc, unsigned nthr)
         words[2] = i;
         words[3] = CHECK_MAGIC ^ i;
     }
-    ck_assert_uint_eq(recycler_pop(t.h, NULL, NULL, ctx->cls, &count), 0);
+    ck_assert_uint_eq(recycler_pop(t.h, NULL, FAULT_NONE, NULL, ctx->cls, &count), 0);
     /* Bundles of random sizes over a shuffled order. */
     {
         uint32_t *order = malloc(nobj * sizeof(*order));
@@ -275,7 +275,8 @@ static void run_recycler(unsigned nproc, unsigned nthr)
             for (uint32_t k = 0; k < len; k++)
                 ((uint64_t *) heap_from_off(t.h, ctx->offs[order[i + k]]))[0] =
                         k + 1 < len ? ctx->offs[order[i + k + 1]] : 0;
-            ck_assert(recycler_push(t.h, NULL, NULL, ctx->cls, ctx->offs[order[i]], len, 1, false));
+            ck_assert(recycler_push(t.h, NULL, FAULT_NONE, NULL, ctx->cls, ctx->offs[order[i]], len,
+                                    1, false));
             initial_bundles++;
             i += len;
         }
@@ -304,7 +305,7 @@ static void run_recycler(unsigned nproc, unsigned nthr)
             nproc ? "processes" : "threads", nworkers, pops, pushes, retries, moved);
 
     /* Everything back out: each object exactly once, counts that add up. */
-    while ((first = recycler_pop(t.h, NULL, NULL, ctx->cls, &count)) != 0) {
+    while ((first = recycler_pop(t.h, NULL, FAULT_NONE, NULL, ctx->cls, &count)) != 0) {
         uint32_t got = 0;
 
         final_bundles++;

@@ -288,14 +288,14 @@ static int64_t unaccounted(struct heap *h)
         uint64_t firsts[1024], first;
         uint32_t counts[1024], count, n = 0;
 
-        while (n < 1024 && (first = recycler_pop(h, NULL, NULL, cls, &count)) != 0) {
+        while (n < 1024 && (first = recycler_pop(h, NULL, FAULT_NONE, NULL, cls, &count)) != 0) {
             for (uint64_t x = first; x; x = obj_words(h, x)[0])
                 out--;
             firsts[n] = first;
             counts[n++] = count;
         }
         while (n-- > 0)
-            (void) recycler_push(h, NULL, NULL, cls, firsts[n], counts[n],
+            (void) recycler_push(h, NULL, FAULT_NONE, NULL, cls, firsts[n], counts[n],
                                  load_acquire(&h->nmapped) - 1, true);
         out -= (int64_t) st.classes[cls].in_use;
     }
