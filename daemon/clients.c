@@ -252,23 +252,26 @@ void clients_detach_swept(struct daemon *d, uint64_t client_id, bool held, int a
     client_maybe_free(cl);
 }
 
+void clients_log_reclaimed(
+        uint64_t id, pid_t pid, int slots, int arenas, const struct heap_owned_reclaim *owned)
+{
+    log_info("client %" PRIu64 " (pid %d) exited: reclaimed %d thread caches, destroyed %d "
+             "session arenas, freed %" PRIu64 " objects (%" PRIu64 " bytes) it had not shared",
+             id, (int) pid, slots, arenas, owned->objects, owned->bytes);
+}
+
 void clients_reclaimed(struct client *cl,
                        int slots,
                        int arenas,
                        int owned_r,
                        const struct heap_owned_reclaim *owned)
 {
-    if (slots < 0 || arenas < 0 || owned_r < 0)
-        /* Retried until it succeeds (retry.c); the record goes now. */
-        retry_start(cl->d, cl->id, cl->peer.pid, true, cl->exit_seen,
-                    slots < 0    ? slots
-                    : arenas < 0 ? arenas
-                                 : owned_r);
+    int err = reclaim_error(slots, arenas, owned_r);
+
+    if (err < 0) /* retried until it succeeds (retry.c); the record goes now */
+        retry_start(cl->d, cl->id, cl->peer.pid, true, cl->exit_seen, err);
     else
-        log_info("client %" PRIu64 " (pid %d) exited: reclaimed %d thread caches, destroyed %d "
-                 "session arenas, freed %" PRIu64 " objects (%" PRIu64 " bytes) it had not "
-                 "shared",
-                 cl->id, (int) cl->peer.pid, slots, arenas, owned->objects, owned->bytes);
+        clients_log_reclaimed(cl->id, cl->peer.pid, slots, arenas, owned);
     link_remove(&cl->link);
     metrics_clients_changed(cl->d);
     client_maybe_free(cl);

@@ -458,6 +458,15 @@ int clients_adopt(struct daemon *d, uint64_t id, pid_t pid);
 void clients_detach(struct client *cl);
 /* Shutdown: stops watching every client (no reclamation). */
 void clients_close_all(struct daemon *d);
+/* The first error of a reclaim's three parts (caches, arenas, private
+ * objects), or 0. */
+static inline int reclaim_error(int slots, int arenas, int owned_r)
+{
+    return slots < 0 ? slots : arenas < 0 ? arenas : owned_r < 0 ? owned_r : 0;
+}
+/* Logs what the reclaim of exited client `id` freed. */
+void clients_log_reclaimed(
+        uint64_t id, pid_t pid, int slots, int arenas, const struct heap_owned_reclaim *owned);
 /* work.c: the reclamation of an exited client is done; logs, frees cl. */
 void clients_reclaimed(struct client *cl,
                        int slots,

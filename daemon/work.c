@@ -132,17 +132,13 @@ static void after_work_cb(uv_work_t *req, int status)
             clients_reclaimed(j->cl, j->slots, j->arenas, j->r, &j->owned);
             break;
         }
-        err = j->slots < 0 ? j->slots : j->arenas < 0 ? j->arenas : j->r < 0 ? j->r : 0;
+        err = reclaim_error(j->slots, j->arenas, j->r);
         if (err == 0)
-            log_info("client %" PRIu64 " (pid %d) exited: reclaimed %d thread caches, destroyed "
-                     "%d session arenas, freed %" PRIu64 " objects (%" PRIu64 " bytes) it had "
-                     "not shared",
-                     j->client_id, (int) j->pid, j->slots, j->arenas, j->owned.objects,
-                     j->owned.bytes);
+            clients_log_reclaimed(j->client_id, (pid_t) j->pid, j->slots, j->arenas, &j->owned);
         retry_done(j->retry, err);
         break;
     case JOB_RECLAIM_DETACHED:
-        err = j->r < 0 ? j->r : j->arenas < 0 ? j->arenas : 0;
+        err = reclaim_error(0, j->r, j->arenas);
         if (err < 0) {
             /* Retried (retry.c) until it succeeds: the record stays. */
             if (j->retry)
