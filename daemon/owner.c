@@ -449,9 +449,8 @@ void owner_lock_report(struct daemon *d, struct verify_report *rep)
                     "holder's and recovered (%" PRIu64 " times in all)",
                     now.last_seg, now.own_words);
     if (now.recovered != was->recovered)
-        log_info("segment %" PRIu32 ": its lock's holder was gone (a dead holder, or a word a "
-                 "client wrote); the lock was taken over and what it was doing repaired (%" PRIu64
-                 " times in all)",
+        log_info("segment %" PRIu32 ": its lock's holder was gone (it died holding it); the lock "
+                 "was taken over and what it was doing repaired (%" PRIu64 " times in all)",
                  now.last_seg, now.recovered);
     if (now.foreign_unlocks != was->foreign_unlocks)
         log_warning("a segment lock word was written while the daemon held it: left to its next "

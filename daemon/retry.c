@@ -44,6 +44,8 @@ struct reclaim_pending {
 
 static void pending_count(struct daemon *d, int delta)
 {
+    /* Only the loop writes it (a load and a store suffice); relaxed: other
+     * threads read a number (loop_figures_read), nothing published with it. */
     store_relaxed(&d->reclaims_pending, load_relaxed(&d->reclaims_pending) + (uint32_t) delta);
 }
 

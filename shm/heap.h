@@ -221,7 +221,7 @@ struct heap_lock_report {
     uint64_t own_words;       /* a lock word named the locking thread, which did not hold it */
     uint64_t timeouts;        /* a lock stayed taken past wait_ms (or the kernel refused it) */
     uint64_t foreign_unlocks; /* an unlock found the word written by someone else */
-    uint64_t recovered;       /* locks taken over from a dead (or written) holder, and repaired */
+    uint64_t recovered;       /* locks taken over from a dead holder (not counted above) */
     uint32_t last_tid;        /* the thread the last dead word named */
     uint32_t last_seg;        /* the segment of the last dead or own word, or timeout */
 };

@@ -181,6 +181,9 @@ lock_slow(struct shlock *l, uint32_t tid, const struct timespec *deadline, struc
              * the waiters bit the kernel's handover set (lock_word_written). */
             store_relaxed(&l->holder, tid);
             if (load_relaxed(&l->word) & FUTEX_OWNER_DIED) {
+                /* Relaxed: ours already (the kernel's handover acquired);
+                 * an atomic RMW so that a waiters bit the kernel sets
+                 * meanwhile stays. */
                 (void) fetch_and_relaxed(&l->word, ~(uint32_t) FUTEX_OWNER_DIED);
                 return EOWNERDEAD;
             }

@@ -394,7 +394,7 @@ void heap_lock_note(struct heap *h, uint32_t seg, const struct shlock_note *n, i
     }
     if (n->own_word)
         (void) fetch_add_relaxed(&rep->own_words, 1);
-    if (r == EOWNERDEAD)
+    if (r == EOWNERDEAD && !n->dead_tid && !n->own_word) /* the others are reported above */
         (void) fetch_add_relaxed(&rep->recovered, 1);
     if (failed)
         (void) fetch_add_relaxed(&rep->timeouts, 1);
