@@ -512,6 +512,16 @@ static void *storm_main(void *arg)
     uint64_t rng = st->s->seed ^ (st->thr + 1) * UINT64_C(0x9e3779b97f4a7c15), seq = 0;
 
     where_thr = (int) st->thr;
+    /* Running once its cache slot is claimed (by its first malloc): the
+     * parent's kill must find a slot to reclaim, however slowly the thread
+     * starts (TSan on a loaded machine took longer than the parent's
+     * shortest wait). */
+    {
+        void *first = heap_malloc(st->h, 16);
+
+        MP_REQUIRE(first != NULL, "heap_malloc(16)");
+        heap_free(st->h, first);
+    }
     __atomic_fetch_add(&st->s->running, 1, __ATOMIC_RELEASE);
     for (;;) {
         uint64_t r = test_rand(&rng);
