@@ -6,6 +6,7 @@
 #                       table and writes $(B)/bench.json
 #   make bench-quick    the same with BENCH_QUICK=1 (a tenth of the work)
 #   make bench-bins     only builds $(B)/bench/bench-<allocator>
+#   make bench-breakdown  where the fast paths' time goes (bench/breakdown.sh)
 #
 # Knobs (make variables or environment): BENCH_ALLOCS (which allocators,
 # e.g. BENCH_ALLOCS="glibc mimalloc"), BENCH_WORKLOADS, BENCH_REPS,
@@ -87,8 +88,14 @@ $(B)/bench/bench-boost: $(BENCH_OBJDIR)/main.o $(BENCH_OBJDIR)/workloads-boost.o
 	@mkdir -p $(@D)
 	$(call msg,LD,$@)$(CXX) -pthread $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-.PHONY: bench bench-quick bench-bins
+.PHONY: bench bench-quick bench-bins bench-breakdown
 bench-bins: $(BENCH_BINS)
+
+# Where the local path's time goes against tcmalloc (bench/breakdown.sh):
+# the fast paths' parts removed one by one in measurement builds, one heap
+# against a heap per process, and the L1 misses per function.
+bench-breakdown: $(B)/bench/bench-tcmalloc
+	B=$(B) bench/breakdown.sh
 
 # shmheap-api runs against the daemon, and the service figures need
 # shmheapctl (verify) and examples/attach_latency.

@@ -65,11 +65,12 @@ static int env_u64(const char *name, uint64_t def, uint64_t min, uint64_t max, u
 int bench_params_load(struct bench_params *ret)
 {
     struct bench_params p = {0};
-    uint64_t quick, verify, live, ring, procs;
+    uint64_t quick, verify, live, ring, procs, w3_private;
     int r = 0;
 
     r |= env_u64("BENCH_QUICK", 0, 0, 1, &quick);
     r |= env_u64("BENCH_VERIFY", 0, 0, 1, &verify);
+    r |= env_u64("BENCH_W3_PRIVATE", 0, 0, 1, &w3_private);
     r |= env_u64("BENCH_W1_OPS", 20000000, 1, UINT64_MAX / 2, &p.w1_ops);
     r |= env_u64("BENCH_W2_OPS", 10000000, 1, UINT64_MAX / 2, &p.w2_ops);
     r |= env_u64("BENCH_W3_OPS", p.w2_ops, 1, UINT64_MAX / 2, &p.w3_ops);
@@ -94,6 +95,7 @@ int bench_params_load(struct bench_params *ret)
     p.ring = (uint32_t) ring;
     p.w3_procs = (uint32_t) procs;
     p.verify = verify != 0;
+    p.w3_private = w3_private != 0;
     if (quick) {
         p.w1_ops = p.w1_ops / 10 ? p.w1_ops / 10 : 1;
         p.w2_ops = p.w2_ops / 10 ? p.w2_ops / 10 : 1;

@@ -292,10 +292,18 @@ static uint64_t w3_seed(uint64_t seed, unsigned idx)
 static int w3_child(void *arg, unsigned idx)
 {
     struct w3_arg *a = arg;
+    ba_shared_t *own = NULL;
     ba_ctx_t c;
     int r;
 
-    r = ba_attach(a->heap, idx + 1, &c);
+    /* BENCH_W3_PRIVATE=1: each process on a heap of its own (what sharing
+     * one heap costs, against the same allocator). */
+    if (a->prm->w3_private) {
+        r = ba_shared_create(&own);
+        if (r < 0)
+            return r;
+    }
+    r = ba_attach(own ? own : a->heap, idx + 1, &c);
     if (r < 0) {
         fprintf(stderr, "bench: %s: W3 attach: %s\n", bench_alloc_name, strerror(-r));
         return r;
@@ -306,6 +314,8 @@ static int w3_child(void *arg, unsigned idx)
         fprintf(stderr, "bench: %s: W3 process %u of %u: %s\n", bench_alloc_name, idx + 1, a->nproc,
                 strerror(-r));
     ba_detach(c);
+    if (own)
+        ba_shared_destroy(own);
     return r;
 }
 

@@ -56,6 +56,7 @@ struct bench_params {
     uint32_t ring;    /* BENCH_W4_RING: ring slots in W4, a power of two */
     uint64_t seed;    /* BENCH_SEED: xorshift64 seed, non-zero */
     bool verify;      /* BENCH_VERIFY=1: check the heap after the run (untimed) */
+    bool w3_private;  /* BENCH_W3_PRIVATE=1: W3's processes each on a heap of its own */
 };
 
 /* One run's figures; which fields are set depends on the workload. */
