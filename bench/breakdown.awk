@@ -49,10 +49,11 @@ $1 == "FAIL" { fails = fails "  failed: " $2 " " $3 "\n"; next }
 END {
     split("W1 W1c W2", tw, " ")
     print ""
-    print "1. Ablation (measurement builds, not safe): medians; time per pair in ns, W3 in Mops/s;"
+    print "1. Ablation (measurement builds, not safe): medians; time per pair in ns, W3 in Mops/s,"
+    print "   W4 in M objects/s;"
     print "   x tcm: the build's median over tcmalloc's (above 1: slower)"
-    printf "%-16s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "build", "insn W1", "insn W2",
-        "W1", "x tcm", "W1c", "x tcm", "W2", "x tcm", "W3 1p", "W3 2p"
+    printf "%-16s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "build", "insn W1", "insn W2",
+        "W1", "x tcm", "W1c", "x tcm", "W2", "x tcm", "W3 1p", "W3 2p", "W4"
     for (b = 1; b <= nb; b++) {
         name = order[b]
         if (!((name SUBSEP "W1") in cnt))
@@ -65,7 +66,8 @@ END {
             printf " %s %9s", cell(k, "%9.1f"),
                 (cnt[k] && cnt[p]) ? sprintf("%.2f", median(k) / median(p)) : "-"
         }
-        printf " %s %s\n", cell(name SUBSEP "W3_1p", "%9.1f"), cell(name SUBSEP "W3_2p", "%9.1f")
+        printf " %s %s %s\n", cell(name SUBSEP "W3_1p", "%9.1f"), cell(name SUBSEP "W3_2p", "%9.1f"),
+            cell(name SUBSEP "W4", "%9.2f")
     }
     print "   spread (max/min over the runs):"
     for (b = 1; b <= nb; b++) {
@@ -73,8 +75,8 @@ END {
         if (!((name SUBSEP "W1") in cnt))
             continue
         printf "%-16s", name
-        split("W1 W1c W2 W3_1p W3_2p", sf, " ")
-        for (t = 1; t <= 5; t++)
+        split("W1 W1c W2 W3_1p W3_2p W4", sf, " ")
+        for (t = 1; t <= 6; t++)
             printf " %s %.2f", sf[t], spread(name SUBSEP sf[t])
         printf "\n"
     }

@@ -14,7 +14,8 @@
 #    a dead process's objects leak, without the checks a bad free corrupts
 #    a cache. Each is built from a copy of this tree in $B/breakdown/<name>
 #    and timed alternately with the unpatched copy ("base") and tcmalloc:
-#    W1, W1c, W2 (ns per pair) and W3 with 1 and 2 processes (Mops/s);
+#    W1, W1c, W2 (ns per pair), W3 with 1 and 2 processes (Mops/s) and W4
+#    (M objects/s, allocated in one process and freed in the other);
 #    callgrind counts each build's instructions per W1 pair and W2 op.
 # 2. Sharing. W3 with both processes on one heap against each on a heap of
 #    its own (BENCH_W3_PRIVATE=1), with 4 KiB pages and, when the hugetlb
@@ -104,6 +105,9 @@ run() {
             if (kv[1] == "tput1" || kv[1] == "tput2")
                 printf "RUN %s W3_%sp %.2f\n", n, substr(kv[1], 5), kv[2] / 1e6}}' \
             <<<"$line" >>"$RUNS" ;;
+    W4) awk -v n="$name" '{for (i = 1; i <= NF; i++) {split($i, kv, "=");
+            if (kv[1] == "per_s") printf "RUN %s W4 %.2f\n", n, kv[2] / 1e6}}' \
+            <<<"$line" >>"$RUNS" ;;
     *) awk -v n="$name" -v w="$w" '{for (i = 1; i <= NF; i++) {split($i, kv, "=");
             if (kv[1] == "ns_per_op") printf "RUN %s %s %s\n", n, w, kv[2]}}' \
             <<<"$line" >>"$RUNS" ;;
@@ -125,7 +129,7 @@ for ((r = 0; r < REPS; r++)); do
     printf '[ablation %d/%d]' $((r + 1)) "$REPS" >&2
     for ((k = 0; k < n; k++)); do
         i=$(((k + r) % n))
-        for w in W1 W1c W2 W3; do
+        for w in W1 W1c W2 W3 W4; do
             run "${names[$i]}" "${bins[$i]}" "$w"
         done
     done
