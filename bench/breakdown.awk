@@ -2,32 +2,11 @@
 #   RUN <build> <figure> <value>      one run's figure (or an instruction count)
 #   LINES <build> <function> <instructions per op> <L1 read misses per op>
 #   FAIL <build> <workload>
+# With bench/runs.awk before it (push, median, spread).
 
-function median(key,    n, i, j, t, a) {
-    n = cnt[key]
-    if (n == 0)
-        return -1
-    for (i = 1; i <= n; i++)
-        a[i] = val[key, i]
-    for (i = 2; i <= n; i++) {           # insertion sort: a handful of runs
-        t = a[i]
-        for (j = i - 1; j >= 1 && a[j] > t; j--)
-            a[j + 1] = a[j]
-        a[j + 1] = t
-    }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
-
-function spread(key,    n, i, lo, hi) {
-    n = cnt[key]
-    if (n == 0)
-        return 0
-    lo = hi = val[key, 1]
-    for (i = 2; i <= n; i++) {
-        if (val[key, i] < lo) lo = val[key, i]
-        if (val[key, i] > hi) hi = val[key, i]
-    }
-    return lo > 0 ? hi / lo : 0
+function fmt_spread(key,    v) {
+    v = spread(key)
+    return v == "" ? "-" : sprintf("%.2f", v)
 }
 
 function cell(key, fmt) {
@@ -35,12 +14,11 @@ function cell(key, fmt) {
 }
 
 $1 == "RUN" {
-    key = $2 SUBSEP $3
     if (!(($2) in seen)) {
         seen[$2] = 1
         order[++nb] = $2
     }
-    val[key, ++cnt[key]] = $4
+    push($2 SUBSEP $3, $4)
     next
 }
 $1 == "LINES" { lines[++nl] = $0; next }
@@ -77,7 +55,7 @@ END {
         printf "%-16s", name
         split("W1 W1c W2 W3_1p W3_2p W4", sf, " ")
         for (t = 1; t <= 6; t++)
-            printf " %s %.2f", sf[t], spread(name SUBSEP sf[t])
+            printf " %s %s", sf[t], fmt_spread(name SUBSEP sf[t])
         printf "\n"
     }
 
@@ -90,9 +68,9 @@ END {
             continue
         k1 = name SUBSEP "W3_1p"
         k2 = name SUBSEP "W3_2p"
-        printf "%-16s %s %s %9s %9.2f\n", name, cell(k1, "%9.1f"), cell(k2, "%9.1f"),
+        printf "%-16s %s %s %9s %9s\n", name, cell(k1, "%9.1f"), cell(k2, "%9.1f"),
             (cnt[k1] && cnt[k2] && median(k1) > 0) ? sprintf("%.2f", median(k2) / median(k1)) : "-",
-            spread(k2)
+            fmt_spread(k2)
     }
 
     print ""

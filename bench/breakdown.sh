@@ -5,17 +5,19 @@
 #
 #   make bench-breakdown        (B=build, BENCH_REPS=5)
 #
-# 1. Ablation. Each bench/breakdown/*.patch removes a part of heap_malloc
+# 1. Ablation. Each bench/breakdown/no-*.patch removes a part of heap_malloc
 #    and heap_free that the heap's sharing makes necessary (the busy/steal
 #    protocol, the tick's counter, the owner tag, the checks of a freed
-#    pointer) or replaces it (tag-store: free stores the tag instead of
-#    loading it first). They are measurement builds, NOT SAFE: without
-#    busy/steal a trimmer can take a cache under its owner, without the tag
-#    a dead process's objects leak, without the checks a bad free corrupts
-#    a cache. Each is built from a copy of this tree in $B/breakdown/<name>
-#    and timed alternately with the unpatched copy ("base") and tcmalloc:
-#    W1, W1c, W2 (ns per pair), W3 with 1 and 2 processes (Mops/s) and W4
-#    (M objects/s, allocated in one process and freed in the other);
+#    pointer); they are applied alone, all together (strip-all) and all but
+#    one (strip-but-<part>). Any other patch changes a part and is applied
+#    alone (tag-store: free stores the tag instead of loading it first).
+#    They are measurement builds, NOT SAFE: without busy/steal a trimmer can
+#    take a cache under its owner, without the tag a dead process's objects
+#    leak, without the checks a bad free corrupts a cache. Each is built
+#    from a copy of this tree in $B/breakdown/<name> and timed alternately
+#    with the unpatched copy ("base") and tcmalloc: W1, W1c, W2 (ns per
+#    pair), W3 with 1 and 2 processes (Mops/s) and W4 (M objects/s,
+#    allocated in one process and freed in the other);
 #    callgrind counts each build's instructions per W1 pair and W2 op.
 # 2. Sharing. W3 with both processes on one heap against each on a heap of
 #    its own (BENCH_W3_PRIVATE=1), with 4 KiB pages and, when the hugetlb
@@ -32,6 +34,8 @@ B=${B:-build}
 REPS=${BENCH_REPS:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/$B/breakdown
+# shellcheck source=bench/callgrind.sh
+. "$ROOT/bench/callgrind.sh"
 PEER=$ROOT/$B/bench/bench-tcmalloc
 JOBS=${JOBS:-2}
 RUNS=$OUT/runs.txt
@@ -47,31 +51,66 @@ command -v valgrind >/dev/null || die "valgrind is missing (scripts/install-deps
 mkdir -p "$OUT"
 : >"$RUNS"
 
-# build NAME [PATCH]: a copy of the tree's tracked files (as they are now,
-# uncommitted changes included), the patch applied, its bench-shmheap built.
+# build NAME [PATCH...]: a copy of the tree's files as they are now (tracked
+# and not ignored, uncommitted changes included, deleted ones left out), the
+# patches applied in order, its bench-shmheap built.
 build() {
-    local name=$1 patch=${2:-} dir=$OUT/$1
+    local name=$1 dir=$OUT/$1 p
+    shift
     rm -rf "$dir"
     mkdir -p "$dir"
-    (cd "$ROOT" && git ls-files -z | xargs -0 cp --parents -t "$dir") || return 1
-    if [ -n "$patch" ] && ! patch -s -p1 -d "$dir" <"$patch"; then
-        echo "breakdown.sh: $patch does not apply to this tree: left out" >&2
-        return 1
-    fi
+    (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard |
+        while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done |
+        xargs -0 cp --parents -t "$dir") || return 1
+    for p in "$@"; do
+        if ! patch -s -p1 -d "$dir" <"$ROOT/bench/breakdown/$p.patch"; then
+            echo "breakdown.sh: $p.patch does not apply to this tree ($name): left out" >&2
+            return 1
+        fi
+    done
     make -s -C "$dir" -j"$JOBS" B=build build/bench/bench-shmheap >"$dir/build.log" 2>&1 || {
         echo "breakdown.sh: $name does not build: $dir/build.log" >&2
         return 1
     }
 }
 
+# The builds: each part alone out (no-*.patch), all of them out (strip-all),
+# all but one (strip-but-<part>), and any other patch alone (a variant of a
+# part, as tag-store).
+parts=()
+others=()
+for p in "$ROOT"/bench/breakdown/*.patch; do
+    n=$(basename "$p" .patch)
+    case $n in
+    no-*) parts+=("$n") ;;
+    *) others+=("$n") ;;
+    esac
+done
+builds=()
+for n in "${parts[@]}"; do
+    builds+=("$n:$n")
+done
+builds+=("strip-all:${parts[*]}")
+for keep in "${parts[@]}"; do
+    rest=()
+    for n in "${parts[@]}"; do
+        [ "$n" = "$keep" ] || rest+=("$n")
+    done
+    builds+=("strip-but-${keep#no-}:${rest[*]}")
+done
+for n in "${others[@]}"; do
+    builds+=("$n:$n")
+done
+
 names=(base)
 bins=("$OUT/base/build/bench/bench-shmheap")
 printf '[building base' >&2
 build base || die "the unpatched tree does not build"
-for p in "$ROOT"/bench/breakdown/*.patch; do
-    n=$(basename "$p" .patch)
+for b in "${builds[@]}"; do
+    n=${b%%:*}
+    read -r -a patches <<<"${b#*:}"
     printf ' %s' "$n" >&2
-    if build "$n" "$p"; then
+    if build "$n" "${patches[@]}"; then
         names+=("$n")
         bins+=("$OUT/$n/build/bench/bench-shmheap")
     fi
@@ -79,17 +118,6 @@ done
 names+=(tcmalloc)
 bins+=("$PEER")
 printf ']\n' >&2
-
-# insns BIN W: instructions per op, (a run of N ops) - (a run of 1).
-insns() {
-    local bin=$1 w=$2 n=200000 a b
-    a=$(env "BENCH_${w}_OPS=1" valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-            "$bin" "$w" 2>&1 | awk '/Collected/ {print $NF}')
-    b=$(env "BENCH_${w}_OPS=$n" valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-            "$bin" "$w" 2>&1 | awk '/Collected/ {print $NF}')
-    [ -n "$a" ] && [ -n "$b" ] && awk -v a="$a" -v b="$b" -v n="$n" \
-        'BEGIN {printf "%.1f", (b - a) / (n - 1)}'
-}
 
 # One line per run: "RUN name figure value".
 run() {
@@ -117,8 +145,11 @@ run() {
 for ((i = 0; i < ${#names[@]}; i++)); do
     printf '[instructions %s]' "${names[$i]}" >&2
     for w in W1 W2; do
-        v=$(insns "${bins[$i]}" "$w")
-        echo "RUN ${names[$i]} insns_$w ${v:-0}" >>"$RUNS"
+        if v=$(insns_per_op "${bins[$i]}" "$w" 200000 "$RUNS.err.callgrind"); then
+            echo "RUN ${names[$i]} insns_$w $v" >>"$RUNS"
+        else
+            echo "FAIL ${names[$i]} insns_$w" >>"$RUNS"
+        fi
     done
 done
 printf '\n' >&2
@@ -178,5 +209,5 @@ printf '[cachegrind]\n' >&2
 {
     echo "# shmheap fast-path breakdown $(date -u +%Y-%m-%dT%H:%M:%SZ) host=$(uname -n)" \
         "cpus=$(nproc) reps=$REPS load=$(cut -d' ' -f1-3 /proc/loadavg)"
-    awk -f "$ROOT/bench/breakdown.awk" "$RUNS"
+    awk -f "$ROOT/bench/runs.awk" -f "$ROOT/bench/breakdown.awk" "$RUNS"
 } | tee "$REPORT"

@@ -47,6 +47,8 @@ TIMEOUT=${BENCH_TIMEOUT:-300}
 read -r -a ALLOCS <<<"${BENCH_ALLOCS:-shmheap shmheap-api glibc mimalloc jemalloc tcmalloc boost}"
 read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-W1 W1c W2 W3 W4 W5b W6}"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/callgrind.sh
+. "$HERE/callgrind.sh"
 SHMHEAPD=${BENCH_SHMHEAPD:-$B/shmheapd}
 SHMHEAPCTL=${BENCH_SHMHEAPCTL:-$B/shmheapctl}
 ATTACH_LATENCY=${BENCH_ATTACH_LATENCY:-$B/examples/attach_latency}
@@ -322,22 +324,9 @@ for w in "${WORKLOADS[@]}"; do
     done
 done
 
-# ---- instructions per operation, counted by callgrind ----
-# Seconds on this shared machine are noisy; instruction counts are not: the
-# same binary and inputs give the same count whatever else runs. Each count
-# is (a run of BENCH_INSNS_OPS operations) - (a run of 1), so the set-up of
-# the process and of the workload (W2's live set) cancels out. Per W1 pair
-# (a malloc and its free) and per W2 operation. BENCH_INSNS=0 skips it; it
-# needs valgrind (shmheap attaches under it since its reservation adapts).
+# ---- instructions per operation, counted by callgrind (callgrind.sh) ----
+# BENCH_INSNS=0 skips it; BENCH_INSNS_OPS sets the longer run's operations.
 INSNS_OPS=${BENCH_INSNS_OPS:-200000}
-# count_insns ALLOC WORKLOAD OPS: prints callgrind's instruction total.
-count_insns() {
-    local n
-    BENCH_QUICK=0 BENCH_W1_OPS=$3 BENCH_W2_OPS=$3 timeout -k 5 "$TIMEOUT" valgrind --tool=callgrind \
-        --callgrind-out-file=/dev/null "$BIN_DIR/bench-$1" "$2" >/dev/null 2>"$errf" || return 1
-    n=$(grep -o 'Collected : [0-9]*' "$errf" | grep -o '[0-9]*$') || return 1
-    echo "$n"
-}
 if [ "${BENCH_INSNS:-1}" != 0 ] && command -v valgrind >/dev/null 2>&1; then
     printf '[instructions, callgrind]' >&2
     for a in "${ALLOCS[@]}"; do
@@ -345,8 +334,7 @@ if [ "${BENCH_INSNS:-1}" != 0 ] && command -v valgrind >/dev/null 2>&1; then
         [ -x "$BIN_DIR/bench-$a" ] || continue
         for w in W1 W2; do
             : >"$errf"
-            if base=$(count_insns "$a" "$w" 1) && full=$(count_insns "$a" "$w" "$INSNS_OPS"); then
-                per=$(awk -v f="$full" -v b="$base" -v n="$INSNS_OPS" 'BEGIN { printf "%.1f", (f - b) / n }')
+            if per=$(insns_per_op "$BIN_DIR/bench-$a" "$w" "$INSNS_OPS" "$errf"); then
                 echo "INSNS alloc=$a workload=$w ops=$INSNS_OPS per_op=$per" >>"$RUNS"
                 printf ' %s %s %s' "$a" "$w" "$per" >&2
             else
@@ -422,4 +410,4 @@ if [ -n "$want_api" ] && [ -n "$daemon_pid" ]; then
 fi
 
 awk -v allocs="${ALLOCS[*]}" -v workloads="${WORKLOADS[*]}" -v json="$JSON" \
-    -f "$HERE/report.awk" "$RUNS"
+    -f "$HERE/runs.awk" -f "$HERE/report.awk" "$RUNS"

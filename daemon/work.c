@@ -138,7 +138,8 @@ static void after_work_cb(uv_work_t *req, int status)
         retry_done(j->retry, err);
         break;
     case JOB_RECLAIM_DETACHED:
-        err = reclaim_error(0, j->r, j->arenas);
+        /* No caches here (0); the arenas go only once the sweep has. */
+        err = reclaim_error(0, j->arenas, j->r);
         if (err < 0) {
             /* Retried (retry.c) until it succeeds: the record stays. */
             if (j->retry)
